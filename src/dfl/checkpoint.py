@@ -1,0 +1,85 @@
+"""Checkpoints that survive a kill at any instant and cannot run code when loaded.
+
+A checkpoint is a directory `epoch-0007/` holding `tensors.safetensors` (weights, optimiser
+moments, RNG states: no pickle) and `state.json` (epoch, history, the rest of the optimiser
+and scheduler state, and the sha256 of the tensors file). It is written in a temporary
+directory, fsynced and renamed into place, so a directory under a final name is always
+complete; the previous checkpoint is kept until the next one is in place. On load, a
+checkpoint whose hash does not match is reported and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dfl.atomic import atomic_write_json, fsync_dir
+from dfl.errors import DflError
+
+KEEP = 2  # the newest checkpoint and the one before it
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save(root: Path, epoch: int, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Path:
+    """Write checkpoint `epoch` under `root` atomically; prune all but the newest KEEP."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"epoch-{epoch:04d}"
+    tmp = root / f".epoch-{epoch:04d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        tensor_file = tmp / "tensors.safetensors"
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tensor_file))
+        with tensor_file.open("rb") as f:
+            os.fsync(f.fileno())
+        state = {**state, "epoch": epoch, "tensors_sha256": _sha256(tensor_file)}
+        atomic_write_json(tmp / "state.json", state)
+        fsync_dir(tmp)
+        # Fault injection (tests only): a pause between the write and the rename, to be killed in.
+        pause = float(os.environ.get("DFL_FAULT_PAUSE_BEFORE_RENAME", "0"))
+        if pause:
+            time.sleep(pause)
+        shutil.rmtree(final, ignore_errors=True)  # only when re-saving the same epoch
+        os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(root.glob("epoch-*"))[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_latest(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest intact checkpoint under `root`, or None when there is none. A damaged one
+    is reported on stderr and skipped; if every one is damaged, that is an error."""
+    candidates = sorted(root.glob("epoch-*"), reverse=True) if root.exists() else []
+    problems = []
+    for path in candidates:
+        try:
+            state = json.loads((path / "state.json").read_text())
+            tensor_file = path / "tensors.safetensors"
+            if _sha256(tensor_file) != state["tensors_sha256"]:
+                raise ValueError("sha256 of tensors.safetensors does not match state.json")
+            return load_file(str(tensor_file)), state
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            problems.append(f"{path}: {e}")
+            print(
+                f"dfl: warning: checkpoint {path} is damaged ({e}); trying an older one",
+                file=sys.stderr,
+            )
+    if problems:
+        raise DflError(f"every checkpoint under {root} is damaged: {'; '.join(problems)}")
+    return None

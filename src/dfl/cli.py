@@ -1,0 +1,222 @@
+"""`dfl`: parse, validate, call. Every command has --help; every user error is one line on
+stderr and a non-zero exit (2 for bad input, 3 for a diverged run), never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dfl.errors import DflError
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+
+def command(name: str, help: str) -> Callable:
+    """Register `add_<name>_arguments(parser)`; the parser's default `run` does the work."""
+
+    def add(fn: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        fn.help = help  # type: ignore[attr-defined]
+        COMMANDS[name] = fn
+        return fn
+
+    return add
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments already; keep its message to one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="mnist (default), fashion-mnist, or a directory of 28x28 IDX files",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="a directory holding the four IDX files (.gz or not); tried first",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# dfl train
+
+
+@command("train", "train one model and write its run directory")
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="a registered model (see `dfl models`)")
+    p.add_argument("--config", help="a TOML file of config keys (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, dotted for sections: --set optim.lr=3e-4 "
+        "--set model_args.enc=64 (repeatable)",
+    )
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--lr", type=float, help="learning rate (optim.lr)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: fp32")
+    p.add_argument("--seed", type=int, help="seed for init, shuffling and augmentation")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
+    add_data_arguments(p)
+    p.add_argument("--out", help="run directory (default: runs/train/MODEL-TIME)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (or reuse it if done)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as TOML and exit without training",
+    )
+    p.set_defaults(run=run_train)
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    from dfl.config import parse_overrides, set_dotted
+
+    tree = parse_overrides(args.overrides)
+    flags = {
+        "model": args.model,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "optim.lr": args.lr,
+        "device": args.device,
+        "precision": args.precision,
+        "seed": args.seed,
+        "threads": args.threads,
+        "data.dataset": args.dataset,
+        "data.data_dir": args.data_dir,
+    }
+    if args.deterministic:
+        flags["deterministic"] = True
+    for key, value in flags.items():
+        if value is not None:
+            set_dotted(tree, key, value)
+    return tree
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dfl.config import build_config, config_to_toml
+
+    config_file = args.config
+    if (
+        args.resume
+        and args.out
+        and config_file is None
+        and (Path(args.out) / "config.toml").exists()
+    ):
+        config_file = Path(args.out) / "config.toml"  # resume with the run's own config
+    if config_file is None and args.model is None:
+        raise DflError(
+            "name a model (`dfl train cnn_lab`) or give --config FILE; "
+            "`dfl models` lists the models"
+        )
+    cfg = build_config(config_file, _train_overrides(args))
+    if args.print_config:
+        print(config_to_toml(cfg))
+        return 0
+    from dfl.train import fit
+
+    out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = fit(cfg, out, resume=args.resume, log=lambda s: print(s, file=sys.stderr))
+    f = result.final
+    summary = [
+        f"{k} {f[k]:.6g}"
+        for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
+        if k in f
+    ]
+    print(
+        f"{result.status}: {'  '.join(summary)}  ({f.get('epochs_run', 0)} epochs, "
+        f"{f.get('params', 0):,} parameters) -> {out}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# dfl models, dfl data info
+
+
+@command("models", "list the registered models with their objective and default arguments")
+def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(run=run_models)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from dfl import models
+
+    rows = []
+    for entry in models.entries():
+        n = sum(p.numel() for p in models.create(entry.name).parameters())
+        args_text = ", ".join(f"{k}={v}" for k, v in entry.defaults().items())
+        rows.append((entry.name, entry.objective, f"{n:,}", entry.summary, args_text))
+    width = max(len(r[0]) for r in rows)
+    for name, objective, params, summary, args_text in rows:
+        print(f"{name:<{width}}  {objective:<14}  {params:>10} params  {summary}")
+        print(f"{'':<{width}}  args: {args_text}")
+    return 0
+
+
+@command("data", "inspect datasets: `dfl data info --dataset fashion-mnist`")
+def add_data_command(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    info = sub.add_parser("info", help="source, path, sizes, class counts and checksum verdict")
+    add_data_arguments(info)
+    info.set_defaults(run=run_data_info)
+
+
+def run_data_info(args: argparse.Namespace) -> int:
+    from dfl.data import dataset_info, format_info
+
+    print(format_info(dataset_info(args.dataset or "mnist", args.data_dir)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="dfl",
+        description="Deep feature learning on MNIST: train models, run sweeps, reproduce the lab.",
+        epilog="Every command has --help. Example: dfl train cnn_lab --epochs 2",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=Parser, metavar="COMMAND"
+    )
+    for name, add in COMMANDS.items():
+        add(sub.add_parser(name, help=add.help, description=add.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except DflError as e:
+        print(f"dfl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # a full disk, an unwritable directory: say which file, lose nothing
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"dfl: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dfl: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

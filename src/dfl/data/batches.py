@@ -1,0 +1,84 @@
+"""The whole dataset on the training device; a batch is an index slice of it.
+
+No per-sample Dataset, no DataLoader, no per-image conversion: images stay uint8 in device
+memory (60,000 x 28 x 28 is 47 MB) and each batch is gathered, converted to float and, when
+asked, augmented as one tensor. Shuffling draws from a CPU generator so that the device may
+change the speed of a run, never what it computes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # over the 60,000 training images, pixels / 255
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split (train, val or test) resident on a device."""
+
+    images: torch.Tensor  # uint8 (N, 28, 28)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    @classmethod
+    def of(cls, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Split:
+        return cls(images.to(device).contiguous(), labels.to(device).contiguous())
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        whole, rest = divmod(len(self), batch_size)
+        return whole if drop_last or not rest else whole + 1
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (uint8 images, labels) batches; shuffled when a generator is given."""
+        n = len(self)
+        if generator is None:
+            for start in range(0, n - (batch_size - 1 if drop_last else 0), batch_size):
+                yield (
+                    self.images[start : start + batch_size],
+                    self.labels[start : start + batch_size],
+                )
+            return
+        order = torch.randperm(n, generator=generator).to(self.labels.device)
+        for b in range(self.num_batches(batch_size, drop_last)):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]: pixels / 255, as the lab feeds them."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std with MNIST's training statistics; applied after augmentation so that
+    the zeros an affine transform brings in are black pixels, not the mean."""
+    return x.sub_(MNIST_MEAN).div_(MNIST_STD)
+
+
+def random_affine(
+    x: torch.Tensor, shift: int, rotate: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Shift each image by up to `shift` pixels and rotate by up to `rotate` degrees, in one
+    batched grid_sample. Parameters come from the CPU generator (device-independent draws)."""
+    b, _, h, w = x.shape
+    params = torch.rand(b, 3, generator=generator).mul_(2).sub_(1)  # uniform in [-1, 1]
+    angle = params[:, 0] * math.radians(rotate)
+    tx, ty = params[:, 1] * (2 * shift / w), params[:, 2] * (2 * shift / h)  # grid units
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)

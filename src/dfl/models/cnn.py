@@ -1,0 +1,93 @@
+"""CNNs as layer lists: the lab's notebook baseline, its exploration model, and any CNN a
+config describes (`model = "cnn"`, `model_args.layers = [...]`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from dfl.models.layers import build_layers
+from dfl.models.registry import register
+
+
+def lab_baseline_layers(num_classes: int = 10) -> list[dict]:
+    """The notebook's CNN (3.2 Q2): four conv-BN-ReLU blocks, 28 -> 14 -> 7 -> 4 -> 2, then
+    Linear(256, 100) -> Linear(100, 10) with no activation between them (as in the notebook)."""
+    blocks = [(16, 3, 2, 1), (32, 3, 2, 1), (32, 3, 2, 1), (64, 2, 2, 0)]
+    layers: list[dict] = []
+    for out, kernel, stride, padding in blocks:
+        layers += [
+            {"type": "conv", "out": out, "kernel": kernel, "stride": stride, "padding": padding},
+            {"type": "batchnorm"},
+            {"type": "relu"},
+        ]
+    layers += [
+        {"type": "flatten"},
+        {"type": "linear", "out": 100, "in_features": 256},
+        {"type": "linear", "out": num_classes},
+    ]
+    return layers
+
+
+def explore_layers(
+    filters: list[int],
+    kernels: list[int],
+    batchnorm: bool,
+    activation: str,
+    pool_after: list[int],
+    num_classes: int,
+    head_in: int | None = None,
+) -> list[dict]:
+    """The notebook's "CNNnet": stride-1 'same' convs, optional BN, pooling after the listed
+    layers (1-based), head Linear(C*h*w, 128) -> ReLU -> Linear(128, classes). `head_in` pins
+    the head's in-features as the notebook did (C * 7 * 7); None infers it."""
+    if len(kernels) != len(filters):
+        raise ValueError(f"{len(filters)} filters but {len(kernels)} kernels: give one per layer")
+    layers: list[dict] = []
+    for i, (out, kernel) in enumerate(zip(filters, kernels, strict=True), start=1):
+        layers.append({"type": "conv", "out": out, "kernel": kernel, "padding": "same"})
+        if batchnorm:
+            layers.append({"type": "batchnorm"})
+        layers.append({"type": activation})
+        if i in pool_after:
+            layers.append({"type": "maxpool", "kernel": 2})
+    layers += [
+        {"type": "flatten"},
+        {"type": "linear", "out": 128, "in_features": head_in},
+        {"type": "relu"},
+        {"type": "linear", "out": num_classes},
+    ]
+    return layers
+
+
+@register("cnn_lab")
+def cnn_lab(*, num_classes: int = 10) -> nn.Module:
+    """Lab 3.2 Q2 notebook baseline: 4 strided conv-BN-ReLU blocks, Linear(256,100)->(100,10)."""
+    return build_layers(lab_baseline_layers(num_classes))[0]
+
+
+@register("cnn_explore")
+def cnn_explore(
+    *,
+    filters: list[int] = [16, 32, 64, 128],  # noqa: B006 (never mutated)
+    kernels: list[int] = [3, 3, 3, 3],  # noqa: B006
+    batchnorm: bool = True,
+    activation: Literal["relu", "leaky_relu", "tanh", "gelu"] = "relu",
+    pool_after: list[int] = [2, 4],  # noqa: B006
+    num_classes: int = 10,
+) -> nn.Module:
+    """Lab 3.2 Q2 exploration "CNNnet": same-padded convs, optional BN, pooling after layers."""
+    layers = explore_layers(filters, kernels, batchnorm, activation, pool_after, num_classes)
+    return build_layers(layers)[0]
+
+
+@register("cnn")
+def cnn(*, layers: list[dict] = [], num_classes: int = 10) -> nn.Module:  # noqa: B006
+    """Any CNN given as a layer list (conv, batchnorm, relu/..., maxpool/avgpool, dropout,
+    flatten, linear); a final linear to num_classes is added when the list does not end in one."""
+    if not layers:
+        layers = lab_baseline_layers(num_classes)
+    elif layers[-1].get("type") != "linear":
+        layers = [*layers, {"type": "linear", "out": num_classes}]
+    return build_layers(layers)[0]

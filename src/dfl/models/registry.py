@@ -1,0 +1,83 @@
+"""Models by name: `@register("cnn_lab")` on a factory, `create("cnn_lab", **args)` to build.
+
+Each entry knows its objective (classification or reconstruction) so a run needs only the
+model's name. Arguments are checked against the factory's signature and types before anything
+is built (pydantic's `validate_call`), so a typo in `model_args` names the argument.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ConfigDict, ValidationError, validate_call
+from torch import nn
+
+from dfl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    objective: str  # "classification" or "reconstruction"
+    summary: str  # first line of the factory's docstring
+
+    def defaults(self) -> dict[str, Any]:
+        params = inspect.signature(self.factory).parameters.values()
+        return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, *, objective: str = "classification") -> Callable:
+    """Decorator: add a model factory (keyword-only arguments with defaults) under `name`."""
+
+    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice")
+        checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(factory)
+        summary = (inspect.getdoc(factory) or "").split("\n")[0]
+        _REGISTRY[name] = ModelEntry(name, checked, objective, summary)
+        return factory
+
+    return add
+
+
+def _load_builtin_models() -> None:
+    # Importing the model modules runs their @register decorators.
+    from dfl.models import autoencoder, cnn, mlp  # noqa: F401
+
+
+def get(name: str) -> ModelEntry:
+    _load_builtin_models()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(f"unknown model '{name}' (known: {known}; `dfl models` describes them)")
+    return _REGISTRY[name]
+
+
+def create(name: str, **args: Any) -> nn.Module:
+    """Build a registered model; a bad argument is a ConfigError that names it."""
+    entry = get(name)
+    try:
+        return entry.factory(**args)
+    except ValidationError as e:
+        bad = "; ".join(
+            f"model_args.{'.'.join(str(p) for p in err['loc'])}: "
+            + ("unknown argument" if err["type"] == "unexpected_keyword_argument" else err["msg"])
+            for err in e.errors()
+        )
+        raise ConfigError(f"model '{name}': {bad}") from None
+
+
+def names() -> list[str]:
+    _load_builtin_models()
+    return sorted(_REGISTRY)
+
+
+def entries() -> list[ModelEntry]:
+    return [get(n) for n in names()]

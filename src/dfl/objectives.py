@@ -1,0 +1,53 @@
+"""What a step optimises and measures. An objective turns (model, batch) into a mean loss to
+backpropagate and per-batch *sums* (loss x samples, correct answers), so epoch metrics are
+exact per-sample averages however the last batch is cut (the lab divided by the wrong count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Sums = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    select_metric: str  # the validation metric model selection uses
+    select_mode: str  # "min" or "max"
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
+        raise NotImplementedError
+
+    @staticmethod
+    def finish(sums: dict[str, float], n: int) -> dict[str, float]:
+        """Sums over an epoch -> per-sample means ("correct" becomes "accuracy")."""
+        out = {"loss": sums["loss"] / n}
+        if "correct" in sums:
+            out["accuracy"] = sums["correct"] / n
+        return out
+
+
+class Classification(Objective):
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
+        logits = model(x)  # (B, classes)
+        loss = F.cross_entropy(logits.float(), y)
+        correct = (logits.argmax(dim=1) == y).sum()
+        return loss, {"loss": loss.detach() * y.shape[0], "correct": correct}
+
+
+class Reconstruction(Objective):
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
+        recon = model(x)
+        loss = F.mse_loss(recon.float(), x)  # mean over every pixel of the batch
+        return loss, {"loss": loss.detach() * x.shape[0]}  # per-pixel MSE x samples
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "classification": Classification("classification", "val_accuracy", "max"),
+    "reconstruction": Reconstruction("reconstruction", "val_loss", "min"),
+}

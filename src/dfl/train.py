@@ -1,0 +1,588 @@
+"""THE training loop. It knows nothing about any particular model: the registry builds the
+model, an objective supplies the step, callbacks watch each epoch (a sweep's pruner, a
+figure saver). Everything a run produces lands in its run directory:
+
+    config.toml     the resolved config: `dfl train --config RUN/config.toml` repeats the run
+    metrics.jsonl   one line per epoch (train/val loss and accuracy, lr, seconds, samples/s)
+    status.json     running | completed | failed | pruned, with the reason and final metrics
+    checkpoints/    the last two epochs, written atomically (see checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dfl import checkpoint, models
+from dfl.atomic import atomic_write_bytes, atomic_write_json
+from dfl.config import TrainConfig, config_to_toml
+from dfl.data import Dataset, load_dataset, random_subset, train_val_split
+from dfl.data.batches import Split, random_affine, standardize, to_input
+from dfl.errors import ConfigError, DflError, TrainingDiverged
+from dfl.objectives import OBJECTIVES, Objective
+
+Callback = Callable[[dict[str, Any]], None]
+NONFINITE_CHECK_EVERY = 25  # steps between checks: each check waits for the device
+
+# Keys that may differ when a run is resumed: they change speed, not what is computed on CPU.
+RESUMABLE_DIFFERENCES = {"device", "threads", "checkpoint"}
+
+
+class StopRun(Exception):
+    """Raised by a callback to end a run early with a status (e.g. "pruned" by a sweep)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # completed | failed | pruned
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: device, precision, seeds, data
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: cuda > mps > cpu. Asking for an absent device is an error, not a silent fallback."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }[name]
+    if not available:
+        raise ConfigError(f"device '{name}' is not available on this machine (use --device auto)")
+    return torch.device(name)
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision 'fp16' needs a CUDA device (use bf16 on CPU)")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def prepare_splits(cfg: TrainConfig, data: Dataset, device: torch.device) -> dict[str, Split]:
+    """train / val / test on the device. Faithful runs draw the lab's random subsets first;
+    the validation split is carved out of (the subset of) the training images, seeded by
+    `data.split_seed` so every run of an experiment sees the same split."""
+    d = cfg.data
+    subset_seed = cfg.seed if d.subset_seed is None else d.subset_seed
+    train_x, train_y = data.train_images, data.train_labels
+    test_x, test_y = data.test_images, data.test_labels
+    if d.train_subset:
+        idx = random_subset(len(train_y), d.train_subset, subset_seed)
+        train_x, train_y = train_x[idx], train_y[idx]
+    if d.test_subset:
+        idx = random_subset(len(test_y), d.test_subset, subset_seed + 1)
+        test_x, test_y = test_x[idx], test_y[idx]
+    splits = {"test": Split.of(test_x, test_y, device)}
+    if d.val_fraction > 0:
+        tr, va = train_val_split(len(train_y), d.val_fraction, d.split_seed)
+        splits["train"] = Split.of(train_x[tr], train_y[tr], device)
+        splits["val"] = Split.of(train_x[va], train_y[va], device)
+    else:
+        splits["train"] = Split.of(train_x, train_y, device)
+    return splits
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Objective]:
+    entry = models.get(cfg.model)
+    args = dict(cfg.model_args)
+    if "num_classes" in entry.defaults() and "num_classes" not in args:
+        args["num_classes"] = num_classes  # a custom dataset's class count, read from its labels
+    model = models.create(cfg.model, **args)
+    objective = OBJECTIVES[entry.objective if cfg.objective == "auto" else cfg.objective]
+    return model, objective
+
+
+def build_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def build_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Returns (scheduler or None, True if it steps every batch rather than every epoch)."""
+    s = cfg.schedule
+    if s.name == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=s.gamma), False
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma), False
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs), False
+    if s.name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=cfg.optim.lr,
+            epochs=cfg.epochs,
+            steps_per_epoch=steps_per_epoch,
+            pct_start=s.warmup_fraction,
+        ), True
+    return None, False
+
+
+# ---------------------------------------------------------------------------------------------
+# State <-> checkpoint
+
+
+def _split_state(prefix: str, tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested state dict into `tensors` under a dotted name and leave
+    a {"__tensor__": name} marker, so the rest is plain JSON."""
+    if isinstance(tree, torch.Tensor):
+        tensors[prefix] = tree
+        return {"__tensor__": prefix}
+    if isinstance(tree, dict):
+        return {str(k): _split_state(f"{prefix}.{k}", v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_split_state(f"{prefix}.{i}", v, tensors) for i, v in enumerate(tree)]
+    return tree
+
+
+def _join_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, dict):
+        if set(tree) == {"__tensor__"}:
+            return tensors[tree["__tensor__"]]
+        return {k: _join_state(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_join_state(v, tensors) for v in tree]
+    return tree
+
+
+def _optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
+    # JSON turned the integer parameter ids into strings; the optimiser wants them back.
+    return {
+        "state": {int(k): v for k, v in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        data: Dataset,
+        callbacks: Iterable[Callback] = (),
+        log: Callable[[str], None] | None = None,
+    ):
+        self.cfg, self.run_dir, self.callbacks, self.log = cfg, run_dir, list(callbacks), log
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.autocast = autocast_for(cfg.precision, self.device)
+        self.splits = prepare_splits(cfg, data, self.device)
+        self.model, self.objective = build_model(cfg, data.num_classes)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        steps = self.splits["train"].num_batches(cfg.batch_size, cfg.drop_last)
+        self.scheduler, self.schedule_per_step = build_schedule(cfg, self.optimizer, steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"value": None, "epoch": None, "weights": None}
+        self._check_early_stop()
+
+    def _check_early_stop(self) -> None:
+        es = self.cfg.early_stop
+        if es.patience and es.metric.startswith("val_") and "val" not in self.splits:
+            raise ConfigError(
+                f"early_stop.metric '{es.metric}' needs a validation split "
+                "(set data.val_fraction > 0)"
+            )
+
+    @property
+    def select_metric(self) -> tuple[str, str]:
+        """The metric that picks the best epoch: early stopping's, else the objective's."""
+        es = self.cfg.early_stop
+        if es.patience:
+            return es.metric, es.mode
+        return self.objective.select_metric, self.objective.select_mode
+
+    # --- one epoch --------------------------------------------------------------------------
+
+    def _inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        d = self.cfg.data
+        x = to_input(images)
+        if train and (d.augment_shift or d.augment_rotate):
+            x = random_affine(x, d.augment_shift, d.augment_rotate, self.shuffle)
+        return standardize(x) if d.normalize else x
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, split = self.cfg, self.splits["train"]
+        self.model.train()
+        n_batches = split.num_batches(cfg.batch_size, cfg.drop_last)
+        losses = torch.zeros(n_batches, device=self.device)  # checked for NaN every few steps
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        bar = tqdm(
+            split.batches(cfg.batch_size, generator=self.shuffle, drop_last=cfg.drop_last),
+            total=n_batches,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=None,
+            unit="batch",
+            file=sys.stderr,
+        )
+        for step, (images, y) in enumerate(bar):
+            x = self._inputs(images, train=True)
+            with self.autocast:
+                loss, batch_sums = self.objective.step(self.model, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.schedule_per_step:
+                self.scheduler.step()
+            losses[step] = loss.detach()
+            for k, v in batch_sums.items():
+                sums[k] = sums.get(k, 0) + v.detach()
+            n += y.shape[0]
+            if (step + 1) % NONFINITE_CHECK_EVERY == 0 or step + 1 == n_batches:
+                self._check_finite(losses[: step + 1], epoch)
+        return self.objective.finish({k: float(v) for k, v in sums.items()}, n)
+
+    def _check_finite(self, losses: torch.Tensor, epoch: int) -> None:
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            step = int(bad[0]) + 1
+            raise TrainingDiverged(
+                f"non-finite loss at epoch {epoch}, step {step} "
+                f"(lower the learning rate, now {self.cfg.optim.lr:g}, or set grad_clip)"
+            )
+
+    @torch.no_grad()
+    def evaluate(self, name: str) -> dict[str, float]:
+        self.model.eval()
+        split, sums, n = self.splits[name], {}, 0
+        for images, y in split.batches(self.cfg.eval_batch_size):
+            with self.autocast:
+                _, batch_sums = self.objective.step(self.model, self._inputs(images, False), y)
+            for k, v in batch_sums.items():
+                sums[k] = sums.get(k, 0) + v
+            n += y.shape[0]
+        metrics = self.objective.finish({k: float(v) for k, v in sums.items()}, n)
+        if not math.isfinite(metrics["loss"]):
+            raise TrainingDiverged(f"non-finite {name} loss after training")
+        return metrics
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def run(self, epoch_bar: bool = True, until_epoch: int | None = None) -> RunResult:
+        """Train to the configured epochs, or pause after `until_epoch` (a sweep reading a
+        shorter-epoch grid point off a longer run); a paused run resumes like a killed one."""
+        last_epoch = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
+        start_epoch = self._restore() + 1
+        t_run = time.perf_counter()
+        bar = tqdm(
+            range(start_epoch, last_epoch + 1),
+            initial=start_epoch - 1,
+            total=self.cfg.epochs,
+            desc=self.run_dir.name,
+            unit="epoch",
+            disable=None if epoch_bar else True,
+            file=sys.stderr,
+        )
+        stopped = None
+        for epoch in bar:
+            t0 = time.perf_counter()
+            record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+            record.update({f"train_{k}": v for k, v in self.train_epoch(epoch).items()})
+            seconds = time.perf_counter() - t0
+            if "val" in self.splits:
+                record.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+            record["seconds"] = round(seconds, 4)
+            record["samples_per_s"] = round(len(self.splits["train"]) / seconds, 1)
+            if self.scheduler is not None and not self.schedule_per_step:
+                self.scheduler.step()
+            self.history.append(record)
+            stopped = self._track_best(record)
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in record.items() if k.startswith(("train_", "val_"))}
+            )
+            if self.log:
+                self.log(_format_record(record))
+            try:
+                for callback in self.callbacks:
+                    callback(record)
+            except StopRun:
+                self._checkpoint(epoch)  # a pruned trial can still be inspected or resumed
+                raise
+            self._checkpoint(epoch)
+            if stopped:
+                break
+        bar.close()
+        if last_epoch < self.cfg.epochs and not stopped:
+            return RunResult(
+                self.run_dir, "paused", self.history, {"epochs_run": len(self.history)}
+            )
+        final = self._final(time.perf_counter() - t_run, stopped)
+        return RunResult(self.run_dir, "completed", self.history, final)
+
+    def _track_best(self, record: dict[str, Any]) -> str | None:
+        """Remember the best epoch; returns a reason when early stopping ends the run."""
+        metric, mode = self.select_metric
+        value = record.get(metric)
+        if value is None:
+            if self.cfg.early_stop.patience:
+                raise ConfigError(
+                    f"early_stop.metric '{metric}' is not measured "
+                    f"(measured: {', '.join(sorted(record))})"
+                )
+            return None
+        best = self.best["value"]
+        delta = self.cfg.early_stop.min_delta
+        better = best is None or (value < best - delta if mode == "min" else value > best + delta)
+        if better:
+            self.best.update(value=value, epoch=record["epoch"])
+            if self.cfg.early_stop.patience:  # the weights to restore before testing
+                self.best["weights"] = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+        patience = self.cfg.early_stop.patience
+        if patience and record["epoch"] - self.best["epoch"] >= patience:
+            return (
+                f"early stop at epoch {record['epoch']}: {metric} has not improved for "
+                f"{patience} epochs (best {self.best['value']:.6g} at epoch {self.best['epoch']})"
+            )
+        return None
+
+    def _final(self, wall: float, stopped: str | None) -> dict[str, Any]:
+        final: dict[str, Any] = {
+            "epochs_run": len(self.history),
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "best_epoch": self.best["epoch"],
+            "select_metric": self.select_metric[0],
+            "best_value": self.best["value"],
+            "wall_s": round(wall, 3),
+            "device": str(self.device),
+        }
+        if stopped:
+            final["early_stopped"] = stopped
+        if self.best["weights"] is not None:  # selection on validation: test the best epoch
+            self.model.load_state_dict(self.best["weights"])
+        if self.history:
+            final.update({k: v for k, v in self.history[-1].items() if k.startswith("val_")})
+            if self.best["weights"] is not None:
+                final.update(
+                    {
+                        k: v
+                        for k, v in self.history[self.best["epoch"] - 1].items()
+                        if k.startswith("val_")
+                    }
+                )
+        if self.cfg.evaluate_test:
+            final.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
+        return final
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def _checkpoint(self, epoch: int) -> None:
+        write_metrics(self.run_dir, self.history)
+        if not self.cfg.checkpoint:
+            return
+        tensors: dict[str, torch.Tensor] = {
+            f"model.{k}": v for k, v in self.model.state_dict().items()
+        }
+        if self.best["weights"] is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best["weights"].items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.shuffle"] = self.shuffle.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "history": self.history,
+            "best": {"value": self.best["value"], "epoch": self.best["epoch"]},
+            "optimizer": _split_state("optim", self.optimizer.state_dict(), tensors),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+        }
+        checkpoint.save(self.run_dir / "checkpoints", epoch, tensors, state)
+
+    def _restore(self) -> int:
+        """Load the newest intact checkpoint; returns its epoch (0 when starting fresh)."""
+        found = checkpoint.load_latest(self.run_dir / "checkpoints")
+        if found is None:
+            return 0
+        tensors, state = found
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.best = {**state["best"], "weights": best or None}
+        self.optimizer.load_state_dict(
+            _optimizer_state_from_json(_join_state(state["optimizer"], tensors))
+        )
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.shuffle.set_state(tensors["rng.shuffle"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.history = state["history"]
+        if self.log:
+            self.log(f"resumed {self.run_dir} from epoch {state['epoch']}")
+        return int(state["epoch"])
+
+
+def _format_record(record: dict[str, Any]) -> str:
+    parts = [f"epoch {record['epoch']:>3}"]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.5g}")
+    parts.append(f"{record['seconds']:.1f}s ({record['samples_per_s']:.0f}/s)")
+    return "  ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in history)
+    atomic_write_bytes(run_dir / "metrics.jsonl", lines.encode())
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "status.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise DflError(
+            f"{path} is not valid JSON ({e}); delete the run directory to start over"
+        ) from None
+
+
+def _write_status(run_dir: Path, status: str, **fields: Any) -> None:
+    atomic_write_json(run_dir / "status.json", {"status": status, **fields})
+
+
+def _check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
+    saved = _load_saved_config(run_dir)
+    if saved is None:
+        return
+    old, new = saved.model_dump(mode="json"), cfg.model_dump(mode="json")
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUMABLE_DIFFERENCES and old.get(key) != new.get(key):
+            raise ConfigError(
+                f"run directory {run_dir} was made with a different config: '{key}' was "
+                f"{old.get(key)!r}, now {new.get(key)!r} (use another --out, or the same config)"
+            )
+
+
+def _load_saved_config(run_dir: Path) -> TrainConfig | None:
+    from dfl.config import build_config  # here to keep config free of training imports
+
+    path = run_dir / "config.toml"
+    return build_config(path) if path.exists() else None
+
+
+def fit(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    callbacks: Iterable[Callback] = (),
+    log: Callable[[str], None] | None = None,
+    epoch_bar: bool = True,
+    until_epoch: int | None = None,
+) -> RunResult:
+    """Train `cfg` in `run_dir`. With `resume`, a completed run is returned as it is and an
+    unfinished one continues from its newest checkpoint, ending as an uninterrupted run would."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status is not None and not resume:
+        raise DflError(
+            f"{run_dir} already holds a run ({status['status']}); pass --resume to "
+            "continue or reuse it, or choose another --out"
+        )
+    if status is not None:
+        _check_same_config(run_dir, cfg)
+        history = read_history(run_dir)
+        done = status["status"] == "completed" or (until_epoch and len(history) >= until_epoch)
+        if done:
+            return RunResult(run_dir, status["status"], history, status.get("final", {}))
+    # Everything that can be wrong with the config or the data fails here, before the run
+    # directory is touched.
+    data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    trainer = Trainer(cfg, run_dir, data, callbacks, log)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.toml", config_to_toml(cfg).encode())
+        _write_status(run_dir, "running", pid=os.getpid(), started=time.time())
+    except OSError as e:
+        raise DflError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
+    try:
+        result = trainer.run(epoch_bar, until_epoch)
+    except StopRun as stop:
+        _write_status(run_dir, stop.status, reason=stop.reason, epochs_run=len(trainer.history))
+        return RunResult(run_dir, stop.status, trainer.history, {}, stop.reason)
+    except Exception as e:
+        reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
+        with contextlib.suppress(OSError):
+            _write_status(run_dir, "failed", reason=reason)
+        raise
+    if result.status == "paused":
+        _write_status(run_dir, "paused", epochs_run=len(result.history))
+    else:
+        _write_status(run_dir, "completed", final=result.final)
+    return result
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,49 @@
+"""Shared fixtures: a small learnable synthetic dataset, so most tests need no real MNIST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfl.data import Dataset
+
+
+def synthetic_digits(n: int, seed: int, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """28x28 uint8 images: class k is a bright 6x6 square at a class-specific place, plus noise.
+    Easy enough that a few epochs of any sensible model learn it, hard enough to need a step."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    images = torch.randint(0, 60, (n, 28, 28), generator=g, dtype=torch.int64)
+    for k in range(num_classes):
+        row, col = 2 + 8 * (k // 3), 2 + 8 * (k % 3)
+        images[labels == k, row : row + 6, col : col + 6] += 180
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+def make_dataset(n_train: int = 512, n_test: int = 128, num_classes: int = 10) -> Dataset:
+    train_x, train_y = synthetic_digits(n_train, 0, num_classes)
+    test_x, test_y = synthetic_digits(n_test, 1, num_classes)
+    return Dataset(
+        name="synthetic",
+        train_images=train_x,
+        train_labels=train_y,
+        test_images=test_x,
+        test_labels=test_y,
+        num_classes=num_classes,
+        source="synthetic",
+        path=Path("."),
+        verified="synthetic (no checksums)",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> Dataset:
+    return make_dataset()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test reads or writes the user's ~/.cache/dfl; each session gets its own cache."""
+    monkeypatch.setenv("DFL_DATA_DIR", str(tmp_path_factory.getbasetemp() / "dfl-cache"))

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from dfl.config import build_config, config_to_toml, parse_overrides, parse_value
+from dfl.errors import ConfigError
+
+
+def test_defaults_validate():
+    cfg = build_config()
+    assert cfg.optim.lr == 1e-3 and cfg.data.val_fraction == 0.2
+
+
+def test_overrides_are_typed_by_toml_rules():
+    assert parse_value("3e-4") == 3e-4
+    assert parse_value("[16, 32]") == [16, 32]
+    assert parse_value("true") is True
+    assert parse_value("relu") == "relu"
+    tree = parse_overrides(["optim.lr=0.01", "model_args.enc=64", "epochs=3"])
+    cfg = build_config(overrides=tree)
+    assert cfg.optim.lr == 0.01 and cfg.model_args == {"enc": 64} and cfg.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["optim.lrr=0.1"], "optim.lrr"),
+        (["epochs=abc"], "epochs"),
+        (["epochs=0"], "epochs"),
+        (["data.val_fraction=1.5"], "data.val_fraction"),
+        (["optim.name=rmsprop"], "optim.name"),
+        (["bogus=1"], "bogus"),
+    ],
+)
+def test_bad_keys_are_named(overrides, named):
+    with pytest.raises(ConfigError, match=f"'{named}'"):
+        build_config(overrides=parse_overrides(overrides))
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_toml_roundtrip(tmp_path: Path):
+    cfg = build_config(
+        overrides=parse_overrides(
+            ['model="cnn"', 'model_args.layers=[{type="flatten"}, {type="linear", out=10}]']
+        )
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(cfg))
+    assert build_config(path) == cfg
+
+
+def test_bad_toml_file_is_named(tmp_path: Path):
+    path = tmp_path / "broken.toml"
+    path.write_text("epochs = = 3")
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
+        build_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(tmp_path / "missing.toml")

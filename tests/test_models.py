@@ -1,0 +1,88 @@
+"""Every registered model builds from its defaults, runs a batch and gives finite outputs of
+the right shape; the declarative layers find shape mistakes before training."""
+
+import pytest
+import torch
+
+from dfl import models
+from dfl.errors import ConfigError, ShapeError
+from dfl.models.cnn import explore_layers, lab_baseline_layers
+from dfl.models.layers import build_layers, conv_output_size
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_model_builds_and_runs(name):
+    entry = models.get(name)
+    model = models.create(name)
+    x = torch.rand(4, 1, 28, 28)
+    out = model(x)
+    if entry.objective == "classification":
+        assert out.shape == (4, 10)
+    else:
+        assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+    out.float().sum().backward()  # every model trains: gradients reach the parameters
+    assert any(p.grad is not None for p in model.parameters())
+
+
+def test_unknown_model_and_bad_argument_are_named():
+    with pytest.raises(ConfigError, match="unknown model 'cnnn'"):
+        models.create("cnnn")
+    with pytest.raises(ConfigError, match=r"model_args\.encc"):
+        models.create("autoencoder", encc=3)
+    with pytest.raises(ConfigError, match=r"model_args\.enc"):
+        models.create("autoencoder", enc="big")
+
+
+def test_conv_output_size_matches_the_lab():
+    assert conv_output_size(4, 2, stride=2) == 2
+    assert conv_output_size(28, 3, 2, 1) == 14
+    assert conv_output_size(28, 3, 1, 2, dilation=2) == 28
+
+
+def test_lab_baseline_shapes():
+    _, shapes = build_layers(lab_baseline_layers())
+    convs = [s for s in shapes if len(s) == 3]
+    assert [s[1] for s in convs[::3]] == [14, 7, 4, 2]
+    assert shapes[-1] == (10,)
+
+
+def test_linear_in_features_mismatch_names_the_layer():
+    # The write-up's 5-layer candidate: 3 poolings give 3x3, but its head expects C*7*7.
+    layers = explore_layers(
+        [16, 32, 64, 128, 256],
+        [3, 5, 3, 3, 3],
+        False,
+        "leaky_relu",
+        [1, 3, 5],
+        10,
+        head_in=256 * 7 * 7,
+    )
+    with pytest.raises(ShapeError, match=r"layer \d+ \(linear\) gets input \[2304\]"):
+        build_layers(layers)
+    # Inferring the in-features fixes it.
+    layers[-3]["in_features"] = None
+    _, shapes = build_layers(layers)
+    assert shapes[-1] == (10,)
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        (
+            [{"type": "conv", "out": 4, "kernel": 30}],
+            r"layer 0 \(conv\).*30x30 kernel.*does not fit",
+        ),
+        ([{"type": "maxpool", "kernel": 2}] * 5, r"layer 4 \(maxpool\).*empties the map"),
+        ([{"type": "linear", "out": 3}], r"layer 0 \(linear\).*flatten"),
+        ([{"type": "flatten"}, {"type": "conv", "out": 3}], r"layer 1 \(conv\).*\[C, H, W\]"),
+    ],
+)
+def test_shape_errors(layers, message):
+    with pytest.raises(ShapeError, match=message):
+        build_layers(layers)
+
+
+def test_bad_layer_spec_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"layers\.0"):
+        build_layers([{"type": "conv"}])  # no `out`

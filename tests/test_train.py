@@ -1,0 +1,154 @@
+"""The training loop on synthetic data: it learns, resumes exactly, stops early for real,
+fails cleanly on a diverged loss, and survives a damaged checkpoint."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfl import checkpoint
+from dfl.config import build_config, parse_overrides
+from dfl.errors import ConfigError, DflError, TrainingDiverged
+from dfl.train import StopRun, fit, read_history, read_status
+
+
+def config(*pairs: str):
+    base = ['model="mlp"', "model_args.hidden=[32]", "epochs=3", "batch_size=32", 'device="cpu"']
+    return build_config(overrides=parse_overrides(base + list(pairs)))
+
+
+def test_learns_and_writes_its_run_directory(tmp_path: Path, tiny_data):
+    result = fit(config(), tmp_path / "run", dataset=tiny_data)
+    assert result.status == "completed"
+    assert result.final["test_accuracy"] > 0.8  # chance is 0.1
+    assert [r["epoch"] for r in read_history(tmp_path / "run")] == [1, 2, 3]
+    assert read_status(tmp_path / "run")["status"] == "completed"
+    assert build_config(tmp_path / "run" / "config.toml") == config()
+    assert len(list((tmp_path / "run" / "checkpoints").glob("epoch-*"))) == checkpoint.KEEP
+
+
+def test_reconstruction_mse_is_per_pixel(tmp_path: Path, tiny_data):
+    cfg = config('model="autoencoder"', "model_args={enc=16}", "epochs=1")
+    result = fit(cfg, tmp_path / "ae", dataset=tiny_data)
+    # Per-pixel MSE of [0,1] images is below 1 whatever happens; a sum over pixels is not.
+    assert 0 < result.final["test_loss"] < 0.2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        [
+            'schedule.name="onecycle"',
+            'optim.name="sgd"',
+            "optim.momentum=0.9",
+            "data.augment_shift=2",
+        ],
+    ],
+)
+def test_resume_equals_uninterrupted(tmp_path: Path, tiny_data, extra):
+    cfg = config(*extra, "epochs=4")
+    whole = fit(cfg, tmp_path / "whole", dataset=tiny_data)
+
+    class Kill(Exception):
+        pass
+
+    def kill_after_two(record):
+        if record["epoch"] == 2:
+            raise Kill  # the checkpoint of epoch 2 is not written: epoch 1's is the latest
+
+    with pytest.raises(Kill):
+        fit(cfg, tmp_path / "part", dataset=tiny_data, callbacks=[kill_after_two])
+    resumed = fit(cfg, tmp_path / "part", dataset=tiny_data, resume=True)
+    assert resumed.history == [
+        {**r, "seconds": r2["seconds"], "samples_per_s": r2["samples_per_s"]}
+        for r, r2 in zip(whole.history, resumed.history, strict=True)
+    ]
+    assert resumed.final["test_loss"] == whole.final["test_loss"]
+
+
+def test_completed_run_is_reused_and_not_overwritten(tmp_path: Path, tiny_data):
+    fit(config(), tmp_path / "r", dataset=tiny_data)
+    with pytest.raises(DflError, match="already holds a run"):
+        fit(config(), tmp_path / "r", dataset=tiny_data)
+    again = fit(config(), tmp_path / "r", dataset=tiny_data, resume=True)
+    assert again.status == "completed" and again.final["test_accuracy"] > 0.8
+    with pytest.raises(ConfigError, match="'epochs' was 3, now 5"):
+        fit(config("epochs=5"), tmp_path / "r", dataset=tiny_data, resume=True)
+
+
+def test_early_stopping_really_stops(tmp_path: Path, tiny_data):
+    # lr 0 can never improve val_loss after epoch 1, so patience 2 stops at epoch 3.
+    cfg = config(
+        "epochs=20",
+        'optim.name="sgd"',
+        "optim.lr=1e-12",
+        "early_stop.patience=2",
+        "early_stop.min_delta=0.01",
+    )
+    result = fit(cfg, tmp_path / "es", dataset=tiny_data)
+    assert result.final["epochs_run"] == 3
+    assert "early stop at epoch 3" in result.final["early_stopped"]
+
+
+def test_early_stopping_needs_a_validation_split(tmp_path: Path, tiny_data):
+    with pytest.raises(ConfigError, match="validation split"):
+        fit(
+            config("early_stop.patience=2", "data.val_fraction=0.0"),
+            tmp_path / "x",
+            dataset=tiny_data,
+        )
+    assert not (tmp_path / "x").exists()  # nothing half-made
+
+
+def test_divergence_fails_with_epoch_and_step(tmp_path: Path, tiny_data):
+    cfg = config('optim.name="sgd"', "optim.lr=1e10")
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at epoch 1, step \d+"):
+        fit(cfg, tmp_path / "nan", dataset=tiny_data)
+    status = read_status(tmp_path / "nan")
+    assert status["status"] == "failed" and "non-finite loss" in status["reason"]
+
+
+def test_stoprun_records_status(tmp_path: Path, tiny_data):
+    def prune(record):
+        raise StopRun("pruned", f"pruned at epoch {record['epoch']}")
+
+    result = fit(config(), tmp_path / "p", dataset=tiny_data, callbacks=[prune])
+    assert result.status == "pruned"
+    assert read_status(tmp_path / "p")["reason"] == "pruned at epoch 1"
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, tiny_data, capsys):
+    cfg = config("epochs=3")
+    whole = fit(cfg, tmp_path / "whole", dataset=tiny_data)
+    fit(cfg, tmp_path / "r", dataset=tiny_data)
+    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("epoch-*"))
+    assert [p.name for p in ckpts] == ["epoch-0002", "epoch-0003"]
+    # Pretend the run was killed after epoch 3's checkpoint, which then got corrupted.
+    (tmp_path / "r" / "status.json").write_text(json.dumps({"status": "running"}))
+    blob = ckpts[-1] / "tensors.safetensors"
+    blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
+    resumed = fit(cfg, tmp_path / "r", dataset=tiny_data, resume=True)
+    assert "damaged" in capsys.readouterr().err
+    assert resumed.final["test_loss"] == whole.final["test_loss"]  # epoch 3 redone from epoch 2
+
+
+def test_checkpoints_hold_no_pickle(tmp_path: Path, tiny_data):
+    fit(config("epochs=1"), tmp_path / "r", dataset=tiny_data)
+    ckpt = next((tmp_path / "r" / "checkpoints").glob("epoch-*"))
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state.json", "tensors.safetensors"]
+    json.loads((ckpt / "state.json").read_text())  # plain JSON
+
+
+def test_custom_class_count_reaches_the_model(tmp_path: Path):
+    from conftest import make_dataset
+
+    data = make_dataset(num_classes=4)
+    result = fit(config("epochs=1"), tmp_path / "r4", dataset=data)
+    assert result.final["params"] == 784 * 32 + 32 + 32 * 4 + 4
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path: Path, tiny_data):
+    result = fit(config('precision="bf16"', "epochs=1"), tmp_path / "bf", dataset=tiny_data)
+    assert torch.isfinite(torch.tensor(result.final["test_loss"]))
