@@ -47,3 +47,18 @@ def tiny_data() -> Dataset:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """No test reads or writes the user's ~/.cache/dfl; each session gets its own cache."""
     monkeypatch.setenv("DFL_DATA_DIR", str(tmp_path_factory.getbasetemp() / "dfl-cache"))
+
+
+def write_idx_dataset(root: Path, n_train: int = 256, n_test: int = 64) -> Path:
+    """The synthetic digits as a directory of the four standard IDX files, for code that loads
+    data by path (the CLI, worker processes)."""
+    from dfl.data.idx import write_idx
+
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, (x, y) in {
+        "train": synthetic_digits(n_train, 0),
+        "t10k": synthetic_digits(n_test, 1),
+    }.items():
+        write_idx(root / f"{prefix}-images-idx3-ubyte", x.numpy())
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", y.numpy().astype("uint8"))
+    return root

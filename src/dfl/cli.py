@@ -4,6 +4,7 @@ stderr and a non-zero exit (2 for bad input, 3 for a diverged run), never a trac
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from collections.abc import Callable
@@ -188,7 +189,14 @@ def run_data_info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+# Modules that define their own commands with @command, next to the code they drive; they
+# are imported only when the parser is built, so `import dfl` stays light.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = Parser(
         prog="dfl",
         description="Deep feature learning on MNIST: train models, run sweeps, reproduce the lab.",

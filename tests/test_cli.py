@@ -1,0 +1,109 @@
+"""The command line as a user meets it: help everywhere, one-line errors with exit code 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_idx_dataset
+from dfl.cli import build_parser, main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's own exits (--help, bad flags)
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_has_help(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in sub.choices:
+        code, out, _ = run(capsys, name, "--help")
+        assert code == 0 and "usage:" in out, name
+
+
+def test_train_on_an_idx_directory(tmp_path: Path, capsys):
+    data = write_idx_dataset(tmp_path / "digits")
+    out_dir = tmp_path / "run"
+    code, out, _ = run(
+        capsys,
+        "train",
+        "mlp",
+        "--dataset",
+        str(data),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out_dir),
+        "--set",
+        "model_args.hidden=[16]",
+    )
+    assert code == 0, out
+    assert out.startswith("completed: test_accuracy")
+    status = json.loads((out_dir / "status.json").read_text())
+    assert status["final"]["epochs_run"] == 2
+    # The saved config repeats the run; --resume reuses the finished one.
+    code, out, _ = run(capsys, "train", "--resume", "--out", str(out_dir))
+    assert code == 0 and "completed" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "mlp", "--set", "optim.lrr=0.1"], "config key 'optim.lrr': unknown key"),
+        (["train", "mlp", "--set", "epochs=-1"], "config key 'epochs'"),
+        (["train", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["train", "mlp", "--set", "model_args.width=3"], "model_args.width"),
+        (["train", "--config", "missing.toml"], "missing.toml does not exist"),
+        (["train"], "name a model"),
+        (["data", "info", "--dataset", "/nonexistent/dir"], "/nonexistent/dir"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, argv, message):
+    code, _, err = run(
+        capsys, *argv, *(["--out", str(tmp_path / "o")] if argv[0] == "train" else [])
+    )
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_idx_file_is_named_and_nothing_trains(tmp_path: Path, capsys):
+    data = write_idx_dataset(tmp_path / "digits")
+    images = data / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    code, _, err = run(capsys, "train", "mlp", "--dataset", str(data), "--out", str(tmp_path / "o"))
+    assert code == 2 and "train-images-idx3-ubyte" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_diverged_run_exits_3(tmp_path: Path, capsys):
+    data = write_idx_dataset(tmp_path / "digits")
+    code, _, err = run(
+        capsys,
+        "train",
+        "mlp",
+        "--dataset",
+        str(data),
+        "--lr",
+        "1e10",
+        "--set",
+        'optim.name="sgd"',
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 3 and "non-finite loss at epoch 1, step" in err
+
+
+def test_print_config_and_models(capsys):
+    code, out, _ = run(capsys, "train", "cnn_lab", "--print-config", "--epochs", "7")
+    assert code == 0 and 'model = "cnn_lab"' in out and "epochs = 7" in out
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "cnn_lab" in out and "autoencoder" in out
