@@ -76,9 +76,16 @@ def cnn_explore(
     activation: Literal["relu", "leaky_relu", "tanh", "gelu"] = "relu",
     pool_after: list[int] = [2, 4],  # noqa: B006
     num_classes: int = 10,
+    head_in: int | None = None,  # None infers it; the notebook pinned C * 7 * 7 (see below)
 ) -> nn.Module:
-    """Lab 3.2 Q2 exploration "CNNnet": same-padded convs, optional BN, pooling after layers."""
-    layers = explore_layers(filters, kernels, batchnorm, activation, pool_after, num_classes)
+    """Lab 3.2 Q2 exploration "CNNnet": same-padded convs, optional BN, pooling after layers.
+
+    `head_in` pins the head's in-features as the notebook's `Linear(C * 7 * 7, 128)` did, so a
+    config can state that choice and have the shape check catch it when the pooling disagrees
+    (configs/models/cnn_writeup_candidate.toml)."""
+    layers = explore_layers(
+        filters, kernels, batchnorm, activation, pool_after, num_classes, head_in
+    )
     return build_layers(layers)[0]
 
 
