@@ -61,7 +61,10 @@ class EarlyStopConfig(Strict):
 class TrainConfig(Strict):
     model: str = "mlp"  # a registered model name (`dfl models`)
     model_args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the model
-    objective: Literal["auto", "classification", "reconstruction"] = "auto"  # auto: the model's
+    objective: Literal["auto", "classification", "reconstruction", "layerwise"] = "auto"
+    layer: int = Field(0, ge=0)  # layerwise objective: the layer being pretrained
+    freeze: list[str] = Field(default_factory=list)  # parameter-name prefixes kept fixed
+    init_from: str | None = None  # a finished run directory whose final weights start this one
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -77,6 +80,7 @@ class TrainConfig(Strict):
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU)
     threads: int | None = Field(None, gt=0)  # intra-op threads; None = torch's default
     evaluate_test: bool = True  # the test set is evaluated once, after training
+    restore_best: bool = False  # test the best-validation epoch's weights, not the last's
     checkpoint: bool = True  # a checkpoint after every epoch makes runs resumable
 
     @model_validator(mode="after")

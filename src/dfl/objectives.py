@@ -47,7 +47,27 @@ class Reconstruction(Objective):
         return loss, {"loss": loss.detach() * x.shape[0]}  # per-pixel MSE x samples
 
 
+@dataclass(frozen=True)
+class LayerwisePretraining(Objective):
+    """Greedy layer-wise pretraining: layer k rebuilds its own input (the code of the frozen
+    layers below it). The model must offer `reconstruct_layer(x, k)`."""
+
+    layer: int = 0
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
+        target, recon = model.reconstruct_layer(x, self.layer)
+        loss = F.mse_loss(recon.float(), target)
+        return loss, {"loss": loss.detach() * x.shape[0]}
+
+
 OBJECTIVES: dict[str, Objective] = {
     "classification": Classification("classification", "val_accuracy", "max"),
     "reconstruction": Reconstruction("reconstruction", "val_loss", "min"),
+    "layerwise": LayerwisePretraining("layerwise", "val_loss", "min"),
 }
+
+
+def objective_for(name: str, layer: int = 0) -> Objective:
+    if name == "layerwise":
+        return LayerwisePretraining(name, "val_loss", "min", layer)
+    return OBJECTIVES[name]

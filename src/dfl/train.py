@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -33,9 +34,10 @@ from dfl.config import TrainConfig, config_to_toml
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
-from dfl.objectives import OBJECTIVES, Objective
+from dfl.objectives import Objective, objective_for
 
 Callback = Callable[[dict[str, Any]], None]
+WEIGHTS = "model.safetensors"  # a finished run's final weights (the selected epoch's)
 NONFINITE_CHECK_EVERY = 25  # steps between checks: each check waits for the device
 
 # Keys that may differ when a run is resumed: they change speed, not what is computed on CPU.
@@ -130,8 +132,37 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Objectiv
     if "num_classes" in entry.defaults() and "num_classes" not in args:
         args["num_classes"] = num_classes  # a custom dataset's class count, read from its labels
     model = models.create(cfg.model, **args)
-    objective = OBJECTIVES[entry.objective if cfg.objective == "auto" else cfg.objective]
+    if cfg.init_from:
+        load_weights(model, Path(cfg.init_from) / WEIGHTS)
+    freeze(model, cfg.freeze)
+    objective = objective_for(
+        entry.objective if cfg.objective == "auto" else cfg.objective, cfg.layer
+    )
     return model, objective
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Start from another run's final weights (a pretraining phase, say); no pickle involved."""
+    if not path.exists():
+        raise ConfigError(f"init_from: {path} does not exist (has that run finished?)")
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"init_from: {path} does not fit model ({first})") from None
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> None:
+    """Fix every parameter whose name starts with one of `prefixes` (e.g. "encoders.0")."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            raise ConfigError(
+                f"freeze: no parameter starts with '{prefix}' "
+                f"(parameters: {', '.join(names[:8])}...)"
+            )
+    for name, param in model.named_parameters():
+        param.requires_grad_(not any(name.startswith(p) for p in prefixes))
 
 
 def build_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -221,7 +252,8 @@ class Trainer:
         self.splits = prepare_splits(cfg, data, self.device)
         self.model, self.objective = build_model(cfg, data.num_classes)
         self.model.to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg, trainable)
         steps = self.splits["train"].num_batches(cfg.batch_size, cfg.drop_last)
         self.scheduler, self.schedule_per_step = build_schedule(cfg, self.optimizer, steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
@@ -232,6 +264,8 @@ class Trainer:
 
     def _check_early_stop(self) -> None:
         es = self.cfg.early_stop
+        if self.cfg.restore_best and "val" not in self.splits:
+            raise ConfigError("restore_best needs a validation split (set data.val_fraction > 0)")
         if es.patience and es.metric.startswith("val_") and "val" not in self.splits:
             raise ConfigError(
                 f"early_stop.metric '{es.metric}' needs a validation split "
@@ -385,7 +419,7 @@ class Trainer:
         better = best is None or (value < best - delta if mode == "min" else value > best + delta)
         if better:
             self.best.update(value=value, epoch=record["epoch"])
-            if self.cfg.early_stop.patience:  # the weights to restore before testing
+            if self.cfg.early_stop.patience or self.cfg.restore_best:  # restored before testing
                 self.best["weights"] = {
                     k: v.detach().clone() for k, v in self.model.state_dict().items()
                 }
@@ -421,6 +455,11 @@ class Trainer:
                         if k.startswith("val_")
                     }
                 )
+        save_file(
+            {k: v.contiguous().cpu() for k, v in self.model.state_dict().items()},
+            str(self.run_dir / f".{WEIGHTS}.tmp"),
+        )
+        os.replace(self.run_dir / f".{WEIGHTS}.tmp", self.run_dir / WEIGHTS)
         if self.cfg.evaluate_test:
             final.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
         return final
