@@ -191,7 +191,12 @@ def run_data_info(args: argparse.Namespace) -> int:
 
 # Modules that define their own commands with @command, next to the code they drive; they
 # are imported only when the parser is built, so `import dfl` stays light.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "dfl.reproduce",
+    "dfl.conv_arithmetic",
+    "dfl.shapes",
+    "dfl.attention_cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

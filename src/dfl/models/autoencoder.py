@@ -1,6 +1,9 @@
-"""The lab's dense autoencoder (3.1 Q1): 784 -> enc -> 784, ReLU code, sigmoid output."""
+"""Autoencoders (3.1 Q1): the lab's dense one (784 -> enc -> 784, ReLU code, sigmoid output),
+a deeper variant with the same code size, and a linear probe on a trained encoder's codes."""
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import nn
@@ -27,3 +30,45 @@ class DenseAutoencoder(nn.Module):
 def autoencoder(*, enc: int = 32, in_features: int = 784) -> nn.Module:
     """Lab 3.1 Q1 dense autoencoder: Linear(784, enc) -> ReLU -> Linear(enc, 784) -> sigmoid."""
     return DenseAutoencoder(enc, in_features)
+
+
+class DeepAutoencoder(DenseAutoencoder):
+    """784 -> hidden... -> enc -> ...hidden -> 784: more capacity around the same code size."""
+
+    def __init__(self, enc: int, hidden: list[int], in_features: int = 784) -> None:
+        nn.Module.__init__(self)
+        sizes = [in_features, *hidden, enc]
+        down: list[nn.Module] = [nn.Flatten()]
+        for a, b in itertools.pairwise(sizes):
+            down += [nn.Linear(a, b), nn.ReLU()]
+        up: list[nn.Module] = []
+        rev = sizes[::-1]
+        for a, b in itertools.pairwise(rev):
+            up += [nn.Linear(a, b), nn.ReLU()]
+        up[-1] = nn.Sigmoid()  # pixels live in [0, 1]
+        self.encoder, self.decoder = nn.Sequential(*down), nn.Sequential(*up)
+
+
+@register("autoencoder_deep", objective="reconstruction")
+def autoencoder_deep(*, enc: int = 32, hidden: list[int] = [512, 256]) -> nn.Module:  # noqa: B006 (never mutated)
+    """Deeper dense autoencoder: 784-512-256-enc-256-512-784, ReLU inside, sigmoid output."""
+    return DeepAutoencoder(enc, hidden)
+
+
+class LinearProbe(nn.Module):
+    """A trained encoder (frozen by the run's `freeze = ["encoder"]`) and a linear classifier
+    on its codes: how much class information the code keeps."""
+
+    def __init__(self, encoder: nn.Module, enc: int, num_classes: int) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, nn.Linear(enc, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))  # (B, classes)
+
+
+@register("autoencoder_probe")
+def autoencoder_probe(*, enc: int = 32, hidden: list[int] = [], num_classes: int = 10) -> nn.Module:  # noqa: B006 (never mutated)
+    """Linear probe: an autoencoder's encoder (load it with init_from) + Linear(enc, classes)."""
+    ae = DeepAutoencoder(enc, hidden) if hidden else DenseAutoencoder(enc)
+    return LinearProbe(ae.encoder, enc, num_classes)

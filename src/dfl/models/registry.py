@@ -49,7 +49,7 @@ def register(name: str, *, objective: str = "classification") -> Callable:
 
 def _load_builtin_models() -> None:
     # Importing the model modules runs their @register decorators.
-    from dfl.models import autoencoder, cnn, mlp  # noqa: F401
+    from dfl.models import autoencoder, cnn, mlp, stacked_autoencoder, vit  # noqa: F401
 
 
 def get(name: str) -> ModelEntry:
