@@ -180,7 +180,11 @@ def build_config(
 def config_to_toml(config: BaseModel) -> str:
     """Write a config as TOML (tomllib reads, nothing in the stdlib writes): scalars, lists,
     nested tables. None values are left out, which reads back as the default None."""
-    return _toml_table(config.model_dump(mode="json"), [])
+    return dict_to_toml(config.model_dump(mode="json"))
+
+
+def dict_to_toml(tree: dict[str, Any]) -> str:
+    return _toml_table(tree, [])
 
 
 def _toml_value(value: Any) -> str:

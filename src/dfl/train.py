@@ -142,14 +142,21 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Objectiv
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Start from another run's final weights (a pretraining phase, say); no pickle involved."""
+    """Start from another run's final weights, matched by parameter name (a pretraining phase,
+    or a probe reusing an encoder); parameters the run did not have keep their fresh init."""
     if not path.exists():
         raise ConfigError(f"init_from: {path} does not exist (has that run finished?)")
-    try:
-        model.load_state_dict(load_file(str(path)))
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ConfigError(f"init_from: {path} does not fit model ({first})") from None
+    saved, own = load_file(str(path)), model.state_dict()
+    shared = {k: v for k, v in saved.items() if k in own}
+    if not shared:
+        raise ConfigError(f"init_from: no parameter of {path} fits this model (another model?)")
+    wrong = [k for k, v in shared.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ConfigError(
+            f"init_from: {path}: '{wrong[0]}' has shape {list(shared[wrong[0]].shape)}"
+            f", the model needs {list(own[wrong[0]].shape)}"
+        )
+    model.load_state_dict(shared, strict=False)
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> None:

@@ -1,0 +1,382 @@
+"""Lab 3.1 Q1: image reconstruction with a dense autoencoder, and what tuning buys.
+
+Faithful: the notebook's baseline (enc 32, batch 32, 20 epochs, random 10,000 train / 1,000
+test images) and its grid batch x enc x epochs on the seeded 80/20 split of all 60,000
+training images, selected on validation MSE. The notebook's two test figures were divided by
+10,000 instead of 1,000 (10x too small); ours are per-pixel MSE, correctly normalised, on the
+full 10,000 test images. Beyond: a linear probe on the codes per encoding size, and a deeper
+autoencoder at the smallest code size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from dfl import models
+from dfl.data.batches import to_input
+from dfl.experiments.base import Context, grid_sweep, number
+from dfl.experiments.lab_numbers import AE_GRID
+from dfl.report import figures
+from dfl.report.document import Figure, Section, Table, fmt, mean_std
+from dfl.train import WEIGHTS
+
+NAME = "ae"
+TITLE = "3.1 Q1 — Autoencoder reconstruction"
+QUESTION = (
+    "Conduct image reconstruction on MNIST using an autoencoder. Tune the number of neurons in "
+    "the hidden layer (encoding dim) and the number of training epochs to obtain good "
+    "reconstruction results. Can you improve the performance of the given model?"
+)
+
+PROFILE = {
+    "smoke": {
+        "batches": [64],
+        "encs": [16, 32],
+        "epochs": [1, 2],
+        "train_subset": 2000,
+        "baseline_epochs": 1,
+        "probe_epochs": 1,
+        "deep_epochs": 1,
+    },
+    "quick": {
+        "batches": [16, 32, 64],
+        "encs": [32, 64, 128],
+        "epochs": [3, 5],
+        "train_subset": None,
+        "baseline_epochs": 20,
+        "probe_epochs": 3,
+        "deep_epochs": 5,
+    },
+    "full": {
+        "batches": [16, 32, 64],
+        "encs": [32, 64, 128],
+        "epochs": [40, 60],
+        "train_subset": None,
+        "baseline_epochs": 20,
+        "probe_epochs": 10,
+        "deep_epochs": 60,
+    },
+}
+LAB_EPOCHS = (40, 60)
+
+
+def _lab_point(
+    batch: int, enc: int, epochs: int, grid_epochs: list[int]
+) -> tuple[float | None, int]:
+    """The notebook's validation MSE for the same batch and enc, and its epochs: a profile with
+    fewer epochs sets its shorter/longer point beside the lab's 40/60 (the table says so)."""
+    lab_epochs = LAB_EPOCHS[grid_epochs.index(epochs)] if len(grid_epochs) == 2 else LAB_EPOCHS[-1]
+    pair = AE_GRID.get((batch, enc))
+    return (pair[LAB_EPOCHS.index(lab_epochs)] if pair else None), lab_epochs
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    p = PROFILE[ctx.profile]
+    subset = [f"data.train_subset={p['train_subset']}"] if p["train_subset"] else []
+
+    # The notebook's baseline, on its protocol (no validation, 1,000 random test images).
+    baseline = ctx.train(
+        NAME,
+        "baseline",
+        [
+            'model="autoencoder"',
+            "model_args.enc=32",
+            "batch_size=32",
+            f"epochs={p['baseline_epochs']}",
+            "data.train_subset=10000",
+            "data.test_subset=1000",
+            "data.val_fraction=0.0",
+            "seed=42",
+        ],
+    )
+
+    # The grid, selected on validation MSE (the test set is not looked at).
+    base = {"model": "autoencoder", "seed": 42, "data": {"val_fraction": 0.2}}
+    if p["train_subset"]:
+        base["data"]["train_subset"] = p["train_subset"]
+    grid = {"batch_size": p["batches"], "model_args.enc": p["encs"], "epochs": p["epochs"]}
+    points = grid_sweep(ctx, NAME, "grid", base, grid)
+    table = []
+    for pt in sorted(
+        points,
+        key=lambda q: (
+            q["params"]["batch_size"],
+            q["params"]["model_args.enc"],
+            q["params"]["epochs"],
+        ),
+    ):
+        b, e, ep = (pt["params"][k] for k in ("batch_size", "model_args.enc", "epochs"))
+        lab, lab_epochs = _lab_point(b, e, ep, p["epochs"])
+        table.append(
+            {
+                "batch": b,
+                "enc": e,
+                "epochs": ep,
+                "val_mse": pt["value"],
+                "lab": lab,
+                "lab_epochs": lab_epochs,
+                "curve": [c["val_loss"] for c in pt["curve"]][:ep],
+                "run_dir": pt["run_dir"],
+                "epochs_from": pt["epochs_from"],
+            }
+        )
+    best = min(table, key=lambda r: r["val_mse"])
+
+    # The selected config, trained again per seed and tested once on all 10,000 test images;
+    # the baseline config likewise (its lab figure was on 1,000 images, divided by 10,000).
+    def tested(key: str, enc: int, batch: int, epochs: int, seed: int):
+        return ctx.train(
+            NAME,
+            f"{key}/seed{seed}",
+            [
+                'model="autoencoder"',
+                f"model_args.enc={enc}",
+                f"batch_size={batch}",
+                f"epochs={epochs}",
+                "data.val_fraction=0.2",
+                f"seed={seed}",
+                *subset,
+            ],
+        )
+
+    seeds = range(ctx.seeds)
+    best_runs = [tested("selected", best["enc"], best["batch"], best["epochs"], s) for s in seeds]
+    base_runs = [tested("baseline_full_test", 32, 32, p["baseline_epochs"], s) for s in seeds]
+    best_mse = [r.final["test_loss"] for r in best_runs]
+    base_mse = [r.final["test_loss"] for r in base_runs]
+
+    # Beyond the lab: what a code is worth to a classifier, and a deeper net at enc 32.
+    probe = {}
+    for enc in p["encs"]:
+        source = min((r for r in table if r["enc"] == enc), key=lambda r: r["val_mse"])
+        run = ctx.train(
+            NAME,
+            f"probe/enc{enc}",
+            [
+                'model="autoencoder_probe"',
+                f"model_args.enc={enc}",
+                f'init_from="{source["run_dir"]}"',
+                'freeze=["encoder"]',
+                f"epochs={p['probe_epochs']}",
+                "batch_size=128",
+                "data.val_fraction=0.2",
+                *subset,
+            ],
+        )
+        probe[enc] = {"accuracy": run.final["test_accuracy"], "source": source["run_dir"]}
+    small = min(p["encs"])
+    deep_runs = [
+        ctx.train(
+            NAME,
+            f"deep_enc{small}/seed{s}",
+            [
+                'model="autoencoder_deep"',
+                f"model_args.enc={small}",
+                "batch_size=64",
+                f"epochs={p['deep_epochs']}",
+                "data.val_fraction=0.2",
+                "restore_best=true",
+                f"seed={s}",
+                *subset,
+            ],
+        )
+        for s in seeds
+    ]
+    shallow_small = min((r for r in table if r["enc"] == small), key=lambda r: r["val_mse"])
+    deep_mse = [r.final["test_loss"] for r in deep_runs]
+
+    figs = [
+        _figure_reconstructions(ctx, table),
+        _figure_curves(ctx, table),
+        _figure_probe(ctx, probe, table),
+    ]
+    numbers = {
+        "baseline.test_mse_lab_protocol": number(
+            baseline.final["test_loss"], "baseline test MSE, lab protocol", baseline, NAME
+        ),
+        "selected.test_mse": number(
+            best_mse,
+            "selected config, test MSE (10,000 images)",
+            best_runs[0],
+            NAME,
+            seeds=len(best_runs),
+        ),
+        "baseline.test_mse": number(
+            base_mse,
+            "baseline config, test MSE (10,000 images)",
+            base_runs[0],
+            NAME,
+            seeds=len(base_runs),
+        ),
+        "deep.test_mse": number(deep_mse, f"deep AE enc {small}, test MSE", deep_runs[0], NAME),
+    }
+    compare = {}
+    for r in table:
+        if r["lab"] is not None:
+            compare[f"val_mse.b{r['batch']}.e{r['enc']}.ep{r['lab_epochs']}"] = _compare_val(
+                r["val_mse"], r["lab"], r["epochs"], r["lab_epochs"]
+            )
+    compare["test_mse.best"] = {
+        "faithful": "= corrected",
+        "corrected": mean_std(best_mse),
+        "verdict": "differs ~10x",
+        "why": "the notebook summed over 1,000 test images and divided by 10,000",
+    }
+    compare["test_mse.baseline"] = {
+        "faithful": fmt(baseline.final["test_loss"]),
+        "corrected": mean_std(base_mse),
+        "verdict": "differs ~10x",
+        "why": "the notebook summed over 1,000 test images and divided by 10,000",
+    }
+    return {
+        "grid": table,
+        "best": {k: best[k] for k in ("batch", "enc", "epochs", "val_mse")},
+        "baseline_lab_protocol": baseline.final["test_loss"],
+        "selected_test": best_mse,
+        "baseline_test": base_mse,
+        "probe": probe,
+        "deep": {"enc": small, "test": deep_mse, "shallow_val": shallow_small["val_mse"]},
+        "epochs_grid": p["epochs"],
+        "figures": figs,
+        "numbers": numbers,
+        "compare": compare,
+    }
+
+
+def _compare_val(ours: float, lab: float, epochs: int, lab_epochs: int) -> dict[str, Any]:
+    if epochs != lab_epochs:
+        return {
+            "faithful": fmt(ours),
+            "corrected": None,
+            "verdict": f"not comparable: this profile trains {epochs} epochs, the lab {lab_epochs}",
+        }
+    within = abs(ours - lab) / lab <= 0.2
+    return {
+        "faithful": fmt(ours),
+        "corrected": None,
+        "verdict": "reproduced (within 20%)" if within else f"differs ({ours / lab:.2f}x)",
+        "why": "" if within else "the notebook's runs are single unseeded draws",
+    }
+
+
+def _figure_reconstructions(ctx: Context, table: list[dict[str, Any]]) -> dict[str, str]:
+    images = ctx.data.test_images[:10]
+    x = to_input(images)
+    rows = {"input": images.numpy()}
+    for enc in sorted({r["enc"] for r in table}):
+        r = min((r for r in table if r["enc"] == enc), key=lambda r: r["val_mse"])
+        model = models.create("autoencoder", enc=enc)
+        model.load_state_dict(load_file(f"{r['run_dir']}/{WEIGHTS}"))
+        with torch.no_grad():
+            rows[f"enc {enc}"] = model.eval()(x).squeeze(1).numpy()
+    path = figures.image_grid(ctx.figure_path("ae_reconstructions"), rows)
+    return {
+        "path": path,
+        "caption": "Ten test digits and their reconstructions by the best "
+        "run of each encoding size (selected on validation).",
+    }
+
+
+def _figure_curves(ctx: Context, table: list[dict[str, Any]]) -> dict[str, str]:
+    longest = max(r["epochs"] for r in table)
+    series = {
+        f"batch {r['batch']}, enc {r['enc']}": r["curve"] for r in table if r["epochs"] == longest
+    }
+    path = figures.curves(
+        ctx.figure_path("ae_val_curves"),
+        series,
+        "epoch",
+        "validation MSE per pixel",
+        "Autoencoder grid: validation curves",
+        logy=True,
+    )
+    return {
+        "path": path,
+        "caption": "Validation MSE per epoch for every batch size and "
+        "encoding size (the shorter-epoch grid points are these curves read earlier).",
+    }
+
+
+def _figure_probe(ctx: Context, probe: dict[int, dict], table: list[dict]) -> dict[str, str]:
+    encs = sorted(probe)
+    best_mse = [min(r["val_mse"] for r in table if r["enc"] == e) for e in encs]
+    path = figures.bars(
+        ctx.figure_path("ae_probe"),
+        [f"enc {e}" for e in encs],
+        {"linear-probe test accuracy": [probe[e]["accuracy"] for e in encs]},
+        "accuracy",
+        "What the code keeps: a linear classifier on frozen codes",
+        ylim=(0.5, 1.0),
+    )
+    return {
+        "path": path,
+        "caption": "Test accuracy of logistic regression on each encoding "
+        f"size's frozen codes (best validation MSE per size: "
+        f"{', '.join(fmt(m) for m in best_mse)}).",
+    }
+
+
+def section(result: dict[str, Any]) -> Section:
+    grid = result["grid"]
+    rows = [
+        [
+            r["batch"],
+            r["enc"],
+            r["epochs"],
+            r["val_mse"],
+            r["lab_epochs"],
+            r["lab"],
+            (r["val_mse"] / r["lab"]) if r["lab"] else None,
+        ]
+        for r in grid
+    ]
+    grid_table = Table(
+        ["batch", "enc", "epochs", "val MSE (ours)", "lab epochs", "val MSE (lab)", "ours / lab"],
+        rows,
+        "The grid on the seeded 80/20 split; validation MSE per pixel. Where our epochs differ "
+        "from the lab's (quick and smoke profiles), the ratio compares unequal training: only "
+        "the trend is comparable.",
+    )
+    best = result["best"]
+    test_table = Table(
+        ["config", "lab (as printed)", "lab (corrected /1,000)", "ours, test MSE"],
+        [
+            [
+                f"selected: batch {best['batch']}, enc {best['enc']}, {best['epochs']} ep",
+                0.000227,
+                0.00227,
+                mean_std(result["selected_test"]),
+            ],
+            ["baseline: batch 32, enc 32", 0.001470, 0.0147, mean_std(result["baseline_test"])],
+        ],
+        "Test MSE per pixel on all 10,000 test images, mean ± std over seeds",
+    )
+    probe_table = Table(
+        ["encoding size", "linear-probe test accuracy"],
+        [
+            [enc, v["accuracy"]]
+            for enc, v in sorted(result["probe"].items(), key=lambda kv: int(kv[0]))
+        ],
+    )
+    deep = result["deep"]
+    deep_mean = sum(deep["test"]) / len(deep["test"])
+    paragraphs = [
+        f"Selected on validation: batch {best['batch']}, encoding size {best['enc']}, "
+        f"{best['epochs']} epochs (validation MSE {fmt(best['val_mse'])}). The encoding size "
+        "dominates: each doubling of the code cuts the error by a large factor, while batch "
+        "size and the last epochs matter little.",
+        "The lab reported test losses of 0.000227 (selected) and 0.001470 (baseline). The "
+        "notebook summed the loss over 1,000 sampled test images and divided by 10,000, so both "
+        "are 10x too small; the per-pixel MSE it meant is about 0.00227 and 0.0147. Ours are "
+        "per-pixel MSEs on all 10,000 test images.",
+        f"Beyond the lab: a deeper autoencoder (784-512-256-{deep['enc']}) at the same code size "
+        f"reaches test MSE {mean_std(deep['test'])}, against {fmt(deep['shallow_val'])} "
+        f"(validation) for the lab's model at enc {deep['enc']} "
+        f"({deep['shallow_val'] / deep_mean:.2f}x lower error). A linear probe on the frozen "
+        "codes shows what reconstruction quality buys for classification.",
+    ]
+    figs = [Figure(f["path"], f["caption"]) for f in result["figures"]]
+    return Section(TITLE, QUESTION, paragraphs, [grid_table, test_table, probe_table], figs)

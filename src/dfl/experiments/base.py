@@ -1,0 +1,147 @@
+"""What every lab experiment shares: a context that trains (resumably) inside the
+reproduction's directory, and a saved result that the report reads.
+
+An experiment is a module with NAME, TITLE, QUESTION, `run(ctx) -> dict` and
+`section(result) -> Section`. `run` trains and measures, saving figures under `figures/`;
+its dict is written to `<out>/<NAME>/result.json` and is all the report ever sees, so
+`dfl report RUN_DIR` rebuilds everything without training.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfl.atomic import atomic_write_json
+from dfl.config import build_config, dict_to_toml, merge, parse_overrides
+from dfl.data import Dataset
+from dfl.train import RunResult, fit
+
+PROFILES = ("smoke", "quick", "full")
+
+
+@dataclass
+class Context:
+    out: Path  # the reproduction's directory, e.g. runs/quick
+    profile: str  # smoke | quick | full
+    data: Dataset
+    dataset_arg: str  # as the user named it: mnist, fashion-mnist or a path
+    device: str = "auto"
+    seeds: int = 1
+    base_overrides: list[str] = field(default_factory=list)  # applied to every run
+
+    def figure_path(self, name: str) -> Path:
+        path = self.out / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def run_dir(self, experiment: str, key: str) -> Path:
+        return self.out / experiment / "runs" / slug(key)
+
+    def config(self, overrides: list[str]):
+        common = [
+            f'device="{self.device}"',
+            f'data.dataset="{self.dataset_arg}"',
+            "checkpoint=true",
+        ]
+        return build_config(overrides=parse_overrides(common + self.base_overrides + overrides))
+
+    def train(self, experiment: str, key: str, overrides: list[str], **fit_args: Any) -> RunResult:
+        """One training run, reused when it already finished (reproduce resumes)."""
+        cfg = self.config(overrides)
+        return fit(
+            cfg,
+            self.run_dir(experiment, key),
+            dataset=self.data,
+            resume=True,
+            epoch_bar=False,
+            **fit_args,
+        )
+
+
+def slug(text: str) -> str:
+    """A readable directory name for a run key: 'enc=32 batch=16' -> 'enc-32_batch-16'."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text.replace("=", "-")).strip("_")
+
+
+def provenance(result: RunResult, experiment: str) -> dict[str, Any]:
+    """Where a number came from and how to get it again."""
+    cfg_path = result.run_dir / "config.toml"
+    return {
+        "experiment": experiment,
+        "run_dir": str(result.run_dir),
+        "command": f"dfl train --config {cfg_path} --out {result.run_dir}-again",
+    }
+
+
+def number(
+    value: Any, label: str, source: RunResult | None = None, experiment: str = "", **extra: Any
+) -> dict[str, Any]:
+    """A reported number with its provenance, as results.json stores it."""
+    entry = {"value": value, "label": label, **extra}
+    if source is not None:
+        entry.update(provenance(source, experiment))
+    return entry
+
+
+def result_path(out: Path, name: str) -> Path:
+    return out / name / "result.json"
+
+
+def save_result(out: Path, name: str, result: dict[str, Any]) -> None:
+    path = result_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
+
+
+def load_result(out: Path, name: str) -> dict[str, Any] | None:
+    path = result_path(out, name)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def grid_sweep(
+    ctx: Context,
+    experiment: str,
+    name: str,
+    base: dict[str, Any],
+    grid: dict[str, list[Any]],
+    metric: str = "val_loss",
+) -> list[dict[str, Any]]:
+    """Run a grid as an Optuna study through the sweep engine (resumable, exactly once per
+    point, shorter epochs read off longer runs where exact); returns one dict per point:
+    its params, validation value, curve and run directory."""
+    from dfl.sweep.launch import run_sweep  # here: the sweep engine loads optuna
+
+    sweep_dir = ctx.out / experiment / "sweeps" / name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    common = {"device": ctx.device, "data": {"dataset": ctx.dataset_arg}}
+    spec = {
+        "name": f"{experiment}-{name}",
+        "metric": metric,
+        "base": merge(merge(common, base), {"evaluate_test": False}),
+        "grid": grid,
+    }
+    spec_path = sweep_dir / "spec.toml"
+    spec_path.write_text(dict_to_toml(spec))
+    status = run_sweep(spec_path, out=sweep_dir, progress=sys.stderr)
+    points = []
+    for t in status.trials:
+        if t.state.name != "COMPLETE":
+            continue
+        points.append(
+            {
+                "params": dict(t.params),
+                "value": t.value,
+                "curve": t.user_attrs.get("curve", []),
+                "run_dir": t.user_attrs.get("run_dir"),
+                "epochs_from": t.user_attrs.get("epochs_from"),
+                "command": t.user_attrs.get("command"),
+            }
+        )
+    return points

@@ -1,0 +1,341 @@
+"""Lab 3.1 Q2: a stacked autoencoder classifier, greedy layer-wise pretraining, fine-tuning.
+
+Faithful: the notebook's three runs on its protocol (every phase draws fresh random 6,000
+train / 1,000 test images, no validation). What the lab never measured, we do: accuracy
+before fine-tuning (after pretraining + classifier) and after it, and the same network trained
+end to end from random initialisation with the same total epoch budget. Corrected: the same
+comparison on the full data, selecting the epoch on a validation split and testing once on all
+10,000 test images, over several seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from safetensors.torch import load_file
+
+from dfl.experiments.base import Context, number
+from dfl.report import figures
+from dfl.report.document import Figure, Section, Table, mean_std
+from dfl.train import WEIGHTS
+
+NAME = "sae"
+TITLE = "3.1 Q2 — Stacked autoencoder classifier"
+QUESTION = (
+    "Conduct image classification on MNIST using a stacked autoencoder. Are you able to obtain "
+    "a better result by changing the size of the network architecture? What are the results "
+    "before and after fine-tuning? What is the benefit of pretraining the network layer by layer?"
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    sizes: tuple[int, ...]
+    batch: int
+    pretrain: int  # epochs per layer
+    classifier: int
+    finetune: int
+    lab: float | None = None  # the notebook's accuracy after fine-tuning
+
+    @property
+    def budget(self) -> int:
+        """Total epochs of all phases: what the random-init network gets, end to end."""
+        return self.pretrain * (len(self.sizes) - 1) + self.classifier + self.finetune
+
+
+LAB_VARIANTS = [
+    Variant("baseline", "784-256-64, batch 128, 10/10/20", (784, 256, 64), 128, 10, 10, 20, 0.926),
+    Variant("long", "784-256-64, batch 64, 60/60/60", (784, 256, 64), 64, 60, 60, 60, 0.949),
+    Variant("128", "784-128-64, batch 64, 60/60/60", (784, 128, 64), 64, 60, 60, 60, 0.954),
+]
+
+PROFILE = {  # lab variants to run faithfully (scaled epochs for smoke), full-data variant
+    "smoke": {
+        "lab_scale": 0.1,
+        "lab_variants": ["baseline"],
+        "full": Variant("full", "784-256-64, batch 64, 1/1/1", (784, 256, 64), 64, 1, 1, 1),
+    },
+    "quick": {
+        "lab_scale": 1.0,
+        "lab_variants": ["baseline", "long", "128"],
+        "full": Variant("full", "784-256-64, batch 64, 3/3/6", (784, 256, 64), 64, 3, 3, 6),
+    },
+    "full": {
+        "lab_scale": 1.0,
+        "lab_variants": ["baseline", "long", "128"],
+        "full": Variant("full", "784-256-64, batch 64, 20/20/60", (784, 256, 64), 64, 20, 20, 60),
+    },
+}
+
+
+def _scaled(v: Variant, scale: float) -> Variant:
+    if scale == 1.0:
+        return v
+    s = lambda e: max(1, round(e * scale))  # noqa: E731
+    return Variant(
+        v.key,
+        f"{v.label} (epochs x{scale})",
+        v.sizes,
+        v.batch,
+        s(v.pretrain),
+        s(v.classifier),
+        s(v.finetune),
+        v.lab,
+    )
+
+
+def _data_args(protocol: str, seed: int, phase: int) -> list[str]:
+    if protocol == "lab":  # a fresh random draw per phase, as the notebook did
+        return [
+            "data.train_subset=6000",
+            "data.test_subset=1000",
+            "data.val_fraction=0.0",
+            f"data.subset_seed={seed * 100 + phase}",
+        ]
+    return ["data.val_fraction=0.2", "restore_best=true"]
+
+
+def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str, Any]:
+    """Pretrain layer by layer, train the classifier, fine-tune; and a random-init twin."""
+    base = [
+        'model="stacked_autoencoder"',
+        f"model_args.sizes={list(v.sizes)}",
+        f"batch_size={v.batch}",
+        'optim.name="sgd"',
+        f"seed={seed}",
+    ]
+    root = f"{protocol}/{v.key}/seed{seed}"
+    layers = len(v.sizes) - 1
+    previous = None
+    for k in range(layers):  # greedy: layer k rebuilds its input, every other part frozen
+        others = [f"encoders.{j}" for j in range(layers) if j != k]
+        others += [f"decoders.{j}" for j in range(layers) if j != k] + ["classifier"]
+        args = [
+            *base,
+            'objective="layerwise"',
+            f"layer={k}",
+            "optim.lr=0.1",
+            f"epochs={v.pretrain}",
+            f"freeze={others}",
+            "evaluate_test=false",
+            *_data_args(protocol, seed, k),
+        ]
+        if previous:
+            args.append(f'init_from="{previous.run_dir}"')
+        previous = ctx.train(NAME, f"{root}/pretrain{k}", args)
+    # Classifier phase: the notebook froze only the bottom layer here.
+    clf = ctx.train(
+        NAME,
+        f"{root}/classifier",
+        [
+            *base,
+            "optim.lr=1.0",
+            f"epochs={v.classifier}",
+            'freeze=["encoders.0"]',
+            f'init_from="{previous.run_dir}"',
+            *_data_args(protocol, seed, layers),
+        ],
+    )
+    ft = ctx.train(
+        NAME,
+        f"{root}/finetune",
+        [
+            *base,
+            "optim.lr=1.0",
+            f"epochs={v.finetune}",
+            f'init_from="{clf.run_dir}"',
+            *_data_args(protocol, seed, layers + 1),
+        ],
+    )
+    scratch = ctx.train(
+        NAME,
+        f"{root}/random_init",
+        [*base, "optim.lr=1.0", f"epochs={v.budget}", *_data_args(protocol, seed, layers + 2)],
+    )
+    metric = "val_accuracy" if protocol != "lab" else "train_accuracy"
+    return {
+        "before": clf.final["test_accuracy"],
+        "after": ft.final["test_accuracy"],
+        "random": scratch.final["test_accuracy"],
+        "curve_pretrained": [r[metric] for r in clf.history + ft.history],
+        "curve_random": [r[metric] for r in scratch.history],
+        "curve_metric": metric,
+        "runs": {"finetune": str(ft.run_dir), "random_init": str(scratch.run_dir)},
+        "_ft": ft,
+        "_scratch": scratch,
+    }
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    return {k: [r[k] for r in runs] for k in ("before", "after", "random")}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    prof = PROFILE[ctx.profile]
+    seeds = range(ctx.seeds)
+    lab = {}
+    numbers = {}
+    for v in (_scaled(v, prof["lab_scale"]) for v in LAB_VARIANTS if v.key in prof["lab_variants"]):
+        runs = [run_variant(ctx, v, "lab", s) for s in seeds]
+        lab[v.key] = {
+            "label": v.label,
+            "lab": v.lab,
+            **_summarise(runs),
+            "run_dirs": [r["runs"] for r in runs],
+        }
+        numbers[f"lab.{v.key}.after"] = number(
+            lab[v.key]["after"],
+            f"SAE {v.label}: test accuracy after fine-tuning (1,000 images)",
+            runs[0]["_ft"],
+            NAME,
+            seeds=len(runs),
+        )
+    fv = prof["full"]
+    full_runs = [run_variant(ctx, fv, "full", s) for s in seeds]
+    full = {"label": fv.label, **_summarise(full_runs), "run_dirs": [r["runs"] for r in full_runs]}
+    numbers["full.after"] = number(
+        full["after"],
+        "SAE on full data, after fine-tuning",
+        full_runs[0]["_ft"],
+        NAME,
+        seeds=len(full_runs),
+    )
+    numbers["full.random"] = number(
+        full["random"],
+        "same network, random init, same budget",
+        full_runs[0]["_scratch"],
+        NAME,
+        seeds=len(full_runs),
+    )
+
+    figs = [
+        _figure_before_after(ctx, lab, full),
+        _figure_curves(ctx, full_runs[0], fv),
+        _figure_features(ctx, full_runs[0]["_ft"].run_dir),
+    ]
+    compare = {
+        f"acc.{key}": {
+            "faithful": mean_std(entry["after"]),
+            "corrected": mean_std(full["after"]) if key == "baseline" else None,
+            "verdict": _verdict(entry["after"], entry["lab"]),
+            "why": "1,000-image test subsets move in steps of 0.001 and differ per draw",
+        }
+        for key, entry in lab.items()
+    }
+    return {"lab": lab, "full": full, "figures": figs, "numbers": numbers, "compare": compare}
+
+
+def _verdict(values: list[float], lab: float | None, tolerance: float = 0.015) -> str:
+    mean = sum(values) / len(values)
+    if lab is None:
+        return "measured"
+    return "reproduced" if abs(mean - lab) <= tolerance else f"differs by {mean - lab:+.3f}"
+
+
+def _figure_before_after(ctx: Context, lab: dict, full: dict) -> dict[str, str]:
+    groups = [f"lab: {v['label']}" for v in lab.values()] + [f"full data: {full['label']}"]
+    entries = [*lab.values(), full]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    series = {
+        "before fine-tuning": [mean(e["before"]) for e in entries],
+        "after fine-tuning": [mean(e["after"]) for e in entries],
+        "random init, same budget": [mean(e["random"]) for e in entries],
+    }
+    low = min(min(s) for s in series.values())
+    path = figures.bars(
+        ctx.figure_path("sae_before_after"),
+        groups,
+        series,
+        "test accuracy",
+        "Stacked autoencoder: before / after fine-tuning vs random init",
+        ylim=(max(0.0, low - 0.05), 1.0),
+    )
+    return {
+        "path": path,
+        "caption": "Test accuracy after pretraining + classifier (before "
+        "fine-tuning), after fine-tuning, and for the same network trained from random "
+        "initialisation with the same total number of epochs (means over seeds).",
+    }
+
+
+def _figure_curves(ctx: Context, run0: dict, v: Variant) -> dict[str, str]:
+    path = figures.curves(
+        ctx.figure_path("sae_curves"),
+        {
+            "pretrained: classifier then fine-tune": run0["curve_pretrained"],
+            "random init": run0["curve_random"],
+        },
+        "epoch (after pretraining)",
+        run0["curve_metric"].replace("_", " "),
+        f"Full data, {v.label}, seed 0",
+    )
+    return {
+        "path": path,
+        "caption": "Validation accuracy per epoch: the pretrained network "
+        "(classifier phase then fine-tuning) against the randomly initialised one.",
+    }
+
+
+def _figure_features(ctx: Context, run_dir) -> dict[str, str]:
+    weights = load_file(str(run_dir / WEIGHTS))["encoders.0.0.weight"][:16]  # (16, 784)
+    images = weights.reshape(-1, 28, 28).numpy()
+    path = figures.image_grid(
+        ctx.figure_path("sae_features"),
+        {"first-layer features (fine-tuned)": images[:8], "": images[8:16]},
+        cmap="RdBu",
+    )
+    return {"path": path, "caption": "Sixteen first-layer encoder weights as 28x28 images."}
+
+
+def section(result: dict[str, Any]) -> Section:
+    lab, full = result["lab"], result["full"]
+    rows = [
+        [
+            f"lab protocol: {v['label']}",
+            v["lab"],
+            mean_std(v["before"]),
+            mean_std(v["after"]),
+            mean_std(v["random"]),
+        ]
+        for v in lab.values()
+    ]
+    rows.append(
+        [
+            f"full data: {full['label']}",
+            None,
+            mean_std(full["before"]),
+            mean_std(full["after"]),
+            mean_std(full["random"]),
+        ]
+    )
+    table = Table(
+        [
+            "run",
+            "lab (after FT)",
+            "before fine-tuning",
+            "after fine-tuning",
+            "random init, same epochs",
+        ],
+        rows,
+        "Test accuracy, mean ± std over seeds. Lab protocol: 1,000 random test images; "
+        "full data: all 10,000, epoch selected on a 20% validation split.",
+    )
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    gain_ft = mean(full["after"]) - mean(full["before"])
+    gain_pre = mean(full["after"]) - mean(full["random"])
+    paragraphs = [
+        f"Fine-tuning changes full-data test accuracy by {gain_ft:+.4f} "
+        f"({mean(full['before']):.4f} before, {mean(full['after']):.4f} after). Layer-wise "
+        f"pretraining versus the same sigmoid network trained from random initialisation with "
+        f"the same epoch budget: {gain_pre:+.4f}.",
+        "Sigmoid layers trained from random initialisation with plain SGD start slowly (their "
+        "gradients vanish until the weights leave the flat region); pretraining puts every layer "
+        "where it already encodes its input, which is where its benefit shows. The notebook "
+        "measured neither number; the lab's runs used 1,000-image test subsets, so their "
+        "accuracies move in steps of 0.001 and differ between draws.",
+    ]
+    figs = [Figure(f["path"], f["caption"]) for f in result["figures"]]
+    return Section(TITLE, QUESTION, paragraphs, [table], figs)

@@ -1,0 +1,118 @@
+"""Assemble the report from a reproduction's saved results only (never trains):
+report.md, report.html (self-contained) and results.json (every number with provenance)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from dfl.atomic import atomic_write_bytes, atomic_write_json
+from dfl.errors import DflError
+from dfl.experiments import EXPERIMENTS
+from dfl.experiments.base import load_result
+from dfl.experiments.lab_numbers import LAB
+from dfl.report.document import Document, Section, Table
+from dfl.report.render import to_html, to_markdown
+
+
+def _experiment_module(name: str) -> Any | None:
+    try:
+        return importlib.import_module(f"dfl.experiments.{name}")
+    except ModuleNotFoundError:
+        return None
+
+
+def _why_missing(name: str, result: dict[str, Any] | None, manifest: dict[str, Any]) -> str:
+    if result is not None and result.get("status") == "failed":
+        return f"the experiment failed: {result.get('reason')}"
+    if _experiment_module(name) is None:
+        return "not implemented yet in this version of dfl"
+    if name not in manifest.get("selected", EXPERIMENTS):
+        return "not selected in this reproduction (--only)"
+    return "not run yet (rerun the reproduce command to resume)"
+
+
+def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Table:
+    rows = []
+    for name, entries in LAB.items():
+        result = results.get(name)
+        compare = (
+            (result or {}).get("compare", {}) if (result or {}).get("status") == "completed" else {}
+        )
+        for key, what, lab_value in entries:
+            row = compare.get(key)
+            if row is None:
+                reason = _why_missing(name, result, manifest) if not compare else "not measured"
+                rows.append([what, lab_value, None, None, f"missing: {reason}"])
+            else:
+                verdict = row.get("verdict", "")
+                if row.get("why"):
+                    verdict += f" — {row['why']}"
+                rows.append([what, lab_value, row.get("faithful"), row.get("corrected"), verdict])
+    return Table(
+        ["lab number", "lab", "ours, faithful", "ours, corrected", "verdict"],
+        rows,
+        "Every number the write-up states, beside ours",
+    )
+
+
+def _environment(manifest: dict[str, Any], results: dict[str, dict | None]) -> Table:
+    rows = [[k, v] for k, v in manifest.get("environment", {}).items()]
+    for name in EXPERIMENTS:
+        r = results.get(name)
+        rows.append([f"wall time: {name}", f"{r['wall_s']:.1f} s" if r and "wall_s" in r else None])
+    return Table(["what", "value"], rows)
+
+
+def build_report(out: Path) -> Path:
+    out = Path(out)
+    manifest_path = out / "reproduce.json"
+    if not manifest_path.exists():
+        raise DflError(
+            f"{out} holds no reproduction (no reproduce.json); run `dfl reproduce "
+            f"--out {out}` first"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    results = {name: load_result(out, name) for name in EXPERIMENTS}
+
+    sections, numbers = [], {}
+    for name in EXPERIMENTS:
+        module, result = _experiment_module(name), results[name]
+        if module is not None and result is not None and result.get("status") == "completed":
+            sections.append(module.section(result))
+            numbers[name] = result.get("numbers", {})
+        else:
+            title = getattr(module, "TITLE", name)
+            sections.append(
+                Section(
+                    title,
+                    getattr(module, "QUESTION", ""),
+                    missing=_why_missing(name, result, manifest),
+                )
+            )
+
+    table = lab_table(results, manifest)
+    done = sum(1 for r in results.values() if r and r.get("status") == "completed")
+    summary = [
+        f"Profile **{manifest['profile']}** on **{manifest['dataset']}** "
+        f"({manifest['environment'].get('device', '?')}); {done} of {len(EXPERIMENTS)} "
+        f"experiments have results. Every number below comes from a run saved under {out}; "
+        "`dfl report` rebuilds this page from those saved results without training.",
+    ]
+    sections.insert(0, Section("The lab's numbers beside ours", tables=[table]))
+    doc = Document(
+        f"dfl lab reproduction — profile {manifest['profile']}",
+        summary,
+        sections,
+        _environment(manifest, results),
+    )
+
+    atomic_write_bytes(out / "report.md", to_markdown(doc).encode())
+    atomic_write_bytes(out / "report.html", to_html(doc, out).encode())
+    atomic_write_json(
+        out / "results.json",
+        {"profile": manifest["profile"], "dataset": manifest["dataset"], "numbers": numbers},
+    )
+    return out / "report.html"

@@ -1,0 +1,71 @@
+"""A report as plain data: sections of paragraphs, tables and figures. Experiments build it
+from saved results; `render.py` turns the same document into Markdown and into one
+self-contained HTML file, so the two can never disagree."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING = "missing"
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+
+
+@dataclass
+class Figure:
+    path: str  # relative to the run directory (figures/NAME.png)
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    question: str = ""  # the lab's question, quoted
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    missing: str | None = None  # why this part has no results (shown, never left blank)
+
+
+@dataclass
+class Document:
+    title: str
+    summary: list[str]
+    sections: list[Section]
+    environment: Table | None = None
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers as people read them; None and NaN show as missing, never as 0 or blank."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return MISSING
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def mean_std(values: list[float]) -> str:
+    """ "0.9812 ± 0.0011 (n=3)" — the spread a reader needs to judge a difference."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return MISSING
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{fmt(mean)} (n=1)"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{fmt(mean)} ± {fmt(std)} (n={len(values)})"

@@ -1,0 +1,101 @@
+"""The few plot shapes the report needs, drawn with matplotlib's Agg backend (no display) and
+saved as PNG files under the reproduction's figures/ folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after use("Agg"): no display needed
+import numpy as np
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(Path("figures") / path.name)
+
+
+def curves(
+    path: Path,
+    series: dict[str, Sequence[float]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logy: bool = False,
+) -> str:
+    """One line per named series against epoch 1..N."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, ys in series.items():
+        ax.plot(range(1, len(ys) + 1), ys, label=name, linewidth=1.4)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def bars(
+    path: Path,
+    groups: list[str],
+    series: dict[str, Sequence[float]],
+    ylabel: str,
+    title: str = "",
+    errors: dict[str, Sequence[float]] | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> str:
+    """Grouped bars: one group per label, one bar per series (with optional error bars)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(series.items()):
+        err = (errors or {}).get(name)
+        ax.bar(x + i * width, values, width, label=name, yerr=err, capsize=3)
+    ax.set_xticks(x + width * (len(series) - 1) / 2, groups, fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def image_grid(path: Path, rows: dict[str, np.ndarray], title: str = "", cmap: str = "gray") -> str:
+    """Rows of small images (each array (N, H, W)), one labelled row per entry."""
+    n = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c], cmap=cmap)
+        axes[r][0].set_title(label, fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def scatter(
+    path: Path,
+    points: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (xs, ys) in points.items():
+        ax.scatter(xs, ys, label=name, s=18)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

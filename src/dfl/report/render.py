@@ -1,0 +1,116 @@
+"""Render a `Document` as Markdown and as one self-contained HTML file (figures inlined as
+base64 PNG, no scripts, no network). Every string is HTML-escaped: run names and config values
+come from users."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from dfl.report.document import Document, Figure, Section, Table, fmt
+
+# ------------------------------------------------------------------------------- Markdown
+
+
+def _md_table(table: Table) -> str:
+    def cell(v: object) -> str:
+        return fmt(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = []
+    if table.caption:
+        lines += [f"*{table.caption}*", ""]
+    lines.append("| " + " | ".join(table.columns) + " |")
+    lines.append("|" + "---|" * len(table.columns))
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def _md_section(s: Section) -> str:
+    parts = [f"## {s.title}"]
+    if s.question:
+        parts.append("> " + s.question.replace("\n", "\n> "))
+    if s.missing:
+        parts.append(f"**Missing:** {s.missing}")
+    parts += s.paragraphs
+    parts += [_md_table(t) for t in s.tables]
+    parts += [f"![{f.caption}]({f.path})\n\n*{f.caption}*" for f in s.figures]
+    return "\n\n".join(parts)
+
+
+def to_markdown(doc: Document) -> str:
+    parts = [f"# {doc.title}", *doc.summary]
+    parts += [_md_section(s) for s in doc.sections]
+    if doc.environment:
+        parts += ["## Environment", _md_table(doc.environment)]
+    return "\n\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------------- HTML
+
+STYLE = """
+body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #ccc}
+blockquote{color:#555;border-left:4px solid #ccc;margin:1em 0;padding:.2em 1em}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}caption{caption-side:top;font-style:italic}
+figure{margin:1em 0}img{max-width:100%}figcaption{font-style:italic;color:#555}
+.missing{color:#a00;font-weight:bold}
+"""
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_html_cell(v)}</td>" for v in row) + "</tr>" for row in table.rows
+    )
+    caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
+    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_cell(value: object) -> str:
+    text = html.escape(fmt(value))
+    return f'<span class="missing">{text}</span>' if text == "missing" else text
+
+
+def _html_figure(fig: Figure, root: Path) -> str:
+    path = root / fig.path
+    caption = html.escape(fig.caption)
+    if not path.exists():
+        return f'<p class="missing">missing figure: {html.escape(fig.path)}</p>'
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (
+        f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _html_paragraph(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+def _html_section(s: Section, root: Path) -> str:
+    parts = [f"<section><h2>{html.escape(s.title)}</h2>"]
+    if s.question:
+        parts.append(f"<blockquote>{html.escape(s.question)}</blockquote>")
+    if s.missing:
+        parts.append(f'<p class="missing">Missing: {html.escape(s.missing)}</p>')
+    parts += [_html_paragraph(p) for p in s.paragraphs]
+    parts += [_html_table(t) for t in s.tables]
+    parts += [_html_figure(f, root) for f in s.figures]
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def to_html(doc: Document, root: Path) -> str:
+    body = [f"<h1>{html.escape(doc.title)}</h1>"]
+    body += [_html_paragraph(p) for p in doc.summary]
+    body += [_html_section(s, root) for s in doc.sections]
+    if doc.environment:
+        body += ["<section><h2>Environment</h2>", _html_table(doc.environment), "</section>"]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(doc.title)}</title><style>{STYLE}</style></head>"
+        "<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -1,0 +1,153 @@
+"""`dfl reproduce`: every lab experiment, faithful and corrected, then the report.
+
+Re-running the same command resumes: an experiment whose result.json exists is reused, and
+inside an unfinished experiment every finished training run is reused (runs resume from their
+checkpoints). `dfl report RUN_DIR` rebuilds the report from saved results alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dfl.atomic import atomic_write_json
+from dfl.cli import add_data_arguments, command
+from dfl.data import load_dataset
+from dfl.errors import ConfigError, DflError
+from dfl.experiments import EXPERIMENTS
+from dfl.experiments.base import PROFILES, Context, load_result, save_result
+from dfl.report.build import build_report
+from dfl.train import resolve_device
+
+
+def environment(device: str) -> dict[str, Any]:
+    import numpy
+    import optuna
+
+    return {
+        "dfl": importlib.import_module("dfl").__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "optuna": optuna.__version__,
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "precision": "fp32",
+    }
+
+
+def _manifest(out: Path, profile: str, dataset: str, selected: list[str], device: str) -> dict:
+    path = out / "reproduce.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if (old["profile"], old["dataset"]) != (profile, dataset):
+            raise ConfigError(
+                f"{out} holds a reproduction with profile {old['profile']} on {old['dataset']}; "
+                f"use another --out for profile {profile} on {dataset}"
+            )
+    manifest = {
+        "profile": profile,
+        "dataset": dataset,
+        "selected": selected,
+        "environment": environment(device),
+        "started": time.time(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, manifest)
+    return manifest
+
+
+def reproduce(
+    out: Path,
+    profile: str = "quick",
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    device: str = "auto",
+    seeds: int | None = None,
+    only: list[str] | None = None,
+) -> Path:
+    selected = only or EXPERIMENTS
+    unknown = sorted(set(selected) - set(EXPERIMENTS))
+    if unknown:
+        raise ConfigError(
+            f"--only: unknown experiment(s) {', '.join(unknown)} "
+            f"(choose from {','.join(EXPERIMENTS)})"
+        )
+    if profile not in PROFILES:
+        raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
+    resolved = str(resolve_device(device))
+    _manifest(out, profile, dataset, selected, resolved)
+    data = load_dataset(dataset, data_dir)
+    default_seeds = {"smoke": 1, "quick": 2, "full": 3}[profile]
+    ctx = Context(
+        out, profile, data, str(data.path) if data_dir else dataset, device, seeds or default_seeds
+    )
+
+    bar = tqdm(selected, desc="reproduce", unit="experiment", disable=None, file=sys.stderr)
+    for name in bar:
+        bar.set_postfix_str(name)
+        existing = load_result(out, name)
+        if existing is not None and existing.get("status") == "completed":
+            continue
+        try:
+            module = importlib.import_module(f"dfl.experiments.{name}")
+        except ModuleNotFoundError:
+            print(
+                f"dfl: {name}: not implemented yet; the report shows it as missing", file=sys.stderr
+            )
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = module.run(ctx)
+            result.update(status="completed")
+        except DflError as e:  # one experiment failing must not lose the others
+            result = {"status": "failed", "reason": str(e)}
+            print(f"dfl: {name} failed: {e}", file=sys.stderr)
+        result.update(experiment=name, profile=profile, wall_s=time.perf_counter() - t0)
+        save_result(out, name, result)
+    return build_report(out)
+
+
+@command("reproduce", "run every lab experiment (faithful and corrected) and write the report")
+def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        default="quick",
+        choices=PROFILES,
+        help="smoke: tiny, for tests; quick: every table and figure in about 15 "
+        "minutes on 2 CPU cores (default); full: the lab's settings exactly",
+    )
+    add_data_arguments(p)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--seeds", type=int, help="seeds for mean ± std (default 1/2/3 by profile)")
+    p.add_argument("--out", help="output directory (default runs/PROFILE[-DATASET])")
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
+    p.set_defaults(run=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    dataset = args.dataset or "mnist"
+    suffix = "" if dataset == "mnist" else "-" + Path(dataset).name
+    out = Path(args.out or f"runs/{args.profile}{suffix}")
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    report = reproduce(out, args.profile, dataset, args.data_dir, args.device, args.seeds, only)
+    print(f"report: {report}  (markdown: {report.with_suffix('.md')})")
+    return 0
+
+
+@command("report", "rebuild a reproduction's report from its saved results (no training)")
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a reproduction directory, e.g. runs/quick")
+    p.set_defaults(run=lambda args: print(f"report: {build_report(Path(args.run_dir))}") or 0)
