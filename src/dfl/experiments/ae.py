@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from dfl import models
 from dfl.data.batches import to_input
+from dfl.experiments import TITLES
 from dfl.experiments.base import Context, grid_sweep, number
 from dfl.experiments.lab_numbers import AE_GRID
 from dfl.report import figures
@@ -24,7 +25,7 @@ from dfl.report.document import Figure, Section, Table, fmt, mean_std
 from dfl.train import WEIGHTS
 
 NAME = "ae"
-TITLE = "3.1 Q1 — Autoencoder reconstruction"
+TITLE = TITLES[NAME]
 QUESTION = (
     "Conduct image reconstruction on MNIST using an autoencoder. Tune the number of neurons in "
     "the hidden layer (encoding dim) and the number of training epochs to obtain good "

@@ -15,13 +15,14 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from dfl.experiments import TITLES
 from dfl.experiments.base import Context, number
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, mean_std
 from dfl.train import WEIGHTS
 
 NAME = "sae"
-TITLE = "3.1 Q2 — Stacked autoencoder classifier"
+TITLE = TITLES[NAME]
 QUESTION = (
     "Conduct image classification on MNIST using a stacked autoencoder. Are you able to obtain "
     "a better result by changing the size of the network architecture? What are the results "

@@ -10,7 +10,7 @@ from typing import Any
 
 from dfl.atomic import atomic_write_bytes, atomic_write_json
 from dfl.errors import DflError
-from dfl.experiments import EXPERIMENTS
+from dfl.experiments import EXPERIMENTS, TITLES
 from dfl.experiments.base import load_result
 from dfl.experiments.lab_numbers import LAB
 from dfl.report.document import Document, Section, Table
@@ -84,7 +84,7 @@ def build_report(out: Path) -> Path:
             sections.append(module.section(result))
             numbers[name] = result.get("numbers", {})
         else:
-            title = getattr(module, "TITLE", name)
+            title = getattr(module, "TITLE", TITLES[name])
             sections.append(
                 Section(
                     title,

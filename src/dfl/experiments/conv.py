@@ -1,0 +1,98 @@
+"""Lab 3.2 Q1: convolution arithmetic. No training: the lab's matrix, kernel and stride through
+`dfl.conv_arithmetic` (whose result equals torch's conv2d, a tested property)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dfl.conv_arithmetic import convolve2d
+from dfl.experiments import TITLES
+from dfl.experiments.base import Context
+from dfl.report.document import Section, Table
+
+NAME = "conv"
+TITLE = TITLES[NAME]
+QUESTION = (
+    "Q1.1: Calculate the output of a convolution of X = [[2,5,4,1],[3,1,2,0],[4,5,7,1],[1,2,3,4]] "
+    "with the 2x2 kernel K = [[1,0],[0,1]], no padding and stride 2. Q1.2: How do you in general "
+    "determine the dimensionality of the output of a convolutional layer?"
+)
+X = [[2, 5, 4, 1], [3, 1, 2, 0], [4, 5, 7, 1], [1, 2, 3, 4]]
+K = [[1, 0], [0, 1]]
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    lab = convolve2d(np.array(X), np.array(K), stride=2)
+    # The formula's corner case, for the report: a stride that does not divide evenly.
+    uneven = convolve2d(np.arange(25).reshape(5, 5), np.array(K), stride=2)
+    output = str(lab["output"])
+    return {
+        "lab": lab,
+        "uneven": {"dimensions": uneven["dimensions"], "output": uneven["output"]},
+        "numbers": {
+            "output": {
+                "value": lab["output"],
+                "label": "conv(X, K), stride 2",
+                "command": "dfl conv --input '2 5 4 1; 3 1 2 0; 4 5 7 1; 1 2 3 4' "
+                "--kernel '1 0; 0 1' --stride 2 --explain",
+            }
+        },
+        "compare": {
+            "output": {
+                "faithful": output,
+                "corrected": output,
+                "verdict": "reproduced",
+                "why": "the write-up's first sentence ('a 1x1 matrix with value 1') is "
+                "wrong; its worked result is right",
+            },
+            "size": {
+                "faithful": lab["dimensions"][0]["output"],
+                "corrected": None,
+                "verdict": "reproduced",
+            },
+        },
+    }
+
+
+def section(result: dict[str, Any]) -> Section:
+    lab = result["lab"]
+    windows = Table(
+        ["output cell", "input rows", "input columns", "products", "sum"],
+        [
+            [str(w["out"]), str(w["rows"]), str(w["columns"]), str(w["products"]), w["sum"]]
+            for w in lab["windows"]
+        ],
+        "Every window of the kernel over X (stride 2)",
+    )
+    dims = [*lab["dimensions"], *result["uneven"]["dimensions"]]
+    formula = Table(
+        ["case", "axis", "W", "K", "P", "S", "O = floor((W - K_eff + 2P)/S) + 1", "never covered"],
+        [
+            [
+                "lab" if i < 2 else "5x5, stride 2",
+                d["axis"],
+                d["size"],
+                d["kernel"],
+                d["padding"],
+                d["stride"],
+                d["formula"],
+                str(d["uncovered"]) or "none",
+            ]
+            for i, d in enumerate(dims)
+        ],
+    )
+    paragraphs = [
+        f"Q1.1: the output is {lab['output']}. Deep-learning convolution is cross-correlation: "
+        "the kernel slides over the input without being flipped; each output is the sum of the "
+        "element-wise products of the kernel and the window it covers. The write-up's first "
+        "sentence ('a 1x1 matrix with the value 1') is wrong; its later result is right.",
+        "Q1.2: per spatial dimension, O = floor((W - K_eff + 2P) / S) + 1 with K_eff = "
+        "D(K - 1) + 1 for dilation D. Here (4 - 2 + 0)/2 + 1 = 2, so the output is 2x2. When "
+        "W - K_eff + 2P is not divisible by S the floor drops the last rows or columns: the "
+        "5x5 example leaves its last row and column unread. The number of output channels is "
+        "the number of kernels. `dfl shapes` applies the same formula layer by layer to find "
+        "a layer that cannot fit before anything trains.",
+    ]
+    return Section(TITLE, QUESTION, paragraphs, [windows, formula])
