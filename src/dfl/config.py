@@ -81,6 +81,9 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, gt=0)  # intra-op threads; None = torch's default
     evaluate_test: bool = True  # the test set is evaluated once, after training
     restore_best: bool = False  # test the best-validation epoch's weights, not the last's
+    # Lab-faithful only: the notebooks evaluated (and picked epochs on) the test set every
+    # epoch. Records test metrics per epoch so that figure can be redrawn; never for selection.
+    test_every_epoch: bool = False
     checkpoint: bool = True  # a checkpoint after every epoch makes runs resumable
 
     @model_validator(mode="after")

@@ -382,6 +382,8 @@ class Trainer:
             seconds = time.perf_counter() - t0
             if "val" in self.splits:
                 record.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+            if self.cfg.test_every_epoch:
+                record.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
             record["seconds"] = round(seconds, 4)
             record["samples_per_s"] = round(len(self.splits["train"]) / seconds, 1)
             if self.scheduler is not None and not self.schedule_per_step:

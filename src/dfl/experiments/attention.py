@@ -76,6 +76,7 @@ def section(result: dict[str, Any]) -> Section:
         ["tensor", "shape (4 heads)"],
         [[t["name"], str(t["shape"])] for t in result["multi"]["tensors"]],
     )
+
     def span(pair: list[float]) -> str:
         return f"[{fmt(pair[0])}, {fmt(pair[1])}]"
 

@@ -34,6 +34,14 @@ class Context:
     seeds: int = 1
     base_overrides: list[str] = field(default_factory=list)  # applied to every run
 
+    def lab_subset(self, n: int) -> int:
+        """The lab's random-subset size; the smoke profile caps it so tests fit tiny data."""
+        return min(n, 500) if self.profile == "smoke" else n
+
+    def smoke_cap(self) -> list[str]:
+        """Overrides that keep a full-data run small in the smoke profile (none otherwise)."""
+        return ["data.train_subset=2000"] if self.profile == "smoke" else []
+
     def figure_path(self, name: str) -> Path:
         path = self.out / "figures" / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

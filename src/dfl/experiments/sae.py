@@ -88,15 +88,15 @@ def _scaled(v: Variant, scale: float) -> Variant:
     )
 
 
-def _data_args(protocol: str, seed: int, phase: int) -> list[str]:
+def _data_args(ctx: Context, protocol: str, seed: int, phase: int) -> list[str]:
     if protocol == "lab":  # a fresh random draw per phase, as the notebook did
         return [
-            "data.train_subset=6000",
-            "data.test_subset=1000",
+            f"data.train_subset={ctx.lab_subset(6000)}",
+            f"data.test_subset={ctx.lab_subset(1000)}",
             "data.val_fraction=0.0",
             f"data.subset_seed={seed * 100 + phase}",
         ]
-    return ["data.val_fraction=0.2", "restore_best=true"]
+    return ["data.val_fraction=0.2", "restore_best=true", *ctx.smoke_cap()]
 
 
 def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
             f"epochs={v.pretrain}",
             f"freeze={others}",
             "evaluate_test=false",
-            *_data_args(protocol, seed, k),
+            *_data_args(ctx, protocol, seed, k),
         ]
         if previous:
             args.append(f'init_from="{previous.run_dir}"')
@@ -137,7 +137,7 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
             f"epochs={v.classifier}",
             'freeze=["encoders.0"]',
             f'init_from="{previous.run_dir}"',
-            *_data_args(protocol, seed, layers),
+            *_data_args(ctx, protocol, seed, layers),
         ],
     )
     ft = ctx.train(
@@ -148,13 +148,13 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
             "optim.lr=1.0",
             f"epochs={v.finetune}",
             f'init_from="{clf.run_dir}"',
-            *_data_args(protocol, seed, layers + 1),
+            *_data_args(ctx, protocol, seed, layers + 1),
         ],
     )
     scratch = ctx.train(
         NAME,
         f"{root}/random_init",
-        [*base, "optim.lr=1.0", f"epochs={v.budget}", *_data_args(protocol, seed, layers + 2)],
+        [*base, "optim.lr=1.0", f"epochs={v.budget}", *_data_args(ctx, protocol, seed, layers + 2)],
     )
     metric = "val_accuracy" if protocol != "lab" else "train_accuracy"
     return {

@@ -15,8 +15,7 @@ import numpy as np
 
 def _save(fig: plt.Figure, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # fits labels without tight_layout's warnings
     plt.close(fig)
     return str(Path("figures") / path.name)
 

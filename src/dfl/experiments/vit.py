@@ -1,0 +1,289 @@
+"""Lab 3.3 Q2: Vision Transformers on MNIST.
+
+Faithful: the notebook's seven configurations (dim, depth, heads, mlp_dim) with its protocol:
+Adam 1e-3, ExponentialLR 0.95 per epoch, batch 128, full data, no validation; per
+configuration test accuracy and loss, train accuracy (the gap shows overfitting), loss curves,
+parameters, multiply-adds and seconds per epoch. Beyond: a modern ViT (patch 4, per-head
+scale, augmentation, one-cycle schedule) selected on validation, over seeds, with attention
+rollout maps of what it looks at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from dfl import models
+from dfl.data.batches import to_input
+from dfl.experiments import TITLES
+from dfl.experiments.base import Context, number
+from dfl.experiments.lab_numbers import VIT_CONFIGS
+from dfl.models.vit import attention_rollout
+from dfl.report import figures
+from dfl.report.document import Figure, Section, Table, fmt, mean_std
+from dfl.shapes import model_summary
+from dfl.train import WEIGHTS
+
+NAME = "vit"
+TITLE = TITLES[NAME]
+QUESTION = (
+    "Train Vision Transformers of several sizes on MNIST and discuss performance, overfitting, "
+    "training dynamics and computational cost."
+)
+BASE = (64, 6, 8, 128)
+
+PROFILE = {  # quick: the base config briefly on all data, the others on a subset for 1 epoch
+    "smoke": {
+        "base_epochs": 1,
+        "base_subset": 2000,
+        "other_epochs": 1,
+        "other_subset": 1000,
+        "others": [(32, 6, 8, 64)],
+        "beyond_epochs": 1,
+        "beyond_subset": 2000,
+    },
+    "quick": {
+        "base_epochs": 2,
+        "base_subset": None,
+        "other_epochs": 1,
+        "other_subset": 6000,
+        "others": [c for c in VIT_CONFIGS if c != BASE],
+        "beyond_epochs": 2,
+        "beyond_subset": 12000,
+    },
+    "full": {
+        "base_epochs": 20,
+        "base_subset": None,
+        "other_epochs": 20,
+        "other_subset": None,
+        "others": [c for c in VIT_CONFIGS if c != BASE],
+        "beyond_epochs": 60,
+        "beyond_subset": None,
+    },
+}
+
+
+def _key(cfg: tuple[int, int, int, int]) -> str:
+    return "-".join(map(str, cfg))
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    p = PROFILE[ctx.profile]
+    rows = []
+    for cfg in [BASE, *p["others"]]:
+        dim, depth, heads, mlp = cfg
+        epochs = p["base_epochs"] if cfg == BASE else p["other_epochs"]
+        subset = p["base_subset"] if cfg == BASE else p["other_subset"]
+        run = ctx.train(
+            NAME,
+            f"lab/{_key(cfg)}",
+            [
+                'model="vit_lab"',
+                f"model_args.dim={dim}",
+                f"model_args.depth={depth}",
+                f"model_args.heads={heads}",
+                f"model_args.mlp_dim={mlp}",
+                "batch_size=128",
+                f"epochs={epochs}",
+                'schedule.name="exponential"',
+                "schedule.gamma=0.95",
+                "data.val_fraction=0.0",
+                "test_every_epoch=true",
+                "seed=0",
+                *([f"data.train_subset={subset}"] if subset else []),
+            ],
+        )
+        model = models.create("vit_lab", dim=dim, depth=depth, heads=heads, mlp_dim=mlp)
+        summary = model_summary(model, (1, 28, 28))
+        rows.append(
+            {
+                "config": list(cfg),
+                "epochs": epochs,
+                "subset": subset,
+                "test_accuracy": run.final["test_accuracy"],
+                "test_loss": run.final["test_loss"],
+                "train_accuracy": run.history[-1]["train_accuracy"],
+                "train_loss_curve": [h["train_loss"] for h in run.history],
+                "test_loss_curve": [h["test_loss"] for h in run.history],
+                "params": summary.params,
+                "macs": summary.macs,
+                "seconds_per_epoch": sum(h["seconds"] for h in run.history) / len(run.history),
+                "lab": VIT_CONFIGS[cfg],
+                "run_dir": str(run.run_dir),
+                "_run": run,
+            }
+        )
+
+    # Beyond: a modern ViT, selected on validation (best epoch), tested once, over seeds.
+    beyond = [
+        ctx.train(
+            NAME,
+            f"beyond/seed{s}",
+            [
+                'model="vit"',
+                "batch_size=128",
+                f"epochs={p['beyond_epochs']}",
+                'optim.name="adamw"',
+                "optim.lr=0.002",
+                "optim.weight_decay=0.05",
+                'schedule.name="onecycle"',
+                "data.val_fraction=0.1",
+                "restore_best=true",
+                "data.augment_shift=2",
+                "data.augment_rotate=10",
+                f"seed={s}",
+                *([f"data.train_subset={p['beyond_subset']}"] if p["beyond_subset"] else []),
+            ],
+        )
+        for s in range(ctx.seeds)
+    ]
+    beyond_acc = [r.final["test_accuracy"] for r in beyond]
+
+    figs = [_figure_curves(ctx, rows), _figure_rollout(ctx, beyond[0].run_dir)]
+    base_row = rows[0]
+    compare = {}
+    for r in rows:
+        same = r["epochs"] == 20 and r["subset"] is None
+        compare[f"acc.{_key(tuple(r['config']))}"] = {
+            "faithful": fmt(r["test_accuracy"]),
+            "corrected": None,
+            "verdict": (
+                (
+                    "reproduced"
+                    if abs(r["test_accuracy"] - r["lab"]) <= 0.005
+                    else f"differs by {r['test_accuracy'] - r['lab']:+.4f}"
+                )
+                if same
+                else f"not comparable: {r['epochs']} epoch(s)"
+                + (f" on {r['subset']:,} images" if r["subset"] else "")
+            ),
+        }
+    compare["writeup.acc"] = {
+        "faithful": fmt(base_row["test_accuracy"]),
+        "corrected": mean_std(beyond_acc),
+        "verdict": "not a printed number",
+        "why": "0.9834 appears in no notebook output",
+    }
+    compare["writeup.loss"] = {
+        "faithful": fmt(base_row["test_loss"]),
+        "corrected": None,
+        "verdict": "not a printed number",
+        "why": "0.0746 appears in no notebook output",
+    }
+    numbers = {
+        f"lab.{_key(tuple(r['config']))}.test_accuracy": number(
+            r["test_accuracy"], f"ViT {r['config']} test accuracy", r["_run"], NAME
+        )
+        for r in rows
+    }
+    numbers["beyond.test_accuracy"] = number(
+        beyond_acc, "modern ViT, test accuracy", beyond[0], NAME, seeds=len(beyond)
+    )
+    for r in rows:
+        r.pop("_run")
+    return {
+        "rows": rows,
+        "beyond": beyond_acc,
+        "beyond_epochs": p["beyond_epochs"],
+        "figures": figs,
+        "numbers": numbers,
+        "compare": compare,
+    }
+
+
+def _figure_curves(ctx: Context, rows: list[dict]) -> dict[str, str]:
+    series = {}
+    for r in rows:
+        if len(r["train_loss_curve"]) > 1:
+            series[f"{_key(tuple(r['config']))} train"] = r["train_loss_curve"]
+            series[f"{_key(tuple(r['config']))} test"] = r["test_loss_curve"]
+    if not series:  # one-epoch profiles: plot the single points anyway
+        series = {f"{_key(tuple(r['config']))} test": r["test_loss_curve"] for r in rows}
+    path = figures.curves(
+        ctx.figure_path("vit_loss_curves"),
+        series,
+        "epoch",
+        "cross-entropy",
+        "ViT (notebook form): train and test loss",
+        logy=True,
+    )
+    return {
+        "path": path,
+        "caption": "Train and test loss per epoch for the notebook's ViT "
+        "configurations (dim-depth-heads-mlp_dim).",
+    }
+
+
+@torch.no_grad()
+def _figure_rollout(ctx: Context, run_dir) -> dict[str, str]:
+    model = models.create("vit")
+    model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
+    images = ctx.data.test_images[:8]
+    maps = attention_rollout(model.eval(), to_input(images))  # (8, 28, 28)
+    path = figures.image_grid(
+        ctx.figure_path("vit_rollout"),
+        {"test digits": images.numpy(), "attention rollout from the class token": maps.numpy()},
+    )
+    return {
+        "path": path,
+        "caption": "Attention rollout of the modern ViT: where the class "
+        "token's prediction draws from, averaged over heads and chained through layers.",
+    }
+
+
+def section(result: dict[str, Any]) -> Section:
+    rows = result["rows"]
+    table = Table(
+        [
+            "dim-depth-heads-mlp",
+            "epochs",
+            "train images",
+            "test accuracy",
+            "lab",
+            "test loss",
+            "train accuracy",
+            "parameters",
+            "multiply-adds",
+            "s / epoch",
+        ],
+        [
+            [
+                _key(tuple(r["config"])),
+                r["epochs"],
+                r["subset"] or 60000,
+                r["test_accuracy"],
+                r["lab"],
+                r["test_loss"],
+                r["train_accuracy"],
+                r["params"],
+                r["macs"],
+                r["seconds_per_epoch"],
+            ]
+            for r in rows
+        ],
+        "The notebook's configurations on its protocol (Adam 1e-3, ExponentialLR "
+        "0.95, batch 128, no validation)",
+    )
+    best = max(rows, key=lambda r: r["test_accuracy"])
+    costly = max(rows, key=lambda r: r["macs"])
+    cheap = min(rows, key=lambda r: r["macs"])
+    paragraphs = [
+        f"Performance: the best configuration here is {_key(tuple(best['config']))} "
+        f"({fmt(best['test_accuracy'])}). Overfitting: the train/test accuracy gap per "
+        "configuration is in the table (train accuracy is measured during the epoch, with the "
+        "weights still moving). Training dynamics: the exponential schedule shrinks the step "
+        "by 5% per epoch, so late epochs refine rather than explore (curves below). "
+        f"Computational cost: multiply-adds per image range from {cheap['macs']:,} "
+        f"({_key(tuple(cheap['config']))}) to {costly['macs']:,} "
+        f"({_key(tuple(costly['config']))}); seconds per epoch follow them.",
+        f"Beyond the lab: a ViT with 4x4 patches (49 tokens instead of 16), per-head scaling, "
+        f"AdamW, a one-cycle schedule and random shifts and rotations, its epoch selected on a "
+        f"validation split, reaches {mean_std(result['beyond'])} test accuracy after "
+        f"{result['beyond_epochs']} epochs.",
+        "The write-up's 0.9834 / 0.0746 appears in no printed notebook output; the notebook's "
+        "own base-configuration result was 0.9822.",
+    ]
+    figs = [Figure(f["path"], f["caption"]) for f in result["figures"]]
+    return Section(TITLE, QUESTION, paragraphs, [table], figs)

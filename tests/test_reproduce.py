@@ -1,0 +1,67 @@
+"""`dfl reproduce` end to end on synthetic data (smoke profile), resuming without retraining,
+and the report rebuilt from saved results alone."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_idx_dataset
+from dfl.cli import main
+from dfl.experiments import EXPERIMENTS
+from dfl.report.build import build_report
+from dfl.reproduce import reproduce
+
+
+@pytest.mark.slow
+def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path):
+    data = write_idx_dataset(tmp_path / "digits", n_train=3000, n_test=600)
+    out = tmp_path / "repro"
+    report = reproduce(out, "smoke", str(data), device="cpu", seeds=1)
+
+    html = report.read_text()
+    assert "Missing:" not in html, "every experiment must have produced its section"
+    assert html.count("data:image/png;base64,") >= 10  # figures are embedded, not linked
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["numbers"]) == set(EXPERIMENTS)
+    for experiment in results["numbers"].values():
+        for entry in experiment.values():
+            assert "value" in entry and "label" in entry
+
+    # Re-running the same command trains nothing again.
+    metrics = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
+    assert len(metrics) > 20
+    reproduce(out, "smoke", str(data), device="cpu", seeds=1)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == metrics
+
+    # The report comes back from saved results alone.
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").read_text() == html
+
+
+def test_unrun_experiments_show_as_missing_with_a_reason(tmp_path: Path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    (out / "reproduce.json").write_text(
+        json.dumps(
+            {"profile": "quick", "dataset": "mnist", "selected": ["conv"], "environment": {}}
+        )
+    )
+    markdown = build_report(out).with_suffix(".md").read_text()
+    assert "not selected in this reproduction (--only)" in markdown
+    assert "not run yet" in markdown  # conv was selected but has no result
+    assert "| 0 |" not in markdown  # missing is never shown as zero
+
+
+def test_report_needs_a_reproduction(tmp_path: Path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no reproduction" in capsys.readouterr().err
+
+
+def test_profile_mismatch_is_refused(tmp_path: Path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "reproduce.json").write_text(json.dumps({"profile": "full", "dataset": "mnist"}))
+    assert main(["reproduce", "--profile", "quick", "--out", str(out), "--only", "conv"]) == 2
+    assert "profile full" in capsys.readouterr().err
