@@ -10,7 +10,7 @@ WHEELS := $(VENV)/wheels
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PROFILE ?= quick
 
-.PHONY: setup test lint format reproduce bench fashion-mnist clean
+.PHONY: setup test lint format reproduce bench fashion-mnist postgresql clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ bench: setup
 fashion-mnist:
 	test -d /usr/share/datasets/fashion-mnist || \
 	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+
+# Debian's PostgreSQL server binaries, for sweeps shared by workers on several machines and
+# for the distributed sweep tests (.ci/run starts a throwaway server); needs root.
+postgresql:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis src/*.egg-info

@@ -196,6 +196,7 @@ COMMAND_MODULES: list[str] = [
     "dfl.conv_arithmetic",
     "dfl.shapes",
     "dfl.attention_cli",
+    "dfl.sweep.commands",
 ]
 
 
