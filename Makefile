@@ -10,7 +10,7 @@ WHEELS := $(VENV)/wheels
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PROFILE ?= quick
 
-.PHONY: setup test lint format reproduce bench fashion-mnist postgresql clean
+.PHONY: setup test lint format reproduce bench fashion-mnist postgresql browser clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ reproduce: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# Debian's Chromium and its driver, for the browser check of the HTML report; needs root.
+browser:
+	command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
 # Debian's Fashion-MNIST (four IDX .gz files in /usr/share/datasets/fashion-mnist); needs root.
 fashion-mnist:

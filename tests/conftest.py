@@ -62,3 +62,56 @@ def write_idx_dataset(root: Path, n_train: int = 256, n_test: int = 64) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte", x.numpy())
         write_idx(root / f"{prefix}-labels-idx1-ubyte", y.numpy().astype("uint8"))
     return root
+
+
+CHROMIUM_FLAGS = [  # headless, as root, and no background traffic on a closed network
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,900",
+]
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """Headless Chromium driven by Selenium (Debian's chromium + chromium-driver, installed by
+    `make browser`); skipped with the reason when they are not installed."""
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("headless Chromium not installed (run `make browser`)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def check_page(driver, path: Path, screenshot: Path | None = None) -> dict:
+    """Open a local HTML file; report broken images, console errors and script elements."""
+    driver.get(path.resolve().as_uri())
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])"
+    )
+    if screenshot is not None:
+        driver.save_screenshot(str(screenshot))
+    return {
+        "images": images,
+        "broken": [alt for alt, ok in images if not ok],
+        "errors": [e for e in driver.get_log("browser") if e["level"] == "SEVERE"],
+        "scripts": driver.execute_script("return document.scripts.length"),
+        "text": driver.execute_script("return document.body.innerText"),
+    }

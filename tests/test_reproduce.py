@@ -2,11 +2,12 @@
 and the report rebuilt from saved results alone."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import write_idx_dataset
+from conftest import check_page, write_idx_dataset
 from dfl.cli import main
 from dfl.experiments import EXPERIMENTS
 from dfl.report.build import build_report
@@ -14,7 +15,7 @@ from dfl.reproduce import reproduce
 
 
 @pytest.mark.slow
-def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path):
+def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
     data = write_idx_dataset(tmp_path / "digits", n_train=3000, n_test=600)
     out = tmp_path / "repro"
     report = reproduce(out, "smoke", str(data), device="cpu", seeds=1)
@@ -27,6 +28,11 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path):
     for experiment in results["numbers"].values():
         for entry in experiment.values():
             assert "value" in entry and "label" in entry
+
+    # A real browser shows every figure and logs no error (skipped without Chromium).
+    if shutil.which("chromium"):
+        page = check_page(request.getfixturevalue("browser"), report, tmp_path / "report.png")
+        assert len(page["images"]) >= 10 and not page["broken"] and page["errors"] == []
 
     # Re-running the same command trains nothing again.
     metrics = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}

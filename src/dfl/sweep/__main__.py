@@ -1,0 +1,29 @@
+"""`python -m dfl.sweep worker ...`: how `dfl sweep` starts its local workers. The same as
+`dfl worker`, without building the whole CLI (and importing every command module) per worker."""
+
+from __future__ import annotations
+
+import sys
+
+from dfl.cli import Parser
+from dfl.errors import DflError
+from dfl.sweep.commands import add_worker_arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python -m dfl.sweep")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_worker_arguments(sub.add_parser("worker"))
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except DflError as e:
+        print(f"dfl worker: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dfl worker: interrupted; its trial is back in the queue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

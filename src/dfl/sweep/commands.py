@@ -1,0 +1,133 @@
+"""`dfl sweep` and `dfl worker`: parse, validate, call (the work is in dfl.sweep)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dfl.cli import command
+from dfl.errors import DflError
+
+
+@command("sweep", "run a sweep spec (grid or search) as an Optuna study; `dfl sweep status X`")
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.usage = (
+        "dfl sweep SPEC [--workers N] [--threads T] [--storage URL] [--out DIR] [--dry-run]\n"
+        "                [--retry-failed]\n"
+        "       dfl sweep status SPEC|STUDY [--storage URL] [--out DIR] [--trials]"
+    )
+    p.add_argument(
+        "spec", metavar="SPEC", help="a sweep spec TOML (see configs/sweeps/), or `status`"
+    )
+    p.add_argument(
+        "target", nargs="?", metavar="SPEC|STUDY", help="after `status`: what to report on"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="local worker processes, each with cores/N threads (default: one per core on CPU, "
+        "one on a GPU machine)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="intra-op threads per worker (default: cores / workers)"
+    )
+    add_storage_arguments(p)
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every trial's config and list the trials, without running anything",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="queue the failed trials again (same parameters, same run directory) before running",
+    )
+    p.add_argument("--trials", action="store_true", help="status: also list every trial")
+    p.set_defaults(run=run_sweep_command)
+
+
+def add_storage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the study's storage: an SQLAlchemy URL (postgresql://user@host/db for workers on "
+        "several machines) or an SQLite file path (default: SWEEP_DIR/study.db)",
+    )
+    p.add_argument("--out", metavar="DIR", help="sweep directory (default: sweeps/NAME)")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    if args.spec == "status":
+        if args.target is None:
+            raise DflError("`dfl sweep status` needs a spec file or a study name")
+        print(_status_text(args.target, args.storage, args.out, args.trials))
+        return 0
+    if args.target is not None:
+        raise DflError(f"unexpected argument '{args.target}' (did you mean `dfl sweep status`?)")
+    from dfl.sweep.launch import dry_run, run_sweep
+    from dfl.sweep.status import format_status
+
+    if args.dry_run:
+        print(dry_run(args.spec, args.out))
+        return 0
+    try:
+        status = run_sweep(
+            args.spec,
+            workers=args.workers,
+            threads=args.threads,
+            storage=args.storage,
+            out=args.out,
+            retry_failed=args.retry_failed,
+        )
+    except KeyboardInterrupt:
+        raise DflError(
+            "interrupted: running trials are back in the queue with their checkpoints; rerun "
+            "the same command to continue",
+            exit_code=130,
+        ) from None
+    print(format_status(status, list_trials=args.trials))
+    return 0
+
+
+def _status_text(target: str, storage: str | None, out: str | None, list_trials: bool) -> str:
+    from dfl.sweep import study as studies
+    from dfl.sweep.spec import load_spec
+    from dfl.sweep.status import format_status, sweep_status
+    from dfl.sweep.storage import describe_url, open_storage
+
+    name = load_spec(target).name if Path(target).is_file() else target
+    url = _existing_storage(name, storage, out)
+    store = open_storage(url)
+    study, spec = studies.load(name, store)
+    return format_status(sweep_status(study, spec, describe_url(url)), list_trials)
+
+
+def _existing_storage(name: str, storage: str | None, out: str | None) -> str:
+    """The URL of a study that must exist already (nothing is created by looking)."""
+    from dfl.sweep.storage import storage_url
+
+    url = storage_url(storage, Path(out) if out else Path("sweeps") / name)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise DflError(
+            f"no sweep '{name}' at {url.removeprefix('sqlite:///')} (pass --storage URL or "
+            "--out DIR for a sweep elsewhere)"
+        )
+    return url
+
+
+@command("worker", "join a sweep's study and run its trials until none are left")
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", metavar="STUDY", help="the sweep's name (its spec's `name`)")
+    add_storage_arguments(p)
+    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's, all cores)")
+    p.add_argument("--index", type=int, help=argparse.SUPPRESS)  # set by `dfl sweep`: seeds
+    p.set_defaults(run=run_worker_command)
+
+
+def run_worker_command(args: argparse.Namespace) -> int:
+    from dfl.sweep.worker import run_worker
+
+    url = _existing_storage(args.study, args.storage, args.out)
+    out = Path(args.out) if args.out else None
+    run_worker(args.study, url, sweep_dir=out, threads=args.threads, index=args.index)
+    return 0

@@ -1,0 +1,300 @@
+"""One trial: a normal training run in its own run directory, recorded on the Optuna trial.
+
+The run directory is named by the trial's parameters, not its number, so a trial requeued
+after its worker died finds the dead worker's checkpoints and resumes (`fit(resume=True)`).
+With epoch reuse, the grid points that differ only in epochs share one directory trained to
+the longest epochs; a shorter point pauses the run after its epochs (or reads the curve of a
+run that went further). A file lock keeps two workers out of one directory.
+
+What a trial records as user attributes: its config, per-epoch curve, final metrics, wall
+time, parameter count, run directory and the command that reproduces it; `epochs_from` when it
+was read off a longer run, `resumed_from_epoch` when it continued a checkpoint, and `reason`
+when it failed or was pruned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from dfl.config import TrainConfig
+from dfl.data import Dataset, load_dataset
+from dfl.errors import DflError
+from dfl.sweep.spec import Params, RunPlan, SweepSpec, decode, encode, run_plan
+from dfl.train import StopRun, build_model, fit, read_history
+
+CURVE_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+Log = Callable[[str], None]
+
+
+@dataclass
+class WorkerContext:
+    """What every trial of one worker shares."""
+
+    spec: SweepSpec
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage  # the study's own (cached) storage
+    study_id: int
+    sweep_dir: Path
+    reuse_epochs: int | None  # epochs every grid row trains to, when shorter points reuse it
+    log: Log
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    datasets: dict[tuple[str, str | None], Dataset] = field(default_factory=dict)
+
+    def dataset(self, cfg: TrainConfig) -> Dataset:
+        """Loaded once per worker, not once per trial (MNIST takes a second to read)."""
+        key = (cfg.data.dataset, cfg.data.data_dir)
+        if key not in self.datasets:
+            self.datasets[key] = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        return self.datasets[key]
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: TrialState
+    value: float | None
+    params: Params
+    reason: str | None = None
+
+
+def suggest(trial: optuna.Trial, spec: SweepSpec) -> Params:
+    """The trial's values, through Optuna's suggest API (so the study knows the space): a
+    queued grid point returns its fixed values, a search draws from the sampler."""
+    if spec.grid is not None:
+        return {
+            key: decode(trial.suggest_categorical(key, [encode(v) for v in values]), values)
+            for key, values in spec.grid.items()
+        }
+    assert spec.search is not None
+    params: Params = {}
+    for key, dist in spec.search.space.items():
+        if dist.choices is not None:
+            stored = trial.suggest_categorical(key, [encode(v) for v in dist.choices])
+            params[key] = decode(stored, dist.choices)
+        elif dist.is_int:
+            params[key] = trial.suggest_int(
+                key, int(dist.low), int(dist.high), step=int(dist.step or 1), log=dist.log
+            )
+        else:
+            params[key] = trial.suggest_float(
+                key, dist.low, dist.high, step=dist.step, log=dist.log
+            )
+    return params
+
+
+def run_dir_name(params: Params) -> str:
+    """`enc=32_epochs=60-1a2b3c4d`: readable leaf names and values, then a hash of the full
+    dotted keys and values, so two different points never share a name."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+    parts = [f"{key.rsplit('.', 1)[-1]}={_slug(value)}" for key, value in params.items()]
+    readable = re.sub(r"[^A-Za-z0-9=._+-]+", "", "_".join(parts))[:80]
+    return f"{readable}-{digest[:8]}"
+
+
+def _slug(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "x".join(_slug(v) for v in value)  # hidden=[128, 64] -> hidden=128x64
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path, log: Log) -> Iterator[None]:
+    """Hold `RUN_DIR.lock` (a POSIX lock: released by the kernel if the worker is killed)."""
+    lock_path = run_dir.with_name(run_dir.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"waiting for {run_dir.name}: another worker is training it")
+            fcntl.lockf(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every `interval` seconds while the worker lives; a worker
+    that is killed stops beating and, after the grace period, its trial is requeued."""
+
+    def __init__(
+        self, storage: optuna.storages.BaseStorage, trial_id: int, interval: int, log: Log
+    ):
+        self.storage, self.trial_id, self.interval, self.log = storage, trial_id, interval, log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+
+    def __enter__(self) -> Heartbeat:
+        self.storage.record_heartbeat(self.trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # a database hiccup: try again next beat, never kill the run
+                self.log(f"heartbeat of trial id {self.trial_id} not recorded: {e}")
+
+
+def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOutcome:
+    """Train the trial and tell the study how it ended. A failure is recorded with its reason
+    and the worker goes on; Ctrl-C puts the trial back in the queue and stops the worker."""
+    t0 = time.perf_counter()
+    params: Params = {}
+    run_dir: Path | None = None
+    try:
+        params = suggest(trial, ctx.spec)
+        plan = run_plan(ctx.spec, params, ctx.reuse_epochs)
+        run_dir = ctx.sweep_dir / "trials" / run_dir_name(plan.params)
+        cfg = ctx.spec.trial_config(params)
+        _record_setup(ctx, trial, cfg, plan, run_dir)
+        with run_dir_lock(run_dir, ctx.log):
+            state, value, reason = _train(ctx, trial, trial_id, cfg, plan, run_dir)
+    except KeyboardInterrupt:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            ctx.storage.set_trial_state_values(trial_id, TrialState.WAITING)
+            ctx.log(f"trial {trial.number} interrupted: back in the queue, its checkpoints kept")
+        raise
+    except Exception as e:
+        reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, DflError):
+            ctx.log(traceback.format_exc())
+        state, value = TrialState.FAIL, None
+        if run_dir is not None:  # the epochs before the failure, to see where it went wrong
+            history = read_history(run_dir)
+            trial.set_user_attr("curve", [{k: r[k] for k in CURVE_KEYS if k in r} for r in history])
+    try:
+        trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 3))
+        if reason:
+            trial.set_user_attr("reason", reason)
+        ctx.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # This worker stalled past the grace period (suspended, say): another worker failed
+        # the trial and requeued it, and that retry, finding this run done, records it.
+        ctx.log(f"trial {trial.number} was requeued meanwhile; its retry records the result")
+    return TrialOutcome(trial.number, state, value, params, reason)
+
+
+# Attributes of one attempt: a requeued trial starts with the dead attempt's user attributes
+# (Optuna's retry callback copies them), so they are cleared rather than left stale.
+ATTEMPT_ATTRS = ("resumed_from_epoch", "reason", "curve", "final", "wall_s", "epochs_from")
+
+
+def _record_setup(
+    ctx: WorkerContext, trial: optuna.Trial, cfg: TrainConfig, plan: RunPlan, run_dir: Path
+) -> None:
+    for key in ATTEMPT_ATTRS:
+        if trial.user_attrs.get(key) is not None:
+            trial.set_user_attr(key, None)
+    command = (
+        f"dfl train --config {run_dir}/config.toml --out runs/{ctx.spec.name}-trial-{trial.number}"
+    )
+    if plan.until_epoch is not None:
+        command += f" --epochs {plan.until_epoch}"
+        trial.set_user_attr("epochs_from", f"{run_dir} curve at epoch {plan.until_epoch}")
+    trial.set_user_attr("config", cfg.model_dump(mode="json"))
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("command", command)
+    trial.set_user_attr("worker", ctx.worker)
+
+
+def _train(
+    ctx: WorkerContext,
+    trial: optuna.Trial,
+    trial_id: int,
+    cfg: TrainConfig,
+    plan: RunPlan,
+    run_dir: Path,
+) -> tuple[TrialState, float | None, str | None]:
+    metric, epochs = ctx.spec.metric, cfg.epochs
+    reported = set(ctx.storage.get_trial(trial_id).intermediate_values)
+    pruning = ctx.spec.search is not None and ctx.spec.search.pruner != "none"
+    trained: list[int] = []  # epochs trained by this call (fit calls back for those only)
+
+    def report_and_prune(record: dict[str, Any]) -> None:
+        epoch = record["epoch"]
+        if not trained and epoch > 1:
+            # The run continued a checkpoint (a dead worker's, or a shared run paused earlier):
+            # its earlier epochs are reported first, as the pruner expects them in order.
+            trial.set_user_attr("resumed_from_epoch", epoch - 1)
+            ctx.log(f"trial {trial.number}: continued {run_dir} from epoch {epoch - 1}")
+            for earlier in read_history(run_dir)[: min(epoch - 1, epochs)]:
+                _report(trial, earlier, metric, reported)
+        trained.append(epoch)
+        if epoch > epochs:
+            return  # a shared run past this trial's epochs: the longer point's business
+        _report(trial, record, metric, reported)
+        if pruning and trial.should_prune():
+            raise StopRun(
+                "pruned",
+                f"pruned at epoch {record['epoch']}: {metric} {record[metric]:.6g} "
+                f"({ctx.spec.search.pruner} rule)",  # type: ignore[union-attr]
+            )
+
+    data = ctx.dataset(cfg)
+    result = fit(
+        plan.config,
+        run_dir,
+        dataset=data,
+        resume=True,
+        callbacks=[report_and_prune],
+        log=ctx.log,
+        epoch_bar=False,
+        until_epoch=plan.until_epoch,
+    )
+    curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in result.history[:epochs]]
+    for record in result.history[:epochs]:
+        _report(trial, record, metric, reported)
+    trial.set_user_attr("curve", curve)
+    n_params = result.final.get("params") or sum(
+        p.numel() for p in build_model(cfg, data.num_classes)[0].parameters()
+    )
+    trial.set_user_attr("n_parameters", int(n_params))
+    if result.status == "pruned":
+        return TrialState.PRUNED, None, result.reason
+    if plan.until_epoch is not None:  # read off the shared run's curve at this trial's epochs
+        if len(curve) < epochs:
+            return TrialState.FAIL, None, f"{run_dir} stopped before epoch {epochs}"
+        final = {k: v for k, v in curve[-1].items() if k.startswith("val_")}
+        final.update(epochs_run=epochs, params=int(n_params))
+    else:
+        final = result.final
+    trial.set_user_attr("final", final)
+    value = final.get(metric)
+    if value is None or not math.isfinite(value):
+        return TrialState.FAIL, None, f"{metric} is {value} after training"
+    return TrialState.COMPLETE, float(value), None
+
+
+def _report(trial: optuna.Trial, record: dict[str, Any], metric: str, reported: set[int]) -> None:
+    # Each epoch's validation metric is an intermediate value: the pruner reads it, and so
+    # does optuna-dashboard's curve plot. An epoch is reported once, however often it is seen.
+    epoch = record["epoch"]
+    if epoch not in reported and metric in record and math.isfinite(record[metric]):
+        trial.report(record[metric], epoch)
+        reported.add(epoch)

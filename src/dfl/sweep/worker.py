@@ -1,0 +1,187 @@
+"""A worker: claim a trial, train it, tell the study, repeat, until nothing is left to do.
+
+Any number of workers, on any number of machines, can share a study. A grid's points are all
+queued before the workers start and a worker only ever pops a queued trial (the storage marks
+it RUNNING only if it is still WAITING, atomically), so no point runs twice and none is
+skipped. A search asks the sampler for a new trial while the budget lasts. Before each claim a
+worker fails the trials whose workers stopped beating; Optuna's retry callback requeues them
+with the same parameters, hence the same run directory, and the next worker resumes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from dfl.sweep import study as studies
+from dfl.sweep.spec import SweepSpec, check_trials
+from dfl.sweep.storage import open_storage, study_id
+from dfl.sweep.trial import Heartbeat, Log, TrialOutcome, WorkerContext, run_trial
+
+WAIT_POLL_S = 1.0  # how often an idle worker looks for requeued trials
+
+
+def default_sweep_dir(storage: optuna.storages.RDBStorage, name: str) -> Path:
+    """Where the first machine put the trials, if this machine sees that directory (same
+    machine, or a shared filesystem mounted at the same path), else `sweeps/NAME`."""
+    hint = studies.sweep_dir_hint(storage, name)
+    return hint if hint is not None and hint.is_dir() else Path("sweeps") / name
+
+
+def run_worker(
+    name: str,
+    url: str,
+    *,
+    sweep_dir: Path | None = None,
+    threads: int | None = None,
+    index: int | None = None,
+    log: Log | None = None,
+) -> list[TrialOutcome]:
+    """Work on study `name` until it is finished; returns what this worker ran."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    spec = _stored_spec(name, url)
+    storage = open_storage(
+        url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period
+    )
+    study, spec = studies.load(name, storage, index)
+    sweep_dir = sweep_dir or default_sweep_dir(storage, name)
+    ctx = WorkerContext(
+        spec=spec,
+        study=study,
+        # Optuna reads and writes through a cache in front of the RDBStorage; a trial claimed
+        # here must go through that same object, or the study's Trial would not know it.
+        storage=study._storage,
+        study_id=study_id(storage, name),
+        sweep_dir=sweep_dir,
+        reuse_epochs=check_trials(spec),  # this machine's code and models must accept it too
+        log=log,
+    )
+    log(f"worker {ctx.worker} on study {name} ({spec.kind}, {spec.n_trials} trials) -> {sweep_dir}")
+    done: list[TrialOutcome] = []
+    waiting_said = False
+    with _sigterm_as_interrupt():
+        while True:
+            _fail_stale_trials(study)
+            claimed = _claim(ctx)
+            if claimed is None:
+                running = _count(ctx, (TrialState.RUNNING, TrialState.WAITING))
+                if running == 0:
+                    break
+                if not waiting_said:
+                    log(
+                        f"nothing to claim; {running} trial(s) still running elsewhere (a dead "
+                        f"worker's trial is requeued after {spec.grace_period}s without heartbeat)"
+                    )
+                    waiting_said = True
+                time.sleep(min(WAIT_POLL_S, spec.heartbeat_interval))
+                continue
+            waiting_said = False
+            trial, trial_id = claimed
+            with Heartbeat(ctx.storage, trial_id, spec.heartbeat_interval, log):
+                outcome = run_trial(ctx, trial, trial_id)
+            log(_describe(outcome, spec))
+            done.append(outcome)
+    log(f"worker {ctx.worker} done: ran {len(done)} trial(s); nothing left to claim")
+    return done
+
+
+def _stored_spec(name: str, url: str) -> SweepSpec:
+    # The heartbeat settings are part of the storage object, and they come from the spec the
+    # study carries: read it through a plain storage first.
+    plain = open_storage(url)
+    try:
+        return studies.load(name, plain)[1]
+    finally:
+        plain.engine.dispose()
+
+
+def _claim(ctx: WorkerContext) -> tuple[optuna.Trial, int] | None:
+    """A queued trial (grid points, requeued trials), else for a search a new one while the
+    budget lasts; None when there is nothing to start."""
+    trial_id = pop_waiting(ctx.storage, ctx.study_id)
+    if trial_id is not None:
+        return optuna.trial.Trial(ctx.study, trial_id), trial_id
+    if ctx.spec.search is None:
+        return None
+    trials = ctx.storage.get_all_trials(ctx.study_id, deepcopy=False)
+    if len(trials) - len(studies.superseded(trials)) >= ctx.spec.search.n_trials:
+        return None
+    with warnings.catch_warnings():
+        # ask() warns that heartbeats are meant for optimize(); this loop beats for itself.
+        warnings.simplefilter("ignore", UserWarning)
+        trial = ctx.study.ask()
+    return trial, ctx.storage.get_trial_id_from_study_id_trial_number(ctx.study_id, trial.number)
+
+
+def pop_waiting(storage: optuna.storages.BaseStorage, study_id: int) -> int | None:
+    """Mark the first WAITING trial RUNNING and return its id; None if none is left. The
+    storage changes the state only if it is still WAITING, in one transaction (see
+    storage.py for what that takes on SQLite), so each queued trial is popped once."""
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        # Beat before claiming: a trial requeued by Ctrl-C still has its old heartbeat, and
+        # another worker must not take it for dead in the instant after this claim.
+        if storage.get_heartbeat_interval() is not None:  # type: ignore[attr-defined]
+            storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+        try:
+            if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                return trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def _count(ctx: WorkerContext, states: tuple[TrialState, ...]) -> int:
+    return len(ctx.storage.get_all_trials(ctx.study_id, deepcopy=False, states=states))
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _describe(outcome: TrialOutcome, spec: SweepSpec) -> str:
+    from dfl.sweep.spec import format_params
+
+    what = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    line = f"trial {outcome.number} {what.get(outcome.state, outcome.state.name.lower())}"
+    if outcome.value is not None:
+        line += f": {spec.metric} {outcome.value:.6g}"
+    line += f"  ({format_params(outcome.params)})"
+    if outcome.reason:
+        line += f"  {outcome.reason}"
+    return line
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler, `dfl sweep` stopping its workers) ends the worker like Ctrl-C: its
+    trial goes back in the queue with its checkpoints."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

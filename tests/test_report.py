@@ -1,0 +1,58 @@
+"""The report as a reader meets it: Markdown and HTML from one document, every user string
+escaped, and the HTML checked in a real headless browser."""
+
+from pathlib import Path
+
+from conftest import check_page
+from dfl.report import figures
+from dfl.report.document import Document, Figure, Section, Table, fmt, mean_std
+from dfl.report.render import to_html, to_markdown
+
+EVIL = '<script>alert("run name")</script>'
+
+
+def make_report(root: Path) -> Path:
+    path = figures.curves(
+        root / "figures" / "curve.png", {"loss": [1.0, 0.5, 0.25]}, "epoch", "loss"
+    )
+    doc = Document(
+        f"report for {EVIL}",
+        [f"run {EVIL} & friends"],
+        [
+            Section(
+                "A section",
+                "the question?",
+                [f"config value {EVIL}"],
+                [Table(["name", "value"], [[EVIL, 0.5], ["missing one", None]])],
+                [Figure(path, "a curve")],
+            ),
+            Section("Not run", missing="not implemented yet"),
+        ],
+    )
+    out = root / "report.html"
+    out.write_text(to_html(doc, root))
+    (root / "report.md").write_text(to_markdown(doc))
+    return out
+
+
+def test_numbers_are_formatted_and_missing_is_never_zero():
+    assert fmt(None) == "missing" and fmt(float("nan")) == "missing"
+    assert fmt(0.000227) == "2.270e-04" and fmt(12345) == "12,345"
+    assert mean_std([0.9, 0.92]).startswith("0.9100 ± 0.0141")
+    assert mean_std([]) == "missing"
+
+
+def test_html_escapes_user_strings(tmp_path: Path):
+    html = make_report(tmp_path).read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "data:image/png;base64," in html  # self-contained: the figure is inlined
+    assert "Missing: not implemented yet" in html
+
+
+def test_report_renders_in_headless_chromium(tmp_path: Path, browser):
+    page = check_page(browser, make_report(tmp_path), tmp_path / "screenshot.png")
+    assert page["images"] and not page["broken"]
+    assert page["errors"] == []
+    assert page["scripts"] == 0  # the run name stayed text
+    assert EVIL in page["text"]
+    assert (tmp_path / "screenshot.png").stat().st_size > 10_000

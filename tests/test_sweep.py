@@ -1,0 +1,441 @@
+"""Sweeps on synthetic data: every grid point runs exactly once with concurrent workers (on
+SQLite and PostgreSQL), a worker killed with SIGKILL loses nothing when the command is rerun,
+a diverging trial is recorded and the rest go on, a shorter-epoch point read off a longer
+run equals its own run, and a search prunes.
+
+Worker processes cannot receive a fixture's tensors, so the synthetic digits are written as a
+directory of IDX files that every worker loads by path."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from conftest import write_idx_dataset
+from dfl import cli
+from dfl.sweep import study as studies
+from dfl.sweep.launch import run_sweep
+from dfl.sweep.spec import load_spec
+from dfl.sweep.storage import open_storage, storage_url
+from dfl.sweep.worker import pop_waiting, run_worker
+from dfl.train import fit, read_history, read_status
+
+CLI = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: an IDX dataset on disk, specs, a PostgreSQL server
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Train in one thread here, as each worker does on 2 cores: tiny models gain nothing from
+    a second one, and lose a lot when another process holds the other core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_idx_dataset(tmp_path_factory.mktemp("idx"), n_train=1024, n_test=128)
+
+
+def write_spec(
+    path: Path, idx_dir: Path, body: str, *, name: str | None = None, head: str = ""
+) -> Path:
+    name = name or f"s{uuid.uuid4().hex[:8]}"
+    path.write_text(
+        f'name = "{name}"\nmetric = "val_accuracy"\nheartbeat_interval = 1\ngrace_period = 2\n'
+        f"{head}\n"
+        "[base]\n"
+        'model = "mlp"\nmodel_args = { hidden = [32] }\nbatch_size = 32\ndevice = "cpu"\n'
+        f'data = {{ dataset = "{idx_dir}" }}\n\n{body}'
+    )
+    return path
+
+
+def trials_of(spec_path: Path, url: str) -> list[optuna.trial.FrozenTrial]:
+    name = load_spec(spec_path).name
+    return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+
+
+def assert_each_point_once(trials: list[optuna.trial.FrozenTrial], n_points: int) -> None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    points = Counter(json.dumps(t.params, sort_keys=True) for t in done)
+    assert len(points) == n_points and set(points.values()) == {1}, points
+    assert len(trials) == n_points  # nothing ran twice, not even a failed duplicate
+
+
+def _pg_bindir() -> Path | None:
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0 and (Path(out.stdout.strip()) / "initdb").exists():
+            return Path(out.stdout.strip())
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts[-3])
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """$DFL_TEST_POSTGRES_URL (CI starts a server, see .ci/run), else a throwaway server
+    started here on loopback, else skip saying why."""
+    if os.environ.get("DFL_TEST_POSTGRES_URL"):
+        yield os.environ["DFL_TEST_POSTGRES_URL"]
+        return
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL: set DFL_TEST_POSTGRES_URL or install postgresql (initdb)")
+    run_as: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="dfl-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as `postgres`
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    steps = [
+        [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(root / "log"),
+            "-w",
+            "start",
+        ],
+    ]
+    for step in steps:
+        done = subprocess.run(run_as + step, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(root, ignore_errors=True)
+            pytest.skip(f"could not start PostgreSQL ({' '.join(step[:1])}): {done.stderr[-300:]}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exactly once: the claim itself, under real concurrency
+
+
+def claim_race(url: str, n_trials: int = 60, n_claimers: int = 4) -> list[int]:
+    """Queue n trials, then let n claimers (each its own storage, hence connection) pop them
+    all at once; returns every trial id any claimer got."""
+    name = f"race{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    for i in range(n_trials):
+        study.enqueue_trial({"x": i})
+    got: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(n_claimers)
+
+    def claim() -> None:
+        try:
+            storage = open_storage(url)
+            sid = storage.get_study_id_from_name(name)
+            start.wait()
+            while (trial_id := pop_waiting(storage, sid)) is not None:
+                got.append(trial_id)
+        except BaseException as e:  # "database is locked" would land here
+            errors.append(e)
+
+    threads = [threading.Thread(target=claim) for _ in range(n_claimers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return got
+
+
+def test_sqlite_claims_each_queued_trial_exactly_once(tmp_path: Path):
+    got = claim_race(storage_url(None, tmp_path))
+    assert sorted(got) == sorted(set(got)) and len(got) == 60
+
+
+@pytest.mark.postgres
+def test_postgres_claims_each_queued_trial_exactly_once(postgres_url: str):
+    got = claim_race(storage_url(postgres_url, Path(".")))
+    assert sorted(got) == sorted(set(got)) and len(got) == 60
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process worker: failures, epoch reuse, pruning, status
+
+
+def prepare(spec_path: Path, out: Path) -> str:
+    spec = load_spec(spec_path)
+    url = storage_url(None, out)
+    studies.create_or_load(spec, open_storage(url), out)
+    return url
+
+
+def test_diverging_trial_is_recorded_failed_and_the_sweep_goes_on(
+    tmp_path: Path, idx_dir: Path, capsys
+):
+    spec = write_spec(
+        tmp_path / "s.toml",
+        idx_dir,
+        '[grid]\n"optim.lr" = [0.05, 1e20]\n',
+        head="",
+    )
+    text = spec.read_text().replace(
+        "batch_size = 32", 'batch_size = 32\noptim = { name = "sgd" }\nepochs = 2'
+    )
+    spec.write_text(text)
+    out = tmp_path / "sweep"
+    url = prepare(spec, out)
+    outcomes = run_worker(load_spec(spec).name, url, sweep_dir=out, index=0, log=lambda s: None)
+    assert [o.state for o in outcomes] == [TrialState.COMPLETE, TrialState.FAIL]
+    failed = trials_of(spec, url)[1]
+    assert failed.user_attrs["reason"].startswith("non-finite loss at epoch 1, step ")
+    assert read_status(Path(failed.user_attrs["run_dir"]))["status"] == "failed"
+
+    assert cli.main(["sweep", "status", str(spec), "--out", str(out), "--trials"]) == 0
+    shown = capsys.readouterr().out
+    assert "complete 1  running 0  waiting 0  pruned 0  failed 1" in shown
+    assert "best: trial 0  val_accuracy " in shown and "finished" in shown
+    assert "failed: trial 1 (optim.lr=1e+20): non-finite loss at epoch 1" in shown
+
+    # --retry-failed queues it again, in the same run directory; it fails the same way.
+    study = optuna.load_study(study_name=load_spec(spec).name, storage=open_storage(url))
+    assert studies.retry_failed(study) == 1
+    again = run_worker(load_spec(spec).name, url, sweep_dir=out, index=0, log=lambda s: None)
+    assert [(o.number, o.state) for o in again] == [(2, TrialState.FAIL)]
+    retry = trials_of(spec, url)[2]
+    assert retry.system_attrs["retry_history"] == [1]
+    assert retry.user_attrs["run_dir"] == failed.user_attrs["run_dir"]
+    assert cli.main(["sweep", "status", str(spec), "--out", str(out)]) == 0
+    assert "failed 1  retried 1" in capsys.readouterr().out
+
+
+def test_epoch_reuse_equals_separate_runs(tmp_path: Path, idx_dir: Path):
+    body = '[grid]\nepochs = [2, 3]\n"optim.lr" = [0.01]\n'
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, body)
+    text = spec_path.read_text().replace(
+        "batch_size = 32", 'batch_size = 32\nschedule = { name = "exponential", gamma = 0.5 }'
+    )
+    spec_path.write_text(text)
+    out = tmp_path / "sweep"
+    url = prepare(spec_path, out)
+    run_worker(load_spec(spec_path).name, url, sweep_dir=out, index=0, log=lambda s: None)
+    by_epochs = {t.params["epochs"]: t for t in trials_of(spec_path, url)}
+    assert sorted(p.name for p in (out / "trials").iterdir() if p.is_dir()) == [
+        Path(by_epochs[3].user_attrs["run_dir"]).name
+    ]  # one run directory, trained once to 3 epochs
+    assert (
+        by_epochs[2].user_attrs["epochs_from"]
+        == f"{by_epochs[3].user_attrs['run_dir']} curve at epoch 2"
+    )
+    assert "epochs_from" not in by_epochs[3].user_attrs
+    spec = load_spec(spec_path)
+    for epochs, trial in by_epochs.items():
+        cfg = spec.trial_config({"epochs": epochs, "optim.lr": 0.01})
+        alone = fit(cfg, tmp_path / f"alone-{epochs}", epoch_bar=False)
+        assert trial.value == alone.final["val_accuracy"]
+        assert trial.user_attrs["final"]["val_loss"] == alone.final["val_loss"]
+        curve = [
+            {k: r[k] for k in r if k not in ("seconds", "samples_per_s")} for r in alone.history
+        ]
+        assert [{k: r[k] for k in r if k != "seconds"} for r in trial.user_attrs["curve"]] == curve
+        assert trial.intermediate_values == {r["epoch"]: r["val_accuracy"] for r in alone.history}
+        assert trial.user_attrs["config"]["epochs"] == epochs
+        assert trial.user_attrs["n_parameters"] > 0
+
+
+def test_search_with_median_pruner_prunes(tmp_path: Path, idx_dir: Path):
+    body = (
+        "[search]\nn_trials = 8\nsampler_seed = 3\nstartup_trials = 2\nwarmup_epochs = 0\n"
+        '[search.space]\n"optim.lr" = { low = 1e-5, high = 0.1, log = true }\n'
+    )
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, body)
+    spec_path.write_text(
+        spec_path.read_text().replace("batch_size = 32", "batch_size = 32\nepochs = 3")
+    )
+    out = tmp_path / "sweep"
+    url = prepare(spec_path, out)
+    outcomes = run_worker(
+        load_spec(spec_path).name, url, sweep_dir=out, index=0, log=lambda s: None
+    )
+    states = Counter(o.state for o in outcomes)
+    assert (
+        len(outcomes) == 8 and states[TrialState.PRUNED] >= 1 and states[TrialState.COMPLETE] >= 2
+    )
+    pruned = next(t for t in trials_of(spec_path, url) if t.state == TrialState.PRUNED)
+    assert pruned.user_attrs["reason"].startswith("pruned at epoch ")
+    assert read_status(Path(pruned.user_attrs["run_dir"]))["status"] == "pruned"
+    # A rerun finds the budget spent and runs nothing.
+    assert (
+        run_worker(load_spec(spec_path).name, url, sweep_dir=out, index=0, log=lambda s: None) == []
+    )
+
+
+def test_rerun_with_a_changed_spec_is_refused(tmp_path: Path, idx_dir: Path):
+    spec_path = write_spec(
+        tmp_path / "s.toml", idx_dir, '[grid]\n"optim.lr" = [0.01, 0.1]\n', name="same"
+    )
+    out = tmp_path / "sweep"
+    prepare(spec_path, out)
+    write_spec(tmp_path / "s.toml", idx_dir, '[grid]\n"optim.lr" = [0.01, 0.2]\n', name="same")
+    with pytest.raises(Exception, match=r"'grid.optim.lr' was \[0.01, 0.1\], now \[0.01, 0.2\]"):
+        prepare(spec_path, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real worker processes
+
+
+GRID_2X2 = '[grid]\n"model_args.hidden" = [[16], [32]]\nseed = [0, 1]\n'
+
+
+def slow_enough(spec_path: Path, epochs: int) -> None:
+    # Trials of a few hundred milliseconds per epoch, so two workers overlap and a kill
+    # lands mid-trial.
+    spec_path.write_text(
+        spec_path.read_text().replace("batch_size = 32", f"batch_size = 8\nepochs = {epochs}")
+    )
+
+
+@pytest.mark.slow
+def test_grid_with_two_workers_on_sqlite_runs_each_point_once(
+    tmp_path: Path, idx_dir: Path, capsys
+):
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)
+    slow_enough(spec_path, 4)
+    out = tmp_path / "sweep"
+    command = [*CLI, "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out)]
+    cli.build_parser()  # import every command module now, so the status below is quick
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # While it runs: `dfl sweep status` from another process's point of view.
+    url = storage_url(None, out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(KeyError):  # the study is not created yet
+            exists = (out / "study.db").exists()
+            states = {t.state for t in trials_of(spec_path, url)} if exists else set()
+            if {TrialState.COMPLETE, TrialState.RUNNING} <= states:
+                break
+        time.sleep(0.05)
+    assert cli.main(["sweep", "status", str(spec_path), "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+
+    assert_each_point_once(trials_of(spec_path, url), 4)
+    workers = {t.user_attrs["worker"] for t in trials_of(spec_path, url)}
+    assert len(workers) == 2  # both workers took trials: the claims really were concurrent
+    assert "running " in shown and "ETA " in shown and "best: trial " in shown, shown
+    assert "2 worker(s) x " in stderr and stderr.count(" complete: val_accuracy ") == 4
+    assert "complete 4  running 0  waiting 0  pruned 0  failed 0" in stdout
+    assert "finished" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_grid_with_two_workers_on_postgres_runs_each_point_once(
+    tmp_path: Path, idx_dir: Path, postgres_url: str
+):
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)
+    slow_enough(spec_path, 4)
+    status = run_sweep(
+        spec_path, workers=2, threads=1, storage=postgres_url, out=tmp_path / "sweep"
+    )
+    assert status.finished and status.counts["complete"] == 4
+    assert status.storage.startswith("postgresql")
+    trials = trials_of(spec_path, storage_url(postgres_url, tmp_path))
+    assert_each_point_once(trials, 4)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(tmp_path: Path, idx_dir: Path):
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)
+    slow_enough(spec_path, 6)
+    out = tmp_path / "sweep"
+    command = [*CLI, "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out)]
+    first = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    victim = wait_for_mid_trial(out / "trials", first)
+    os.killpg(first.pid, signal.SIGKILL)  # the parent and both workers, no goodbye
+    first.wait()
+    assert read_status(victim)["status"] == "running"  # as a kill leaves it
+    saved = max(
+        int(p.name.removeprefix("epoch-")) for p in (victim / "checkpoints").glob("epoch-*")
+    )
+    before = read_history(victim)[:saved]
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "complete 4  running 0  waiting 0  pruned 0  failed 0" in again.stdout
+    trials = trials_of(spec_path, storage_url(None, out))
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 4 and len({json.dumps(t.params, sort_keys=True) for t in done}) == 4
+    resumed = [t for t in done if t.user_attrs["run_dir"] == str(victim)]
+    assert len(resumed) == 1 and resumed[0].system_attrs["retry_history"]  # requeued, once
+    assert resumed[0].user_attrs["resumed_from_epoch"] == saved
+    history = read_history(victim)
+    assert [r["epoch"] for r in history] == list(range(1, 7))  # continuous, nothing lost
+    # The epochs trained before the kill are the very records written then (their timings
+    # included): the run continued from its checkpoint instead of starting over.
+    assert history[: len(before)] == before
+    logs = "".join(p.read_text() for p in (out / "workers").glob("*.log"))
+    assert f"resumed {victim} from epoch" in logs
+
+
+def wait_for_mid_trial(trials: Path, proc: subprocess.Popen) -> Path:
+    """A run directory with a checkpoint and epochs still to go, while its worker runs."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        for run_dir in trials.glob("*") if trials.exists() else []:
+            with contextlib.suppress(Exception):
+                status = read_status(run_dir)
+                saved = list((run_dir / "checkpoints").glob("epoch-*"))
+                if (
+                    status
+                    and status["status"] == "running"
+                    and saved
+                    and len(read_history(run_dir)) < 5
+                ):
+                    return run_dir
+        time.sleep(0.02)
+    raise AssertionError("no trial reached its checkpoint in time")

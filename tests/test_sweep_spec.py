@@ -1,0 +1,171 @@
+"""Sweep specs: every mistake is caught before a trial starts, with the key named; the grid,
+the epoch-reuse decision and the run directory names are what the spec says."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dfl import cli
+from dfl.errors import ConfigError
+from dfl.sweep.spec import check_trials, decode, encode, load_spec, run_plan
+from dfl.sweep.trial import run_dir_name
+
+BASE = """
+[base]
+model = "mlp"
+model_args = { hidden = [16] }
+device = "cpu"
+"""
+
+
+def write_spec(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def spec_from(tmp_path: Path, head: str, tail: str):
+    return load_spec(write_spec(tmp_path, head + BASE + tail))
+
+
+GRID = '[grid]\n"optim.lr" = [0.001, 0.01]\n'
+
+
+@pytest.mark.parametrize(
+    ("head", "tail", "message"),
+    [
+        ('name = "s"\nmetrics = "val_loss"\n', GRID, "spec key 'metrics': unknown key"),
+        ('name = "s"\nmetric = "test_accuracy"\n', GRID, "not a validation metric"),
+        ('name = "s"\n', "", "give exactly one of [grid]"),
+        ('name = "s"\n', GRID + "[search]\nn_trials = 2\n[search.space]\n"
+         '"optim.lr" = { low = 0.001, high = 0.1 }\n', "give exactly one of [grid]"),
+        ('name = "s"\n', "[grid]\nepochs = []\n", "grid axis 'epochs' has no values"),
+        ('name = "s"\n', "[grid]\nepochs = [2, 2]\n", "repeats a value"),
+        ('name = "a b"\n', GRID, "spec key 'name'"),
+        ('name = "s"\nmetric = "val_f1"\n', GRID, "set direction"),
+        ('name = "s"\n', "[grid]\nevaluate_test = [true]\n", "set by the sweep"),
+        ('name = "s"\nheartbeat_interval = 5\ngrace_period = 5\n', GRID, "must exceed"),
+        ('name = "s"\n', '[search]\nn_trials = 3\n[search.space]\n"optim.lr" = { low = 0.1, '
+         "high = 0.01 }\n", "spec key 'search.space.optim.lr': low (0.1) must be below high"),
+        ('name = "s"\n', '[search]\nn_trials = 3\n[search.space]\n"optim.lr" = { low = 0.0, '
+         "high = 0.1, log = true }\n", "log needs low > 0"),
+        ('name = "s"\n', "[search]\nn_trials = 0\n[search.space]\nepochs = { choices = [1] }\n",
+         "spec key 'search.n_trials'"),
+    ],
+)  # fmt: skip
+def test_spec_errors_name_the_key(tmp_path: Path, head: str, tail: str, message: str):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        spec_from(tmp_path, head, tail).model_dump()
+
+
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        ('[grid]\n"optim.lrr" = [0.1, 0.2]\n', "config key 'optim.lrr': unknown key"),
+        ("[grid]\nepochs = [2, 0]\n", r"trial epochs=0: config key 'epochs'"),
+        ('[grid]\n"model_args.hidden" = [[16], "wide"]\n', "model_args.hidden"),
+        ('[grid]\n"model_args.depth" = [1, 2]\n', "model_args.depth: unknown argument"),
+        ('[grid]\nmodel = ["mlp", "nosuchmodel"]\n', "unknown model 'nosuchmodel'"),
+        ('[grid]\n"data.val_fraction" = [0.2, 0.0]\n', "needs a validation split"),
+        ('[grid]\nmodel = ["mlp", "autoencoder"]\n', "val_accuracy is not measured by a "
+         "reconstruction run"),
+        ('[search]\nn_trials = 4\n[search.space]\n"optim.momentum" = { low = 0.5, high = 1.5 }\n',
+         "trial optim.momentum=1.5: config key 'optim.momentum'"),
+    ],
+)  # fmt: skip
+def test_every_trial_config_is_checked_before_the_sweep(tmp_path: Path, tail: str, message: str):
+    spec = spec_from(tmp_path, 'name = "s"\nmetric = "val_accuracy"\n', tail)
+    with pytest.raises(ConfigError, match=message):
+        check_trials(spec)
+
+
+def test_nested_and_dotted_keys_are_the_same_spec(tmp_path: Path):
+    dotted = spec_from(tmp_path, 'name = "s"\n', '[grid]\n"optim.lr" = [0.1, 0.2]\nepochs = [1]\n')
+    nested = spec_from(tmp_path, 'name = "s"\n', "[grid]\noptim.lr = [0.1, 0.2]\nepochs = [1]\n")
+    assert dotted == nested and dotted.keys == ["optim.lr", "epochs"]
+    searched = spec_from(
+        tmp_path,
+        'name = "s"\n',
+        "[search]\nn_trials = 2\n[search.space.optim]\nlr = { low = 0.001, high = 0.1 }\n",
+    )
+    assert searched.keys == ["optim.lr"]
+    assert searched.direction == "minimize" and searched.search.pruner == "median"
+
+
+def test_grid_points_longest_epochs_first_and_reuse_only_where_exact(tmp_path: Path):
+    grid = '[grid]\n"model_args.hidden" = [[16], [32, 16]]\nepochs = [2, 5]\n'
+    spec = spec_from(tmp_path, 'name = "s"\n', grid)
+    points = spec.grid_points()
+    assert len(points) == spec.n_trials == 4
+    assert [p["epochs"] for p in points] == [5, 5, 2, 2]
+    assert check_trials(spec) == 5  # no schedule, no early stopping: exact
+    plan = run_plan(spec, points[2], 5)
+    assert plan.until_epoch == 2 and plan.config.epochs == 5
+    assert run_dir_name(plan.params) == run_dir_name(points[0])  # one run for the row
+
+    cosine = spec_from(
+        tmp_path, 'name = "s"\n', grid.replace("[grid]", '[base.schedule]\nname = "cosine"\n[grid]')
+    )
+    assert check_trials(cosine) is None  # the default only reuses where exact
+    forced = 'name = "s"\nreuse_epochs = true\n'
+    with pytest.raises(ConfigError, match="schedule 'cosine' depends on the number of epochs"):
+        check_trials(
+            spec_from(
+                tmp_path, forced, grid.replace("[grid]", '[base.schedule]\nname = "cosine"\n[grid]')
+            )
+        )
+    early = grid.replace("[grid]", "[base.early_stop]\npatience = 2\n[grid]")
+    assert check_trials(spec_from(tmp_path, 'name = "s"\n', early)) is None
+    off = spec_from(tmp_path, 'name = "s"\nreuse_epochs = false\n', grid)
+    assert check_trials(off) is None
+    step = grid.replace("[grid]", '[base.schedule]\nname = "step"\nstep_size = 1\n[grid]')
+    assert check_trials(spec_from(tmp_path, 'name = "s"\n', step)) == 5
+
+
+def test_values_optuna_cannot_store_roundtrip_through_their_axis():
+    values = [[64], [128, 64], {"enc": 3}, None, "relu", 0.5]
+    for value in values:
+        assert decode(encode(value), values) == value
+    assert encode([128, 64]) == "[128, 64]"
+    with pytest.raises(ConfigError, match="not one of"):
+        decode("[1, 2]", values)
+
+
+def test_run_dir_names_are_readable_and_distinct():
+    a = run_dir_name({"model_args.hidden": [128, 64], "optim.lr": 0.001, "epochs": 60})
+    b = run_dir_name({"model_args.hidden": [128, 64], "optim.lr": 0.001, "epochs": 40})
+    assert a.startswith("hidden=128x64_lr=0.001_epochs=60-")
+    assert a != b and a == run_dir_name(
+        {"model_args.hidden": [128, 64], "optim.lr": 0.001, "epochs": 60}
+    )
+    # Keys that share a leaf name still get distinct directories (the hash is of full keys).
+    assert run_dir_name({"optim.gamma": 0.9}) != run_dir_name({"schedule.gamma": 0.9})
+
+
+def test_example_specs_are_valid():
+    specs = sorted(Path(__file__).parents[1].glob("configs/sweeps/*.toml"))
+    assert specs, "configs/sweeps/ holds example specs"
+    for path in specs:
+        check_trials(load_spec(path))
+
+
+def test_dry_run_lists_the_lab_grid_with_epoch_reuse(capsys):
+    spec = Path(__file__).parents[1] / "configs/sweeps/autoencoder-grid.toml"
+    assert cli.main(["sweep", str(spec), "--dry-run"]) == 0
+    shown = capsys.readouterr().out
+    assert "grid of 18 trials, minimize val_loss" in shown
+    assert shown.count("(epoch 40 of its curve)") == 9
+    assert "epoch reuse: 9 runs for 18 trials, each to 60 epochs" in shown
+
+
+def test_a_bad_spec_is_one_line_and_exit_2(tmp_path: Path, capsys):
+    path = write_spec(tmp_path, 'name = "s"\nmetric = "test_loss"\n' + BASE + GRID)
+    assert cli.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "spec key 'metric'" in err
+    assert cli.main(["sweep", "status"]) == 2
+    assert cli.main(["sweep", "status", "nosuchsweep", "--out", str(tmp_path / "none")]) == 2
+    assert "no sweep 'nosuchsweep'" in capsys.readouterr().err
