@@ -46,14 +46,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# dfl train
-
-
-@command("train", "train one model and write its run directory")
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="a registered model (see `dfl models`)")
-    p.add_argument("--config", help="a TOML file of config keys (see configs/)")
+def add_override_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
@@ -63,6 +56,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="override a config key, dotted for sections: --set optim.lr=3e-4 "
         "--set model_args.enc=64 (repeatable)",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# dfl train
+
+
+@command("train", "train one model and write its run directory")
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="a registered model (see `dfl models`)")
+    p.add_argument("--config", help="a TOML file of config keys (see configs/)")
+    add_override_argument(p)
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--lr", type=float, help="learning rate (optim.lr)")

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfl import models
-from dfl.cli import command
+from dfl.cli import add_override_argument, command
 from dfl.config import build_config, merge, parse_overrides, read_toml
 from dfl.errors import ConfigError, ShapeError
 from dfl.models.layers import Shape, build_layers
@@ -264,14 +264,7 @@ def add_shapes_arguments(p: argparse.ArgumentParser) -> None:
         help="a registered model (`dfl models`), a TOML config with model/model_args "
         "(as `dfl train --config`), or a TOML file with `layers = [...]`",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key: --set model_args.filters=[8,16] (repeatable)",
-    )
+    add_override_argument(p)
     p.add_argument(
         "--input",
         type=_input_shape,
