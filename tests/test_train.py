@@ -152,3 +152,12 @@ def test_custom_class_count_reaches_the_model(tmp_path: Path):
 def test_bf16_autocast_runs_on_cpu(tmp_path: Path, tiny_data):
     result = fit(config('precision="bf16"', "epochs=1"), tmp_path / "bf", dataset=tiny_data)
     assert torch.isfinite(torch.tensor(result.final["test_loss"]))
+
+
+def test_checkpoint_interval_saves_the_last_epoch_only(tmp_path: Path, tiny_data):
+    result = fit(
+        config("epochs=4", "checkpoint_interval_s=3600"), tmp_path / "r", dataset=tiny_data
+    )
+    names = [p.name for p in (tmp_path / "r" / "checkpoints").glob("epoch-*")]
+    assert names == ["epoch-0004"] and len(result.history) == 4
+    assert len(read_history(tmp_path / "r")) == 4  # metrics are written with the checkpoint

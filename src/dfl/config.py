@@ -84,7 +84,10 @@ class TrainConfig(Strict):
     # Lab-faithful only: the notebooks evaluated (and picked epochs on) the test set every
     # epoch. Records test metrics per epoch so that figure can be redrawn; never for selection.
     test_every_epoch: bool = False
-    checkpoint: bool = True  # a checkpoint after every epoch makes runs resumable
+    checkpoint: bool = True  # checkpoints make runs resumable
+    # Seconds between checkpoints (0: after every epoch). Each costs a few fsynced megabytes,
+    # which dominates runs of many tiny epochs; the last epoch is always saved.
+    checkpoint_interval_s: float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:

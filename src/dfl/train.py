@@ -41,7 +41,7 @@ WEIGHTS = "model.safetensors"  # a finished run's final weights (the selected ep
 NONFINITE_CHECK_EVERY = 25  # steps between checks: each check waits for the device
 
 # Keys that may differ when a run is resumed: they change speed, not what is computed on CPU.
-RESUMABLE_DIFFERENCES = {"device", "threads", "checkpoint"}
+RESUMABLE_DIFFERENCES = {"device", "threads", "checkpoint", "checkpoint_interval_s"}
 
 
 class StopRun(Exception):
@@ -267,6 +267,7 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"value": None, "epoch": None, "weights": None}
+        self._saved_at = time.monotonic()
         self._check_early_stop()
 
     def _check_early_stop(self) -> None:
@@ -401,7 +402,11 @@ class Trainer:
             except StopRun:
                 self._checkpoint(epoch)  # a pruned trial can still be inspected or resumed
                 raise
-            self._checkpoint(epoch)
+            # Every epoch by default; with an interval, only when it has passed, and always at
+            # the last epoch of this call (a pause, an early stop or the end).
+            due = time.monotonic() - self._saved_at >= self.cfg.checkpoint_interval_s
+            if due or stopped or epoch == last_epoch:
+                self._checkpoint(epoch)
             if stopped:
                 break
         bar.close()
@@ -476,6 +481,7 @@ class Trainer:
     # --- checkpoints ------------------------------------------------------------------------
 
     def _checkpoint(self, epoch: int) -> None:
+        self._saved_at = time.monotonic()
         write_metrics(self.run_dir, self.history)
         if not self.cfg.checkpoint:
             return

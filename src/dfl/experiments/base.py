@@ -52,6 +52,7 @@ class Context:
 
     def config(self, overrides: list[str]):
         common = [
+            "checkpoint_interval_s=10.0",  # many short runs: lose at most 10 s to a kill
             f'device="{self.device}"',
             f'data.dataset="{self.dataset_arg}"',
             "checkpoint=true",
@@ -128,7 +129,11 @@ def grid_sweep(
 
     sweep_dir = ctx.out / experiment / "sweeps" / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    common = {"device": ctx.device, "data": {"dataset": ctx.dataset_arg}}
+    common = {
+        "device": ctx.device,
+        "data": {"dataset": ctx.dataset_arg},
+        "checkpoint_interval_s": 10.0,
+    }
     spec = {
         "name": f"{experiment}-{name}",
         "metric": metric,
