@@ -53,20 +53,17 @@ LAB_VARIANTS = [
     Variant("128", "784-128-64, batch 64, 60/60/60", (784, 128, 64), 64, 60, 60, 60, 0.954),
 ]
 
-PROFILE = {  # lab variants to run faithfully (scaled epochs for smoke), full-data variant
+PROFILE = {  # epoch scale per lab variant (1.0 = the lab's epochs) and the full-data variant
     "smoke": {
-        "lab_scale": 0.1,
-        "lab_variants": ["baseline"],
+        "lab": {"baseline": 0.1},
         "full": Variant("full", "784-256-64, batch 64, 1/1/1", (784, 256, 64), 64, 1, 1, 1),
     },
-    "quick": {
-        "lab_scale": 1.0,
-        "lab_variants": ["baseline", "long", "128"],
+    "quick": {  # the baseline exactly; the 60/60/60 runs at a third of their epochs
+        "lab": {"baseline": 1.0, "long": 1 / 3, "128": 1 / 3},
         "full": Variant("full", "784-256-64, batch 64, 3/3/6", (784, 256, 64), 64, 3, 3, 6),
     },
     "full": {
-        "lab_scale": 1.0,
-        "lab_variants": ["baseline", "long", "128"],
+        "lab": {"baseline": 1.0, "long": 1.0, "128": 1.0},
         "full": Variant("full", "784-256-64, batch 64, 20/20/60", (784, 256, 64), 64, 20, 20, 60),
     },
 }
@@ -78,7 +75,7 @@ def _scaled(v: Variant, scale: float) -> Variant:
     s = lambda e: max(1, round(e * scale))  # noqa: E731
     return Variant(
         v.key,
-        f"{v.label} (epochs x{scale})",
+        f"{v.label} (epochs x{scale:.2g})",
         v.sizes,
         v.batch,
         s(v.pretrain),
@@ -127,6 +124,8 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
         if previous:
             args.append(f'init_from="{previous.run_dir}"')
         previous = ctx.train(NAME, f"{root}/pretrain{k}", args)
+        if k == 0:
+            first_layer_mse = previous.history[-1]["train_loss"]
     # Classifier phase: the notebook froze only the bottom layer here.
     clf = ctx.train(
         NAME,
@@ -158,6 +157,7 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
     )
     metric = "val_accuracy" if protocol != "lab" else "train_accuracy"
     return {
+        "first_layer_mse": first_layer_mse,
         "before": clf.final["test_accuracy"],
         "after": ft.final["test_accuracy"],
         "random": scratch.final["test_accuracy"],
@@ -171,7 +171,7 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
-    return {k: [r[k] for r in runs] for k in ("before", "after", "random")}
+    return {k: [r[k] for r in runs] for k in ("before", "after", "random", "first_layer_mse")}
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -179,11 +179,12 @@ def run(ctx: Context) -> dict[str, Any]:
     seeds = range(ctx.seeds)
     lab = {}
     numbers = {}
-    for v in (_scaled(v, prof["lab_scale"]) for v in LAB_VARIANTS if v.key in prof["lab_variants"]):
+    for v in (_scaled(v, prof["lab"][v.key]) for v in LAB_VARIANTS if v.key in prof["lab"]):
         runs = [run_variant(ctx, v, "lab", s) for s in seeds]
         lab[v.key] = {
             "label": v.label,
             "lab": v.lab,
+            "scale": prof["lab"][v.key],
             **_summarise(runs),
             "run_dirs": [r["runs"] for r in runs],
         }
@@ -221,12 +222,23 @@ def run(ctx: Context) -> dict[str, Any]:
         f"acc.{key}": {
             "faithful": mean_std(entry["after"]),
             "corrected": mean_std(full["after"]) if key == "baseline" else None,
-            "verdict": _verdict(entry["after"], entry["lab"]),
+            "verdict": _verdict(entry["after"], entry["lab"])
+            if entry["scale"] == 1.0
+            else f"not comparable: epochs x{entry['scale']:.2g} in this profile",
             "why": "1,000-image test subsets move in steps of 0.001 and differ per draw",
         }
         for key, entry in lab.items()
     }
-    return {"lab": lab, "full": full, "figures": figs, "numbers": numbers, "compare": compare}
+    images = ctx.data.train_images.float().div(255).flatten(1)
+    mean_image_mse = float(((images - images.mean(0)) ** 2).mean())
+    return {
+        "lab": lab,
+        "full": full,
+        "figures": figs,
+        "numbers": numbers,
+        "compare": compare,
+        "mean_image_mse": mean_image_mse,
+    }
 
 
 def _verdict(values: list[float], lab: float | None, tolerance: float = 0.015) -> str:
@@ -327,16 +339,28 @@ def section(result: dict[str, Any]) -> Section:
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     gain_ft = mean(full["after"]) - mean(full["before"])
     gain_pre = mean(full["after"]) - mean(full["random"])
+    verdict = (
+        "Here pretraining helped"
+        if gain_pre > 0
+        else "Here pretraining did not help: the randomly initialised network, given the same "
+        "epochs end to end, is as good or better"
+    )
     paragraphs = [
-        f"Fine-tuning changes full-data test accuracy by {gain_ft:+.4f} "
-        f"({mean(full['before']):.4f} before, {mean(full['after']):.4f} after). Layer-wise "
-        f"pretraining versus the same sigmoid network trained from random initialisation with "
-        f"the same epoch budget: {gain_pre:+.4f}.",
-        "Sigmoid layers trained from random initialisation with plain SGD start slowly (their "
-        "gradients vanish until the weights leave the flat region); pretraining puts every layer "
-        "where it already encodes its input, which is where its benefit shows. The notebook "
-        "measured neither number; the lab's runs used 1,000-image test subsets, so their "
-        "accuracies move in steps of 0.001 and differ between draws.",
+        f"Before fine-tuning (pretraining, then the classifier phase with the bottom layer "
+        f"frozen) the full-data test accuracy is {mean(full['before']):.4f}; fine-tuning every "
+        f"layer brings it to {mean(full['after']):.4f} ({gain_ft:+.4f}). Against the same sigmoid "
+        f"network trained from random initialisation with the same total epochs, layer-wise "
+        f"pretraining gives {gain_pre:+.4f}. {verdict}.",
+        f"Why: with the lab's settings (plain SGD at learning rate 0.1, sigmoid units) the first "
+        f"autoencoder layer ends its pretraining at reconstruction MSE "
+        f"{mean(full['first_layer_mse']):.4f}, where always answering the mean training image "
+        f"scores {result['mean_image_mse']:.4f}: its code carries little class information, so "
+        "the classifier on top learns little until fine-tuning trains the whole network. "
+        "Greedy pretraining earned its reputation for deep sigmoid networks before ReLUs, "
+        "good initialisation and adaptive optimisers made end-to-end training work.",
+        "The notebook measured neither number. Its runs used 1,000-image test subsets, so their "
+        "accuracies move in steps of 0.001 and differ between draws; our lab-protocol rows are "
+        "means over seeds for that reason.",
     ]
     figs = [Figure(f["path"], f["caption"]) for f in result["figures"]]
     return Section(TITLE, QUESTION, paragraphs, [table], figs)

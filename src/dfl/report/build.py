@@ -34,6 +34,11 @@ def _why_missing(name: str, result: dict[str, Any] | None, manifest: dict[str, A
     return "not run yet (rerun the reproduce command to resume)"
 
 
+def _exact(value: object) -> object:
+    """The lab's numbers as the write-up printed them, not rounded to our display digits."""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
 def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Table:
     rows = []
     for name, entries in LAB.items():
@@ -45,12 +50,22 @@ def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Tabl
             row = compare.get(key)
             if row is None:
                 reason = _why_missing(name, result, manifest) if not compare else "not measured"
-                rows.append([what, lab_value, None, None, f"missing: {reason}"])
+                rows.append([what, _exact(lab_value), None, None, f"missing: {reason}"])
             else:
                 verdict = row.get("verdict", "")
                 if row.get("why"):
                     verdict += f" — {row['why']}"
-                rows.append([what, lab_value, row.get("faithful"), row.get("corrected"), verdict])
+                # No corrected counterpart (a grid point, a fixed fact) reads n/a, not missing.
+                corrected = row.get("corrected")
+                rows.append(
+                    [
+                        what,
+                        _exact(lab_value),
+                        row.get("faithful"),
+                        "n/a" if corrected is None else corrected,
+                        verdict,
+                    ]
+                )
     return Table(
         ["lab number", "lab", "ours, faithful", "ours, corrected", "verdict"],
         rows,
