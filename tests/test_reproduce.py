@@ -29,6 +29,15 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
         for entry in experiment.values():
             assert "value" in entry and "label" in entry
 
+    # Selection never looks at the test set: the grid's trials are not tested, and the chosen
+    # autoencoder config is the one with the lowest validation MSE.
+    ae = json.loads((out / "ae" / "result.json").read_text())
+    assert ae["best"]["val_mse"] == min(r["val_mse"] for r in ae["grid"])
+    for status in (out / "ae" / "sweeps").rglob("status.json"):
+        assert not any(
+            k.startswith("test_") for k in json.loads(status.read_text()).get("final", {})
+        )
+
     # A real browser shows every figure and logs no error (skipped without Chromium).
     if shutil.which("chromium"):
         page = check_page(request.getfixturevalue("browser"), report, tmp_path / "report.png")

@@ -161,3 +161,23 @@ def test_checkpoint_interval_saves_the_last_epoch_only(tmp_path: Path, tiny_data
     names = [p.name for p in (tmp_path / "r" / "checkpoints").glob("epoch-*")]
     assert names == ["epoch-0004"] and len(result.history) == 4
     assert len(read_history(tmp_path / "r")) == 4  # metrics are written with the checkpoint
+
+
+def test_mse_is_the_exact_per_pixel_mean_whatever_the_batching(tmp_path: Path, tiny_data):
+    """The lab divided a 1,000-image sum by 10,000; ours must equal the plain per-pixel mean
+    over every test image, even when the last evaluation batch is partial."""
+    from safetensors.torch import load_file
+
+    from dfl import models
+    from dfl.data.batches import to_input
+    from dfl.train import WEIGHTS
+
+    cfg = config('model="autoencoder"', "model_args={enc=8}", "epochs=1", "eval_batch_size=30")
+    result = fit(cfg, tmp_path / "ae", dataset=tiny_data)
+    model = models.create("autoencoder", enc=8)
+    model.load_state_dict(load_file(str(tmp_path / "ae" / WEIGHTS)))
+    with torch.no_grad():
+        x = to_input(tiny_data.test_images)
+        expected = float(((model.eval()(x) - x) ** 2).mean())
+    assert len(tiny_data.test_images) % 30 != 0
+    assert result.final["test_loss"] == pytest.approx(expected, rel=1e-5)
