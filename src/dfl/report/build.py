@@ -53,7 +53,7 @@ def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Tabl
                 rows.append([what, _exact(lab_value), None, None, f"missing: {reason}"])
             else:
                 verdict = row.get("verdict", "")
-                if row.get("why"):
+                if row.get("why") and not verdict.startswith("not comparable"):
                     verdict += f" — {row['why']}"
                 # No corrected counterpart (a grid point, a fixed fact) reads n/a, not missing.
                 corrected = row.get("corrected")
@@ -70,6 +70,24 @@ def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Tabl
         ["lab number", "lab", "ours, faithful", "ours, corrected", "verdict"],
         rows,
         "Every number the write-up states, beside ours",
+    )
+
+
+def _verdict_summary(table: Table) -> str:
+    """One line a reader can take away: how many of the lab's numbers we reproduced."""
+    kinds = {"reproduced": 0, "differs": 0, "not comparable": 0, "missing": 0}
+    for row in table.rows:
+        verdict = str(row[-1])
+        for kind in kinds:
+            if verdict.startswith(kind) or (kind == "reproduced" and verdict.startswith("bug")):
+                kinds[kind] += 1
+                break
+    other = len(table.rows) - sum(kinds.values())
+    return (
+        f"Of the {len(table.rows)} numbers the lab states: {kinds['reproduced']} reproduced, "
+        f"{kinds['differs']} differ (each with the reason), {kinds['not comparable']} not "
+        f"comparable in this profile (fewer epochs or images), {kinds['missing']} missing"
+        + (f", {other} other (numbers the notebook never printed)." if other else ".")
     )
 
 
@@ -116,6 +134,7 @@ def build_report(out: Path) -> Path:
         f"experiments have results. Every number below comes from a run saved under {out}; "
         "`dfl report` rebuilds this page from those saved results without training.",
     ]
+    summary.append(_verdict_summary(table))
     sections.insert(0, Section("The lab's numbers beside ours", tables=[table]))
     doc = Document(
         f"dfl lab reproduction — profile {manifest['profile']}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 from dfl.report.document import Document, Figure, Section, Table, fmt
@@ -53,8 +54,9 @@ body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding
 h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #ccc}
 blockquote{color:#555;border-left:4px solid #ccc;margin:1em 0;padding:.2em 1em}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
-td:first-child,th:first-child{text-align:left}caption{caption-side:top;font-style:italic}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}
+caption{caption-side:top;font-style:italic}code{background:#f3f3f3;padding:0 3px}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-style:italic;color:#555}
 .missing{color:#a00;font-weight:bold}
 """
@@ -62,16 +64,17 @@ figure{margin:1em 0}img{max-width:100%}figcaption{font-style:italic;color:#555}
 
 def _html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_html_cell(v)}</td>" for v in row) + "</tr>" for row in table.rows
-    )
+    body = "".join("<tr>" + "".join(_html_cell(v) for v in row) + "</tr>" for row in table.rows)
     caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
     return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _html_cell(value: object) -> str:
     text = html.escape(fmt(value))
-    return f'<span class="missing">{text}</span>' if text == "missing" else text
+    if text == "missing":
+        return f'<td><span class="missing">{text}</span></td>'
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
 
 
 def _html_figure(fig: Figure, root: Path) -> str:
@@ -86,8 +89,15 @@ def _html_figure(fig: Figure, root: Path) -> str:
     )
 
 
+def _inline(text: str) -> str:
+    """Escape, then render the two bits of Markdown the report's prose uses: **bold**, `code`."""
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def _html_paragraph(text: str) -> str:
-    return f"<p>{html.escape(text)}</p>"
+    return f"<p>{_inline(text)}</p>"
 
 
 def _html_section(s: Section, root: Path) -> str:
