@@ -29,8 +29,12 @@ def run(ctx: Context) -> dict[str, Any]:
     bug = lab_bug_demo(**LAB_SIZES, seed=0)
     weights = np.asarray(single.pop("weights_head0"))
     multi.pop("weights_head0", None)
-    path = figures.image_grid(
-        ctx.figure_path("attention_weights"), {"": weights[None]}, cmap="viridis"
+    path = figures.heatmap(
+        ctx.figure_path("attention_weights"),
+        weights,
+        "key token j",
+        "query token i",
+        "Attention weights (one head)",
     )
     identical = "yes (bug)" if bug["notebook"]["identical_rows"] else "no"
     return {

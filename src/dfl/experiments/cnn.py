@@ -311,14 +311,20 @@ def _figure_cost(ctx: Context, points: list[dict]) -> dict[str, str]:
 
 
 def _figure_confusion(ctx: Context, confusion: list[list[int]]) -> dict[str, str]:
-    import numpy as np
-
-    matrix = np.log1p(np.array(confusion, dtype=float))[None]
-    path = figures.image_grid(ctx.figure_path("cnn_confusion"), {"": matrix}, cmap="Blues")
+    path = figures.heatmap(
+        ctx.figure_path("cnn_confusion"),
+        confusion,
+        "predicted digit",
+        "true digit",
+        "Ensemble confusion matrix",
+        annotate=True,
+        log=True,
+        cmap="Blues",
+    )
     return {
         "path": path,
         "caption": "Confusion matrix of the ensemble on the 10,000 test "
-        "images (log scale; row = true digit, column = prediction).",
+        "images (counts; colour on a log scale).",
     }
 
 

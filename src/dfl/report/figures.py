@@ -98,3 +98,35 @@ def scatter(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def heatmap(
+    path: Path,
+    matrix: np.ndarray,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    annotate: bool = False,
+    log: bool = False,
+    cmap: str = "viridis",
+) -> str:
+    """One matrix as a colour map (a confusion matrix, attention weights), numbers optional."""
+    matrix = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    shown = np.log1p(matrix) if log else matrix
+    image = ax.imshow(shown, cmap=cmap)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="log(1 + count)" if log else None)
+    if annotate:
+        for (i, j), v in np.ndenumerate(matrix):
+            if v:
+                ax.text(
+                    j,
+                    i,
+                    f"{v:g}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if shown[i, j] < shown.max() / 2 else "black",
+                )
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return _save(fig, path)
