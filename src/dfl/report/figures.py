@@ -126,7 +126,7 @@ def heatmap(
                     ha="center",
                     va="center",
                     fontsize=6,
-                    color="white" if shown[i, j] < shown.max() / 2 else "black",
+                    color="white" if shown[i, j] > shown.max() / 2 else "black",
                 )
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     return _save(fig, path)
