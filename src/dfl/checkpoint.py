@@ -37,20 +37,18 @@ def save(root: Path, epoch: int, tensors: dict[str, torch.Tensor], state: dict[s
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch-{epoch:04d}"
     tmp = root / f".epoch-{epoch:04d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.glob(".epoch-*.tmp-*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     try:
         tensor_file = tmp / "tensors.safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tensor_file))
+        _save_tensors(tensors, tensor_file)
         with tensor_file.open("rb") as f:
             os.fsync(f.fileno())
         state = {**state, "epoch": epoch, "tensors_sha256": _sha256(tensor_file)}
         atomic_write_json(tmp / "state.json", state)
         fsync_dir(tmp)
-        # Fault injection (tests only): a pause between the write and the rename, to be killed in.
-        pause = float(os.environ.get("DFL_FAULT_PAUSE_BEFORE_RENAME", "0"))
-        if pause:
-            time.sleep(pause)
+        _fault_pause(epoch)
         shutil.rmtree(final, ignore_errors=True)  # only when re-saving the same epoch
         os.replace(tmp, final)
         fsync_dir(root)
@@ -60,6 +58,36 @@ def save(root: Path, epoch: int, tensors: dict[str, torch.Tensor], state: dict[s
     for old in sorted(root.glob("epoch-*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors reports a full disk as its own error type; make it the one-line kind."""
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    except Exception as e:  # SafetensorError: I/O error, File too large, No space left ...
+        if isinstance(e, OSError):
+            raise
+        raise DflError(f"cannot write checkpoint {path}: {e}", exit_code=1) from None
+
+
+def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A finished run's weights: written beside their final name, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _save_tensors(weights, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fault_pause(epoch: int) -> None:
+    """Fault injection for the tests: DFL_FAULT_PAUSE_BEFORE_RENAME="EPOCH:SECONDS" sleeps
+    between writing that epoch's checkpoint and renaming it into place, to be killed in."""
+    spec = os.environ.get("DFL_FAULT_PAUSE_BEFORE_RENAME")
+    if spec:
+        at, _, seconds = spec.partition(":")
+        if int(at) == epoch:
+            time.sleep(float(seconds))
 
 
 def load_latest(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:

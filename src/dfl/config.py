@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dfl.errors import ConfigError
 
@@ -88,6 +95,17 @@ class TrainConfig(Strict):
     # Seconds between checkpoints (0: after every epoch). Each costs a few fsynced megabytes,
     # which dominates runs of many tiny epochs; the last epoch is always saved.
     checkpoint_interval_s: float = Field(0.0, ge=0.0)
+
+    @field_validator("model")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from dfl.models import registry  # here: config stays importable without torch
+
+        try:
+            registry.get(name)
+        except ConfigError as e:  # name the key, as every other config error does
+            raise ConfigError(f"config key 'model': {e}") from None
+        return name
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -469,11 +469,7 @@ class Trainer:
                         if k.startswith("val_")
                     }
                 )
-        save_file(
-            {k: v.contiguous().cpu() for k, v in self.model.state_dict().items()},
-            str(self.run_dir / f".{WEIGHTS}.tmp"),
-        )
-        os.replace(self.run_dir / f".{WEIGHTS}.tmp", self.run_dir / WEIGHTS)
+        checkpoint.save_weights(self.run_dir / WEIGHTS, self.model.state_dict())
         if self.cfg.evaluate_test:
             final.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
         return final

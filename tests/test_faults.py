@@ -1,0 +1,221 @@
+"""Faults injected into real processes: SIGKILL mid-training and mid-checkpoint, a full disk,
+and fuzzed configs and command lines. Nothing may be lost, half-written or shown as a
+traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import write_idx_dataset
+from dfl import checkpoint
+from dfl.cli import main
+from dfl.config import build_config, set_dotted
+from dfl.errors import ConfigError
+
+DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
+TIMING = ("seconds", "samples_per_s")
+
+
+def train_args(data: Path, out: Path, epochs: int = 6) -> list[str]:
+    return [
+        *DFL,
+        "train",
+        "mlp",
+        "--dataset",
+        str(data),
+        "--epochs",
+        str(epochs),
+        "--device",
+        "cpu",
+        "--deterministic",
+        "--threads",
+        "1",
+        "--set",
+        "model_args.hidden=[512, 512]",
+        "--out",
+        str(out),
+    ]
+
+
+def history(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting for the process")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_idx_dataset(tmp_path_factory.mktemp("faults") / "digits", 2000, 200)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    subprocess.run(train_args(data, out), check=True, capture_output=True)
+    return out
+
+
+def final_status(run: Path) -> dict:
+    return json.loads((run / "status.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume_matches(data, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_args(data, out), stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(checkpoint_dirs(out)) >= 1 and len(history(out)) >= 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert final_status(out)["status"] == "running"  # killed: nothing claims it finished
+    done = subprocess.run([*train_args(data, out), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resumed" in done.stderr
+    assert history(out) == history(uninterrupted)
+    assert (
+        final_status(out)["final"]["test_loss"] == final_status(uninterrupted)["final"]["test_loss"]
+    )
+
+
+def checkpoint_dirs(run: Path) -> list[Path]:
+    return sorted((run / "checkpoints").glob("epoch-*"))
+
+
+@pytest.mark.slow
+def test_sigkill_between_checkpoint_write_and_rename(data, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:30"}
+    proc = subprocess.Popen(train_args(data, out), env=env, stderr=subprocess.DEVNULL)
+    wait_for(lambda: any((out / "checkpoints").glob(".epoch-0003.tmp-*/state.json")))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Epoch 3's checkpoint was written but never renamed: epoch 2 is the newest intact one.
+    assert [p.name for p in checkpoint_dirs(out)] == ["epoch-0001", "epoch-0002"]
+    _, state = checkpoint.load_latest(out / "checkpoints")
+    assert state["epoch"] == 2
+    done = subprocess.run([*train_args(data, out), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert history(out) == history(uninterrupted)
+    assert not list((out / "checkpoints").glob(".epoch-*"))  # the half-made one is cleared
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_line_and_leaves_nothing_half_written(data, tmp_path):
+    out = tmp_path / "run"
+
+    def small_files_only() -> None:  # like a full disk: writes past 100 kB fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    done = subprocess.run(
+        train_args(data, out, epochs=2), preexec_fn=small_files_only, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("epoch")]
+    assert len(errors) == 1 and errors[0].startswith("dfl: error:"), done.stderr
+    assert "File too large" in errors[0]
+    assert checkpoint_dirs(out) == []  # no checkpoint under a final name
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # and no leftovers
+
+
+# --- fuzzing -------------------------------------------------------------------------------
+
+KEYS = [
+    "epochs",
+    "batch_size",
+    "optim.lr",
+    "optim.name",
+    "data.val_fraction",
+    "schedule.name",
+    "model",
+    "model_args.hidden",
+    "early_stop.patience",
+    "precision",
+    "seed",
+    "bogus",
+    "optim.momentum",
+    "data.augment_shift",
+    "grad_clip",
+    "device",
+    "data.bogus",
+]
+VALUES = st.one_of(
+    st.integers(-5, 5),
+    st.floats(allow_nan=True),
+    st.text(max_size=5),
+    st.booleans(),
+    st.lists(st.integers(-2, 64), max_size=3),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4))
+def test_random_configs_validate_or_name_the_key(pairs):
+    tree: dict = {}
+    for key, value in pairs.items():
+        set_dotted(tree, key, value)
+    try:
+        build_config(overrides=tree)
+    except ConfigError as e:
+        assert "config key '" in str(e) or "nesterov" in str(e)
+
+
+ARGS = [
+    "train",
+    "mlp",
+    "cnn_lab",
+    "nosuch",
+    "--epochs",
+    "--lr",
+    "--set",
+    "epochs=x",
+    "optim.lr=-1",
+    "bogus=1",
+    "--config",
+    "missing.toml",
+    "--batch-size",
+    "0",
+    "-3",
+    "abc",
+    "--precision",
+    "fp8",
+    "--device",
+    "tpu",
+    "--seed",
+    "1.5",
+    "model_args.hidden=[0]",
+]
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # capsys is re-read
+@given(argv=st.lists(st.sampled_from(ARGS), max_size=6))
+def test_random_command_lines_never_show_a_traceback(argv, capsys):
+    argv = ["train", *argv, "--print-config"]  # validate everything, train nothing
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), (argv, err)
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.count("\n") == 1 and err.startswith(("dfl: error:", "dfl train: error:"))
