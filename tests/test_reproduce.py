@@ -49,8 +49,9 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
     reproduce(out, "smoke", str(data), device="cpu", seeds=1)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == metrics
 
-    # The report comes back from saved results alone.
+    # The report and every figure come back from saved results alone.
     (out / "report.html").unlink()
+    shutil.rmtree(out / "figures")
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").read_text() == html
 

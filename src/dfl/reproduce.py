@@ -88,12 +88,12 @@ def reproduce(
     if profile not in PROFILES:
         raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
     resolved = str(resolve_device(device))
-    _manifest(out, profile, dataset, selected, resolved)
+    manifest = _manifest(out, profile, dataset, selected, resolved)
     data = load_dataset(dataset, data_dir)
     default_seeds = {"smoke": 1, "quick": 2, "full": 3}[profile]
-    ctx = Context(
-        out, profile, data, str(data.path) if data_dir else dataset, device, seeds or default_seeds
-    )
+    manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
+    atomic_write_json(out / "reproduce.json", manifest)
+    ctx = Context(out, profile, data, dataset_arg, device, seeds or default_seeds)
 
     bar = tqdm(selected, desc="reproduce", unit="experiment", disable=None, file=sys.stderr)
     for name in bar:

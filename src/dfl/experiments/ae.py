@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from dfl import models
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
-from dfl.experiments.base import Context, grid_sweep, number
+from dfl.experiments.base import Canvas, Context, grid_sweep, number
 from dfl.experiments.lab_numbers import AE_GRID
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, fmt, mean_std
@@ -194,11 +194,6 @@ def run(ctx: Context) -> dict[str, Any]:
     shallow_small = min((r for r in table if r["enc"] == small), key=lambda r: r["val_mse"])
     deep_mse = [r.final["test_loss"] for r in deep_runs]
 
-    figs = [
-        _figure_reconstructions(ctx, table),
-        _figure_curves(ctx, table),
-        _figure_probe(ctx, probe, table),
-    ]
     numbers = {
         "baseline.test_mse_lab_protocol": number(
             baseline.final["test_loss"], "baseline test MSE, lab protocol", baseline, NAME
@@ -246,7 +241,6 @@ def run(ctx: Context) -> dict[str, Any]:
         "probe": probe,
         "deep": {"enc": small, "test": deep_mse, "shallow_val": shallow_small["val_mse"]},
         "epochs_grid": p["epochs"],
-        "figures": figs,
         "numbers": numbers,
         "compare": compare,
     }
@@ -268,7 +262,16 @@ def _compare_val(ours: float, lab: float, epochs: int, lab_epochs: int) -> dict[
     }
 
 
-def _figure_reconstructions(ctx: Context, table: list[dict[str, Any]]) -> dict[str, str]:
+def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
+    table = result["grid"]
+    return [
+        _figure_reconstructions(canvas, table),
+        _figure_curves(canvas, table),
+        _figure_probe(canvas, {int(k): v for k, v in result["probe"].items()}, table),
+    ]
+
+
+def _figure_reconstructions(ctx: Canvas, table: list[dict[str, Any]]) -> dict[str, str]:
     images = ctx.data.test_images[:10]
     x = to_input(images)
     rows = {"input": images.numpy()}
@@ -286,7 +289,7 @@ def _figure_reconstructions(ctx: Context, table: list[dict[str, Any]]) -> dict[s
     }
 
 
-def _figure_curves(ctx: Context, table: list[dict[str, Any]]) -> dict[str, str]:
+def _figure_curves(ctx: Canvas, table: list[dict[str, Any]]) -> dict[str, str]:
     longest = max(r["epochs"] for r in table)
     series = {
         f"batch {r['batch']}, enc {r['enc']}": r["curve"] for r in table if r["epochs"] == longest
@@ -306,7 +309,7 @@ def _figure_curves(ctx: Context, table: list[dict[str, Any]]) -> dict[str, str]:
     }
 
 
-def _figure_probe(ctx: Context, probe: dict[int, dict], table: list[dict]) -> dict[str, str]:
+def _figure_probe(ctx: Canvas, probe: dict[int, dict], table: list[dict]) -> dict[str, str]:
     encs = sorted(probe)
     best_mse = [min(r["val_mse"] for r in table if r["enc"] == e) for e in encs]
     path = figures.bars(

@@ -9,7 +9,7 @@ import numpy as np
 
 from dfl.attention_cli import compare_attention, lab_bug_demo
 from dfl.experiments import TITLES
-from dfl.experiments.base import Context
+from dfl.experiments.base import Canvas, Context
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, fmt
 
@@ -27,27 +27,14 @@ def run(ctx: Context) -> dict[str, Any]:
     single = compare_attention(**LAB_SIZES, heads=1, seed=0)
     multi = compare_attention(**LAB_SIZES, heads=4, seed=0)
     bug = lab_bug_demo(**LAB_SIZES, seed=0)
-    weights = np.asarray(single.pop("weights_head0"))
+    weights = np.asarray(single.pop("weights_head0")).tolist()  # (n, n), for the heatmap
     multi.pop("weights_head0", None)
-    path = figures.heatmap(
-        ctx.figure_path("attention_weights"),
-        weights,
-        "key token j",
-        "query token i",
-        "Attention weights (one head)",
-    )
     identical = "yes (bug)" if bug["notebook"]["identical_rows"] else "no"
     return {
         "single": single,
         "multi": multi,
         "bug": bug,
-        "figures": [
-            {
-                "path": path,
-                "caption": "Attention weights A = softmax(QK^T/sqrt(d_k)) "
-                "for 32 random tokens (row i: how much token i draws from each token j).",
-            }
-        ],
+        "weights": weights,
         "numbers": {
             "max_abs_diff": {
                 "value": single["max_abs_diff"],
@@ -65,6 +52,23 @@ def run(ctx: Context) -> dict[str, Any]:
             }
         },
     }
+
+
+def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
+    path = figures.heatmap(
+        canvas.figure_path("attention_weights"),
+        result["weights"],
+        "key token j",
+        "query token i",
+        "Attention weights (one head)",
+    )
+    return [
+        {
+            "path": path,
+            "caption": "Attention weights A = softmax(QK^T/sqrt(d_k)) for 32 "
+            "random tokens (row i: how much token i draws from each token j).",
+        }
+    ]
 
 
 def section(result: dict[str, Any]) -> Section:

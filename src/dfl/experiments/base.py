@@ -9,9 +9,11 @@ its dict is written to `<out>/<NAME>/result.json` and is all the report ever see
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,25 @@ from dfl.data import Dataset
 from dfl.train import RunResult, fit
 
 PROFILES = ("smoke", "quick", "full")
+
+
+@dataclass
+class Canvas:
+    """What figures are drawn with: the reproduction's folder and, when a figure needs images
+    or saved weights, the dataset (loaded on first use). Figures come from saved results only,
+    so `dfl report` redraws every one of them without training."""
+
+    out: Path
+    load_data: Callable[[], Dataset]
+
+    def figure_path(self, name: str) -> Path:
+        path = self.out / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @functools.cached_property
+    def data(self) -> Dataset:
+        return self.load_data()
 
 
 @dataclass
@@ -41,11 +62,6 @@ class Context:
     def smoke_cap(self) -> list[str]:
         """Overrides that keep a full-data run small in the smoke profile (none otherwise)."""
         return ["data.train_subset=2000"] if self.profile == "smoke" else []
-
-    def figure_path(self, name: str) -> Path:
-        path = self.out / "figures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
 
     def run_dir(self, experiment: str, key: str) -> Path:
         return self.out / experiment / "runs" / slug(key)

@@ -17,7 +17,7 @@ import torch
 
 from dfl import models
 from dfl.experiments import TITLES
-from dfl.experiments.base import Context, number
+from dfl.experiments.base import Canvas, Context, number
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, fmt, mean_std
 from dfl.shapes import model_summary
@@ -184,12 +184,6 @@ def run(ctx: Context) -> dict[str, Any]:
     ]
     ensemble, confusion, wrong = _ensemble(ctx, finals, arch)
 
-    figs = [
-        _figure_lab_curves(ctx, faithful),
-        _figure_cost(ctx, points),
-        _figure_confusion(ctx, confusion),
-        _figure_wrong(ctx, wrong),
-    ]
     base_f, expl_f = faithful["baseline"], faithful["explore"]
     compare = {
         "acc.baseline": {
@@ -227,7 +221,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "selected": [r.final["test_accuracy"] for r in finals],
         "ensemble": ensemble,
         "final_epochs": p["final_epochs"],
-        "figures": figs,
+        "confusion": confusion,
+        "wrong": wrong,
         "numbers": numbers,
         "compare": compare,
     }
@@ -278,7 +273,16 @@ def _ensemble(ctx: Context, runs: list, arch: dict) -> tuple[float, list, list]:
     return accuracy, confusion.tolist(), wrong_list
 
 
-def _figure_lab_curves(ctx: Context, faithful: dict) -> dict[str, str]:
+def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
+    return [
+        _figure_lab_curves(canvas, result["faithful"]),
+        _figure_cost(canvas, result["points"]),
+        _figure_confusion(canvas, result["confusion"]),
+        _figure_wrong(canvas, result["wrong"]),
+    ]
+
+
+def _figure_lab_curves(ctx: Canvas, faithful: dict) -> dict[str, str]:
     series = {f"{k} (seed 0)": v["curve"] for k, v in faithful.items()}
     path = figures.curves(
         ctx.figure_path("cnn_lab_curves"),
@@ -294,7 +298,7 @@ def _figure_lab_curves(ctx: Context, faithful: dict) -> dict[str, str]:
     }
 
 
-def _figure_cost(ctx: Context, points: list[dict]) -> dict[str, str]:
+def _figure_cost(ctx: Canvas, points: list[dict]) -> dict[str, str]:
     path = figures.scatter(
         ctx.figure_path("cnn_cost"),
         {"architectures": ([q["macs"] for q in points], [q["val_accuracy"] for q in points])},
@@ -310,7 +314,7 @@ def _figure_cost(ctx: Context, points: list[dict]) -> dict[str, str]:
     }
 
 
-def _figure_confusion(ctx: Context, confusion: list[list[int]]) -> dict[str, str]:
+def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> dict[str, str]:
     path = figures.heatmap(
         ctx.figure_path("cnn_confusion"),
         confusion,
@@ -328,7 +332,7 @@ def _figure_confusion(ctx: Context, confusion: list[list[int]]) -> dict[str, str
     }
 
 
-def _figure_wrong(ctx: Context, wrong: list[dict]) -> dict[str, str]:
+def _figure_wrong(ctx: Canvas, wrong: list[dict]) -> dict[str, str]:
     images = ctx.data.test_images[[w["index"] for w in wrong]].numpy()
     path = figures.image_grid(ctx.figure_path("cnn_wrong"), {"": images})
     pairs = ", ".join(f"{w['label']}→{w['pred']} ({w['confidence']:.2f})" for w in wrong)

@@ -11,12 +11,13 @@ comparison on the full data, selecting the epoch on a validation split and testi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
 
 from dfl.experiments import TITLES
-from dfl.experiments.base import Context, number
+from dfl.experiments.base import Canvas, Context, number
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, mean_std
 from dfl.train import WEIGHTS
@@ -213,11 +214,10 @@ def run(ctx: Context) -> dict[str, Any]:
         seeds=len(full_runs),
     )
 
-    figs = [
-        _figure_before_after(ctx, lab, full),
-        _figure_curves(ctx, full_runs[0], fv),
-        _figure_features(ctx, full_runs[0]["_ft"].run_dir),
-    ]
+    full["curves"] = {
+        k: full_runs[0][k] for k in ("curve_pretrained", "curve_random", "curve_metric")
+    }
+    full["features_from"] = str(full_runs[0]["_ft"].run_dir)
     compare = {
         f"acc.{key}": {
             "faithful": mean_std(entry["after"]),
@@ -234,7 +234,6 @@ def run(ctx: Context) -> dict[str, Any]:
     return {
         "lab": lab,
         "full": full,
-        "figures": figs,
         "numbers": numbers,
         "compare": compare,
         "mean_image_mse": mean_image_mse,
@@ -248,7 +247,16 @@ def _verdict(values: list[float], lab: float | None, tolerance: float = 0.015) -
     return "reproduced" if abs(mean - lab) <= tolerance else f"differs by {mean - lab:+.3f}"
 
 
-def _figure_before_after(ctx: Context, lab: dict, full: dict) -> dict[str, str]:
+def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
+    full = result["full"]
+    return [
+        _figure_before_after(canvas, result["lab"], full),
+        _figure_curves(canvas, full),
+        _figure_features(canvas, Path(full["features_from"])),
+    ]
+
+
+def _figure_before_after(ctx: Canvas, lab: dict, full: dict) -> dict[str, str]:
     groups = [f"lab: {v['label']}" for v in lab.values()] + [f"full data: {full['label']}"]
     entries = [*lab.values(), full]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
@@ -274,16 +282,17 @@ def _figure_before_after(ctx: Context, lab: dict, full: dict) -> dict[str, str]:
     }
 
 
-def _figure_curves(ctx: Context, run0: dict, v: Variant) -> dict[str, str]:
+def _figure_curves(ctx: Canvas, full: dict) -> dict[str, str]:
+    curves = full["curves"]
     path = figures.curves(
         ctx.figure_path("sae_curves"),
         {
-            "pretrained: classifier then fine-tune": run0["curve_pretrained"],
-            "random init": run0["curve_random"],
+            "pretrained: classifier then fine-tune": curves["curve_pretrained"],
+            "random init": curves["curve_random"],
         },
         "epoch (after pretraining)",
-        run0["curve_metric"].replace("_", " "),
-        f"Full data, {v.label}, seed 0",
+        curves["curve_metric"].replace("_", " "),
+        f"Full data, {full['label']}, seed 0",
     )
     return {
         "path": path,
@@ -292,7 +301,7 @@ def _figure_curves(ctx: Context, run0: dict, v: Variant) -> dict[str, str]:
     }
 
 
-def _figure_features(ctx: Context, run_dir) -> dict[str, str]:
+def _figure_features(ctx: Canvas, run_dir) -> dict[str, str]:
     weights = load_file(str(run_dir / WEIGHTS))["encoders.0.0.weight"][:16]  # (16, 784)
     images = weights.reshape(-1, 28, 28).numpy()
     path = figures.image_grid(

@@ -10,6 +10,7 @@ rollout maps of what it looks at.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from dfl import models
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
-from dfl.experiments.base import Context, number
+from dfl.experiments.base import Canvas, Context, number
 from dfl.experiments.lab_numbers import VIT_CONFIGS
 from dfl.models.vit import attention_rollout
 from dfl.report import figures
@@ -141,7 +142,6 @@ def run(ctx: Context) -> dict[str, Any]:
     ]
     beyond_acc = [r.final["test_accuracy"] for r in beyond]
 
-    figs = [_figure_curves(ctx, rows), _figure_rollout(ctx, beyond[0].run_dir)]
     base_row = rows[0]
     compare = {}
     for r in rows:
@@ -187,13 +187,20 @@ def run(ctx: Context) -> dict[str, Any]:
         "rows": rows,
         "beyond": beyond_acc,
         "beyond_epochs": p["beyond_epochs"],
-        "figures": figs,
+        "rollout_from": str(beyond[0].run_dir),
         "numbers": numbers,
         "compare": compare,
     }
 
 
-def _figure_curves(ctx: Context, rows: list[dict]) -> dict[str, str]:
+def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
+    return [
+        _figure_curves(canvas, result["rows"]),
+        _figure_rollout(canvas, Path(result["rollout_from"])),
+    ]
+
+
+def _figure_curves(ctx: Canvas, rows: list[dict]) -> dict[str, str]:
     series = {}
     for r in rows:
         if len(r["train_loss_curve"]) > 1:
@@ -217,7 +224,7 @@ def _figure_curves(ctx: Context, rows: list[dict]) -> dict[str, str]:
 
 
 @torch.no_grad()
-def _figure_rollout(ctx: Context, run_dir) -> dict[str, str]:
+def _figure_rollout(ctx: Canvas, run_dir) -> dict[str, str]:
     model = models.create("vit")
     model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
     images = ctx.data.test_images[:8]

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from dfl.atomic import atomic_write_bytes, atomic_write_json
+from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.experiments import EXPERIMENTS, TITLES
-from dfl.experiments.base import load_result
+from dfl.experiments.base import Canvas, load_result
 from dfl.experiments.lab_numbers import LAB
 from dfl.report.document import Document, Section, Table
 from dfl.report.render import to_html, to_markdown
@@ -73,6 +74,20 @@ def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Tabl
     )
 
 
+def _section_with_figures(module: Any, result: dict[str, Any], canvas: Canvas) -> Section:
+    """Redraw the experiment's figures from its saved result, then write its section. A figure
+    that cannot be drawn (its data or weights gone) is reported, not silently dropped."""
+    problem = None
+    try:
+        drawn = module.draw(result, canvas) if hasattr(module, "draw") else []
+    except (DflError, OSError) as e:
+        drawn, problem = [], str(e)
+    section = module.section({**result, "figures": drawn})
+    if problem:
+        section.paragraphs.append(f"Figures missing: they could not be redrawn ({problem}).")
+    return section
+
+
 def _verdict_summary(table: Table) -> str:
     """One line a reader can take away: how many of the lab's numbers we reproduced."""
     kinds = {"reproduced": 0, "differs": 0, "not comparable": 0, "missing": 0}
@@ -110,11 +125,12 @@ def build_report(out: Path) -> Path:
     manifest = json.loads(manifest_path.read_text())
     results = {name: load_result(out, name) for name in EXPERIMENTS}
 
+    canvas = Canvas(out, lambda: load_dataset(manifest.get("data", manifest["dataset"])))
     sections, numbers = [], {}
     for name in EXPERIMENTS:
         module, result = _experiment_module(name), results[name]
         if module is not None and result is not None and result.get("status") == "completed":
-            sections.append(module.section(result))
+            sections.append(_section_with_figures(module, result, canvas))
             numbers[name] = result.get("numbers", {})
         else:
             title = getattr(module, "TITLE", TITLES[name])
