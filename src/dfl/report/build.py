@@ -82,6 +82,8 @@ def _section_with_figures(module: Any, result: dict[str, Any], canvas: Canvas) -
         drawn = module.draw(result, canvas) if hasattr(module, "draw") else []
     except (DflError, OSError) as e:
         drawn, problem = [], str(e)
+    except KeyError as e:  # a result saved by an older dfl that did not keep this yet
+        drawn, problem = [], f"the saved result has no {e}; rerun the experiment"
     section = module.section({**result, "figures": drawn})
     if problem:
         section.paragraphs.append(f"Figures missing: they could not be redrawn ({problem}).")
