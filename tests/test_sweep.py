@@ -439,3 +439,23 @@ def wait_for_mid_trial(trials: Path, proc: subprocess.Popen) -> Path:
                     return run_dir
         time.sleep(0.02)
     raise AssertionError("no trial reached its checkpoint in time")
+
+
+@pytest.mark.slow
+def test_two_sweep_commands_at_once_on_a_new_sqlite_study(tmp_path: Path, idx_dir: Path):
+    """Both create, queue and work the same study: no "database is locked", no point queued
+    or run twice, both commands end well."""
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)
+    out = tmp_path / "sweep"
+    command = [*CLI, "sweep", str(spec_path), "--workers", "1", "--threads", "1", "--out", str(out)]
+    procs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    for proc, (_, stderr) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, stderr
+        assert "database is locked" not in stderr
+    trials = trials_of(spec_path, storage_url(None, out))
+    assert len(trials) == 4  # queued once, not twice
+    assert_each_point_once(trials, 4)

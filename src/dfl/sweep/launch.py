@@ -34,7 +34,7 @@ from dfl.sweep.status import (
     sweep_status,
 )
 from dfl.sweep.storage import describe_url, open_storage, storage_url
-from dfl.sweep.trial import run_dir_name
+from dfl.sweep.trial import file_lock, run_dir_name
 
 POLL_S = 1.0  # how often the progress display reads the study
 STOP_WAIT_S = 15.0  # how long workers get to requeue their trials before they are killed
@@ -92,7 +92,10 @@ def run_sweep(
     sweep_dir = Path(out) if out is not None else Path("sweeps") / spec.name
     url = storage_url(storage, sweep_dir)
     store = open_storage(url)
-    study = studies.create_or_load(spec, store, sweep_dir)
+    # Two `dfl sweep` commands started together on one new study must not both queue the
+    # grid: creating and queueing happen under a lock in the sweep's directory.
+    with file_lock(sweep_dir / "create.lock"):
+        study = studies.create_or_load(spec, store, sweep_dir)
     if retry_failed:
         print(f"queued {studies.retry_failed(study)} failed trial(s) again", file=progress)
     cores = available_cores()

@@ -117,20 +117,28 @@ def _slug(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def run_dir_lock(run_dir: Path, log: Log) -> Iterator[None]:
-    """Hold `RUN_DIR.lock` (a POSIX lock: released by the kernel if the worker is killed)."""
-    lock_path = run_dir.with_name(run_dir.name + ".lock")
+def file_lock(lock_path: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold a POSIX lock on `lock_path` (released by the kernel if the holder is killed);
+    `on_wait` runs once if another process holds it."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            log(f"waiting for {run_dir.name}: another worker is training it")
+            on_wait()
             fcntl.lockf(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+def run_dir_lock(run_dir: Path, log: Log) -> contextlib.AbstractContextManager[None]:
+    """Hold `RUN_DIR.lock`: one worker trains a run directory at a time."""
+    return file_lock(
+        run_dir.with_name(run_dir.name + ".lock"),
+        lambda: log(f"waiting for {run_dir.name}: another worker is training it"),
+    )
 
 
 class Heartbeat:
