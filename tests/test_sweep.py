@@ -459,3 +459,49 @@ def test_two_sweep_commands_at_once_on_a_new_sqlite_study(tmp_path: Path, idx_di
     trials = trials_of(spec_path, storage_url(None, out))
     assert len(trials) == 4  # queued once, not twice
     assert_each_point_once(trials, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_sigkill_of_one_worker_among_two_the_study_still_completes(
+    tmp_path: Path, idx_dir: Path, backend: str, request
+):
+    """Kill one worker mid-trial; the other notices the silent heartbeat, its trial is
+    requeued and resumed, and the same command ends with every point done exactly once."""
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)
+    slow_enough(spec_path, 6)
+    out = tmp_path / "sweep"
+    storage = (
+        ["--storage", request.getfixturevalue("postgres_url")] if backend == "postgres" else []
+    )
+    command = [
+        *CLI,
+        "sweep",
+        str(spec_path),
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *storage,
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = wait_for_mid_trial(out / "trials", proc)
+    os.kill(read_status(victim)["pid"], signal.SIGKILL)  # that trial's worker, and only it
+    stdout, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stdout
+    assert "exited with code -9" in stdout  # the launcher saw the death and went on
+    trials = trials_of(spec_path, storage_url(storage[1] if storage else None, out))
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done) == 4
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1  # the killed one, requeued
+    resumed = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.user_attrs["run_dir"] == str(victim)
+    ]
+    assert len(resumed) == 1 and resumed[0].system_attrs["retry_history"]
+    assert [r["epoch"] for r in read_history(victim)] == list(range(1, 7))
