@@ -219,3 +219,43 @@ def test_random_command_lines_never_show_a_traceback(argv, capsys):
     assert "Traceback" not in err
     if code == 2:
         assert err.count("\n") == 1 and err.startswith(("dfl: error:", "dfl train: error:"))
+
+
+@pytest.mark.slow
+def test_full_disk_while_writing_the_report_keeps_the_old_one(data, tmp_path):
+    out = tmp_path / "repro"
+    made = subprocess.run(
+        [
+            *DFL,
+            "reproduce",
+            "--profile",
+            "smoke",
+            "--only",
+            "conv,attention",
+            "--dataset",
+            str(data),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "figures" / "attention_weights.png").unlink()  # must be redrawn: a big write
+
+    def small_files_only() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [*DFL, "report", str(out)], preexec_fn=small_files_only, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("dfl: error: File too large")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert not [p for p in after if ".tmp" in p.name or p.name.endswith(".part")]
+    for path in ("report.html", "report.md", "results.json"):  # old and whole, never half new
+        assert after[out / path] == before[out / path]

@@ -80,7 +80,7 @@ def _section_with_figures(module: Any, result: dict[str, Any], canvas: Canvas) -
     problem = None
     try:
         drawn = module.draw(result, canvas) if hasattr(module, "draw") else []
-    except (DflError, OSError) as e:
+    except DflError as e:  # the data or a run's weights are gone (a full disk is not caught)
         drawn, problem = [], str(e)
     except KeyError as e:  # a result saved by an older dfl that did not keep this yet
         drawn, problem = [], f"the saved result has no {e}; rerun the experiment"

@@ -12,11 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 import numpy as np
 
+from dfl.atomic import atomic_file
+
 
 def _save(fig: plt.Figure, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # fits labels without tight_layout's warnings
-    plt.close(fig)
+    try:
+        with atomic_file(path) as f:  # a full disk leaves the old figure, not half a new one
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")  # fits every label
+    finally:
+        plt.close(fig)
     return str(Path("figures") / path.name)
 
 
