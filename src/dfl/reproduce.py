@@ -120,8 +120,8 @@ def reproduce(
     return build_report(out)
 
 
-@command("reproduce", "run every lab experiment (faithful and corrected) and write the report")
-def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """What `dfl reproduce` and `dfl lab` share: profile, data, device, seeds, output."""
     p.add_argument(
         "--profile",
         default="quick",
@@ -133,15 +133,28 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seeds", type=int, help="seeds for mean ± std (default 1/2/3 by profile)")
     p.add_argument("--out", help="output directory (default runs/PROFILE[-DATASET])")
+
+
+@command("reproduce", "run every lab experiment (faithful and corrected) and write the report")
+def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p)
     p.add_argument("--only", help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
     p.set_defaults(run=run_reproduce)
 
 
-def run_reproduce(args: argparse.Namespace) -> int:
+@command("lab", "run one lab experiment (into the same directory as dfl reproduce)")
+def add_lab_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", choices=EXPERIMENTS, help="which lab question to run")
+    add_run_arguments(p)
+    p.set_defaults(run=lambda args: run_reproduce(args, [args.experiment]))
+
+
+def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> int:
     dataset = args.dataset or "mnist"
     suffix = "" if dataset == "mnist" else "-" + Path(dataset).name
     out = Path(args.out or f"runs/{args.profile}{suffix}")
-    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    if only is None and args.only:
+        only = [s.strip() for s in args.only.split(",") if s.strip()]
     report = reproduce(out, args.profile, dataset, args.data_dir, args.device, args.seeds, only)
     print(f"report: {report}  (markdown: {report.with_suffix('.md')})")
     return 0
