@@ -3,9 +3,11 @@ model, an objective supplies the step, callbacks watch each epoch (a sweep's pru
 figure saver). Everything a run produces lands in its run directory:
 
     config.toml     the resolved config: `dfl train --config RUN/config.toml` repeats the run
-    metrics.jsonl   one line per epoch (train/val loss and accuracy, lr, seconds, samples/s)
-    status.json     running | completed | failed | pruned, with the reason and final metrics
-    checkpoints/    the last two epochs, written atomically (see checkpoint.py)
+    metrics.jsonl   one line per epoch (train/val loss and accuracy, lr, seconds, samples/s),
+                    rewritten with each checkpoint
+    status.json     running | paused | completed | failed | pruned, with reason and final metrics
+    checkpoints/    the last two checkpoints, written atomically (see checkpoint.py)
+    model.safetensors  the final weights (the best validation epoch's with restore_best)
 """
 
 from __future__ import annotations
