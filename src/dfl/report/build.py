@@ -40,6 +40,10 @@ def _exact(value: object) -> object:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
+# Lab numbers that do not depend on the data (the convolution example, the attention bug).
+DATASET_FREE = {"output", "size", "identical_rows"}
+
+
 def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Table:
     rows = []
     for name, entries in LAB.items():
@@ -54,6 +58,10 @@ def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Tabl
                 rows.append([what, _exact(lab_value), None, None, f"missing: {reason}"])
             else:
                 verdict = row.get("verdict", "")
+                if manifest.get("dataset", "mnist") != "mnist" and key not in DATASET_FREE:
+                    verdict = (
+                        f"not comparable: the lab measured MNIST, this is {manifest['dataset']}"
+                    )
                 if row.get("why") and not verdict.startswith("not comparable"):
                     verdict += f" — {row['why']}"
                 # No corrected counterpart (a grid point, a fixed fact) reads n/a, not missing.
@@ -103,7 +111,8 @@ def _verdict_summary(table: Table) -> str:
     return (
         f"Of the {len(table.rows)} numbers the lab states: {kinds['reproduced']} reproduced, "
         f"{kinds['differs']} differ (each with the reason), {kinds['not comparable']} not "
-        f"comparable in this profile (fewer epochs or images), {kinds['missing']} missing"
+        f"comparable here (fewer epochs or images than the lab, or another dataset), "
+        f"{kinds['missing']} missing"
         + (f", {other} other (numbers the notebook never printed)." if other else ".")
     )
 
