@@ -63,7 +63,6 @@ class LayerwisePretraining(Objective):
 OBJECTIVES: dict[str, Objective] = {
     "classification": Classification("classification", "val_accuracy", "max"),
     "reconstruction": Reconstruction("reconstruction", "val_loss", "min"),
-    "layerwise": LayerwisePretraining("layerwise", "val_loss", "min"),
 }
 
 

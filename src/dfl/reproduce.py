@@ -49,6 +49,7 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def _manifest(out: Path, profile: str, dataset: str, selected: list[str], device: str) -> dict:
+    """This reproduction's description; refuses an --out made with another profile or data."""
     path = out / "reproduce.json"
     if path.exists():
         old = json.loads(path.read_text())
@@ -57,16 +58,13 @@ def _manifest(out: Path, profile: str, dataset: str, selected: list[str], device
                 f"{out} holds a reproduction with profile {old['profile']} on {old['dataset']}; "
                 f"use another --out for profile {profile} on {dataset}"
             )
-    manifest = {
+    return {
         "profile": profile,
         "dataset": dataset,
         "selected": selected,
         "environment": environment(device),
         "started": time.time(),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, manifest)
-    return manifest
 
 
 def reproduce(
@@ -92,6 +90,7 @@ def reproduce(
     data = load_dataset(dataset, data_dir)
     default_seeds = {"smoke": 1, "quick": 2, "full": 3}[profile]
     manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "reproduce.json", manifest)
     ctx = Context(out, profile, data, dataset_arg, device, seeds or default_seeds)
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from dfl import checkpoint, models
 from dfl.atomic import atomic_write_bytes, atomic_write_json
-from dfl.config import TrainConfig, config_to_toml
+from dfl.config import TrainConfig, build_config, config_to_toml
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
@@ -466,18 +466,12 @@ class Trainer:
         }
         if stopped:
             final["early_stopped"] = stopped
-        if self.best["weights"] is not None:  # selection on validation: test the best epoch
+        restored = self.best["weights"] is not None  # selection on validation: test that epoch
+        if restored:
             self.model.load_state_dict(self.best["weights"])
         if self.history:
-            final.update({k: v for k, v in self.history[-1].items() if k.startswith("val_")})
-            if self.best["weights"] is not None:
-                final.update(
-                    {
-                        k: v
-                        for k, v in self.history[self.best["epoch"] - 1].items()
-                        if k.startswith("val_")
-                    }
-                )
+            tested = self.history[self.best["epoch"] - 1] if restored else self.history[-1]
+            final.update({k: v for k, v in tested.items() if k.startswith("val_")})
         checkpoint.save_weights(self.run_dir / WEIGHTS, self.model.state_dict())
         if self.cfg.evaluate_test:
             final.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
@@ -581,8 +575,6 @@ def _check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 
 def _load_saved_config(run_dir: Path) -> TrainConfig | None:
-    from dfl.config import build_config  # here to keep config free of training imports
-
     path = run_dir / "config.toml"
     return build_config(path) if path.exists() else None
 

@@ -36,9 +36,7 @@ class Canvas:
     load_data: Callable[[], Dataset]
 
     def figure_path(self, name: str) -> Path:
-        path = self.out / "figures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.out / "figures" / f"{name}.png"  # figures.py makes the folder
 
     @functools.cached_property
     def data(self) -> Dataset:
@@ -71,7 +69,6 @@ class Context:
             "checkpoint_interval_s=10.0",  # many short runs: lose at most 10 s to a kill
             f'device="{self.device}"',
             f'data.dataset="{self.dataset_arg}"',
-            "checkpoint=true",
         ]
         return build_config(overrides=parse_overrides(common + self.base_overrides + overrides))
 

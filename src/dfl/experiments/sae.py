@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from safetensors.torch import load_file
@@ -241,7 +242,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def _verdict(values: list[float], lab: float | None, tolerance: float = 0.015) -> str:
-    mean = sum(values) / len(values)
+    mean = fmean(values)
     if lab is None:
         return "measured"
     return "reproduced" if abs(mean - lab) <= tolerance else f"differs by {mean - lab:+.3f}"
@@ -259,11 +260,10 @@ def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
 def _figure_before_after(ctx: Canvas, lab: dict, full: dict) -> dict[str, str]:
     groups = [f"lab: {v['label']}" for v in lab.values()] + [f"full data: {full['label']}"]
     entries = [*lab.values(), full]
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     series = {
-        "before fine-tuning": [mean(e["before"]) for e in entries],
-        "after fine-tuning": [mean(e["after"]) for e in entries],
-        "random init, same budget": [mean(e["random"]) for e in entries],
+        "before fine-tuning": [fmean(e["before"]) for e in entries],
+        "after fine-tuning": [fmean(e["after"]) for e in entries],
+        "random init, same budget": [fmean(e["random"]) for e in entries],
     }
     low = min(min(s) for s in series.values())
     path = figures.bars(
@@ -345,9 +345,8 @@ def section(result: dict[str, Any]) -> Section:
         "Test accuracy, mean ± std over seeds. Lab protocol: 1,000 random test images; "
         "full data: all 10,000, epoch selected on a 20% validation split.",
     )
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    gain_ft = mean(full["after"]) - mean(full["before"])
-    gain_pre = mean(full["after"]) - mean(full["random"])
+    gain_ft = fmean(full["after"]) - fmean(full["before"])
+    gain_pre = fmean(full["after"]) - fmean(full["random"])
     verdict = (
         "Here pretraining helped"
         if gain_pre > 0
@@ -356,13 +355,13 @@ def section(result: dict[str, Any]) -> Section:
     )
     paragraphs = [
         f"Before fine-tuning (pretraining, then the classifier phase with the bottom layer "
-        f"frozen) the full-data test accuracy is {mean(full['before']):.4f}; fine-tuning every "
-        f"layer brings it to {mean(full['after']):.4f} ({gain_ft:+.4f}). Against the same sigmoid "
+        f"frozen) the full-data test accuracy is {fmean(full['before']):.4f}; fine-tuning every "
+        f"layer brings it to {fmean(full['after']):.4f} ({gain_ft:+.4f}). Against the same sigmoid "
         f"network trained from random initialisation with the same total epochs, layer-wise "
         f"pretraining gives {gain_pre:+.4f}. {verdict}.",
         f"Why: with the lab's settings (plain SGD at learning rate 0.1, sigmoid units) the first "
         f"autoencoder layer ends its pretraining at reconstruction MSE "
-        f"{mean(full['first_layer_mse']):.4f}, where always answering the mean training image "
+        f"{fmean(full['first_layer_mse']):.4f}, where always answering the mean training image "
         f"scores {result['mean_image_mse']:.4f}: its code carries little class information, so "
         "the classifier on top learns little until fine-tuning trains the whole network. "
         "Greedy pretraining earned its reputation for deep sigmoid networks before ReLUs, "
