@@ -343,7 +343,12 @@ def test_grid_with_two_workers_on_sqlite_runs_each_point_once(
     out = tmp_path / "sweep"
     command = [*CLI, "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out)]
     cli.build_parser()  # import every command module now, so the status below is quick
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Every trial holds still for 3 s at its second epoch's checkpoint, so the second round of
+    # trials is surely running when the status below looks: a fast machine can't race past it.
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "2:3"}
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     # While it runs: `dfl sweep status` from another process's point of view.
     url = storage_url(None, out)
     deadline = time.monotonic() + 60
@@ -391,8 +396,11 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(tmp_path: Path
     slow_enough(spec_path, 6)
     out = tmp_path / "sweep"
     command = [*CLI, "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out)]
+    # Every trial holds still while writing its third epoch's checkpoint: the kill surely
+    # lands mid-trial, however fast the machine.
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:60"}
     first = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
     )
     victim = wait_for_mid_trial(out / "trials", first)
     os.killpg(first.pid, signal.SIGKILL)  # the parent and both workers, no goodbye
@@ -422,21 +430,13 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(tmp_path: Path
 
 
 def wait_for_mid_trial(trials: Path, proc: subprocess.Popen) -> Path:
-    """A run directory with a checkpoint and epochs still to go, while its worker runs."""
+    """A run directory paused mid-checkpoint (epoch 3 of 6), while its worker runs."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert proc.poll() is None, proc.communicate()[0]
         for run_dir in trials.glob("*") if trials.exists() else []:
-            with contextlib.suppress(Exception):
-                status = read_status(run_dir)
-                saved = list((run_dir / "checkpoints").glob("epoch-*"))
-                if (
-                    status
-                    and status["status"] == "running"
-                    and saved
-                    and len(read_history(run_dir)) < 5
-                ):
-                    return run_dir
+            if any((run_dir / "checkpoints").glob(".epoch-0003.tmp-*/state.json")):
+                return run_dir
         time.sleep(0.02)
     raise AssertionError("no trial reached its checkpoint in time")
 
@@ -488,7 +488,11 @@ def test_sigkill_of_one_worker_among_two_the_study_still_completes(
         str(out),
         *storage,
     ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Each trial pauses 2 s while writing its third checkpoint: the kill lands mid-trial.
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:2"}
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     victim = wait_for_mid_trial(out / "trials", proc)
     os.kill(read_status(victim)["pid"], signal.SIGKILL)  # that trial's worker, and only it
     stdout, _ = proc.communicate(timeout=180)
