@@ -1,127 +1,195 @@
-"""`make bench`: training throughput of dfl's trainer against the textbook loop.
+"""`make bench`: dfl's trainer against the textbook training loop, and against the machine.
 
-The textbook loop is what the lab's notebooks do: a per-sample Dataset that converts each
-image to float on access, DataLoader(shuffle=True), fp32, torch's default Adam. dfl keeps the
-dataset as one uint8 tensor on the device, slices batches out of it, and uses the trainer's
-optimiser (Adam with fused kernels). Both train the same model with the same
-optimiser on the same images, in one process, alternating, after a warm-up; the table shows
-samples/s of each and the ratio (median over repeats, with its min-max spread).
+For every lab model at its lab batch size: training samples/s of dfl's trainer and of the
+textbook loop (see throughput.py), the same model, optimiser and images, in one process,
+alternating, after a warm-up, over several repeats; their ratio (median, min-max spread); the
+achieved FLOP/s against the matmul peak measured in the same run. Then the studies behind
+dfl's defaults (studies.py), the quick reproduction's wall time and peak memory, and the whole
+as benchmarks/RESULTS.md with the machine it ran on.
 
-Usage: python benchmarks/run.py [--repeats 3] [--steps 60] [--models autoencoder,cnn_lab]
+Usage: python benchmarks/run.py [--repeats 3] [--steps 40] [--models cnn_lab,vit_lab]
+                                [--no-reproduce] [--results benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import datetime
+import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
-from dfl import models
-from dfl.config import build_config
+import studies
+from dfl.atomic import atomic_file
 from dfl.data import load_dataset
-from dfl.data.batches import Split, to_input
-from dfl.objectives import OBJECTIVES
-from dfl.train import build_optimizer
+from throughput import (
+    CASES,
+    Case,
+    PerSampleMNIST,
+    matmul_peak,
+    textbook_optimizer,
+    time_dfl,
+    time_textbook,
+    trainer,
+    training_flops_per_sample,
+)
 
-# (model, model args, lab batch size)
-CASES = [
-    ("autoencoder", {"enc": 32}, 32),
-    ("autoencoder", {"enc": 128}, 64),
-    ("cnn_lab", {}, 100),
-    ("cnn_explore", {}, 100),
-]
-
-
-class PerSampleMNIST(TorchDataset):
-    """The textbook way: one Python call and one float conversion per image."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images.numpy(), labels.numpy()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(self.images[i]).float().div(255.0).unsqueeze(0)  # ToTensor
-        return x, int(self.labels[i])
+# The compute-bound models, at batch >= 128 where their FLOP utilisation is judged.
+BIG_BATCH = [Case("cnn_lab", 128), Case("cnn_explore", 128), Case("vit_lab", 128)]
 
 
-def _step(model, objective, opt, x, y) -> None:
-    loss, _ = objective.step(model, x, y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+class Report:
+    """Tables printed as they are measured and kept for RESULTS.md."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def text(self, line: str) -> None:
+        print(line, flush=True)
+        self.parts.append(line + "\n")
+
+    def table(self, title: str, header: list[str], rows: list[list]) -> None:
+        cells = [header, *[[str(c) for c in r] for r in rows]]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+        print(f"\n{title}")
+        for r in cells:
+            print(
+                "  ".join(
+                    c.rjust(w) if i else c.ljust(w)
+                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                )
+            )
+        md = [
+            f"\n### {title}\n",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|",
+        ]
+        md += ["| " + " | ".join(r) + " |" for r in cells[1:]]
+        self.parts.append("\n".join(md) + "\n")
+        sys.stdout.flush()
 
 
-def time_dfl(model, objective, split: Split, batch: int, steps: int) -> float:
-    g = torch.Generator().manual_seed(0)
-    opt = build_optimizer(build_config(), model.parameters(), torch.device("cpu"))  # the trainer's
-    batches = split.batches(batch, generator=g)
-    t0 = time.perf_counter()
-    for _, (images, y) in zip(range(steps), batches, strict=False):
-        _step(model, objective, opt, to_input(images), y)
-    return steps * batch / (time.perf_counter() - t0)
+def versus_textbook(cases: list[Case], data, repeats: int, steps: int, peak: float) -> list[list]:
+    images, labels = data.train_images, data.train_labels
+    rows = []
+    for case in cases:
+        t = trainer(case, data, steps)
+        model = copy.deepcopy(t.model)  # the same network, its own weights and optimiser
+        opt = textbook_optimizer(case, model)
+        per_sample = PerSampleMNIST(images[: steps * case.batch], labels[: steps * case.batch])
+        time_dfl(t)  # warm-up both paths
+        time_textbook(case, model, opt, per_sample, 5)
+        ours, theirs = [], []
+        for _ in range(repeats):
+            ours.append(time_dfl(t))
+            theirs.append(time_textbook(case, model, opt, per_sample, steps))
+        ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+        achieved = statistics.median(ours) * training_flops_per_sample(case)
+        rows.append(
+            [case.label, case.batch, f"{statistics.median(ours):.0f}",
+             f"{statistics.median(theirs):.0f}", f"{statistics.median(ratios):.2f}x",
+             f"{min(ratios):.2f}-{max(ratios):.2f}", f"{achieved / 1e9:.1f}",
+             f"{100 * achieved / peak:.0f}%"]
+        )  # fmt: skip
+    return rows
 
 
-def time_textbook(model, objective, dataset: PerSampleMNIST, batch: int, steps: int) -> float:
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    t0 = time.perf_counter()
-    for _, (x, y) in zip(range(steps), loader, strict=False):
-        _step(model, objective, opt, x, y)
-    return steps * batch / (time.perf_counter() - t0)
+def quick_reproduction() -> tuple[float, float]:
+    """Wall seconds and peak resident MB of `dfl reproduce --profile quick` in a fresh
+    directory (children's peak RSS: the reproduction runs as a child process)."""
+    with tempfile.TemporaryDirectory(prefix="dfl-bench-quick-") as out:
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "dfl", "reproduce", "--profile", "quick", "--out", out],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        wall = time.perf_counter() - t0
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 10) -> float:
-    """Achievable matmul FLOP/s on this machine, measured now (the ceiling we compare with)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per model")
-    parser.add_argument("--steps", type=int, default=60, help="training steps per timing")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per timing")
     parser.add_argument("--models", help="comma-separated subset of model names")
+    parser.add_argument("--no-reproduce", action="store_true", help="skip the quick profile run")
+    parser.add_argument(
+        "--results", default="benchmarks/RESULTS.md", help="where to write the tables"
+    )
     args = parser.parse_args()
+    wanted = set(args.models.split(",")) if args.models else None
+    pick = lambda cases: [c for c in cases if wanted is None or c.model in wanted]  # noqa: E731
 
     data = load_dataset("mnist")
-    images, labels = data.train_images[:20000], data.train_labels[:20000]
-    split = Split.of(images, labels, torch.device("cpu"))
-    textbook_data = PerSampleMNIST(images, labels)
-    print(
-        f"machine: {platform.machine()} {platform.processor()}, {torch.get_num_threads()} "
-        f"threads, torch {torch.__version__}; fp32 matmul peak "
-        f"{matmul_peak() / 1e9:.1f} GFLOP/s"
+    report = Report()
+    fp32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    report.text(f"Machine: {machine()}.")
+    report.text(
+        f"Measured matmul peak: fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s."
     )
-    print(f"{'model':<28} {'batch':>5} {'dfl /s':>10} {'textbook /s':>12} {'ratio':>6} spread")
-    for name, model_args, batch in CASES:
-        if args.models and name not in args.models.split(","):
-            continue
-        objective = OBJECTIVES[models.get(name).objective]
-        model = models.create(name, **model_args)
-        time_dfl(model, objective, split, batch, 5)  # warm-up both paths
-        time_textbook(model, objective, textbook_data, batch, 5)
-        ours, theirs = [], []
-        for _ in range(args.repeats):
-            ours.append(time_dfl(model, objective, split, batch, args.steps))
-            theirs.append(time_textbook(model, objective, textbook_data, batch, args.steps))
-        ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-        label = f"{name} {model_args or ''}".strip()
-        print(
-            f"{label:<28} {batch:>5} {statistics.median(ours):>10.0f} "
-            f"{statistics.median(theirs):>12.0f} {statistics.median(ratios):>5.2f}x "
-            f"{min(ratios):.2f}-{max(ratios):.2f}"
+    report.table(
+        "dfl's trainer against the textbook loop (fp32, lab batch sizes)",
+        ["model", "batch", "dfl samples/s", "textbook samples/s", "ratio", "spread",
+         "dfl GFLOP/s", "of fp32 peak"],
+        versus_textbook(pick(CASES), data, args.repeats, args.steps, fp32),
+    )  # fmt: skip
+    big = pick(BIG_BATCH)
+    if big:
+        report.table(
+            "Precision: fp32 against bf16 autocast (dfl's trainer)",
+            ["model", "batch", "precision", "samples/s", "GFLOP/s", "of peak in that precision"],
+            studies.precision(big, data, args.steps),
         )
+        report.table(
+            "torch.compile: compilation time and its payback",
+            ["model", "batch", "eager samples/s", "compiled samples/s", "compile s",
+             "pays back after"],
+            studies.compile_payback(big, data, args.steps),
+        )  # fmt: skip
+    small = pick([CASES[1], Case("cnn_explore", 100)])
+    cores = os.cpu_count() or 1
+    if small and cores > 1:
+        report.table(
+            f"Threads: one process with {cores} threads against {cores} single-thread workers",
+            ["model", "batch", f"1 x {cores} threads samples/s", f"{cores} x 1 thread samples/s",
+             "workers / threads"],
+            studies.threads_vs_workers(small, args.steps, cores),
+        )  # fmt: skip
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.text(f"\nPeak resident memory of this benchmark: {peak_rss:.0f} MB.")
+    if not args.no_reproduce:
+        wall, rss = quick_reproduction()
+        report.text(
+            f"Quick reproduction (`dfl reproduce --profile quick`, fresh directory): "
+            f"{wall / 60:.1f} min wall, peak resident memory {rss:.0f} MB."
+        )
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
+    head = f"# Benchmark results\n\nWritten by `{command.strip()}` (`make bench`) on {stamp}.\n\n"
+    with atomic_file(Path(args.results)) as f:
+        f.write((head + "".join(report.parts)).encode())
+    print(f"\nwrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dfl import checkpoint
 from dfl.config import build_config, parse_overrides
@@ -181,3 +182,18 @@ def test_mse_is_the_exact_per_pixel_mean_whatever_the_batching(tmp_path: Path, t
         expected = float(((model.eval()(x) - x) ** 2).mean())
     assert len(tiny_data.test_images) % 30 != 0
     assert result.final["test_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path: Path, tiny_data):
+    eager = fit(config("epochs=2"), tmp_path / "eager", dataset=tiny_data)
+    compiled = fit(config("epochs=2", "compile=true"), tmp_path / "compiled", dataset=tiny_data)
+    # The same parameters train through the compiled module: the same numbers up to rounding.
+    pairs = zip(read_history(tmp_path / "eager"), read_history(tmp_path / "compiled"), strict=True)
+    for a, b in pairs:
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert compiled.final["test_accuracy"] == pytest.approx(eager.final["test_accuracy"], abs=0.01)
+    # Weights are saved under the model's own names, not the compiled wrapper's.
+    weights = load_file(str(tmp_path / "compiled" / "model.safetensors"))
+    assert weights.keys() == load_file(str(tmp_path / "eager" / "model.safetensors")).keys()
+    assert not any(k.startswith("_orig_mod") for k in weights)

@@ -71,7 +71,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--lr", type=float, help="learning rate (optim.lr)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: fp32")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="default: auto (bf16 for CNNs and ViTs on CPUs with native bf16, else fp32)",
+    )
     p.add_argument("--seed", type=int, help="seed for init, shuffling and augmentation")
     p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")

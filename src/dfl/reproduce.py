@@ -30,7 +30,7 @@ from dfl.report.build import build_report
 from dfl.train import resolve_device
 
 
-def environment(device: str) -> dict[str, Any]:
+def environment(device: str, precision: str) -> dict[str, Any]:
     import numpy
     import optuna
 
@@ -44,25 +44,29 @@ def environment(device: str) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "precision": "fp32",
+        "precision": precision,
     }
 
 
-def _manifest(out: Path, profile: str, dataset: str, selected: list[str], device: str) -> dict:
-    """This reproduction's description; refuses an --out made with another profile or data."""
+def _manifest(
+    out: Path, profile: str, dataset: str, selected: list[str], device: str, precision: str
+) -> dict:
+    """This reproduction's description; refuses an --out made with another profile, data or
+    precision (one report, one way of running)."""
     path = out / "reproduce.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if (old["profile"], old["dataset"]) != (profile, dataset):
+        was = (old["profile"], old["dataset"], old.get("environment", {}).get("precision", "fp32"))
+        if was != (profile, dataset, precision):
             raise ConfigError(
-                f"{out} holds a reproduction with profile {old['profile']} on {old['dataset']}; "
-                f"use another --out for profile {profile} on {dataset}"
+                f"{out} holds a reproduction with profile {was[0]} on {was[1]} in precision "
+                f"{was[2]}; use another --out for profile {profile} on {dataset} in {precision}"
             )
     return {
         "profile": profile,
         "dataset": dataset,
         "selected": selected,
-        "environment": environment(device),
+        "environment": environment(device, precision),
         "started": time.time(),
     }
 
@@ -75,6 +79,7 @@ def reproduce(
     device: str = "auto",
     seeds: int | None = None,
     only: list[str] | None = None,
+    precision: str = "auto",
 ) -> Path:
     selected = only or EXPERIMENTS
     unknown = sorted(set(selected) - set(EXPERIMENTS))
@@ -86,13 +91,13 @@ def reproduce(
     if profile not in PROFILES:
         raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
     resolved = str(resolve_device(device))
-    manifest = _manifest(out, profile, dataset, selected, resolved)
+    manifest = _manifest(out, profile, dataset, selected, resolved, precision)
     data = load_dataset(dataset, data_dir)
     default_seeds = {"smoke": 1, "quick": 2, "full": 3}[profile]
     manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "reproduce.json", manifest)
-    ctx = Context(out, profile, data, dataset_arg, device, seeds or default_seeds)
+    ctx = Context(out, profile, data, dataset_arg, device, seeds or default_seeds, precision)
 
     bar = tqdm(selected, desc="reproduce", unit="experiment", disable=None, file=sys.stderr)
     for name in bar:
@@ -130,6 +135,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto (default): bf16 for CNNs and ViTs on CPUs with native bf16, else fp32",
+    )
     p.add_argument("--seeds", type=int, help="seeds for mean ± std (default 1/2/3 by profile)")
     p.add_argument("--out", help="output directory (default runs/PROFILE[-DATASET])")
 
@@ -154,7 +165,9 @@ def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> in
     out = Path(args.out or f"runs/{args.profile}{suffix}")
     if only is None and args.only:
         only = [s.strip() for s in args.only.split(",") if s.strip()]
-    report = reproduce(out, args.profile, dataset, args.data_dir, args.device, args.seeds, only)
+    report = reproduce(
+        out, args.profile, dataset, args.data_dir, args.device, args.seeds, only, args.precision
+    )
     print(f"report: {report}  (markdown: {report.with_suffix('.md')})")
     return 0
 

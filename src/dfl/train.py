@@ -36,6 +36,7 @@ from dfl.config import TrainConfig, build_config, config_to_toml
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
+from dfl.models.attention import MultiHeadSelfAttention
 from dfl.objectives import Objective, objective_for
 
 Callback = Callable[[dict[str, Any]], None]
@@ -83,6 +84,33 @@ def resolve_device(name: str) -> torch.device:
     if not available:
         raise ConfigError(f"device '{name}' is not available on this machine (use --device auto)")
     return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16
+    kernels beat fp32; elsewhere bf16 is emulated and slower."""
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def is_compute_bound(model: nn.Module) -> bool:
+    """Convolution or attention layers: where the arithmetic, not the data, sets the pace."""
+    return any(isinstance(m, nn.Conv2d | MultiHeadSelfAttention) for m in model.modules())
+
+
+def resolve_precision(precision: str, device: torch.device, model: nn.Module) -> str:
+    """'auto' is bf16 autocast for convolution and attention models on a CPU with native bf16,
+    and fp32 everywhere else. Measured (benchmarks/RESULTS.md): bf16 trains the exploration CNN
+    1.7x faster (2.8x with channels_last) and the ViTs 1.05-1.2x, with quick-profile accuracies
+    within seed noise of fp32; the dense autoencoders gain little or lose (enc 32: 0.75x). CUDA
+    stays fp32 until AMP has been measured there the same way."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) and is_compute_bound(model) else "fp32"
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -264,15 +292,24 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed, cfg.deterministic)
-        self.autocast = autocast_for(cfg.precision, self.device)
         self.splits = prepare_splits(cfg, data, self.device)
         self.model, self.objective = build_model(cfg, data.num_classes)
         self.model.to(self.device)
+        self.precision = resolve_precision(cfg.precision, self.device, self.model)
+        self.autocast = autocast_for(self.precision, self.device)
+        # oneDNN's (and cuDNN's) convolutions are fastest on channels-last activations: the
+        # exploration CNN trains 1.3x faster in fp32, 2.2x with bf16 on top (benchmarks/).
+        self.channels_last = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # Training steps run through the compiled module; it shares the model's parameters,
+        # so checkpoints and evaluation keep using the plain one.
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg, trainable, self.device)
         steps = self.splits["train"].num_batches(cfg.batch_size, cfg.drop_last)
         self.scheduler, self.schedule_per_step = build_schedule(cfg, self.optimizer, steps)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"value": None, "epoch": None, "weights": None}
@@ -304,7 +341,8 @@ class Trainer:
         x = to_input(images)
         if train and (d.augment_shift or d.augment_rotate):
             x = random_affine(x, d.augment_shift, d.augment_rotate, self.shuffle)
-        return standardize(x) if d.normalize else x
+        x = standardize(x) if d.normalize else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, split = self.cfg, self.splits["train"]
@@ -325,7 +363,7 @@ class Trainer:
         for step, (images, y) in enumerate(bar):
             x = self._inputs(images, train=True)
             with self.autocast:
-                loss, batch_sums = self.objective.step(self.model, x, y)
+                loss, batch_sums = self.objective.step(self.train_model, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -463,6 +501,7 @@ class Trainer:
             "best_value": self.best["value"],
             "wall_s": round(wall, 3),
             "device": str(self.device),
+            "precision": self.precision,
         }
         if stopped:
             final["early_stopped"] = stopped

@@ -51,6 +51,7 @@ class Context:
     dataset_arg: str  # as the user named it: mnist, fashion-mnist or a path
     device: str = "auto"
     seeds: int = 1
+    precision: str = "auto"
     base_overrides: list[str] = field(default_factory=list)  # applied to every run
 
     def lab_subset(self, n: int) -> int:
@@ -68,6 +69,7 @@ class Context:
         common = [
             "checkpoint_interval_s=10.0",  # many short runs: lose at most 10 s to a kill
             f'device="{self.device}"',
+            f'precision="{self.precision}"',
             f'data.dataset="{self.dataset_arg}"',
         ]
         return build_config(overrides=parse_overrides(common + self.base_overrides + overrides))

@@ -1,0 +1,91 @@
+"""The choices behind dfl's defaults, measured: precision, torch.compile, threads vs workers.
+
+Each study returns table rows; `run.py` prints them and writes them to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from typing import Any
+
+import torch
+
+from dfl.data import load_dataset
+from dfl.data.dataset import Dataset
+from throughput import Case, matmul_peak, time_dfl, trainer, training_flops_per_sample
+
+
+def precision(cases: list[Case], data: Dataset, steps: int) -> list[list[Any]]:
+    """fp32 against bf16 autocast in the trainer: samples/s and the share of the matmul peak
+    in the same precision (the machine's ceiling for each)."""
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    rows = []
+    for case in cases:
+        flops = training_flops_per_sample(case)
+        for p in ("fp32", "bf16"):
+            t = trainer(case, data, steps, precision=p)
+            time_dfl(t)  # warm-up
+            rate = max(time_dfl(t) for _ in range(2))
+            rows.append(
+                [case.label, case.batch, p, f"{rate:.0f}", f"{rate * flops / 1e9:.1f}",
+                 f"{100 * rate * flops / peaks[p]:.0f}%"]
+            )  # fmt: skip
+    return rows
+
+
+def compile_payback(cases: list[Case], data: Dataset, steps: int) -> list[list[Any]]:
+    """torch.compile: the first epoch pays the compilation; how many steps until it is
+    earned back by faster steps (never, if compiled steps are not faster)."""
+    rows = []
+    for case in cases:
+        eager = trainer(case, data, steps)
+        time_dfl(eager)
+        eager_rate = max(time_dfl(eager) for _ in range(2))
+        compiled = trainer(case, data, steps, compile=True)
+        t0 = time.perf_counter()
+        time_dfl(compiled)  # compiles
+        first = time.perf_counter() - t0
+        rate = max(time_dfl(compiled) for _ in range(2))
+        step_eager, step_compiled = case.batch / eager_rate, case.batch / rate
+        overhead = first - steps * step_compiled
+        saving = step_eager - step_compiled
+        payback = f"{overhead / saving:,.0f} steps" if saving > 0 else "never"
+        rows.append(
+            [case.label, case.batch, f"{eager_rate:.0f}", f"{rate:.0f}", f"{overhead:.1f}",
+             payback]
+        )  # fmt: skip
+    return rows
+
+
+def _worker(case: Case, steps: int, threads: int, barrier, results) -> None:
+    torch.set_num_threads(threads)
+    t = trainer(case, load_dataset("mnist"), steps, threads=threads)
+    time_dfl(t)  # warm-up
+    barrier.wait()  # all workers time the same moment
+    results.put(time_dfl(t))
+
+
+def threads_vs_workers(cases: list[Case], steps: int, cores: int) -> list[list[Any]]:
+    """Total samples/s of one process with every core as intra-op threads, against one
+    single-threaded process per core (what `dfl sweep --workers N` does)."""
+    ctx = mp.get_context("spawn")
+    rows = []
+    for case in cases:
+        totals = {}
+        for workers, threads in ((1, cores), (cores, 1)):
+            barrier, results = ctx.Barrier(workers), ctx.Queue()
+            procs = [
+                ctx.Process(target=_worker, args=(case, steps, threads, barrier, results))
+                for _ in range(workers)
+            ]
+            for p in procs:
+                p.start()
+            totals[workers] = sum(results.get(timeout=600) for _ in procs)
+            for p in procs:
+                p.join()
+        rows.append(
+            [case.label, case.batch, f"{totals[1]:.0f}", f"{totals[cores]:.0f}",
+             f"{totals[cores] / totals[1]:.2f}x"]
+        )  # fmt: skip
+    return rows

@@ -1,0 +1,138 @@
+"""Training throughput, measured two ways on the same model, optimiser and images.
+
+dfl: the trainer's own epoch (`Trainer.train_epoch`): the dataset is one uint8 tensor on the
+device, batches are index slices, the optimiser has fused kernels.
+textbook: what the lab's notebooks do: a per-sample Dataset that converts each image to float
+on access, DataLoader(shuffle=True), torch's default optimiser kernels, fp32.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from dfl import models
+from dfl.config import build_config, parse_overrides
+from dfl.data.dataset import Dataset
+from dfl.objectives import OBJECTIVES
+from dfl.shapes import model_summary
+from dfl.train import Trainer
+
+
+@dataclass(frozen=True)
+class Case:
+    """A lab model at its lab batch size, with the lab's optimiser."""
+
+    model: str
+    batch: int
+    model_args: dict[str, Any] = field(default_factory=dict)
+    optim: tuple[str, float] = ("adam", 1e-3)
+
+    @property
+    def label(self) -> str:
+        args = " ".join(f"{k} {v}" for k, v in self.model_args.items())
+        return f"{self.model} {args}".strip()
+
+
+CASES = [
+    *[Case("autoencoder", b, {"enc": enc}) for enc in (32, 128) for b in (16, 32, 64)],
+    *[Case("stacked_autoencoder", b, optim=("sgd", 1.0)) for b in (64, 128)],
+    Case("cnn_lab", 100),
+    Case("cnn_explore", 100),
+    Case("vit_lab", 128),
+]
+
+
+NOWHERE = Path(tempfile.gettempdir()) / "dfl-bench-unused"
+
+
+def trainer(case: Case, data: Dataset, steps: int, **overrides: Any) -> Trainer:
+    """dfl's trainer for `case`, on a training set of exactly `steps` batches."""
+    pairs = [
+        f'model="{case.model}"',
+        f"model_args={_toml(case.model_args)}",
+        f"batch_size={case.batch}",
+        f'optim.name="{case.optim[0]}"',
+        f"optim.lr={case.optim[1]}",
+        'device="cpu"',
+        "data.val_fraction=0.0",
+        f"data.train_subset={steps * case.batch}",
+        "data.subset_seed=0",
+        *(f"{k}={_toml(v)}" for k, v in overrides.items()),
+    ]
+    cfg = build_config(overrides=parse_overrides(pairs))
+    return Trainer(cfg, NOWHERE, data)  # an epoch writes nothing: no run directory needed
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def time_dfl(t: Trainer) -> float:
+    """Samples/s of one epoch of the trainer (its training set is the timed steps)."""
+    n = len(t.splits["train"])
+    t0 = time.perf_counter()
+    t.train_epoch(1)
+    return n / (time.perf_counter() - t0)
+
+
+class PerSampleMNIST(TorchDataset):
+    """The textbook way: one Python call and one float conversion per image."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images.numpy(), labels.numpy()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.images[i]).float().div(255.0).unsqueeze(0)  # ToTensor
+        return x, int(self.labels[i])
+
+
+def textbook_optimizer(case: Case, model: torch.nn.Module) -> torch.optim.Optimizer:
+    name, lr = case.optim
+    cls = torch.optim.SGD if name == "sgd" else torch.optim.Adam
+    return cls(model.parameters(), lr=lr)
+
+
+def time_textbook(case: Case, model, opt, dataset: PerSampleMNIST, steps: int) -> float:
+    objective = OBJECTIVES[models.get(case.model).objective]
+    loader = DataLoader(dataset, batch_size=case.batch, shuffle=True)
+    model.train()
+    t0 = time.perf_counter()
+    for _, (x, y) in zip(range(steps), loader, strict=False):
+        loss, _ = objective.step(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * case.batch / (time.perf_counter() - t0)
+
+
+def training_flops_per_sample(case: Case) -> float:
+    """Multiply-adds of one forward pass (the shape checker's count) x 2 FLOPs x 3 for the
+    forward and the backward pass."""
+    return model_summary(models.create(case.model, **case.model_args)).macs * 2 * 3
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
+    """Achievable matmul FLOP/s on this machine in `dtype`, measured now: the ceiling."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
