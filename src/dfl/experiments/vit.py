@@ -44,6 +44,7 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "others": [(32, 6, 8, 64)],
         "beyond_epochs": 1,
         "beyond_subset": 2000,
+        "compile": False,
     },
     "quick": {
         "base_epochs": 2,
@@ -53,6 +54,7 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "others": [c for c in VIT_CONFIGS if c != BASE],
         "beyond_epochs": 2,
         "beyond_subset": 12000,
+        "compile": False,
     },
     "full": {
         "base_epochs": 20,
@@ -62,6 +64,9 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "others": [c for c in VIT_CONFIGS if c != BASE],
         "beyond_epochs": 60,
         "beyond_subset": None,
+        # Thousands of steps per run: torch.compile's ~20 s pays back after ~2,000 steps
+        # (benchmarks/RESULTS.md); the shorter profiles would only pay for it.
+        "compile": True,
     },
 }
 
@@ -93,6 +98,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "data.val_fraction=0.0",
                 "test_every_epoch=true",
                 "seed=0",
+                f"compile={str(p['compile']).lower()}",
                 *([f"data.train_subset={subset}"] if subset else []),
             ],
         )
@@ -135,6 +141,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "data.augment_shift=2",
                 "data.augment_rotate=10",
                 f"seed={s}",
+                f"compile={str(p['compile']).lower()}",
                 *([f"data.train_subset={p['beyond_subset']}"] if p["beyond_subset"] else []),
             ],
         )
