@@ -40,7 +40,7 @@ reproduce: setup
 	$(BIN)/dfl reproduce --profile $(PROFILE)
 
 bench: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # Debian's Chromium and its driver, for the browser check of the HTML report; needs root.
 browser:

@@ -32,18 +32,15 @@ def summary(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("a", type=Path, help="a reproduction directory (the reference)")
-    parser.add_argument("b", type=Path, help="another reproduction directory")
-    parser.add_argument("--only", help="comma-separated experiments (default: all)")
-    args = parser.parse_args()
-    a, b = numbers(args.a), numbers(args.b)
-    wanted = args.only.split(",") if args.only else None
-    print(f"| number | {args.a.name} | {args.b.name} | difference | |")
-    print("|---|--:|--:|--:|---|")
+def table(a_dir: Path, b_dir: Path, only: list[str] | None = None) -> list[str]:
+    """Markdown lines: every number both reproductions hold, side by side."""
+    a, b = numbers(a_dir), numbers(b_dir)
+    lines = [
+        f"| number | {a_dir.name} | {b_dir.name} | difference | |",
+        "|---|--:|--:|--:|---|",
+    ]
     for key in sorted(a.keys() & b.keys()):
-        if wanted and key.split(".")[0] not in wanted:
+        if only and key.split(".")[0] not in only:
             continue
         (label, va), (_, vb) = a[key], b[key]
         (ma, sa), (mb, sb) = summary(va), summary(vb)
@@ -55,9 +52,19 @@ def main() -> None:
             if abs(mb - ma) <= noise
             else "outside noise"
         )
-        print(
+        lines.append(
             f"| {label} | {ma:.4g} ± {sa:.2g} | {mb:.4g} ± {sb:.2g} | {mb - ma:+.3g} | {verdict} |"
         )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("a", type=Path, help="a reproduction directory (the reference)")
+    parser.add_argument("b", type=Path, help="another reproduction directory")
+    parser.add_argument("--only", help="comma-separated experiments (default: all)")
+    args = parser.parse_args()
+    print("\n".join(table(args.a, args.b, args.only.split(",") if args.only else None)))
 
 
 if __name__ == "__main__":

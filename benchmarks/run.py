@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+import compare_runs
 import studies
 from dfl.atomic import atomic_file
 from dfl.data import load_dataset
@@ -109,12 +110,14 @@ def quick_reproduction(out: Path) -> tuple[float, float]:
     directory (children's peak RSS: the reproduction runs as a child process). The directory
     is kept: its report is the one the timing belongs to."""
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    log = out.with_name(out.name + ".log")
+    print(f"running the quick reproduction in {out} (log: {log}) ...", flush=True)
     t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "dfl", "reproduce", "--profile", "quick", "--out", str(out)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    with open(log, "w") as f:
+        command = [sys.executable, "-m", "dfl", "reproduce", "--profile", "quick", "--out", out]
+        if subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"the quick reproduction failed; see {log}")
     wall = time.perf_counter() - t0
     return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
@@ -138,6 +141,11 @@ def main() -> None:
     parser.add_argument("--no-reproduce", action="store_true", help="skip the quick profile run")
     parser.add_argument(
         "--reproduce-out", default="runs/bench-quick", help="where the quick profile runs"
+    )
+    parser.add_argument(
+        "--compare-with",
+        help="a quick reproduction made with --precision fp32: its CNN and ViT accuracies are "
+        "set beside this run's",
     )
     parser.add_argument(
         "--results", default="benchmarks/RESULTS.md", help="where to write the tables"
@@ -189,6 +197,16 @@ def main() -> None:
             f"Quick reproduction (`dfl reproduce --profile quick --out {args.reproduce_out}`, "
             f"a fresh directory): {wall / 60:.1f} min wall, peak resident memory {rss:.0f} MB."
         )
+        if args.compare_with:
+            # 'auto' changes the precision of the CNN and ViT runs only: compare those.
+            lines = compare_runs.table(
+                Path(args.compare_with), Path(args.reproduce_out), ["cnn", "vit"]
+            )
+            report.parts.append(
+                f"\n### Quick-profile accuracies: {args.compare_with} against the default "
+                "precision (this run)\n\n" + "\n".join(lines) + "\n"
+            )
+            print("\n".join(lines))
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
     head = f"# Benchmark results\n\nWritten by `{command.strip()}` (`make bench`) on {stamp}.\n\n"

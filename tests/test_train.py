@@ -8,10 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dfl import checkpoint
+from dfl import checkpoint, models
 from dfl.config import build_config, parse_overrides
 from dfl.errors import ConfigError, DflError, TrainingDiverged
-from dfl.train import StopRun, fit, read_history, read_status
+from dfl.train import (
+    StopRun,
+    fit,
+    native_bf16,
+    read_history,
+    read_status,
+    resolve_precision,
+)
 
 
 def config(*pairs: str):
@@ -197,3 +204,20 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path: Path,
     weights = load_file(str(tmp_path / "compiled" / "model.safetensors"))
     assert weights.keys() == load_file(str(tmp_path / "eager" / "model.safetensors")).keys()
     assert not any(k.startswith("_orig_mod") for k in weights)
+
+
+def test_auto_precision_resumes_a_run_made_with_what_it_resolves_to(tmp_path: Path, tiny_data):
+    # An MLP is not compute-bound: 'auto' is fp32 for it, so an fp32 run is the same run.
+    done = fit(config('precision="fp32"'), tmp_path / "mlp", dataset=tiny_data)
+    again = fit(config('precision="auto"'), tmp_path / "mlp", dataset=tiny_data, resume=True)
+    assert again.final == done.final
+    assert fit(config(), tmp_path / "fp32", dataset=tiny_data).final["precision"] == "fp32"
+
+
+def test_auto_precision_is_bf16_only_for_compute_bound_models_on_native_bf16():
+    cpu = torch.device("cpu")
+    mlp, cnn = models.create("mlp"), models.create("cnn_lab")
+    assert resolve_precision("auto", cpu, mlp) == "fp32"
+    assert resolve_precision("auto", cpu, cnn) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision("fp32", cpu, cnn) == "fp32"  # asked for: never overridden
+    assert resolve_precision("auto", torch.device("cuda"), cnn) == "fp32"  # until measured

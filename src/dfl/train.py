@@ -605,12 +605,23 @@ def _check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
     if saved is None:
         return
     old, new = saved.model_dump(mode="json"), cfg.model_dump(mode="json")
+    if _same_precision(saved.precision, cfg.precision, cfg):
+        old["precision"] = new["precision"]
     for key in sorted(set(old) | set(new)):
         if key not in RESUMABLE_DIFFERENCES and old.get(key) != new.get(key):
             raise ConfigError(
                 f"run directory {run_dir} was made with a different config: '{key}' was "
                 f"{old.get(key)!r}, now {new.get(key)!r} (use another --out, or the same config)"
             )
+
+
+def _same_precision(old: str, new: str, cfg: TrainConfig) -> bool:
+    """'auto' is the same as what it resolves to for this model and device, so a run made
+    with fp32 (the default before 'auto') resumes under 'auto' where auto picks fp32 too."""
+    if old == new or "auto" not in (old, new):
+        return old == new
+    model, device = models.create(cfg.model, **cfg.model_args), resolve_device(cfg.device)
+    return resolve_precision(old, device, model) == resolve_precision(new, device, model)
 
 
 def _load_saved_config(run_dir: Path) -> TrainConfig | None:
