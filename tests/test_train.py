@@ -214,10 +214,11 @@ def test_auto_precision_resumes_a_run_made_with_what_it_resolves_to(tmp_path: Pa
     assert fit(config(), tmp_path / "fp32", dataset=tiny_data).final["precision"] == "fp32"
 
 
-def test_auto_precision_is_bf16_only_for_compute_bound_models_on_native_bf16():
+def test_auto_precision_is_bf16_only_for_convolutional_models_on_native_bf16():
     cpu = torch.device("cpu")
-    mlp, cnn = models.create("mlp"), models.create("cnn_lab")
+    mlp, cnn, vit = models.create("mlp"), models.create("cnn_lab"), models.create("vit_lab")
     assert resolve_precision("auto", cpu, mlp) == "fp32"
+    assert resolve_precision("auto", cpu, vit) == "fp32"  # bf16 barely pays for its matmuls
     assert resolve_precision("auto", cpu, cnn) == ("bf16" if native_bf16(cpu) else "fp32")
     assert resolve_precision("fp32", cpu, cnn) == "fp32"  # asked for: never overridden
     assert resolve_precision("auto", torch.device("cuda"), cnn) == "fp32"  # until measured

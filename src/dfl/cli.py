@@ -74,7 +74,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="default: auto (bf16 for CNNs and ViTs on CPUs with native bf16, else fp32)",
+        help="default: auto (bf16 for CNNs on CPUs with native bf16, else fp32)",
     )
     p.add_argument("--seed", type=int, help="seed for init, shuffling and augmentation")
     p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")

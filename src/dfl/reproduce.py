@@ -139,7 +139,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto (default): bf16 for CNNs and ViTs on CPUs with native bf16, else fp32",
+        help="auto (default): bf16 for CNNs on CPUs with native bf16, else fp32",
     )
     p.add_argument("--seeds", type=int, help="seeds for mean ± std (default 1/2/3 by profile)")
     p.add_argument("--out", help="output directory (default runs/PROFILE[-DATASET])")

@@ -36,7 +36,6 @@ from dfl.config import TrainConfig, build_config, config_to_toml
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
-from dfl.models.attention import MultiHeadSelfAttention
 from dfl.objectives import Objective, objective_for
 
 Callback = Callable[[dict[str, Any]], None]
@@ -97,20 +96,17 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
-def is_compute_bound(model: nn.Module) -> bool:
-    """Convolution or attention layers: where the arithmetic, not the data, sets the pace."""
-    return any(isinstance(m, nn.Conv2d | MultiHeadSelfAttention) for m in model.modules())
-
-
 def resolve_precision(precision: str, device: torch.device, model: nn.Module) -> str:
-    """'auto' is bf16 autocast for convolution and attention models on a CPU with native bf16,
-    and fp32 everywhere else. Measured (benchmarks/RESULTS.md): bf16 trains the exploration CNN
-    1.7x faster (2.8x with channels_last) and the ViTs 1.05-1.2x, with quick-profile accuracies
-    within seed noise of fp32; the dense autoencoders gain little or lose (enc 32: 0.75x). CUDA
-    stays fp32 until AMP has been measured there the same way."""
+    """'auto' is bf16 autocast for convolutional models on a CPU with native bf16, and fp32
+    everywhere else. Measured (benchmarks/RESULTS.md): bf16 trains the exploration CNN about
+    2x faster with quick-profile accuracies within seed noise of fp32, but the ViTs only
+    1.05-1.1x (their matmuls are too small for the bf16 units) and the dense autoencoders not
+    at all (enc 32: 0.75x), so they keep fp32's precision. CUDA stays fp32 until AMP has been
+    measured there the same way."""
     if precision != "auto":
         return precision
-    return "bf16" if native_bf16(device) and is_compute_bound(model) else "fp32"
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return "bf16" if native_bf16(device) and convolutional else "fp32"
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
