@@ -300,7 +300,14 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         # Training steps run through the compiled module; it shares the model's parameters,
         # so checkpoints and evaluation keep using the plain one.
-        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.train_model = self.model
+        if cfg.compile:
+            # A machine without a C++ compiler (or a model dynamo cannot trace) then trains
+            # eagerly, with torch's warning, instead of failing mid-epoch.
+            from torch import _dynamo
+
+            _dynamo.config.suppress_errors = True
+            self.train_model = torch.compile(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg, trainable, self.device)
         steps = self.splits["train"].num_batches(cfg.batch_size, cfg.drop_last)
