@@ -86,3 +86,19 @@ def test_shape_errors(layers, message):
 def test_bad_layer_spec_is_a_config_error():
     with pytest.raises(ConfigError, match=r"layers\.0"):
         build_layers([{"type": "conv"}])  # no `out`
+
+
+def test_cnn_search_defaults_are_the_lab_exploration_model():
+    search, explore = models.create("cnn_search"), models.create("cnn_explore")
+    assert [tuple(p.shape) for p in search.parameters()] == [
+        tuple(p.shape) for p in explore.parameters()
+    ]
+
+
+@pytest.mark.parametrize("pool", ["every_second", "first_two", "last_two"])
+@pytest.mark.parametrize("depth", [2, 3, 4, 5])
+def test_cnn_search_every_depth_and_pooling_fits_28x28(depth, pool):
+    model = models.create("cnn_search", depth=depth, pool=pool, growth="double", kernel=5)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [min(16 * 2**i, 256) for i in range(depth)]

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from dfl import models
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
-from dfl.experiments.base import Canvas, Context, grid_sweep, number
+from dfl.experiments.base import Canvas, Context, number, study_sweep
 from dfl.experiments.lab_numbers import AE_GRID
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, fmt, mean_std
@@ -106,7 +106,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if p["train_subset"]:
         base["data"]["train_subset"] = p["train_subset"]
     grid = {"batch_size": p["batches"], "model_args.enc": p["encs"], "epochs": p["epochs"]}
-    points = grid_sweep(ctx, NAME, "grid", base, grid)
+    points = study_sweep(ctx, NAME, "grid", base, grid=grid)
     table = []
     for pt in sorted(
         points,

@@ -129,23 +129,27 @@ def load_result(out: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def grid_sweep(
+def study_sweep(
     ctx: Context,
     experiment: str,
     name: str,
     base: dict[str, Any],
-    grid: dict[str, list[Any]],
+    *,
+    grid: dict[str, list[Any]] | None = None,
+    search: dict[str, Any] | None = None,
     metric: str = "val_loss",
 ) -> list[dict[str, Any]]:
-    """Run a grid as an Optuna study through the sweep engine (resumable, exactly once per
-    point, shorter epochs read off longer runs where exact); returns one dict per point:
-    its params, validation value, curve and run directory."""
+    """Run a grid, or a TPE search with its pruner, as an Optuna study through the sweep
+    engine (resumable, exactly once per point, shorter epochs read off longer runs where
+    exact); returns one dict per completed trial: its params, validation value, per-epoch
+    curve, wall time, run directory and reproducing command."""
     from dfl.sweep.launch import run_sweep  # here: the sweep engine loads optuna
 
     sweep_dir = ctx.out / experiment / "sweeps" / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
     common = {
         "device": ctx.device,
+        "precision": ctx.precision,
         "data": {"dataset": ctx.dataset_arg},
         "checkpoint_interval_s": 10.0,
     }
@@ -153,7 +157,7 @@ def grid_sweep(
         "name": f"{experiment}-{name}",
         "metric": metric,
         "base": merge(merge(common, base), {"evaluate_test": False}),
-        "grid": grid,
+        **({"grid": grid} if grid is not None else {"search": search}),
     }
     spec_path = sweep_dir / "spec.toml"
     spec_path.write_text(dict_to_toml(spec))
@@ -167,6 +171,7 @@ def grid_sweep(
                 "params": dict(t.params),
                 "value": t.value,
                 "curve": t.user_attrs.get("curve", []),
+                "wall_s": t.user_attrs.get("wall_s"),
                 "run_dir": t.user_attrs.get("run_dir"),
                 "epochs_from": t.user_attrs.get("epochs_from"),
                 "command": t.user_attrs.get("command"),

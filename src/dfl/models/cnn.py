@@ -3,8 +3,9 @@ config describes (`model = "cnn"`, `model_args.layers = [...]`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from dfl.models.layers import build_layers
@@ -85,6 +86,35 @@ def cnn_explore(
     (configs/models/cnn_writeup_candidate.toml)."""
     layers = explore_layers(
         filters, kernels, batchnorm, activation, pool_after, num_classes, head_in
+    )
+    return build_layers(layers)[0]
+
+
+POOLINGS = {  # where the two 2x2 max-pools go (28 -> 14 -> 7), as a function of depth
+    "every_second": lambda depth: [2, 4] if depth >= 4 else [depth - 1, depth],
+    "first_two": lambda depth: [1, 2],
+    "last_two": lambda depth: [depth - 1, depth],
+}
+
+
+@register("cnn_search")
+def cnn_search(
+    *,
+    depth: Annotated[int, Field(ge=2, le=6)] = 4,
+    width: PositiveInt = 16,
+    growth: Literal["double", "constant"] = "double",
+    kernel: Literal[3, 5, 7] = 3,
+    pool: Literal["every_second", "first_two", "last_two"] = "every_second",
+    batchnorm: bool = True,
+    activation: Literal["relu", "leaky_relu", "tanh", "gelu"] = "relu",
+    num_classes: int = 10,
+) -> nn.Module:
+    """The exploration CNNnet family with flat arguments, for a search: `depth` same-padded
+    convs starting at `width` filters (doubling each layer up to 256, or constant), one
+    kernel size, two max-pools placed by `pool`. The defaults are the lab's exploration model."""
+    filters = [min(width * (2**i if growth == "double" else 1), 256) for i in range(depth)]
+    layers = explore_layers(
+        filters, [kernel] * depth, batchnorm, activation, POOLINGS[pool](depth), num_classes
     )
     return build_layers(layers)[0]
 

@@ -71,8 +71,9 @@ def bars(
 
 
 def image_grid(path: Path, rows: dict[str, np.ndarray], title: str = "", cmap: str = "gray") -> str:
-    """Rows of small images (each array (N, H, W)), one labelled row per entry."""
-    n = max(len(v) for v in rows.values())
+    """Rows of small images (each array (N, H, W)), one labelled row per entry. A row with no
+    images stays an empty, labelled row (say, a model that misclassified nothing)."""
+    n = max(1, *(len(v) for v in rows.values()))
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
         for c in range(n):
