@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -148,8 +149,11 @@ def run(ctx: Context) -> dict[str, Any]:
     }
     if p["sweep_subset"]:
         base["data"]["train_subset"] = p["sweep_subset"]
-    points = []
+    points, seen = [], set()
     for q in study_sweep(ctx, NAME, "search", base, search=search, metric="val_accuracy"):
+        if q["run_dir"] in seen:  # TPE proposed a finished point again; its run was reused
+            continue
+        seen.add(q["run_dir"])
         args = _model_args(q["params"])
         points.append(
             {
@@ -157,7 +161,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "key": _describe(args),
                 "val_accuracy": q["value"],
                 "test_accuracy": _test_accuracy(ctx, Path(q["run_dir"]), args),
-                "seconds_per_epoch": q["wall_s"] / max(1, len(q["curve"])),
+                "seconds_per_epoch": fmean(c["seconds"] for c in q["curve"]),
                 **_cost(args),
                 "run_dir": q["run_dir"],
             }
