@@ -100,9 +100,9 @@ def resolve_precision(precision: str, device: torch.device, model: nn.Module) ->
     """'auto' is bf16 autocast for convolutional models on a CPU with native bf16, and fp32
     everywhere else. Measured (benchmarks/RESULTS.md): bf16 trains the exploration CNN about
     2x faster with quick-profile accuracies within seed noise of fp32, but the ViTs only
-    1.05-1.1x (their matmuls are too small for the bf16 units) and the dense autoencoders not
-    at all (enc 32: 0.75x), so they keep fp32's precision. CUDA stays fp32 until AMP has been
-    measured there the same way."""
+    1.05-1.1x (their matmuls are too small for the bf16 units) and the dense autoencoders from
+    0.75x (enc 32) to 1.36x (stacked), so they keep fp32's precision. CUDA stays fp32 until
+    AMP has been measured there the same way."""
     if precision != "auto":
         return precision
     convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
