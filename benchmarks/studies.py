@@ -15,13 +15,14 @@ import torch
 
 from dfl.data import load_dataset
 from dfl.data.dataset import Dataset
-from throughput import Case, matmul_peak, time_dfl, trainer, training_flops_per_sample
+from throughput import Case, time_dfl, trainer, training_flops_per_sample
 
 
-def precision(cases: list[Case], data: Dataset, steps: int) -> list[list[Any]]:
+def precision(
+    cases: list[Case], data: Dataset, steps: int, peaks: dict[str, float]
+) -> list[list[Any]]:
     """fp32 against bf16 autocast in the trainer: samples/s and the share of the matmul peak
-    in the same precision (the machine's ceiling for each)."""
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    in the same precision (`peaks`, the machine's ceiling for each, measured once per run)."""
     rows = []
     for case in cases:
         flops = training_flops_per_sample(case)

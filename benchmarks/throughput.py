@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from dfl import models
-from dfl.config import build_config, parse_overrides
+from dfl.config import build_config
 from dfl.data.dataset import Dataset
 from dfl.objectives import OBJECTIVES
 from dfl.shapes import model_summary
@@ -54,29 +54,18 @@ NOWHERE = Path(tempfile.gettempdir()) / "dfl-bench-unused"
 
 
 def trainer(case: Case, data: Dataset, steps: int, **overrides: Any) -> Trainer:
-    """dfl's trainer for `case`, on a training set of exactly `steps` batches."""
-    pairs = [
-        f'model="{case.model}"',
-        f"model_args={_toml(case.model_args)}",
-        f"batch_size={case.batch}",
-        f'optim.name="{case.optim[0]}"',
-        f"optim.lr={case.optim[1]}",
-        'device="cpu"',
-        "data.val_fraction=0.0",
-        f"data.train_subset={steps * case.batch}",
-        "data.subset_seed=0",
-        *(f"{k}={_toml(v)}" for k, v in overrides.items()),
-    ]
-    cfg = build_config(overrides=parse_overrides(pairs))
-    return Trainer(cfg, NOWHERE, data)  # an epoch writes nothing: no run directory needed
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """dfl's trainer for `case`, on a training set of exactly `steps` batches; `overrides`
+    are top-level config keys (precision, compile, threads)."""
+    tree = {
+        "model": case.model,
+        "model_args": case.model_args,
+        "batch_size": case.batch,
+        "optim": {"name": case.optim[0], "lr": case.optim[1]},
+        "device": "cpu",
+        "data": {"val_fraction": 0.0, "train_subset": steps * case.batch, "subset_seed": 0},
+        **overrides,
+    }
+    return Trainer(build_config(overrides=tree), NOWHERE, data)  # an epoch writes nothing
 
 
 def time_dfl(t: Trainer) -> float:

@@ -215,7 +215,8 @@ def dict_to_toml(tree: dict[str, Any]) -> str:
     return _toml_table(tree, [])
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """One value as TOML writes it (also what `--set key=VALUE` reads back)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -223,21 +224,21 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())
         return "{ " + inner + " }" if inner else "{}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+    return key if key.replace("_", "").replace("-", "").isalnum() else toml_value(key)
 
 
 def _toml_table(tree: dict[str, Any], path: list[str]) -> str:
     scalars = {k: v for k, v in tree.items() if not isinstance(v, dict) and v is not None}
     tables = {k: v for k, v in tree.items() if isinstance(v, dict)}
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars.items()]
+    lines = [f"{_toml_key(k)} = {toml_value(v)}" for k, v in scalars.items()]
     out = "\n".join(lines)
     for key, sub in tables.items():
         header = "[" + ".".join([*path, key]) + "]"

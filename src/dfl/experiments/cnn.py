@@ -11,7 +11,6 @@ over seeds and tested once, with their ensemble.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from dfl import models
+from dfl.config import toml_value
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
 from dfl.experiments.base import Canvas, Context, number, study_sweep
@@ -176,7 +176,7 @@ def run(ctx: Context) -> dict[str, Any]:
             f"selected/seed{s}",
             [
                 'model="cnn_search"',
-                *(f"model_args.{k}={_toml(v)}" for k, v in arch.items()),
+                *(f"model_args.{k}={toml_value(v)}" for k, v in arch.items()),
                 "batch_size=128",
                 f"epochs={p['final_epochs']}",
                 "data.val_fraction=0.1",
@@ -257,10 +257,6 @@ def _test_probabilities(ctx: Context, run_dir: Path, args: dict[str, Any]) -> to
 def _test_accuracy(ctx: Context, run_dir: Path, args: dict[str, Any]) -> float:
     pred = _test_probabilities(ctx, run_dir, args).argmax(1)
     return float((pred == ctx.data.test_labels).float().mean())
-
-
-def _toml(value: Any) -> str:
-    return json.dumps(value)  # ints, booleans and strings are the same in TOML
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from dfl import models
+from dfl.config import toml_value
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
 from dfl.experiments.base import Canvas, Context, number
@@ -98,7 +99,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "data.val_fraction=0.0",
                 "test_every_epoch=true",
                 "seed=0",
-                f"compile={str(p['compile']).lower()}",
+                f"compile={toml_value(p['compile'])}",
                 *([f"data.train_subset={subset}"] if subset else []),
             ],
         )
@@ -141,7 +142,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "data.augment_shift=2",
                 "data.augment_rotate=10",
                 f"seed={s}",
-                f"compile={str(p['compile']).lower()}",
+                f"compile={toml_value(p['compile'])}",
                 *([f"data.train_subset={p['beyond_subset']}"] if p["beyond_subset"] else []),
             ],
         )
