@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dfl: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("dfl: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        # `dfl train` asks for --resume; reproduce, lab and sweep always continue.
+        again = " with --resume" if getattr(args, "command", None) == "train" else ""
+        print(f"dfl: interrupted; run the same command again{again} to continue", file=sys.stderr)
         return 130
 
 

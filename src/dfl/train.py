@@ -42,8 +42,9 @@ Callback = Callable[[dict[str, Any]], None]
 WEIGHTS = "model.safetensors"  # a finished run's final weights (the selected epoch's)
 NONFINITE_CHECK_EVERY = 25  # steps between checks: each check waits for the device
 
-# Keys that may differ when a run is resumed: they change speed, not what is computed on CPU.
-RESUMABLE_DIFFERENCES = {"device", "threads", "checkpoint", "checkpoint_interval_s"}
+# Keys that may differ when a run is resumed: how a run is executed (speed), not what it
+# computes.
+RESUMABLE_DIFFERENCES = {"device", "threads", "compile", "checkpoint", "checkpoint_interval_s"}
 
 
 class StopRun(Exception):
@@ -65,6 +66,14 @@ class RunResult:
 
 # ---------------------------------------------------------------------------------------------
 # Setup: device, precision, seeds, data
+
+
+def available_cores() -> int:
+    """The cores this process may use (taskset, cgroups), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def resolve_device(name: str) -> torch.device:

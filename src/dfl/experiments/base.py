@@ -9,19 +9,24 @@ its dict is written to `<out>/<NAME>/result.json` and is all the report ever see
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import multiprocessing
 import re
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dfl.atomic import atomic_write_json
-from dfl.config import build_config, dict_to_toml, merge, parse_overrides
+from dfl.config import TrainConfig, build_config, dict_to_toml, merge, parse_overrides
 from dfl.data import Dataset
-from dfl.train import RunResult, fit
+from dfl.train import RunResult, available_cores, fit
 
 PROFILES = ("smoke", "quick", "full")
 
@@ -53,6 +58,7 @@ class Context:
     seeds: int = 1
     precision: str = "auto"
     base_overrides: list[str] = field(default_factory=list)  # applied to every run
+    jobs: int = 1  # independent runs (and sweep trials) trained side by side
 
     def lab_subset(self, n: int) -> int:
         """The lab's random-subset size; the smoke profile caps it so tests fit tiny data."""
@@ -85,6 +91,58 @@ class Context:
             epoch_bar=False,
             **fit_args,
         )
+
+    def train_many(self, experiment: str, runs: list[tuple[str, list[str]]]) -> list[RunResult]:
+        """Independent runs (key, overrides), in order. With `jobs` > 1 they train in that many
+        worker processes of cores // jobs threads each: small models leave most of a GPU, or
+        of a second core, idle (benchmarks/RESULTS.md, threads study), so runs side by side
+        finish sooner than one after another. Results are the same either way: each run is
+        seeded by its own config."""
+        plans = [(self.config(o), self.run_dir(experiment, k)) for k, o in runs]  # check all first
+        if self.jobs <= 1 or len(plans) <= 1:
+            return [fit(c, d, dataset=self.data, resume=True, epoch_bar=False) for c, d in plans]
+        jobs = min(self.jobs, len(plans))
+        threads = max(1, available_cores() // jobs)
+        pool = ProcessPoolExecutor(
+            jobs,
+            mp_context=multiprocessing.get_context("spawn"),  # CUDA cannot be forked
+            initializer=_start_worker,
+            initargs=(_as_arrays(self.data), threads),
+        )
+        with pool:
+            futures = [pool.submit(_fit_in_worker, c, d) for c, d in plans]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:  # a failed run or Ctrl-C: stop the others (they resume later)
+                for f in futures:
+                    f.cancel()
+                for proc in list(pool._processes.values()):  # no public way before Python 3.14
+                    proc.terminate()
+                raise
+
+
+_WORKER_DATA: Dataset | None = None
+
+
+_TENSORS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def _as_arrays(data: Dataset) -> Dataset:
+    """The dataset with NumPy arrays for tensors: they travel to a worker by value, where torch
+    tensors would go through shared memory (/dev/shm is small on some machines)."""
+    return dataclasses.replace(data, **{k: getattr(data, k).numpy() for k in _TENSORS})
+
+
+def _start_worker(data: Dataset, threads: int) -> None:
+    global _WORKER_DATA
+    _WORKER_DATA = dataclasses.replace(
+        data, **{k: torch.from_numpy(getattr(data, k)) for k in _TENSORS}
+    )
+    torch.set_num_threads(threads)
+
+
+def _fit_in_worker(cfg: TrainConfig, run_dir: Path) -> RunResult:
+    return fit(cfg, run_dir, dataset=_WORKER_DATA, resume=True, epoch_bar=False)
 
 
 def slug(text: str) -> str:
@@ -161,7 +219,8 @@ def study_sweep(
     }
     spec_path = sweep_dir / "spec.toml"
     spec_path.write_text(dict_to_toml(spec))
-    status = run_sweep(spec_path, out=sweep_dir, progress=sys.stderr)
+    workers = ctx.jobs if ctx.jobs > 1 else None  # None: the sweep engine's own policy
+    status = run_sweep(spec_path, out=sweep_dir, workers=workers, progress=sys.stderr)
     points = []
     for t in status.trials:
         if t.state.name != "COMPLETE":

@@ -108,19 +108,24 @@ def run(ctx: Context) -> dict[str, Any]:
         "batch_size=100",
         "test_every_epoch=true",
     ]
-    faithful = {}
-    for key, model, epochs in (
+    lab_models = (
         ("baseline", "cnn_lab", p["lab_epochs"]),
         ("explore", "cnn_explore", p["explore_epochs"]),
-    ):
-        runs = [
-            ctx.train(
-                NAME,
+    )
+    lab_runs = ctx.train_many(
+        NAME,
+        [
+            (
                 f"lab_{key}/seed{s}",
                 [f'model="{model}"', f"epochs={epochs}", f"seed={s}", *lab_data],
             )
+            for key, model, epochs in lab_models
             for s in range(ctx.seeds)
-        ]
+        ],
+    )
+    faithful = {}
+    for i, (key, _, epochs) in enumerate(lab_models):
+        runs = lab_runs[i * ctx.seeds : (i + 1) * ctx.seeds]
         faithful[key] = {
             "final": [r.final["test_accuracy"] for r in runs],
             "peak": [max(h["test_accuracy"] for h in r.history) for r in runs],
@@ -170,27 +175,29 @@ def run(ctx: Context) -> dict[str, Any]:
 
     # The selected architecture, with augmentation, over seeds; tested once; and their ensemble.
     arch = best["arch"]
-    finals = [
-        ctx.train(
-            NAME,
-            f"selected/seed{s}",
-            [
-                'model="cnn_search"',
-                *(f"model_args.{k}={toml_value(v)}" for k, v in arch.items()),
-                "batch_size=128",
-                f"epochs={p['final_epochs']}",
-                "data.val_fraction=0.1",
-                "restore_best=true",
-                "data.augment_shift=2",
-                "data.augment_rotate=10",
-                'schedule.name="onecycle"',
-                "optim.lr=0.003",
-                f"seed={s}",
-                *([f"data.train_subset={p['final_subset']}"] if p["final_subset"] else []),
-            ],
-        )
-        for s in range(ctx.seeds)
-    ]
+    finals = ctx.train_many(
+        NAME,
+        [
+            (
+                f"selected/seed{s}",
+                [
+                    'model="cnn_search"',
+                    *(f"model_args.{k}={toml_value(v)}" for k, v in arch.items()),
+                    "batch_size=128",
+                    f"epochs={p['final_epochs']}",
+                    "data.val_fraction=0.1",
+                    "restore_best=true",
+                    "data.augment_shift=2",
+                    "data.augment_rotate=10",
+                    'schedule.name="onecycle"',
+                    "optim.lr=0.003",
+                    f"seed={s}",
+                    *([f"data.train_subset={p['final_subset']}"] if p["final_subset"] else []),
+                ],
+            )
+            for s in range(ctx.seeds)
+        ],
+    )
     ensemble, confusion, wrong = _ensemble(ctx, finals, arch)
 
     base_f, expl_f = faithful["baseline"], faithful["explore"]

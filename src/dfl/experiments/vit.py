@@ -26,7 +26,7 @@ from dfl.models.vit import attention_rollout
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, fmt, mean_std
 from dfl.shapes import model_summary
-from dfl.train import WEIGHTS
+from dfl.train import WEIGHTS, resolve_device
 
 NAME = "vit"
 TITLE = TITLES[NAME]
@@ -65,8 +65,9 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "others": [c for c in VIT_CONFIGS if c != BASE],
         "beyond_epochs": 60,
         "beyond_subset": None,
-        # Thousands of steps per run: torch.compile's ~20 s pays back after ~2,000 steps
-        # (benchmarks/RESULTS.md); the shorter profiles would only pay for it.
+        # Thousands of steps per run: on CPU torch.compile's ~20 s pays back after ~2,000
+        # steps (benchmarks/RESULTS.md); the shorter profiles would only pay for it. Not on a
+        # GPU, where a step of these small models costs milliseconds either way.
         "compile": True,
     },
 }
@@ -76,33 +77,67 @@ def _key(cfg: tuple[int, int, int, int]) -> str:
     return "-".join(map(str, cfg))
 
 
+def _epochs_subset(cfg: tuple[int, int, int, int], p: dict[str, Any]) -> tuple[int, int | None]:
+    if cfg == BASE:
+        return p["base_epochs"], p["base_subset"]
+    return p["other_epochs"], p["other_subset"]
+
+
+def _lab_overrides(cfg: tuple[int, int, int, int], p: dict[str, Any]) -> list[str]:
+    """The notebook's protocol for one of its seven configurations."""
+    dim, depth, heads, mlp = cfg
+    epochs, subset = _epochs_subset(cfg, p)
+    return [
+        'model="vit_lab"',
+        f"model_args.dim={dim}",
+        f"model_args.depth={depth}",
+        f"model_args.heads={heads}",
+        f"model_args.mlp_dim={mlp}",
+        "batch_size=128",
+        f"epochs={epochs}",
+        'schedule.name="exponential"',
+        "schedule.gamma=0.95",
+        "data.val_fraction=0.0",
+        "test_every_epoch=true",
+        "seed=0",
+        f"compile={toml_value(p['compile'])}",
+        *([f"data.train_subset={subset}"] if subset else []),
+    ]
+
+
+def _beyond_overrides(seed: int, p: dict[str, Any]) -> list[str]:
+    """A modern ViT, selected on validation (best epoch), tested once."""
+    return [
+        'model="vit"',
+        "batch_size=128",
+        f"epochs={p['beyond_epochs']}",
+        'optim.name="adamw"',
+        "optim.lr=0.002",
+        "optim.weight_decay=0.05",
+        'schedule.name="onecycle"',
+        "data.val_fraction=0.1",
+        "restore_best=true",
+        "data.augment_shift=2",
+        "data.augment_rotate=10",
+        f"seed={seed}",
+        f"compile={toml_value(p['compile'])}",
+        *([f"data.train_subset={p['beyond_subset']}"] if p["beyond_subset"] else []),
+    ]
+
+
 def run(ctx: Context) -> dict[str, Any]:
-    p = PROFILE[ctx.profile]
+    p = dict(PROFILE[ctx.profile])
+    p["compile"] = p["compile"] and resolve_device(ctx.device).type == "cpu"
+    configs = [BASE, *p["others"]]
+    lab_runs = [(f"lab/{_key(cfg)}", _lab_overrides(cfg, p)) for cfg in configs]
+    beyond_runs = [(f"beyond/seed{s}", _beyond_overrides(s, p)) for s in range(ctx.seeds)]
+    # All of them are independent: with --jobs they train side by side.
+    results = ctx.train_many(NAME, lab_runs + beyond_runs)
+    lab, beyond = results[: len(configs)], results[len(configs) :]
     rows = []
-    for cfg in [BASE, *p["others"]]:
+    for cfg, run in zip(configs, lab, strict=True):
         dim, depth, heads, mlp = cfg
-        epochs = p["base_epochs"] if cfg == BASE else p["other_epochs"]
-        subset = p["base_subset"] if cfg == BASE else p["other_subset"]
-        run = ctx.train(
-            NAME,
-            f"lab/{_key(cfg)}",
-            [
-                'model="vit_lab"',
-                f"model_args.dim={dim}",
-                f"model_args.depth={depth}",
-                f"model_args.heads={heads}",
-                f"model_args.mlp_dim={mlp}",
-                "batch_size=128",
-                f"epochs={epochs}",
-                'schedule.name="exponential"',
-                "schedule.gamma=0.95",
-                "data.val_fraction=0.0",
-                "test_every_epoch=true",
-                "seed=0",
-                f"compile={toml_value(p['compile'])}",
-                *([f"data.train_subset={subset}"] if subset else []),
-            ],
-        )
+        epochs, subset = _epochs_subset(cfg, p)
         model = models.create("vit_lab", dim=dim, depth=depth, heads=heads, mlp_dim=mlp)
         summary = model_summary(model, (1, 28, 28))
         rows.append(
@@ -123,31 +158,6 @@ def run(ctx: Context) -> dict[str, Any]:
                 "_run": run,
             }
         )
-
-    # Beyond: a modern ViT, selected on validation (best epoch), tested once, over seeds.
-    beyond = [
-        ctx.train(
-            NAME,
-            f"beyond/seed{s}",
-            [
-                'model="vit"',
-                "batch_size=128",
-                f"epochs={p['beyond_epochs']}",
-                'optim.name="adamw"',
-                "optim.lr=0.002",
-                "optim.weight_decay=0.05",
-                'schedule.name="onecycle"',
-                "data.val_fraction=0.1",
-                "restore_best=true",
-                "data.augment_shift=2",
-                "data.augment_rotate=10",
-                f"seed={s}",
-                f"compile={toml_value(p['compile'])}",
-                *([f"data.train_subset={p['beyond_subset']}"] if p["beyond_subset"] else []),
-            ],
-        )
-        for s in range(ctx.seeds)
-    ]
     beyond_acc = [r.final["test_accuracy"] for r in beyond]
 
     base_row = rows[0]

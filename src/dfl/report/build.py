@@ -118,10 +118,18 @@ def _verdict_summary(table: Table) -> str:
 
 
 def _environment(manifest: dict[str, Any], results: dict[str, dict | None]) -> Table:
-    rows = [[k, v] for k, v in manifest.get("environment", {}).items()]
+    env = manifest.get("environment", {})
+    rows = [[k, v] for k, v in env.items()]
     for name in EXPERIMENTS:
-        r = results.get(name)
-        rows.append([f"wall time: {name}", f"{r['wall_s']:.1f} s" if r and "wall_s" in r else None])
+        r = results.get(name) or {}
+        wall = f"{r['wall_s']:.1f} s" if "wall_s" in r else None
+        # An experiment resumed (or run) elsewhere says where: a GPU's numbers beside a CPU's.
+        ran = r.get("environment", env)
+        if ran != env and "wall_s" in r:
+            keys = ("device", "gpu", "torch", "jobs")
+            where = ", ".join(f"{k} {ran[k]}" for k in keys if k in ran)
+            wall += f" (last run on {where})"
+        rows.append([f"wall time: {name}", wall])
     return Table(["what", "value"], rows)
 
 

@@ -68,4 +68,14 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{fmt(mean)} (n=1)"
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{fmt(mean)} ± {fmt(std)} (n={len(values)})"
+    return f"{fmt(mean)} ± {_spread(std, mean)} (n={len(values)})"
+
+
+def _spread(std: float, mean: float) -> str:
+    """The std at the mean's decimals ("0.9946 ± 0.0001", not "± 1.155e-04"); one significant
+    digit where that would round it to zero."""
+    if 1e-3 <= abs(mean) < 1 and round(std, 4) > 0:
+        return f"{std:.4f}"
+    if 1e-3 <= abs(mean) < 1 or std == 0:
+        return f"{std:.0e}" if std else "0"
+    return fmt(std)

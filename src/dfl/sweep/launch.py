@@ -35,16 +35,10 @@ from dfl.sweep.status import (
 )
 from dfl.sweep.storage import describe_url, open_storage, storage_url
 from dfl.sweep.trial import file_lock, run_dir_name
+from dfl.train import available_cores
 
 POLL_S = 1.0  # how often the progress display reads the study
 STOP_WAIT_S = 15.0  # how long workers get to requeue their trials before they are killed
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use (taskset, cgroups)
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def default_workers(spec: SweepSpec, cores: int, reuse_epochs: int | None) -> int:

@@ -14,7 +14,9 @@ PostgreSQL needs neither: Optuna reads the trial `FOR UPDATE`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import random
 import sqlite3
 import time
 import warnings
@@ -59,6 +61,23 @@ def describe_url(url: str) -> str:
         return url
 
 
+def _use_wal(path: Path) -> None:
+    """Put the database in WAL mode (persistent: stored in the file), so workers read while
+    one writes. The switch needs the file to itself, and SQLite answers "database is locked"
+    at once, without its busy wait, while another process is opening the same new file (two
+    sweeps started together): so wait a little and try again."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise DflError(f"cannot open the sweep database {path}: {e}") from None
+            time.sleep(0.05 + 0.1 * random.random())  # apart, not in step with the other
+
+
 def open_storage(
     url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
 ) -> optuna.storages.RDBStorage:
@@ -69,8 +88,7 @@ def open_storage(
     if is_sqlite:
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+        _use_wal(path)
         # isolation_level=None: the driver emits no BEGIN of its own; ours follows below.
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}
     else:
