@@ -136,6 +136,9 @@ def machine() -> str:
     )
 
 
+GPU_RECORD = Path(__file__).with_name("GPU.md")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per model")
@@ -212,8 +215,10 @@ def main() -> None:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
     head = f"# Benchmark results\n\nWritten by `{command.strip()}` (`make bench`) on {stamp}.\n\n"
+    # GPU runs happen on another machine, when one is lent: recorded by hand, kept here.
+    gpu = GPU_RECORD.read_text() if GPU_RECORD.exists() else ""
     with atomic_file(Path(args.results)) as f:
-        f.write((head + "".join(report.parts)).encode())
+        f.write((head + "".join(report.parts) + ("\n" + gpu if gpu else "")).encode())
     print(f"\nwrote {args.results}")
 
 

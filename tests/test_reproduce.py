@@ -10,6 +10,7 @@ import pytest
 from conftest import check_page, write_idx_dataset
 from dfl.cli import main
 from dfl.experiments import EXPERIMENTS
+from dfl.experiments.base import Context
 from dfl.report.build import build_report
 from dfl.reproduce import reproduce
 
@@ -81,3 +82,30 @@ def test_profile_mismatch_is_refused(tmp_path: Path, capsys):
     (out / "reproduce.json").write_text(json.dumps({"profile": "full", "dataset": "mnist"}))
     assert main(["reproduce", "--profile", "quick", "--out", str(out), "--only", "conv"]) == 2
     assert "profile full" in capsys.readouterr().err
+
+
+def test_jobs_below_one_is_refused(tmp_path: Path, capsys):
+    out = tmp_path / "r"
+    assert main(["reproduce", "--profile", "smoke", "--jobs", "0", "--out", str(out)]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_are_the_runs_made_one_after_another(tmp_path: Path, tiny_data):
+    """--jobs 2 trains in worker processes; each run is seeded by its own config, so what they
+    write is what the same runs write one at a time, returned in the order asked for."""
+    runs = [
+        (f"seed{s}", ['model="mlp"', "model_args.hidden=[32]", "epochs=2", f"seed={s}"])
+        for s in range(3)
+    ]
+    results = {}
+    for jobs in (1, 2):
+        ctx = Context(tmp_path / f"jobs{jobs}", "smoke", tiny_data, "synthetic", "cpu", jobs=jobs)
+        results[jobs] = ctx.train_many("exp", runs)
+    for key, one, two in zip((k for k, _ in runs), results[1], results[2], strict=True):
+        assert two.status == "completed" and two.run_dir.name == key
+        assert len(two.history) == 2
+        # One thread per worker against the test's own threads: sums may round differently.
+        assert two.final["test_loss"] == pytest.approx(one.final["test_loss"], rel=1e-4)
+    assert results[2][0].final["test_loss"] != results[2][1].final["test_loss"]  # seeds differ

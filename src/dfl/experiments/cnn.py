@@ -297,7 +297,27 @@ def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
         _figure_cost(canvas, result["points"]),
         _figure_confusion(canvas, result["confusion"]),
         _figure_wrong(canvas, result["wrong"]),
+        _figure_filters(canvas, Path(result["numbers"]["selected.test_accuracy"]["run_dir"])),
     ]
+
+
+def _figure_filters(ctx: Canvas, run_dir: Path) -> dict[str, str]:
+    """The selected CNN's first-layer kernels (seed 0), each scaled to its own range."""
+    weights = load_file(str(run_dir / WEIGHTS))
+    first = next(w for w in weights.values() if w.dim() == 4)  # (out, 1, k, k): the first conv
+    kernels = first[:, 0].float().numpy()
+    per_row = 16
+    rows = {
+        f"filters {i + 1}-{min(i + per_row, len(kernels))}": kernels[i : i + per_row]
+        for i in range(0, len(kernels), per_row)
+    }
+    path = figures.image_grid(ctx.figure_path("cnn_filters"), rows, cmap="RdBu_r", symmetric=True)
+    return {
+        "path": path,
+        "caption": f"The selected CNN's {len(kernels)} first-layer filters "
+        f"({kernels.shape[-1]}x{kernels.shape[-1]}, seed 0; red positive, blue negative, "
+        "each on its own scale centred on zero).",
+    }
 
 
 def _figure_lab_curves(ctx: Canvas, faithful: dict) -> dict[str, str]:

@@ -70,9 +70,16 @@ def bars(
     return _save(fig, path)
 
 
-def image_grid(path: Path, rows: dict[str, np.ndarray], title: str = "", cmap: str = "gray") -> str:
+def image_grid(
+    path: Path,
+    rows: dict[str, np.ndarray],
+    title: str = "",
+    cmap: str = "gray",
+    symmetric: bool = False,
+) -> str:
     """Rows of small images (each array (N, H, W)), one labelled row per entry. A row with no
-    images stays an empty, labelled row (say, a model that misclassified nothing)."""
+    images stays an empty, labelled row (say, a model that misclassified nothing). With
+    `symmetric`, each image's colour scale is centred on zero (weights: sign shows)."""
     n = max(1, *(len(v) for v in rows.values()))
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
@@ -80,7 +87,9 @@ def image_grid(path: Path, rows: dict[str, np.ndarray], title: str = "", cmap: s
             ax = axes[r][c]
             ax.axis("off")
             if c < len(images):
-                ax.imshow(images[c], cmap=cmap)
+                bound = float(np.abs(images[c]).max()) or 1.0
+                scale = {"vmin": -bound, "vmax": bound} if symmetric else {}
+                ax.imshow(images[c], cmap=cmap, **scale)
         axes[r][0].set_title(label, fontsize=7, loc="left")
     if title:
         fig.suptitle(title, fontsize=9)
