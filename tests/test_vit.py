@@ -137,3 +137,20 @@ def test_trainer_runs_the_notebook_vit(tmp_path: Path, tiny_data):
     ]
     result = fit(build_config(overrides=parse_overrides(overrides)), tmp_path, dataset=tiny_data)
     assert result.status == "completed" and 0 <= result.final["test_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("name", ["vit_lab", "vit"])
+def test_fused_training_path_equals_the_explicit_one(name):
+    """forward runs attention through PyTorch's fused kernel, forward_with_attention through
+    the attention module's explicit steps: the same logits and the same gradients."""
+    torch.manual_seed(0)
+    model = models.create(name, dim=32, depth=2, heads=4, mlp_dim=64).eval()  # no dropout
+    images = torch.rand(3, 1, 28, 28)
+    fused = model(images)
+    grads_fused = torch.autograd.grad(fused.sum(), list(model.parameters()))
+    explicit, weights = model.forward_with_attention(images)
+    grads_explicit = torch.autograd.grad(explicit.sum(), list(model.parameters()))
+    torch.testing.assert_close(fused, explicit)
+    for a, b in zip(grads_fused, grads_explicit, strict=True):
+        torch.testing.assert_close(a, b)
+    assert len(weights) == 2

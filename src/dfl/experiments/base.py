@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from dfl.atomic import atomic_write_json
 from dfl.config import TrainConfig, build_config, dict_to_toml, merge, parse_overrides
@@ -99,8 +100,20 @@ class Context:
         finish sooner than one after another. Results are the same either way: each run is
         seeded by its own config."""
         plans = [(self.config(o), self.run_dir(experiment, k)) for k, o in runs]  # check all first
-        if self.jobs <= 1 or len(plans) <= 1:
-            return [fit(c, d, dataset=self.data, resume=True, epoch_bar=False) for c, d in plans]
+        bar = tqdm(total=len(plans), desc=f"{experiment} runs", unit="run", disable=None)
+        with bar:
+            if self.jobs <= 1 or len(plans) <= 1:
+                results = []
+                for cfg, run_dir in plans:
+                    result = fit(cfg, run_dir, dataset=self.data, resume=True, epoch_bar=False)
+                    results.append(result)
+                    bar.update()
+                return results
+            return self._train_side_by_side(plans, bar)
+
+    def _train_side_by_side(
+        self, plans: list[tuple[TrainConfig, Path]], bar: tqdm
+    ) -> list[RunResult]:
         jobs = min(self.jobs, len(plans))
         threads = max(1, available_cores() // jobs)
         pool = ProcessPoolExecutor(
@@ -111,6 +124,8 @@ class Context:
         )
         with pool:
             futures = [pool.submit(_fit_in_worker, c, d) for c, d in plans]
+            for f in futures:
+                f.add_done_callback(lambda _: bar.update())
             try:
                 return [f.result() for f in futures]
             except BaseException:  # a failed run or Ctrl-C: stop the others (they resume later)

@@ -237,15 +237,20 @@ class MultiHeadSelfAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, h, n, dim_head) from x (B, n, dim)."""
+        q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
+        return q, k, v
+
     def attend(
         self, x: torch.Tensor, *, causal: bool = False, pad_mask: torch.Tensor | None = None
     ) -> AttentionTensors:
         """Every step for x (B, n, dim); `output` is after the output projection."""
-        q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q, k, v = self._qkv(x)
         keep = keep_mask_torch(x.shape[-2], causal, pad_mask, x.device)
         steps = attend(
             q, k, v, scale=self.scale, keep=keep, dropout=self.attn_dropout, training=self.training
-        )  # q, k, v: (B, h, n, dim_head)
+        )
         return AttentionTensors(
             q, k, v, steps.scores, steps.weights, self.to_out(steps.output)
         )  # output: (B, n, dim)
@@ -253,7 +258,18 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, *, causal: bool = False, pad_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.attend(x, causal=causal, pad_mask=pad_mask).output
+        """`attend(x).output`, computed by PyTorch's fused kernel when nothing is masked: the
+        same softmax(q k^T scale) v, without keeping the (n, n) scores and weights for the
+        backward pass (tests check the two agree, gradients included). With a mask, `attend`:
+        its fully masked rows give zeros where the fused kernel gives NaN."""
+        if causal or pad_mask is not None:
+            return self.attend(x, causal=causal, pad_mask=pad_mask).output
+        q, k, v = self._qkv(x)
+        dropout = self.attn_dropout if self.training else 0.0
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, scale=self.scale
+        )
+        return self.to_out(merge_heads(out))
 
 
 # ---------------------------------------------------------------------------------------------

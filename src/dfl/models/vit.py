@@ -50,11 +50,19 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = self.attn.attend(self.norm1(x))
-        x = x + steps.output  # (B, T, dim)
+    def forward(
+        self, x: torch.Tensor, with_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output and, if asked, its attention weights (B, h, T, T). Training
+        asks for none, so attention runs fused."""
+        if with_weights:
+            steps = self.attn.attend(self.norm1(x))
+            attended, weights = steps.output, steps.weights
+        else:
+            attended, weights = self.attn(self.norm1(x)), None
+        x = x + attended  # (B, T, dim)
         x = x + self.mlp(self.norm2(x))  # (B, T, dim)
-        return x, steps.weights  # weights: (B, h, T, T)
+        return x, weights
 
 
 class ViT(nn.Module):
@@ -120,6 +128,14 @@ class ViT(nn.Module):
         self, images: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (B, classes) and each block's attention weights (B, heads, T, T)."""
+        return self._encode(images, with_weights=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._encode(images, with_weights=False)[0]
+
+    def _encode(
+        self, images: torch.Tensor, with_weights: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.embed(to_patches(images, self.patch))  # (B, N, dim)
         if self.cls_token is not None:
             cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim)
@@ -127,13 +143,11 @@ class ViT(nn.Module):
         x = self.emb_dropout(x + self.pos_embedding)  # (B, T, dim)
         weights = []
         for block in self.blocks:
-            x, w = block(x)
-            weights.append(w)
+            x, w = block(x, with_weights)
+            if w is not None:
+                weights.append(w)
         pooled = x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # (B, dim)
         return self.head(pooled), weights  # (B, classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_attention(images)[0]
 
 
 @torch.no_grad()
