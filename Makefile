@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 WHEELS := $(VENV)/wheels
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PROFILE ?= quick
+JOBS ?= 1
 
 .PHONY: setup test lint format reproduce bench fashion-mnist postgresql browser clean
 
@@ -37,7 +38,7 @@ test: lint
 	$(BIN)/pytest -q
 
 reproduce: setup
-	$(BIN)/dfl reproduce --profile $(PROFILE)
+	$(BIN)/dfl reproduce --profile $(PROFILE) --jobs $(JOBS)
 
 bench: setup
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
