@@ -109,3 +109,31 @@ def test_runs_side_by_side_are_the_runs_made_one_after_another(tmp_path: Path, t
         # One thread per worker against the test's own threads: sums may round differently.
         assert two.final["test_loss"] == pytest.approx(one.final["test_loss"], rel=1e-4)
     assert results[2][0].final["test_loss"] != results[2][1].final["test_loss"]  # seeds differ
+
+
+def test_wall_time_counts_earlier_unfinished_invocations(tmp_path: Path):
+    """An experiment that took several invocations reports all of their time, not the last's."""
+    out = tmp_path / "r"
+    (out / "conv").mkdir(parents=True)
+    (out / "conv" / "spent.json").write_text(json.dumps({"seconds": 100.0}))
+    reproduce(out, "smoke", only=["conv"])
+    result = json.loads((out / "conv" / "result.json").read_text())
+    assert result["status"] == "completed"
+    assert 100.0 <= result["wall_s"] < 160.0
+
+
+def test_an_interrupted_experiment_records_its_time(tmp_path: Path, monkeypatch):
+    import time
+
+    from dfl.experiments import conv
+
+    def interrupted(ctx):
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conv, "run", interrupted)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(out, "smoke", only=["conv"])
+    assert json.loads((out / "conv" / "spent.json").read_text())["seconds"] >= 0.2
+    assert not (out / "conv" / "result.json").exists()  # nothing half-written

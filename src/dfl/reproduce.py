@@ -119,21 +119,44 @@ def reproduce(
                 f"dfl: {name}: not implemented yet; the report shows it as missing", file=sys.stderr
             )
             continue
-        t0 = time.perf_counter()
+        t0, earlier = time.perf_counter(), _spent(out, name)
         try:
             result = module.run(ctx)
             result.update(status="completed")
         except DflError as e:  # one experiment failing must not lose the others
             result = {"status": "failed", "reason": str(e)}
             print(f"dfl: {name} failed: {e}", file=sys.stderr)
+        except BaseException:  # Ctrl-C or a crash: the next invocation goes on, and counts this
+            _record_spent(out, name, earlier + time.perf_counter() - t0)
+            raise
+        wall = earlier + time.perf_counter() - t0
+        if result["status"] != "completed":
+            _record_spent(out, name, wall)
         result.update(
             experiment=name,
             profile=profile,
-            wall_s=time.perf_counter() - t0,  # of this invocation (a resumed one: its part)
+            wall_s=wall,  # every invocation's part, when it took several to finish
             environment=manifest["environment"],
         )
         save_result(out, name, result)
     return build_report(out)
+
+
+def _spent_path(out: Path, name: str) -> Path:
+    return out / name / "spent.json"
+
+
+def _spent(out: Path, name: str) -> float:
+    """Seconds earlier, unfinished invocations spent on this experiment (a killed one's are
+    lost: at least this many)."""
+    path = _spent_path(out, name)
+    return json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+
+
+def _record_spent(out: Path, name: str, seconds: float) -> None:
+    path = _spent_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"seconds": seconds})
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
