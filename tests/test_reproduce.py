@@ -120,6 +120,10 @@ def test_wall_time_counts_earlier_unfinished_invocations(tmp_path: Path):
     result = json.loads((out / "conv" / "result.json").read_text())
     assert result["status"] == "completed"
     assert 100.0 <= result["wall_s"] < 160.0
+    assert not (out / "conv" / "spent.json").exists()  # counted once, not again on a rerun
+    # Run here, as the manifest says: the report names no other machine for it.
+    assert result["environment"] == json.loads((out / "reproduce.json").read_text())["environment"]
+    assert "last run on" not in (out / "report.md").read_text()
 
 
 def test_an_interrupted_experiment_records_its_time(tmp_path: Path, monkeypatch):

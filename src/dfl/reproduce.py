@@ -30,7 +30,7 @@ from dfl.report.build import build_report
 from dfl.train import resolve_device
 
 
-def environment(device: str, precision: str) -> dict[str, Any]:
+def environment(device: str, precision: str, jobs: int = 1) -> dict[str, Any]:
     import numpy
     import optuna
 
@@ -45,12 +45,19 @@ def environment(device: str, precision: str) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "precision": precision,
+        "jobs": jobs,
         **({"gpu": torch.cuda.get_device_name(device)} if device.startswith("cuda") else {}),
     }
 
 
 def _manifest(
-    out: Path, profile: str, dataset: str, selected: list[str], device: str, precision: str
+    out: Path,
+    profile: str,
+    dataset: str,
+    selected: list[str],
+    device: str,
+    precision: str,
+    jobs: int,
 ) -> dict:
     """This reproduction's description; refuses an --out made with another profile, data or
     precision (one report, one way of running)."""
@@ -67,7 +74,7 @@ def _manifest(
         "profile": profile,
         "dataset": dataset,
         "selected": selected,
-        "environment": environment(device, precision),
+        "environment": environment(device, precision, jobs),
         "started": time.time(),
     }
 
@@ -95,13 +102,12 @@ def reproduce(
     if profile not in PROFILES:
         raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
     resolved = str(resolve_device(device))
-    manifest = _manifest(out, profile, dataset, selected, resolved, precision)
+    manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs)
     data = load_dataset(dataset, data_dir)
     default_seeds = {"smoke": 1, "quick": 2, "full": 3}[profile]
     manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "reproduce.json", manifest)
-    manifest["environment"]["jobs"] = jobs
     ctx = Context(
         out, profile, data, dataset_arg, device, seeds or default_seeds, precision, jobs=jobs
     )
@@ -130,7 +136,9 @@ def reproduce(
             _record_spent(out, name, earlier + time.perf_counter() - t0)
             raise
         wall = earlier + time.perf_counter() - t0
-        if result["status"] != "completed":
+        if result["status"] == "completed":
+            _spent_path(out, name).unlink(missing_ok=True)  # counted in wall_s now
+        else:
             _record_spent(out, name, wall)
         result.update(
             experiment=name,
@@ -182,7 +190,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="train independent runs and sweep trials N at a time, in worker processes of "
-        "cores/N threads each (default 1; on a GPU, small models gain most from 4-8)",
+        "cores/N threads each (default 1; see the README's 'Scaling out')",
     )
     p.add_argument("--out", help="output directory (default runs/PROFILE[-DATASET])")
 
