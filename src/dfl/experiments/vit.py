@@ -233,11 +233,9 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
         for t in (r["test_loss_curve"] for r in rows)
     ]
     rising = [(ep, lo, end) for ep, lo, end in turns if end > 1.05 * lo]
-    secs = [r["seconds_per_epoch"] for r in rows]
-    fast, slow = (
-        min(rows, key=lambda r: r["seconds_per_epoch"]),
-        max(rows, key=lambda r: r["seconds_per_epoch"]),
-    )
+    # Per 1,000 training images: the quick profile trains some configurations on a subset.
+    per_k = {name(r): 1000 * r["seconds_per_epoch"] / (r["subset"] or 60000) for r in rows}
+    fast, slow = min(per_k, key=per_k.get), max(per_k, key=per_k.get)
     return [
         f"Performance: test accuracy ranges from {fmt(worst['test_accuracy'])} ({name(worst)}, "
         f"{worst['params']:,} parameters) to {fmt(best['test_accuracy'])} ({name(best)}, "
@@ -266,9 +264,9 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
         "loss falling throughout and the test loss bottoming out early.",
         f"Computational cost: multiply-adds per image range from {cheap['macs']:,} "
         f"({name(cheap)}) to {costly['macs']:,} ({name(costly)}), "
-        f"{costly['macs'] / cheap['macs']:.0f}x; seconds per epoch from {min(secs):.1f} "
-        f"({name(fast)}) to {max(secs):.1f} ({name(slow)}), "
-        f"{max(secs) / min(secs):.1f}x (wall time on the machine the report's environment "
+        f"{costly['macs'] / cheap['macs']:.0f}x; training seconds per 1,000 images from "
+        f"{per_k[fast]:.2f} ({fast}) to {per_k[slow]:.2f} ({slow}), "
+        f"{per_k[slow] / per_k[fast]:.1f}x (wall time on the machine the report's environment "
         "names, with other runs possibly sharing it).",
     ]
 
