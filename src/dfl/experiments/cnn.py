@@ -304,7 +304,10 @@ def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
 def _figure_filters(ctx: Canvas, run_dir: Path) -> dict[str, str]:
     """The selected CNN's first-layer kernels (seed 0), each scaled to its own range."""
     weights = load_file(str(run_dir / WEIGHTS))
-    first = next(w for w in weights.values() if w.dim() == 4)  # (out, 1, k, k): the first conv
+    # The first conv: the 4-D weight of the lowest layer index (a file lists keys in its own
+    # order, "10.weight" before "4.weight").
+    convs = {int(k.split(".")[0]): w for k, w in weights.items() if w.dim() == 4}
+    first = convs[min(convs)]  # (out, 1, k, k)
     kernels = first[:, 0].float().numpy()
     per_row = 16
     rows = {
