@@ -52,6 +52,8 @@ def test_reconstruction_mse_is_per_pixel(tmp_path: Path, tiny_data):
             'optim.name="sgd"',
             "optim.momentum=0.9",
             "data.augment_shift=2",
+            "data.augment_rotate=10",
+            "data.augment_scale=0.1",
         ],
     ],
 )
@@ -222,3 +224,21 @@ def test_auto_precision_is_bf16_only_for_convolutional_models_on_native_bf16():
     assert resolve_precision("auto", cpu, cnn) == ("bf16" if native_bf16(cpu) else "fp32")
     assert resolve_precision("fp32", cpu, cnn) == "fp32"  # asked for: never overridden
     assert resolve_precision("auto", torch.device("cuda"), cnn) == "fp32"  # until measured
+
+
+def test_random_zoom_scales_a_digit_within_its_range_and_keeps_older_draws():
+    from dfl.data.batches import random_affine
+
+    square = torch.zeros(64, 1, 28, 28)
+    square[:, :, 9:19, 9:19] = 1.0  # 100 pixels of ink, centred
+    zoomed = random_affine(square, 0, 0.0, torch.Generator().manual_seed(0), scale=0.3)
+    ink = zoomed.sum((1, 2, 3))
+    assert ink.min() >= 100 * 0.7**2 - 3 and ink.max() <= 100 * 1.3**2 + 3
+    assert ink.max() - ink.min() > 50  # really zoomed in and out, not a no-op
+
+    # Without zoom it draws three numbers per image, as before zoom existed: older runs'
+    # augmentation (and so their resumption) is unchanged.
+    g, reference = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    random_affine(square, 2, 10.0, g)
+    torch.rand(64, 3, generator=reference)
+    assert torch.equal(torch.rand(5, generator=g), torch.rand(5, generator=reference))

@@ -41,6 +41,7 @@ class DataConfig(Strict):
     normalize: bool = False  # lab: pixels / 255 only; True: (x - 0.1307) / 0.3081
     augment_shift: int = Field(0, ge=0, le=8)  # random translation in pixels (0 = off)
     augment_rotate: float = Field(0.0, ge=0.0, le=45.0)  # random rotation in degrees
+    augment_scale: float = Field(0.0, ge=0.0, le=0.5)  # random zoom by 1 +/- up to this
 
 
 class OptimConfig(Strict):

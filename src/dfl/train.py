@@ -354,8 +354,8 @@ class Trainer:
     def _inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         d = self.cfg.data
         x = to_input(images)
-        if train and (d.augment_shift or d.augment_rotate):
-            x = random_affine(x, d.augment_shift, d.augment_rotate, self.shuffle)
+        if train and (d.augment_shift or d.augment_rotate or d.augment_scale):
+            x = random_affine(x, d.augment_shift, d.augment_rotate, self.shuffle, d.augment_scale)
         x = standardize(x) if d.normalize else x
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

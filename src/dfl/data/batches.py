@@ -70,15 +70,19 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
 
 
 def random_affine(
-    x: torch.Tensor, shift: int, rotate: float, generator: torch.Generator
+    x: torch.Tensor, shift: int, rotate: float, generator: torch.Generator, scale: float = 0.0
 ) -> torch.Tensor:
-    """Shift each image by up to `shift` pixels and rotate by up to `rotate` degrees, in one
-    batched grid_sample. Parameters come from the CPU generator (device-independent draws)."""
+    """Shift each image by up to `shift` pixels, rotate it by up to `rotate` degrees and zoom
+    it by a factor in [1 - scale, 1 + scale], in one batched grid_sample. Parameters come from
+    the CPU generator (device-independent draws); without zoom the draws are those of earlier
+    versions, so older runs resume and repeat exactly."""
     b, _, h, w = x.shape
-    params = torch.rand(b, 3, generator=generator).mul_(2).sub_(1)  # uniform in [-1, 1]
+    params = torch.rand(b, 4 if scale else 3, generator=generator).mul_(2).sub_(1)  # [-1, 1]
     angle = params[:, 0] * math.radians(rotate)
     tx, ty = params[:, 1] * (2 * shift / w), params[:, 2] * (2 * shift / h)  # grid units
-    cos, sin = angle.cos(), angle.sin()
+    # theta maps output to input coordinates, so a zoom by z divides the rotation by z.
+    zoom = 1 + params[:, 3] * scale if scale else torch.ones(b)
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
