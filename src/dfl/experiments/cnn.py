@@ -217,7 +217,6 @@ def run(ctx: Context) -> dict[str, Any]:
             "width": w,
             "val": [r.final["val_accuracy"] for r in rs],
             "test": [r.final["test_accuracy"] for r in rs],
-            "seconds_per_epoch": fmean(h["seconds"] for r in rs for h in r.history),
             **_cost({**best["arch"], "width": w}),
         }
         for w, rs in finals_by_width.items()
@@ -452,16 +451,16 @@ def section(result: dict[str, Any]) -> Section:
     best = result["best"]
     chosen = result["chosen_width"]
     width_table = Table(
-        ["first-layer filters", "parameters", "multiply-adds", "s / epoch",
-         "val accuracy", "test accuracy", ""],
+        ["first-layer filters", "parameters", "multiply-adds", "val accuracy", "test accuracy",
+         ""],
         [
-            [f["width"], f["params"], f["macs"], f["seconds_per_epoch"], mean_std(f["val"]),
-             mean_std(f["test"]), "chosen" if f["width"] == chosen else ""]
+            [f["width"], f["params"], f["macs"], mean_std(f["val"]), mean_std(f["test"]),
+             "chosen" if f["width"] == chosen else ""]
             for f in result["final_widths"]
         ],
         f"The selected architecture with the final recipe ({result['final_epochs']} epochs, "
-        "shifts, rotations and zooms, one-cycle schedule) at each width, over seeds; the width is "
-        "chosen on mean validation accuracy",
+        "shifts, rotations and zooms, one-cycle schedule) at each width, over seeds; the width "
+        "is chosen on mean validation accuracy",
     )  # fmt: skip
     paragraphs = [
         f"Selected on validation: {best['key']} ({fmt(best['val_accuracy'])} validation "
