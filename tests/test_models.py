@@ -102,3 +102,20 @@ def test_cnn_search_every_depth_and_pooling_fits_28x28(depth, pool):
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [min(16 * 2**i, 256) for i in range(depth)]
+
+
+def test_cnn_final_stage_takes_the_accuracy_cost_front_near_the_best():
+    from dfl.experiments.cnn import _front
+
+    def point(key, val, macs):
+        return {"key": key, "val_accuracy": val, "macs": macs}
+
+    points = [
+        point("best", 0.9908, 6_000_000),
+        point("cheaper, nearly as good", 0.9906, 5_700_000),
+        point("dearer and worse", 0.9907, 135_000_000),  # dominated by "best"
+        point("cheapest, too far below", 0.9890, 1_600_000),  # on the front, not near the best
+        point("same cost, worse", 0.9901, 6_000_000),  # dominated
+    ]
+    assert [q["key"] for q in _front(points)] == ["best", "cheaper, nearly as good"]
+    assert [q["key"] for q in _front(points[:1])] == ["best"]
