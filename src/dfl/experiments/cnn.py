@@ -497,13 +497,26 @@ def section(result: dict[str, Any]) -> Section:
         f"and a one-cycle schedule. Selected on mean validation accuracy: {chosen['key']} at "
         f"{chosen['arch']['width']} filters ({chosen['params']:,} parameters); its test "
         f"accuracy is {mean_std(result['selected'])}, and the ensemble of those seeds reaches "
-        f"{fmt(result['ensemble'])}.",
+        f"{fmt(result['ensemble'])}. " + _spread(finals),
         _factors(points),
         "The notebook chose its best epoch on the test set; our selection uses a validation "
         "split and the test set once.",
     ]
     figs = [Figure(x["path"], x["caption"]) for x in result["figures"]]
     return Section(TITLE, QUESTION, paragraphs, [lab_table, sweep_table, final_table], figs)
+
+
+def _spread(finals: list[dict[str, Any]]) -> str:
+    """How far apart the final candidates are, in validation and test images."""
+    val = [fmean(c["val"]) for c in finals]
+    test = [fmean(c["test"]) for c in finals]
+    if len(finals) < 2:
+        return ""
+    return (
+        f"The candidates' mean validation accuracies span {fmt(min(val))}-{fmt(max(val))} and "
+        f"their mean test accuracies {fmt(min(test))}-{fmt(max(test))}: compare the seeds' "
+        "spread before reading a ranking into them."
+    )
 
 
 def _factors(points: list[dict[str, Any]]) -> str:
