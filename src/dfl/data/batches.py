@@ -80,9 +80,10 @@ def random_affine(
     params = torch.rand(b, 4 if scale else 3, generator=generator).mul_(2).sub_(1)  # [-1, 1]
     angle = params[:, 0] * math.radians(rotate)
     tx, ty = params[:, 1] * (2 * shift / w), params[:, 2] * (2 * shift / h)  # grid units
-    # theta maps output to input coordinates, so a zoom by z divides the rotation by z.
-    zoom = 1 + params[:, 3] * scale if scale else torch.ones(b)
-    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    cos, sin = angle.cos(), angle.sin()
+    if scale:  # theta maps output to input coordinates, so a zoom by z divides them by z
+        zoom = 1 + params[:, 3] * scale
+        cos, sin = cos / zoom, sin / zoom
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)

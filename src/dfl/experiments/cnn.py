@@ -47,7 +47,6 @@ PROFILE = {  # quick trades epochs and data for minutes on 2 CPU cores; full is 
         "trials": 2,
         "final_subset": 2000,
         "final_epochs": 1,
-        "final_widths": (16, 32),
     },
     "quick": {
         "lab_epochs": 20,
@@ -58,7 +57,6 @@ PROFILE = {  # quick trades epochs and data for minutes on 2 CPU cores; full is 
         "trials": 6,
         "final_subset": 12000,
         "final_epochs": 3,
-        "final_widths": (16, 32),
     },
     "full": {
         "lab_epochs": 20,
@@ -69,14 +67,13 @@ PROFILE = {  # quick trades epochs and data for minutes on 2 CPU cores; full is 
         "trials": 24,
         "final_subset": None,
         "final_epochs": 30,
-        "final_widths": (16, 32),
     },
 }
 
 # What the lab asked to explore, as a TPE search space over the `cnn_search` family: depth,
 # filters (16 doubling to 256, or constant), kernel size, pooling placement, batch norm on or
 # off, activation. Width stays 16 in the search, where wider first layers would multiply the
-# cost of every trial; the final stage tries double width too (`final_widths`).
+# cost of every trial; the final stage tries double width too (FINAL_WIDTHS).
 SPACE = {
     "model_args.depth": {"choices": [2, 3, 4, 5]},
     "model_args.growth": {"choices": ["double", "constant"]},
@@ -85,6 +82,10 @@ SPACE = {
     "model_args.batchnorm": {"choices": [True, False]},
     "model_args.activation": {"choices": ["relu", "leaky_relu", "tanh"]},
 }
+
+
+# The first-layer filters the final stage trains each front architecture at.
+FINAL_WIDTHS = (16, 32)
 
 
 def _describe(args: dict[str, Any]) -> str:
@@ -186,7 +187,7 @@ def run(ctx: Context) -> dict[str, Any]:
     candidates = [
         {"key": q["key"], "arch": {**q["arch"], "width": w}}
         for q in _front(points)
-        for w in p["final_widths"]
+        for w in FINAL_WIDTHS
     ]
     runs = ctx.train_many(
         NAME,
@@ -196,13 +197,13 @@ def run(ctx: Context) -> dict[str, Any]:
             for s in range(ctx.seeds)
         ],
     )
-    for i, c in enumerate(candidates):
-        c["runs"] = runs[i * ctx.seeds : (i + 1) * ctx.seeds]
-        c["val"] = [r.final["val_accuracy"] for r in c["runs"]]
-        c["test"] = [r.final["test_accuracy"] for r in c["runs"]]
+    seeds_of = [runs[i * ctx.seeds : (i + 1) * ctx.seeds] for i in range(len(candidates))]
+    for c, rs in zip(candidates, seeds_of, strict=True):
+        c["val"] = [r.final["val_accuracy"] for r in rs]
+        c["test"] = [r.final["test_accuracy"] for r in rs]
         c.update(_cost(c["arch"]))
-    chosen = max(candidates, key=lambda c: fmean(c["val"]))
-    arch, finals = chosen["arch"], chosen["runs"]
+    chosen = max(range(len(candidates)), key=lambda i: fmean(candidates[i]["val"]))
+    arch, finals = candidates[chosen]["arch"], seeds_of[chosen]
     ensemble, confusion, wrong = _ensemble(ctx, finals, arch)
 
     base_f, expl_f = faithful["baseline"], faithful["explore"]
@@ -239,8 +240,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "faithful": faithful,
         "points": points,
         "best": best,
-        "finals": [{k: v for k, v in c.items() if k != "runs"} for c in candidates],
-        "chosen": candidates.index(chosen),
+        "finals": candidates,
+        "chosen": chosen,
         "selected": [r.final["test_accuracy"] for r in finals],
         "ensemble": ensemble,
         "final_epochs": p["final_epochs"],
@@ -265,8 +266,7 @@ def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def dominated(q: dict[str, Any]) -> bool:
         return any(
-            o is not q
-            and o["macs"] <= q["macs"]
+            o["macs"] <= q["macs"]
             and o["val_accuracy"] >= q["val_accuracy"]
             and (o["macs"], o["val_accuracy"]) != (q["macs"], q["val_accuracy"])
             for o in points
@@ -486,7 +486,7 @@ def section(result: dict[str, Any]) -> Section:
         "with shifts, rotations and zooms and a one-cycle schedule, over seeds; chosen on mean "
         "validation accuracy",
     )  # fmt: skip
-    names = sorted({c["key"] for c in finals}, key=[c["key"] for c in finals].index)
+    names = list(dict.fromkeys(c["key"] for c in finals))  # in order, once each
     paragraphs = [
         f"Best in the search: {best['key']} ({fmt(best['val_accuracy'])} validation "
         f"accuracy, {best['params']:,} parameters, {best['macs']:,} multiply-adds per image). "
@@ -497,7 +497,7 @@ def section(result: dict[str, Any]) -> Section:
         f"and a one-cycle schedule. Selected on mean validation accuracy: {chosen['key']} at "
         f"{chosen['arch']['width']} filters ({chosen['params']:,} parameters); its test "
         f"accuracy is {mean_std(result['selected'])}, and the ensemble of those seeds reaches "
-        f"{fmt(result['ensemble'])}. " + _spread(finals),
+        f"{fmt(result['ensemble'])}. " + _candidate_spread(finals),
         _factors(points),
         "The notebook chose its best epoch on the test set; our selection uses a validation "
         "split and the test set once.",
@@ -506,12 +506,12 @@ def section(result: dict[str, Any]) -> Section:
     return Section(TITLE, QUESTION, paragraphs, [lab_table, sweep_table, final_table], figs)
 
 
-def _spread(finals: list[dict[str, Any]]) -> str:
-    """How far apart the final candidates are, in validation and test images."""
-    val = [fmean(c["val"]) for c in finals]
-    test = [fmean(c["test"]) for c in finals]
+def _candidate_spread(finals: list[dict[str, Any]]) -> str:
+    """How far apart the final candidates' mean validation and test accuracies are."""
     if len(finals) < 2:
         return ""
+    val = [fmean(c["val"]) for c in finals]
+    test = [fmean(c["test"]) for c in finals]
     return (
         f"The candidates' mean validation accuracies span {fmt(min(val))}-{fmt(max(val))} and "
         f"their mean test accuracies {fmt(min(test))}-{fmt(max(test))}: compare the seeds' "
