@@ -104,6 +104,21 @@ def test_cnn_search_every_depth_and_pooling_fits_28x28(depth, pool):
     assert [c.out_channels for c in convs] == [min(16 * 2**i, 256) for i in range(depth)]
 
 
+def test_cnn_search_dropout_regularises_the_head_only_in_training():
+    plain = models.create("cnn_search")
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    model = models.create("cnn_search", dropout=0.5)
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert [d.p for d in drops] == [0.5, 0.5]  # before each of the head's two linears
+    x = torch.rand(4, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model(x), model(x))  # no dropout at evaluation
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    with pytest.raises(ConfigError, match="dropout"):
+        models.create("cnn_search", dropout=1.0)
+
+
 def test_cnn_final_stage_takes_the_accuracy_cost_front_near_the_best():
     from dfl.experiments.cnn import _front
 

@@ -38,11 +38,13 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
         assert not any(
             k.startswith("test_") for k in json.loads(status.read_text()).get("final", {})
         )
-    # The CNN's final stage trains each front architecture at both widths and picks the one
-    # with the highest mean validation accuracy; the reported test accuracies are its own.
+    # The CNN's final stage trains each front architecture at both widths, with and without
+    # head dropout, and picks the candidate with the highest mean validation accuracy; the
+    # reported test accuracies are its own.
     cnn = json.loads((out / "cnn" / "result.json").read_text())
     finals = cnn["finals"]
-    assert {c["arch"]["width"] for c in finals} == {16, 32}
+    variants = {(c["arch"]["width"], c["arch"].get("dropout", 0.0)) for c in finals}
+    assert variants == {(16, 0.0), (16, 0.5), (32, 0.0), (32, 0.5)}
     mean_val = [sum(c["val"]) / len(c["val"]) for c in finals]
     assert mean_val[cnn["chosen"]] == max(mean_val)
     assert cnn["selected"] == finals[cnn["chosen"]]["test"]

@@ -39,10 +39,12 @@ def explore_layers(
     pool_after: list[int],
     num_classes: int,
     head_in: int | None = None,
+    dropout: float = 0.0,
 ) -> list[dict]:
     """The notebook's "CNNnet": stride-1 'same' convs, optional BN, pooling after the listed
     layers (1-based), head Linear(C*h*w, 128) -> ReLU -> Linear(128, classes). `head_in` pins
-    the head's in-features as the notebook did (C * 7 * 7); None infers it."""
+    the head's in-features as the notebook did (C * 7 * 7); None infers it. `dropout` > 0 puts
+    dropout before each of the head's two linears (the notebook had none)."""
     if len(kernels) != len(filters):
         raise ValueError(f"{len(filters)} filters but {len(kernels)} kernels: give one per layer")
     layers: list[dict] = []
@@ -53,10 +55,13 @@ def explore_layers(
         layers.append({"type": activation})
         if i in pool_after:
             layers.append({"type": "maxpool", "kernel": 2})
+    drop = [{"type": "dropout", "p": dropout}] if dropout else []
     layers += [
         {"type": "flatten"},
+        *drop,
         {"type": "linear", "out": 128, "in_features": head_in},
         {"type": "relu"},
+        *drop,
         {"type": "linear", "out": num_classes},
     ]
     return layers
@@ -107,14 +112,22 @@ def cnn_search(
     pool: Literal["every_second", "first_two", "last_two"] = "every_second",
     batchnorm: bool = True,
     activation: Literal["relu", "leaky_relu", "tanh", "gelu"] = "relu",
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
     num_classes: int = 10,
 ) -> nn.Module:
     """The exploration CNNnet family with flat arguments, for a search: `depth` same-padded
     convs starting at `width` filters (doubling each layer up to 256, or constant), one
-    kernel size, two max-pools placed by `pool`. The defaults are the lab's exploration model."""
+    kernel size, two max-pools placed by `pool`, optional dropout in the head. The defaults are
+    the lab's exploration model."""
     filters = [min(width * (2**i if growth == "double" else 1), 256) for i in range(depth)]
     layers = explore_layers(
-        filters, [kernel] * depth, batchnorm, activation, POOLINGS[pool](depth), num_classes
+        filters,
+        [kernel] * depth,
+        batchnorm,
+        activation,
+        POOLINGS[pool](depth),
+        num_classes,
+        dropout=dropout,
     )
     return build_layers(layers)[0]
 
