@@ -198,9 +198,9 @@ def run(ctx: Context) -> dict[str, Any]:
     best = max(points, key=lambda q: q["val_accuracy"])
 
     # The final stage: each architecture on the search's accuracy-cost front, at each final
-    # width, with augmentation, over seeds. The candidate with the highest mean validation
-    # accuracy (its seeds' restored epochs) is the selected CNN; then tested once, and the
-    # ensemble of its seeds.
+    # width and head dropout, with augmentation, over seeds. The candidate with the highest
+    # mean validation accuracy (its seeds' restored epochs) is the selected CNN; then tested
+    # once, and the ensemble of its seeds.
     candidates = [
         {"key": q["key"], "arch": {**q["arch"], "width": w, **({"dropout": d} if d else {})}}
         for q in _front(points)
@@ -528,7 +528,7 @@ def section(result: dict[str, Any]) -> Section:
 
 
 def _each(values: Iterable[Any]) -> str:
-    """The distinct values, in order: '16 and 32'."""
+    """The distinct values, sorted: '16 and 32'."""
     return " and ".join(str(v) for v in sorted(set(values)))
 
 
