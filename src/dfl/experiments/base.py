@@ -97,7 +97,7 @@ class Context:
         """Independent runs (key, overrides), in order. With `jobs` > 1 they train in that many
         worker processes of cores // jobs threads each. Small models use a second thread or a
         GPU poorly, so runs side by side finish sooner (benchmarks/RESULTS.md: two 1-thread
-        workers train 1.7-2.3x the autoencoder samples per second of one 2-thread process; ten
+        workers train 1.7-2.5x the autoencoder samples per second of one 2-thread process; ten
         ViT runs on an H200 1.4x the epochs per second of three). Results are the same either
         way: each run is seeded by its own config."""
         plans = [(self.config(o), self.run_dir(experiment, k)) for k, o in runs]  # check all first
