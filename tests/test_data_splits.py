@@ -68,3 +68,34 @@ def test_random_subset_rejects_too_large() -> None:
         random_subset(10, 11, seed=0)
     with pytest.raises(ValueError, match="non-negative"):
         random_subset(10, -1, seed=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60), batch=st.integers(1, 16), drop_last=st.booleans(), seed=st.integers(0, 99)
+)
+def test_batches_visit_each_sample_once_in_the_generators_order(
+    n: int, batch: int, drop_last: bool, seed: int
+) -> None:
+    """A shuffled epoch is torch.randperm's order from the generator, cut into batches (the
+    same batches whether gathered per batch or once per epoch), images still paired with
+    their labels; an unshuffled one is the split in order. drop_last drops only a short tail."""
+    from dfl.data.batches import Split
+
+    labels = torch.arange(n)
+    images = labels.to(torch.uint8).reshape(n, 1, 1).expand(n, 2, 2).contiguous()
+    split = Split(images, labels)
+    for generator in (None, torch.Generator().manual_seed(seed)):
+        got = list(split.batches(batch, generator=generator, drop_last=drop_last))
+        order = (
+            labels
+            if generator is None
+            else torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        )
+        kept = n - n % batch if drop_last else n
+        assert len(got) == split.num_batches(batch, drop_last)
+        assert all(len(y) == batch for _, y in got[:-1])  # only the last may be short
+        seen = torch.cat([y for _, y in got]) if got else torch.empty(0, dtype=torch.int64)
+        assert torch.equal(seen, order[:kept])
+        for x, y in got:
+            assert torch.equal(x[:, 0, 0], y.to(torch.uint8))  # each image with its own label

@@ -193,6 +193,25 @@ def test_mse_is_the_exact_per_pixel_mean_whatever_the_batching(tmp_path: Path, t
     assert result.final["test_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_epoch_train_loss_is_the_per_pixel_mean_over_every_training_image(
+    tmp_path: Path, tiny_data
+):
+    """An epoch's training loss sums each batch's loss x its size (the last batch partial) and
+    divides by the sample count. With a learning rate of 1e-12 the weights stay put, so it
+    must equal the plain per-pixel MSE over the whole training split."""
+    from dfl.data.batches import to_input
+    from dfl.train import Trainer
+
+    cfg = config('model="autoencoder"', "model_args={enc=8}", 'optim.name="sgd"', "optim.lr=1e-12")
+    t = Trainer(cfg, tmp_path, tiny_data)
+    assert len(t.splits["train"]) % cfg.batch_size != 0
+    loss = t.train_epoch(1)["loss"]
+    with torch.no_grad():
+        x = to_input(t.splits["train"].images)
+        expected = float(((t.model(x) - x) ** 2).mean())
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path: Path, tiny_data):
     eager = fit(config("epochs=2"), tmp_path / "eager", dataset=tiny_data)

@@ -363,7 +363,9 @@ class Trainer:
         cfg, split = self.cfg, self.splits["train"]
         self.model.train()
         n_batches = split.num_batches(cfg.batch_size, cfg.drop_last)
-        losses = torch.zeros(n_batches, device=self.device)  # checked for NaN every few steps
+        # Each step's loss x batch size, checked for NaN every few steps and summed once at the
+        # end: one tensor op a step fewer than a running sum.
+        losses = torch.zeros(n_batches, device=self.device)
         sums: dict[str, torch.Tensor] = {}
         n = 0
         bar = tqdm(
@@ -388,12 +390,13 @@ class Trainer:
             self.scaler.update()
             if self.schedule_per_step:
                 self.scheduler.step()
-            losses[step] = loss.detach()
+            losses[step] = batch_sums.pop("loss")
             for k, v in batch_sums.items():
                 sums[k] = sums.get(k, 0) + v.detach()
             n += y.shape[0]
             if (step + 1) % NONFINITE_CHECK_EVERY == 0 or step + 1 == n_batches:
                 self._check_finite(losses[: step + 1], epoch)
+        sums["loss"] = losses.sum()
         return self.objective.finish({k: float(v) for k, v in sums.items()}, n)
 
     def _check_finite(self, losses: torch.Tensor, epoch: int) -> None:

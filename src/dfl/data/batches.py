@@ -1,9 +1,10 @@
-"""The whole dataset on the training device; a batch is an index slice of it.
+"""The whole dataset on the training device; a batch is a slice of it.
 
 No per-sample Dataset, no DataLoader, no per-image conversion: images stay uint8 in device
-memory (60,000 x 28 x 28 is 47 MB) and each batch is gathered, converted to float and, when
+memory (60,000 x 28 x 28 is 47 MB) and each batch is sliced, converted to float and, when
 asked, augmented as one tensor. Shuffling draws from a CPU generator so that the device may
-change the speed of a run, never what it computes.
+change the speed of a run, never what it computes. A shuffled epoch holds one reordered copy
+of its split.
 """
 
 from __future__ import annotations
@@ -43,20 +44,18 @@ class Split:
         generator: torch.Generator | None = None,
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (uint8 images, labels) batches; shuffled when a generator is given."""
-        n = len(self)
-        if generator is None:
-            for start in range(0, n - (batch_size - 1 if drop_last else 0), batch_size):
-                yield (
-                    self.images[start : start + batch_size],
-                    self.labels[start : start + batch_size],
-                )
-            return
-        order = torch.randperm(n, generator=generator).to(self.labels.device)
-        for b in range(self.num_batches(batch_size, drop_last)):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            yield self.images[idx], self.labels[idx]
+        """Yield (uint8 images, labels) batches; shuffled when a generator is given.
 
+        A shuffled epoch gathers the whole split in its new order once, so that every batch
+        is a view: gathering each batch by index cost the autoencoder at batch 16 about 6% of
+        its training speed (two index ops a step). The batches are the same either way."""
+        images, labels = self.images, self.labels
+        if generator is not None:
+            order = torch.randperm(len(self), generator=generator).to(labels.device)
+            images, labels = images[order], labels[order]
+        for b in range(self.num_batches(batch_size, drop_last)):
+            start = b * batch_size
+            yield images[start : start + batch_size], labels[start : start + batch_size]
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]: pixels / 255, as the lab feeds them."""
