@@ -46,7 +46,8 @@ from throughput import (
 )
 
 # The compute-bound models, at batch >= 128 where their FLOP utilisation is judged.
-BIG_BATCH = [Case("cnn_lab", 128), Case("cnn_explore", 128), Case("vit_lab", 128)]
+# The precision and compile studies; the modern ViT too, as the full profile's longest runs.
+BIG_BATCH = [Case(m, 128) for m in ("cnn_lab", "cnn_explore", "vit_lab", "vit")]
 
 
 class Report:
@@ -184,13 +185,13 @@ def main() -> None:
         report.table(
             "Precision: fp32 against bf16 autocast (dfl's trainer)",
             ["model", "batch", "precision", "samples/s", "GFLOP/s", "of peak in that precision"],
-            studies.precision(big, data, args.steps, peaks),
+            studies.precision(big, data, args.steps, args.repeats, peaks),
         )
         report.table(
             "torch.compile: compilation time and its payback",
             ["model", "batch", "eager samples/s", "compiled samples/s", "speed-up",
              "compile s", "pays back after"],
-            studies.compile_payback(big, data, args.steps),
+            studies.compile_payback(big, data, args.steps, args.repeats),
         )  # fmt: skip
     small = pick([Case("autoencoder", 32, {"enc": 32}), Case("cnn_explore", 100)])
     cores = os.cpu_count() or 1

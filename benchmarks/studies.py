@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -19,17 +20,23 @@ from throughput import Case, time_dfl, trainer, training_flops_per_sample
 
 
 def precision(
-    cases: list[Case], data: Dataset, steps: int, peaks: dict[str, float]
+    cases: list[Case], data: Dataset, steps: int, repeats: int, peaks: dict[str, float]
 ) -> list[list[Any]]:
-    """fp32 against bf16 autocast in the trainer: samples/s and the share of the matmul peak
-    in the same precision (`peaks`, the machine's ceiling for each, measured once per run)."""
+    """fp32 against bf16 autocast in the trainer: samples/s (medians of `repeats` alternating
+    timings) and the share of the matmul peak in the same precision (`peaks`, the machine's
+    ceiling for each, measured once per run)."""
     rows = []
     for case in cases:
         flops = training_flops_per_sample(case)
-        for p in ("fp32", "bf16"):
-            t = trainer(case, data, steps, precision=p)
+        trainers = {p: trainer(case, data, steps, precision=p) for p in ("fp32", "bf16")}
+        for t in trainers.values():
             time_dfl(t)  # warm-up
-            rate = max(time_dfl(t) for _ in range(2))
+        rates = {p: [] for p in trainers}
+        for _ in range(repeats):
+            for p, t in trainers.items():
+                rates[p].append(time_dfl(t))
+        for p, timed in rates.items():
+            rate = statistics.median(timed)
             rows.append(
                 [case.label, case.batch, p, f"{rate:.0f}", f"{rate * flops / 1e9:.1f}",
                  f"{100 * rate * flops / peaks[p]:.0f}%"]
@@ -37,21 +44,24 @@ def precision(
     return rows
 
 
-def compile_payback(cases: list[Case], data: Dataset, steps: int) -> list[list[Any]]:
+def compile_payback(cases: list[Case], data: Dataset, steps: int, repeats: int) -> list[list[Any]]:
     """torch.compile: the first epoch pays the compilation; how many steps until it is
-    earned back by faster steps (never, if compiled steps are not faster). Compiled code is
+    earned back by faster steps (never, if compiled steps are not faster). After the
+    compilation the eager and compiled trainers alternate `repeats` times and the medians are
+    compared, so that a slow spell of the machine cannot pass for a speed-up. Compiled code is
     cached on disk between processes; a fresh cache directory measures a first compile."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dfl-bench-inductor-")
     rows = []
     for case in cases:
         eager = trainer(case, data, steps)
         time_dfl(eager)
-        eager_rate = max(time_dfl(eager) for _ in range(2))
         compiled = trainer(case, data, steps, compile=True)
         t0 = time.perf_counter()
         time_dfl(compiled)  # compiles
         first = time.perf_counter() - t0
-        rate = max(time_dfl(compiled) for _ in range(2))
+        rates = [(time_dfl(eager), time_dfl(compiled)) for _ in range(repeats)]
+        eager_rate = statistics.median(e for e, _ in rates)
+        rate = statistics.median(c for _, c in rates)
         step_eager, step_compiled = case.batch / eager_rate, case.batch / rate
         overhead = first - steps * step_compiled
         saving = step_eager - step_compiled

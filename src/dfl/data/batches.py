@@ -57,6 +57,7 @@ class Split:
             start = b * batch_size
             yield images[start : start + batch_size], labels[start : start + batch_size]
 
+
 def to_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]: pixels / 255, as the lab feeds them."""
     return images.unsqueeze(1).float().div_(255.0)
