@@ -99,7 +99,9 @@ class Context:
         GPU poorly, so runs side by side finish sooner (benchmarks/RESULTS.md: two 1-thread
         workers train 1.7-2.5x the autoencoder samples per second of one 2-thread process; ten
         ViT runs on an H200 1.4x the epochs per second of three). Results are the same either
-        way: each run is seeded by its own config."""
+        way up to rounding: each run is seeded by its own config, but fewer intra-op threads
+        per worker change the order of some sums (the quick profile with 2 jobs: 20 of 22
+        numbers identical, the bf16 CNN's within seed noise)."""
         plans = [(self.config(o), self.run_dir(experiment, k)) for k, o in runs]  # check all first
         bar = tqdm(total=len(plans), desc=f"{experiment} runs", unit="run", disable=None)
         with bar:
