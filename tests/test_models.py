@@ -134,3 +134,37 @@ def test_cnn_final_stage_takes_the_accuracy_cost_front_near_the_best():
     ]
     assert [q["key"] for q in _front(points)] == ["best", "cheaper, nearly as good"]
     assert [q["key"] for q in _front(points[:1])] == ["best"]
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 12), (9, 12), (2, 3, 4, 12)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_token_linear_is_nn_linear_through_onednn(shape, bias):
+    """Same outputs and gradients as nn.Linear (to rounding), for any leading dimensions and
+    for an input that is not contiguous; the same state dict and multiply-add count."""
+    from dfl.models.token_linear import TokenLinear
+    from dfl.shapes import model_summary
+
+    torch.manual_seed(0)
+    ours, theirs = TokenLinear(12, 6, bias=bias), torch.nn.Linear(12, 6, bias=bias)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(*shape[:-1], 2 * shape[-1])[..., ::2]  # every other feature: strided
+    assert not x.is_contiguous()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    assert ya.shape == yb.shape == (*shape[:-1], 6)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(ya)
+    (ya * weights).sum().backward()
+    (yb * weights).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    assert model_summary(ours, (7, 12)).macs == model_summary(theirs, (7, 12)).macs == 7 * 12 * 6
+
+
+def test_token_linear_follows_bf16_autocast_like_nn_linear():
+    from dfl.models.token_linear import TokenLinear
+
+    x = torch.randn(4, 5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert TokenLinear(8, 3)(x).dtype == torch.nn.Linear(8, 3)(x).dtype == torch.bfloat16

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 from dfl import models
-from dfl.config import toml_value
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
 from dfl.experiments.base import Canvas, Context, number
@@ -26,7 +25,7 @@ from dfl.models.vit import attention_rollout
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, fmt, mean_std
 from dfl.shapes import model_summary
-from dfl.train import WEIGHTS, resolve_device
+from dfl.train import WEIGHTS
 
 NAME = "vit"
 TITLE = TITLES[NAME]
@@ -45,7 +44,6 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "others": [(32, 6, 8, 64)],
         "beyond_epochs": 1,
         "beyond_subset": 2000,
-        "compile_lab": False,
     },
     "quick": {
         "base_epochs": 2,
@@ -55,7 +53,6 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "others": [c for c in VIT_CONFIGS if c != BASE],
         "beyond_epochs": 2,
         "beyond_subset": 12000,
-        "compile_lab": False,
     },
     "full": {
         "base_epochs": 20,
@@ -65,11 +62,9 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "others": [c for c in VIT_CONFIGS if c != BASE],
         "beyond_epochs": 60,
         "beyond_subset": None,
-        # torch.compile on CPU, measured with alternating repeats (benchmarks/RESULTS.md):
-        # the notebook ViT trains 1.07-1.12x faster and repays its 17-25 s of compilation
-        # after 4,600-8,300 of a run's 9,400 steps; the modern ViT trains 0.77-0.84x as fast,
-        # so it stays eager. Not on a GPU, where it has not been measured.
-        "compile_lab": True,
+        # No torch.compile (measured with alternating repeats, benchmarks/RESULTS.md): since
+        # the ViTs' token-wise linear layers run through oneDNN (`TokenLinear`), compiling
+        # trains both ViTs slower on CPU (0.74-0.78x), and eager is faster than compiled was.
     },
 }
 
@@ -101,7 +96,6 @@ def _lab_overrides(cfg: tuple[int, int, int, int], p: dict[str, Any]) -> list[st
         "data.val_fraction=0.0",
         "test_every_epoch=true",
         "seed=0",
-        f"compile={toml_value(p['compile_lab'])}",
         *([f"data.train_subset={subset}"] if subset else []),
     ]
 
@@ -126,8 +120,7 @@ def _beyond_overrides(seed: int, p: dict[str, Any]) -> list[str]:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    p = dict(PROFILE[ctx.profile])
-    p["compile_lab"] = p["compile_lab"] and resolve_device(ctx.device).type == "cpu"
+    p = PROFILE[ctx.profile]
     configs = [BASE, *p["others"]]
     lab_runs = [(f"lab/{_key(cfg)}", _lab_overrides(cfg, p)) for cfg in configs]
     beyond_runs = [(f"beyond/seed{s}", _beyond_overrides(s, p)) for s in range(ctx.seeds)]

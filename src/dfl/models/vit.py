@@ -20,6 +20,7 @@ from torch import nn
 from dfl.errors import ShapeError
 from dfl.models.attention import MultiHeadSelfAttention
 from dfl.models.registry import register
+from dfl.models.token_linear import TokenLinear
 
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]  # a dropout rate, checked at the registry
 
@@ -43,10 +44,10 @@ class Block(nn.Module):
         self.norm1, self.attn = nn.LayerNorm(dim), attn
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_dim),
+            TokenLinear(dim, mlp_dim),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Linear(mlp_dim, dim),
+            TokenLinear(mlp_dim, dim),
             nn.Dropout(dropout),
         )
 
@@ -97,7 +98,7 @@ class ViT(nn.Module):
         self.image_size, self.patch, self.pool = image_size, patch, pool
         self.grid = image_size // patch
         tokens = self.grid**2 + (pool == "cls")  # 16 patches + class token for the notebook
-        self.embed = nn.Linear(channels * patch * patch, dim)
+        self.embed = TokenLinear(channels * patch * patch, dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim)) if pool == "cls" else None
         self.pos_embedding = nn.Parameter(torch.randn(1, tokens, dim))
         self.emb_dropout = nn.Dropout(emb_dropout)
