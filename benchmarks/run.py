@@ -35,8 +35,8 @@ from dfl.data import load_dataset
 from throughput import (
     CASES,
     Case,
+    Ceiling,
     PerSampleMNIST,
-    matmul_peak,
     textbook_optimizer,
     time_dfl,
     time_model_step,
@@ -81,7 +81,9 @@ class Report:
         sys.stdout.flush()
 
 
-def versus_textbook(cases: list[Case], data, repeats: int, steps: int, peaks: dict) -> list[list]:
+def versus_textbook(
+    cases: list[Case], data, repeats: int, steps: int, ceiling: Ceiling
+) -> list[list]:
     images, labels = data.train_images, data.train_labels
     rows = []
     for case in cases:
@@ -98,14 +100,14 @@ def versus_textbook(cases: list[Case], data, repeats: int, steps: int, peaks: di
             theirs.append(time_textbook(case, model, opt, per_sample, steps))
             bare.append(time_model_step(case, model, opt, *timed))
         ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-        ceiling = statistics.median(bare) / statistics.median(theirs)
+        bare_ratio = statistics.median(bare) / statistics.median(theirs)
         achieved = statistics.median(ours) * training_flops_per_sample(case)
-        peak = peaks[t.precision]
+        peak = ceiling.now(t.precision)  # at the moment of these timings
         rows.append(
             [case.label, case.batch, f"{statistics.median(ours):.0f}",
              f"{statistics.median(theirs):.0f}", f"{statistics.median(ratios):.2f}x",
-             f"{min(ratios):.2f}-{max(ratios):.2f}", f"{ceiling:.2f}x", t.precision,
-             f"{achieved / 1e9:.1f}", f"{100 * achieved / peak:.0f}%"]
+             f"{min(ratios):.2f}-{max(ratios):.2f}", f"{bare_ratio:.2f}x", t.precision,
+             f"{achieved / 1e9:.1f}", f"{peak / 1e9:.0f}", f"{100 * achieved / peak:.0f}%"]
         )  # fmt: skip
     return rows
 
@@ -167,25 +169,34 @@ def main() -> None:
 
     data = load_dataset("mnist")
     report = Report()
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    ceiling = Ceiling()
     report.text(f"Machine: {machine()}.")
     report.text(
-        f"Measured matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s."
+        f"Matmul ceiling at the start: fp32 {ceiling.now('fp32') / 1e9:.0f} GFLOP/s, "
+        f"bf16 {ceiling.now('bf16') / 1e9:.0f} GFLOP/s. Each share of the peak below is of the "
+        "ceiling measured right after that row's timings."
     )
     report.table(
         "dfl's trainer (default precision) against the textbook loop (fp32), lab batch sizes",
         ["model", "batch", "dfl samples/s", "textbook samples/s", "ratio", "spread",
          "textbook step alone / textbook", "dfl precision", "dfl GFLOP/s",
-         "of peak in that precision"],
-        versus_textbook(pick(CASES), data, args.repeats, args.steps, peaks),
+         "ceiling GFLOP/s", "of peak in that precision"],
+        versus_textbook(pick(CASES), data, args.repeats, args.steps, ceiling),
     )  # fmt: skip
     big = pick(BIG_BATCH)
     if big:
         report.table(
             "Precision: fp32 against bf16 autocast (dfl's trainer)",
-            ["model", "batch", "precision", "samples/s", "GFLOP/s", "of peak in that precision"],
-            studies.precision(big, data, args.steps, args.repeats, peaks),
+            [
+                "model",
+                "batch",
+                "precision",
+                "samples/s",
+                "GFLOP/s",
+                "ceiling GFLOP/s",
+                "of peak in that precision",
+            ],
+            studies.precision(big, data, args.steps, args.repeats, ceiling),
         )
         report.table(
             "torch.compile: compilation time and its payback",
@@ -203,7 +214,8 @@ def main() -> None:
             studies.threads_vs_workers(small, args.steps, cores),
         )  # fmt: skip
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report.text(f"\nPeak resident memory of this benchmark: {peak_rss:.0f} MB.")
+    report.text(f"\nMatmul ceilings measured during this run: {ceiling.summary()}.")
+    report.text(f"Peak resident memory of this benchmark: {peak_rss:.0f} MB.")
     if not args.no_reproduce:
         wall, rss = quick_reproduction(Path(args.reproduce_out))
         report.text(

@@ -16,15 +16,14 @@ import torch
 
 from dfl.data import load_dataset
 from dfl.data.dataset import Dataset
-from throughput import Case, time_dfl, trainer, training_flops_per_sample
+from throughput import Case, Ceiling, time_dfl, trainer, training_flops_per_sample
 
 
 def precision(
-    cases: list[Case], data: Dataset, steps: int, repeats: int, peaks: dict[str, float]
+    cases: list[Case], data: Dataset, steps: int, repeats: int, ceiling: Ceiling
 ) -> list[list[Any]]:
     """fp32 against bf16 autocast in the trainer: samples/s (medians of `repeats` alternating
-    timings) and the share of the matmul peak in the same precision (`peaks`, the machine's
-    ceiling for each, measured once per run)."""
+    timings) and the share of the matmul peak in the same precision, measured right after."""
     rows = []
     for case in cases:
         flops = training_flops_per_sample(case)
@@ -36,10 +35,10 @@ def precision(
             for p, t in trainers.items():
                 rates[p].append(time_dfl(t))
         for p, timed in rates.items():
-            rate = statistics.median(timed)
+            rate, peak = statistics.median(timed), ceiling.now(p)
             rows.append(
                 [case.label, case.batch, p, f"{rate:.0f}", f"{rate * flops / 1e9:.1f}",
-                 f"{100 * rate * flops / peaks[p]:.0f}%"]
+                 f"{peak / 1e9:.0f}", f"{100 * rate * flops / peak:.0f}%"]
             )  # fmt: skip
     return rows
 

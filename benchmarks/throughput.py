@@ -151,3 +151,22 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5
             product()
             best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best
+
+
+class Ceiling:
+    """The matmul peak, measured again right after each model's timings. These machines change
+    speed by up to a quarter over minutes (other tenants), so a share of a ceiling measured at
+    another moment would say as much about that moment as about the model."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[float]] = {"fp32": [], "bf16": []}
+
+    def now(self, precision: str) -> float:
+        peak = matmul_peak(torch.float32 if precision == "fp32" else torch.bfloat16)
+        self.seen[precision].append(peak)
+        return peak
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"{p} {min(v) / 1e9:.0f}-{max(v) / 1e9:.0f} GFLOP/s" for p, v in self.seen.items() if v
+        )
