@@ -113,7 +113,7 @@ def resolve_precision(precision: str, device: torch.device, model: nn.Module) ->
     """'auto' is bf16 autocast for convolutional models on a CPU with native bf16, and fp32
     everywhere else. Measured (benchmarks/RESULTS.md): bf16 trains the exploration CNN about
     2x faster with quick-profile accuracies within seed noise of fp32, but the notebook ViT
-    only 1.1x and the modern ViT 0.5x (their matmuls are too small for the bf16 units), the
+    at most 1.1x and the modern ViT 0.5x (their matmuls are too small for the bf16 units), the
     dense autoencoders' steps from 0.7x (enc 32) to 1.3x, and the stacked autoencoder's quick
     experiment 1.04x end to end with one number outside seed noise, so they keep fp32's
     precision. CUDA stays fp32 until AMP has been measured there the same way."""

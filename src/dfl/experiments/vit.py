@@ -64,7 +64,7 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "beyond_subset": None,
         # No torch.compile (measured with alternating repeats, benchmarks/RESULTS.md): since
         # the ViTs' token-wise linear layers run through oneDNN (`TokenLinear`), compiling
-        # trains both ViTs slower on CPU (0.74-0.78x), and eager is faster than compiled was.
+        # trains both ViTs slower on CPU (notebook 0.78-0.93x, modern 0.69-0.74x).
     },
 }
 
