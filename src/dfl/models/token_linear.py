@@ -5,10 +5,11 @@ half of what oneDNN's GEMM (behind PyTorch's convolutions) does: 217 against 423
 2048-square matrices, 210 against 250-290 at the ViT's shapes (benchmarks/RESULTS.md). A linear
 layer applied to every token is the same product as a 1x1 convolution over a channels-last
 image one pixel wide, so it can take oneDNN's path without copying anything: the notebook ViT
-trains 1.13x and the modern ViT 1.10x faster for it. The dense autoencoders' few, wide rows lose
-to the extra dispatch (0.57-0.89x), so only the ViTs' token-wise layers use it. Parameters,
-state dict and numbers are nn.Linear's; elsewhere (a GPU, a build without oneDNN) it is
-nn.Linear itself.
+trains 1.10x and the modern ViT 1.14x faster for it (dfl's trainer, five alternating repeats).
+The dense autoencoders' few, wide rows lose to the extra dispatch (0.57-0.89x), so only the
+ViTs' token-wise layers use it. Parameters and state dict are nn.Linear's, and its numbers are
+too, up to rounding; elsewhere (a GPU, a build without oneDNN, an empty input) it is nn.Linear
+itself.
 """
 
 from __future__ import annotations
