@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dfl import checkpoint, models
+from dfl.allocator import keep_freed_memory
 from dfl.atomic import atomic_write_bytes, atomic_write_json
 from dfl.config import TrainConfig, build_config, config_to_toml
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
@@ -300,6 +301,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults for reused activations: dfl/allocator.py
         seed_everything(cfg.seed, cfg.deterministic)
         self.splits = prepare_splits(cfg, data, self.device)
         self.model, self.objective = build_model(cfg, data.num_classes)
