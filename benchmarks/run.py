@@ -14,7 +14,6 @@ Usage: python benchmarks/run.py [--repeats 3] [--steps 40] [--models cnn_lab,vit
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import os
 import platform
@@ -30,17 +29,18 @@ import torch
 
 import compare_runs
 import studies
+from dfl.allocator import keep_freed_memory
 from dfl.atomic import atomic_file
 from dfl.data import load_dataset
 from throughput import (
     CASES,
     Case,
     Ceiling,
-    PerSampleMNIST,
-    textbook_optimizer,
+    textbook_twin,
     time_dfl,
     time_model_step,
     time_textbook,
+    timed_images,
     trainer,
     training_flops_per_sample,
 )
@@ -84,14 +84,11 @@ class Report:
 def versus_textbook(
     cases: list[Case], data, repeats: int, steps: int, ceiling: Ceiling
 ) -> list[list]:
-    images, labels = data.train_images, data.train_labels
     rows = []
     for case in cases:
         t = trainer(case, data, steps)
-        model = copy.deepcopy(t.model)  # the same network, its own weights and optimiser
-        opt = textbook_optimizer(case, model)
-        timed = images[: steps * case.batch], labels[: steps * case.batch]
-        per_sample = PerSampleMNIST(*timed)
+        timed = timed_images(case, data, steps)
+        model, opt, per_sample = textbook_twin(t, case, *timed)
         time_dfl(t)  # warm-up every path
         time_textbook(case, model, opt, per_sample, 5)
         ours, theirs, bare = [], [], []
@@ -167,6 +164,9 @@ def main() -> None:
     wanted = set(args.models.split(",")) if args.models else None
     pick = lambda cases: [c for c in cases if wanted is None or c.model in wanted]  # noqa: E731
 
+    # Both loops run with dfl's malloc tuning, so the ratios leave its gain out (conservative);
+    # the allocator table measures it apart.
+    keep_freed_memory()
     data = load_dataset("mnist")
     report = Report()
     ceiling = Ceiling()
@@ -212,6 +212,18 @@ def main() -> None:
             ["model", "batch", f"1 x {cores} threads samples/s", f"{cores} x 1 thread samples/s",
              "workers / threads"],
             studies.threads_vs_workers(small, args.steps, cores),
+        )  # fmt: skip
+    around = pick(
+        [Case("autoencoder", 32, {"enc": 32}), Case("cnn_lab", 100), Case("cnn_explore", 100),
+         Case("vit_lab", 128)]
+    )  # fmt: skip
+    if around and keep_freed_memory():
+        report.table(
+            "Memory allocator: glibc's malloc as the system sets it up, and tuned by dfl "
+            "(dfl/allocator.py); each timing a fresh process",
+            ["model", "batch", "textbook, system malloc", "textbook, tuned", "gain",
+             "dfl, system malloc", "dfl, tuned", "gain", "dfl tuned / textbook system"],
+            studies.allocator(around, args.steps, args.repeats),
         )  # fmt: skip
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report.text(f"\nMatmul ceilings measured during this run: {ceiling.summary()}.")

@@ -1,4 +1,5 @@
-"""The choices behind dfl's defaults, measured: precision, torch.compile, threads vs workers.
+"""The choices behind dfl's defaults, measured: precision, torch.compile, threads vs workers,
+the memory allocator.
 
 Each study returns table rows; `run.py` prints them and writes them to RESULTS.md.
 """
@@ -14,9 +15,19 @@ from typing import Any
 
 import torch
 
+from dfl.allocator import OPT_OUT
 from dfl.data import load_dataset
 from dfl.data.dataset import Dataset
-from throughput import Case, Ceiling, time_dfl, trainer, training_flops_per_sample
+from throughput import (
+    Case,
+    Ceiling,
+    textbook_twin,
+    time_dfl,
+    time_textbook,
+    timed_images,
+    trainer,
+    training_flops_per_sample,
+)
 
 
 def precision(
@@ -101,5 +112,45 @@ def threads_vs_workers(cases: list[Case], steps: int, cores: int) -> list[list[A
         rows.append(
             [case.label, case.batch, f"{totals[1]:.0f}", f"{totals[cores]:.0f}",
              f"{totals[cores] / totals[1]:.2f}x"]
+        )  # fmt: skip
+    return rows
+
+
+def _both_loops(case: Case, steps: int, results) -> None:
+    """One timing of dfl's trainer and one of the textbook loop, after a warm-up of each."""
+    data = load_dataset("mnist")
+    t = trainer(case, data, steps)  # tunes malloc, unless the environment opts out
+    model, opt, per_sample = textbook_twin(t, case, *timed_images(case, data, steps))
+    time_dfl(t)
+    time_textbook(case, model, opt, per_sample, 5)
+    results.put((time_dfl(t), time_textbook(case, model, opt, per_sample, steps)))
+
+
+def allocator(cases: list[Case], steps: int, repeats: int) -> list[list[Any]]:
+    """glibc's malloc as the system sets it up against dfl's tuning (dfl/allocator.py), for both
+    loops. The tuning is process-wide and cannot be undone, so each timing is a fresh process;
+    the two settings alternate `repeats` times and the medians are compared. (Everywhere else
+    in the benchmark both loops run with the tuning, so their ratio leaves its gain out.)"""
+    ctx = mp.get_context("spawn")  # a fresh interpreter: malloc as at start
+    rows = []
+    for case in cases:
+        rates: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for _ in range(repeats):
+            for tuned in (False, True):
+                results = ctx.Queue()
+                os.environ[OPT_OUT] = "1" if tuned else "0"  # the child inherits it; 0: untuned
+                try:
+                    p = ctx.Process(target=_both_loops, args=(case, steps, results))
+                    p.start()
+                finally:
+                    del os.environ[OPT_OUT]
+                rates[tuned].append(results.get(timeout=600))
+                p.join()
+        dfl = {k: statistics.median(d for d, _ in v) for k, v in rates.items()}
+        textbook = {k: statistics.median(b for _, b in v) for k, v in rates.items()}
+        rows.append(
+            [case.label, case.batch, f"{textbook[False]:.0f}", f"{textbook[True]:.0f}",
+             f"{textbook[True] / textbook[False]:.2f}x", f"{dfl[False]:.0f}", f"{dfl[True]:.0f}",
+             f"{dfl[True] / dfl[False]:.2f}x", f"{dfl[True] / textbook[False]:.2f}x"]
         )  # fmt: skip
     return rows

@@ -8,6 +8,7 @@ on access, DataLoader(shuffle=True), torch's default optimiser kernels, fp32.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import tempfile
 import time
@@ -110,6 +111,18 @@ def _train(case: Case, model, opt, batches: Iterable[tuple[torch.Tensor, torch.T
         opt.step()
         samples += len(y)
     return samples / (time.perf_counter() - t0)
+
+
+def timed_images(case: Case, data: Dataset, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of `steps` batches: what the trainer built by `trainer` sees."""
+    return data.train_images[: steps * case.batch], data.train_labels[: steps * case.batch]
+
+
+def textbook_twin(t: Trainer, case: Case, images: torch.Tensor, labels: torch.Tensor):
+    """The textbook loop's side of a comparison with trainer `t`: the same network with its own
+    weights and (default-kernel) optimiser, and the images as a per-sample dataset."""
+    model = copy.deepcopy(t.model)
+    return model, textbook_optimizer(case, model), PerSampleMNIST(images, labels)
 
 
 def time_textbook(case: Case, model, opt, dataset: PerSampleMNIST, steps: int) -> float:
