@@ -214,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="dfl",
         description="Deep feature learning on MNIST: train models, run sweeps, reproduce the lab.",
-        epilog="Every command has --help. Example: dfl train cnn_lab --epochs 2",
+        epilog="Every command has --help. Example: dfl train cnn_lab --epochs 2. "
+        "Environment: DFL_DATA_DIR (where datasets are cached), DFL_MALLOC_TUNING=0 (leave "
+        "glibc's malloc as the system set it up; see the README's Speed section).",
     )
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, metavar="COMMAND"
