@@ -116,10 +116,13 @@ def threads_vs_workers(cases: list[Case], steps: int, cores: int) -> list[list[A
     return rows
 
 
-def _both_loops(case: Case, steps: int, results) -> None:
-    """One timing of dfl's trainer and one of the textbook loop, after a warm-up of each."""
+def _both_loops(case: Case, steps: int, tuned: bool, results) -> None:
+    """One timing of dfl's trainer and one of the textbook loop, after a warm-up of each, in a
+    fresh process whose malloc the trainer tunes, or (`tuned` False) leaves as it starts."""
+    if not tuned:
+        os.environ[OPT_OUT] = "0"  # read when the trainer is built, just below
     data = load_dataset("mnist")
-    t = trainer(case, data, steps)  # tunes malloc, unless the environment opts out
+    t = trainer(case, data, steps)
     model, opt, per_sample = textbook_twin(t, case, *timed_images(case, data, steps))
     time_dfl(t)
     time_textbook(case, model, opt, per_sample, 5)
@@ -138,12 +141,8 @@ def allocator(cases: list[Case], steps: int, repeats: int) -> list[list[Any]]:
         for _ in range(repeats):
             for tuned in (False, True):
                 results = ctx.Queue()
-                os.environ[OPT_OUT] = "1" if tuned else "0"  # the child inherits it; 0: untuned
-                try:
-                    p = ctx.Process(target=_both_loops, args=(case, steps, results))
-                    p.start()
-                finally:
-                    del os.environ[OPT_OUT]
+                p = ctx.Process(target=_both_loops, args=(case, steps, tuned, results))
+                p.start()
                 rates[tuned].append(results.get(timeout=600))
                 p.join()
         dfl = {k: statistics.median(d for d, _ in v) for k, v in rates.items()}
