@@ -284,6 +284,25 @@ def _optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each restored moment the memory layout of its parameter. Checkpoints store tensors
+    contiguous (safetensors has no strides), so a channels-last conv weight's Adam moments or
+    SGD momentum come back in the standard layout; the fused optimisers walk parameter, grad
+    and state as flat memory and would then pair element i of one with element j of the other
+    (a resumed CNN drifted from the uninterrupted run from its first step). `empty_like` keeps
+    the parameter's strides; the values are copied element by element by index."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -575,6 +594,7 @@ class Trainer:
         self.optimizer.load_state_dict(
             _optimizer_state_from_json(_join_state(state["optimizer"], tensors))
         )
+        _match_parameter_layouts(self.optimizer)
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
