@@ -9,6 +9,7 @@ import pytest
 
 from conftest import check_page, write_idx_dataset
 from dfl.cli import main
+from dfl.config import build_config
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.base import Context
 from dfl.report.build import build_report
@@ -106,7 +107,7 @@ def test_runs_side_by_side_are_the_runs_made_one_after_another(tmp_path: Path, t
     """--jobs 2 trains in worker processes; each run is seeded by its own config, so what they
     write is what the same runs write one at a time, returned in the order asked for."""
     runs = [
-        (f"seed{s}", ['model="mlp"', "model_args.hidden=[32]", "epochs=2", f"seed={s}"])
+        (f"seed{s}", {"model": "mlp", "model_args.hidden": [32], "epochs": 2, "seed": s})
         for s in range(3)
     ]
     results = {}
@@ -151,3 +152,21 @@ def test_an_interrupted_experiment_records_its_time(tmp_path: Path, monkeypatch)
         reproduce(out, "smoke", only=["conv"])
     assert json.loads((out / "conv" / "spent.json").read_text())["seconds"] >= 0.2
     assert not (out / "conv" / "result.json").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_quotes_and_backslashes_in_paths_travel_as_data(tmp_path: Path):
+    """Values reach the configs as data: an --out and a dataset path with a quote, a backslash
+    and a space give the runs exactly those paths (the autoencoder's probe starts from a grid
+    run's directory by init_from, its sweep trials read the dataset path)."""
+    root = tmp_path / 'q"uo\\te dir'
+    data = write_idx_dataset(root / "digits", n_train=2500, n_test=500)
+    out = root / "repro"
+    reproduce(out, "smoke", str(data), device="cpu", seeds=1, only=["ae"])
+
+    ae = json.loads((out / "ae" / "result.json").read_text())
+    assert ae["status"] == "completed", ae.get("reason")
+    for probe in ae["probe"].values():
+        assert Path(probe["source"]).parent == out / "ae" / "sweeps" / "grid" / "trials"
+    cfg = build_config(next((out / "ae" / "runs").glob("probe_enc*")) / "config.toml")
+    assert cfg.init_from == ae["probe"]["16"]["source"] and cfg.data.dataset == str(data)

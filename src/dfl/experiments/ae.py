@@ -83,25 +83,25 @@ def _lab_point(
 
 def run(ctx: Context) -> dict[str, Any]:
     p = PROFILE[ctx.profile]
-    subset = [f"data.train_subset={p['train_subset']}"] if p["train_subset"] else []
+    subset = {"data.train_subset": p["train_subset"]} if p["train_subset"] else {}
 
     # The notebook's baseline, on its protocol (no validation, a random 10,000 training images),
     # tested on its 1,000 random test images (faithful) and on all 10,000 (corrected).
     def baseline_run(test_subset: int | None, seed: int):
-        test = [f"data.test_subset={test_subset}"] if test_subset else []
+        test = {"data.test_subset": test_subset} if test_subset else {}
         return ctx.train(
             NAME,
             f"baseline_test{test_subset or 'all'}/seed{seed}",
-            [
-                'model="autoencoder"',
-                "model_args.enc=32",
-                "batch_size=32",
-                f"epochs={p['baseline_epochs']}",
-                f"data.train_subset={ctx.lab_subset(10000)}",
-                "data.val_fraction=0.0",
-                f"seed={seed}",
-                *test,
-            ],
+            {
+                "model": "autoencoder",
+                "model_args.enc": 32,
+                "batch_size": 32,
+                "epochs": p["baseline_epochs"],
+                "data.train_subset": ctx.lab_subset(10000),
+                "data.val_fraction": 0.0,
+                "seed": seed,
+                **test,
+            },
         )
 
     baseline = baseline_run(ctx.lab_subset(1000), 42)
@@ -148,15 +148,15 @@ def run(ctx: Context) -> dict[str, Any]:
         return ctx.train(
             NAME,
             f"{key}/seed{seed}",
-            [
-                'model="autoencoder"',
-                f"model_args.enc={enc}",
-                f"batch_size={batch}",
-                f"epochs={epochs}",
-                "data.val_fraction=0.2",
-                f"seed={seed}",
-                *subset,
-            ],
+            {
+                "model": "autoencoder",
+                "model_args.enc": enc,
+                "batch_size": batch,
+                "epochs": epochs,
+                "data.val_fraction": 0.2,
+                "seed": seed,
+                **subset,
+            },
         )
 
     seeds = range(ctx.seeds)
@@ -171,16 +171,16 @@ def run(ctx: Context) -> dict[str, Any]:
         run = ctx.train(
             NAME,
             f"probe/enc{enc}",
-            [
-                'model="autoencoder_probe"',
-                f"model_args.enc={enc}",
-                f'init_from="{source["run_dir"]}"',
-                'freeze=["encoder"]',
-                f"epochs={p['probe_epochs']}",
-                "batch_size=128",
-                "data.val_fraction=0.2",
-                *subset,
-            ],
+            {
+                "model": "autoencoder_probe",
+                "model_args.enc": enc,
+                "init_from": source["run_dir"],
+                "freeze": ["encoder"],
+                "epochs": p["probe_epochs"],
+                "batch_size": 128,
+                "data.val_fraction": 0.2,
+                **subset,
+            },
         )
         probe[enc] = {"accuracy": run.final["test_accuracy"], "source": source["run_dir"]}
     small = min(p["encs"])
@@ -188,16 +188,16 @@ def run(ctx: Context) -> dict[str, Any]:
         ctx.train(
             NAME,
             f"deep_enc{small}/seed{s}",
-            [
-                'model="autoencoder_deep"',
-                f"model_args.enc={small}",
-                "batch_size=64",
-                f"epochs={p['deep_epochs']}",
-                "data.val_fraction=0.2",
-                "restore_best=true",
-                f"seed={s}",
-                *subset,
-            ],
+            {
+                "model": "autoencoder_deep",
+                "model_args.enc": small,
+                "batch_size": 64,
+                "epochs": p["deep_epochs"],
+                "data.val_fraction": 0.2,
+                "restore_best": True,
+                "seed": s,
+                **subset,
+            },
         )
         for s in seeds
     ]

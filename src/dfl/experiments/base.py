@@ -5,10 +5,16 @@ An experiment is a module with NAME, TITLE, QUESTION, `run(ctx) -> dict` and
 `section(result) -> Section`. `run` trains and measures, saving figures under `figures/`;
 its dict is written to `<out>/<NAME>/result.json` and is all the report ever sees, so
 `dfl report RUN_DIR` rebuilds everything without training.
+
+A run's recipe is config data: a dict of dotted config keys (`{"optim.lr": 3e-4}`) or nested
+sections, merged over the reproduction's common settings by `config.merge`. Values travel as
+they are, never formatted into config text and parsed back (a path with a quote in it stays
+that path).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -25,11 +31,26 @@ import torch
 from tqdm.auto import tqdm
 
 from dfl.atomic import atomic_write_json
-from dfl.config import TrainConfig, build_config, dict_to_toml, merge, parse_overrides
+from dfl.config import TrainConfig, build_config, dict_to_toml, merge, set_dotted
 from dfl.data import Dataset
 from dfl.train import RunResult, available_cores, fit
 
 PROFILES = ("smoke", "quick", "full")
+
+# One run's config overrides: dotted keys ("optim.lr", "model_args.enc") or nested sections
+# ("data": {...}) to values, as data.
+Overrides = dict[str, Any]
+
+
+def overrides_tree(*parts: Overrides) -> dict[str, Any]:
+    """The nested config tree of `parts`, later parts winning key by key (sections merge)."""
+    tree: dict[str, Any] = {}
+    for part in parts:
+        nested: dict[str, Any] = {}
+        for key, value in part.items():
+            set_dotted(nested, key, copy.deepcopy(value))  # a recipe's lists stay its own
+        tree = merge(tree, nested)
+    return tree
 
 
 @dataclass
@@ -58,30 +79,34 @@ class Context:
     device: str = "auto"
     seeds: int = 1
     precision: str = "auto"
-    base_overrides: list[str] = field(default_factory=list)  # applied to every run
+    base_overrides: Overrides = field(default_factory=dict)  # applied to every run
     jobs: int = 1  # independent runs (and sweep trials) trained side by side
 
     def lab_subset(self, n: int) -> int:
         """The lab's random-subset size; the smoke profile caps it so tests fit tiny data."""
         return min(n, 500) if self.profile == "smoke" else n
 
-    def smoke_cap(self) -> list[str]:
+    def smoke_cap(self) -> Overrides:
         """Overrides that keep a full-data run small in the smoke profile (none otherwise)."""
-        return ["data.train_subset=2000"] if self.profile == "smoke" else []
+        return {"data.train_subset": 2000} if self.profile == "smoke" else {}
 
     def run_dir(self, experiment: str, key: str) -> Path:
         return self.out / experiment / "runs" / slug(key)
 
-    def config(self, overrides: list[str]):
-        common = [
-            "checkpoint_interval_s=10.0",  # many short runs: lose at most 10 s to a kill
-            f'device="{self.device}"',
-            f'precision="{self.precision}"',
-            f'data.dataset="{self.dataset_arg}"',
-        ]
-        return build_config(overrides=parse_overrides(common + self.base_overrides + overrides))
+    def common(self) -> Overrides:
+        """What every run of the reproduction shares: device, precision, dataset."""
+        return {
+            "checkpoint_interval_s": 10.0,  # many short runs: lose at most 10 s to a kill
+            "device": self.device,
+            "precision": self.precision,
+            "data.dataset": self.dataset_arg,
+        }
 
-    def train(self, experiment: str, key: str, overrides: list[str], **fit_args: Any) -> RunResult:
+    def config(self, overrides: Overrides) -> TrainConfig:
+        tree = overrides_tree(self.common(), self.base_overrides, overrides)
+        return build_config(overrides=tree)
+
+    def train(self, experiment: str, key: str, overrides: Overrides, **fit_args: Any) -> RunResult:
         """One training run, reused when it already finished (reproduce resumes)."""
         cfg = self.config(overrides)
         return fit(
@@ -93,7 +118,7 @@ class Context:
             **fit_args,
         )
 
-    def train_many(self, experiment: str, runs: list[tuple[str, list[str]]]) -> list[RunResult]:
+    def train_many(self, experiment: str, runs: list[tuple[str, Overrides]]) -> list[RunResult]:
         """Independent runs (key, overrides), in order. With `jobs` > 1 they train in that many
         worker processes of cores // jobs threads each. Small models use a second thread or a
         GPU poorly, so runs side by side finish sooner (benchmarks/RESULTS.md: two 1-thread
@@ -218,25 +243,21 @@ def study_sweep(
     exact); returns one dict per completed trial: its params, validation value, per-epoch
     curve, wall time, run directory and reproducing command."""
     from dfl.sweep.launch import run_sweep  # here: the sweep engine loads optuna
+    from dfl.sweep.spec import spec_from_dict
 
     sweep_dir = ctx.out / experiment / "sweeps" / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    common = {
-        "device": ctx.device,
-        "precision": ctx.precision,
-        "data": {"dataset": ctx.dataset_arg},
-        "checkpoint_interval_s": 10.0,
-    }
-    spec = {
+    tree = {
         "name": f"{experiment}-{name}",
         "metric": metric,
-        "base": merge(merge(common, base), {"evaluate_test": False}),
+        "base": overrides_tree(ctx.common(), ctx.base_overrides, base, {"evaluate_test": False}),
         **({"grid": grid} if grid is not None else {"search": search}),
     }
-    spec_path = sweep_dir / "spec.toml"
-    spec_path.write_text(dict_to_toml(spec))
+    spec = spec_from_dict(tree)  # the trials get these values as data, through the study
+    # The spec as a file too: `dfl sweep SPEC --out SWEEP_DIR` continues or inspects it.
+    (sweep_dir / "spec.toml").write_text(dict_to_toml(tree))
     workers = ctx.jobs if ctx.jobs > 1 else None  # None: the sweep engine's own policy
-    status = run_sweep(spec_path, out=sweep_dir, workers=workers, progress=sys.stderr)
+    status = run_sweep(spec, out=sweep_dir, workers=workers, progress=sys.stderr)
     points = []
     for t in status.trials:
         if t.state.name != "COMPLETE":

@@ -23,10 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from dfl import models
-from dfl.config import toml_value
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
-from dfl.experiments.base import Canvas, Context, number, study_sweep
+from dfl.experiments.base import Canvas, Context, Overrides, number, study_sweep
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, fmt, mean_std
 from dfl.shapes import model_summary
@@ -125,13 +124,13 @@ def _cost(args: dict[str, Any]) -> dict[str, int]:
 def run(ctx: Context) -> dict[str, Any]:
     p = PROFILE[ctx.profile]
     n_train, n_test = p["lab_subset"]
-    lab_data = [
-        f"data.train_subset={n_train}",
-        f"data.test_subset={n_test}",
-        "data.val_fraction=0.0",
-        "batch_size=100",
-        "test_every_epoch=true",
-    ]
+    lab_data = {
+        "data.train_subset": n_train,
+        "data.test_subset": n_test,
+        "data.val_fraction": 0.0,
+        "batch_size": 100,
+        "test_every_epoch": True,
+    }
     lab_models = (
         ("baseline", "cnn_lab", p["lab_epochs"]),
         ("explore", "cnn_explore", p["explore_epochs"]),
@@ -141,7 +140,7 @@ def run(ctx: Context) -> dict[str, Any]:
         [
             (
                 f"lab_{key}/seed{s}",
-                [f'model="{model}"', f"epochs={epochs}", f"seed={s}", *lab_data],
+                {"model": model, "epochs": epochs, "seed": s, **lab_data},
             )
             for key, model, epochs in lab_models
             for s in range(ctx.seeds)
@@ -294,23 +293,23 @@ def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(front, key=lambda q: -q["val_accuracy"])
 
 
-def _final_overrides(p: dict[str, Any], arch: dict[str, Any], seed: int) -> list[str]:
+def _final_overrides(p: dict[str, Any], arch: dict[str, Any], seed: int) -> Overrides:
     """The final recipe: augmentation, a one-cycle schedule, the best validation epoch."""
-    return [
-        'model="cnn_search"',
-        *(f"model_args.{k}={toml_value(v)}" for k, v in arch.items()),
-        "batch_size=128",
-        f"epochs={p['final_epochs']}",
-        "data.val_fraction=0.1",
-        "restore_best=true",
-        "data.augment_shift=2",
-        "data.augment_rotate=10",
-        "data.augment_scale=0.1",
-        'schedule.name="onecycle"',
-        "optim.lr=0.003",
-        f"seed={seed}",
-        *([f"data.train_subset={p['final_subset']}"] if p["final_subset"] else []),
-    ]
+    return {
+        "model": "cnn_search",
+        "model_args": dict(arch),
+        "batch_size": 128,
+        "epochs": p["final_epochs"],
+        "data.val_fraction": 0.1,
+        "restore_best": True,
+        "data.augment_shift": 2,
+        "data.augment_rotate": 10,
+        "data.augment_scale": 0.1,
+        "schedule.name": "onecycle",
+        "optim.lr": 0.003,
+        "seed": seed,
+        **({"data.train_subset": p["final_subset"]} if p["final_subset"] else {}),
+    }
 
 
 def _verdict(values: list[float], lab: float, tolerance: float, epochs: int = 20) -> str:

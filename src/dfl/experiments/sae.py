@@ -18,7 +18,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from dfl.experiments import TITLES
-from dfl.experiments.base import Canvas, Context, number
+from dfl.experiments.base import Canvas, Context, Overrides, number
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, mean_std
 from dfl.train import WEIGHTS
@@ -57,15 +57,15 @@ class Recipe:
     pretrained network's last phases)."""
 
     label: str
-    pretrain: tuple[str, ...]
-    tune: tuple[str, ...]
+    pretrain: Overrides
+    tune: Overrides
 
 
 RECIPES = {
     "lab": Recipe(
         "SGD lr 0.1 pretraining, SGD lr 1.0 after",
-        ('optim.name="sgd"', "optim.lr=0.1"),
-        ('optim.name="sgd"', "optim.lr=1.0"),
+        {"optim.name": "sgd", "optim.lr": 0.1},
+        {"optim.name": "sgd", "optim.lr": 1.0},
     ),
     # Adam lets the sigmoid layers actually learn to rebuild their input (the lab's SGD at 0.1
     # leaves the first one at the mean image); 2-pixel shifts and momentum with a cosine decay
@@ -73,14 +73,14 @@ RECIPES = {
     # test with the lab's recipe).
     "corrected": Recipe(
         "Adam 1e-3 pretraining; SGD momentum 0.9, lr 0.1 cosine, 2-px shifts after",
-        ('optim.name="adam"', "optim.lr=1e-3"),
-        (
-            'optim.name="sgd"',
-            "optim.lr=0.1",
-            "optim.momentum=0.9",
-            'schedule.name="cosine"',
-            "data.augment_shift=2",
-        ),
+        {"optim.name": "adam", "optim.lr": 1e-3},
+        {
+            "optim.name": "sgd",
+            "optim.lr": 0.1,
+            "optim.momentum": 0.9,
+            "schedule.name": "cosine",
+            "data.augment_shift": 2,
+        },
     ),
 }
 
@@ -138,45 +138,45 @@ def _scaled(v: Variant, scale: float) -> Variant:
     )
 
 
-def _data_args(ctx: Context, protocol: str, seed: int, phase: int) -> list[str]:
+def _data_args(ctx: Context, protocol: str, seed: int, phase: int) -> Overrides:
     if protocol == "lab":  # a fresh random draw per phase, as the notebook did
-        return [
-            f"data.train_subset={ctx.lab_subset(6000)}",
-            f"data.test_subset={ctx.lab_subset(1000)}",
-            "data.val_fraction=0.0",
-            f"data.subset_seed={seed * 100 + phase}",
-        ]
-    return ["data.val_fraction=0.2", "restore_best=true", *ctx.smoke_cap()]
+        return {
+            "data.train_subset": ctx.lab_subset(6000),
+            "data.test_subset": ctx.lab_subset(1000),
+            "data.val_fraction": 0.0,
+            "data.subset_seed": seed * 100 + phase,
+        }
+    return {"data.val_fraction": 0.2, "restore_best": True, **ctx.smoke_cap()}
 
 
 def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str, Any]:
     """Pretrain layer by layer, train the classifier, fine-tune; and a random-init twin."""
     recipe = RECIPES[v.recipe]
-    base = [
-        'model="stacked_autoencoder"',
-        f"model_args.sizes={list(v.sizes)}",
-        f"batch_size={v.batch}",
-        f"seed={seed}",
-    ]
-    tune = [*base, *recipe.tune]
+    base = {
+        "model": "stacked_autoencoder",
+        "model_args.sizes": list(v.sizes),
+        "batch_size": v.batch,
+        "seed": seed,
+    }
+    tune = {**base, **recipe.tune}
     root = f"{protocol}/{v.key}/seed{seed}"
     layers = len(v.sizes) - 1
     previous = None
     for k in range(layers):  # greedy: layer k rebuilds its input, every other part frozen
         others = [f"encoders.{j}" for j in range(layers) if j != k]
         others += [f"decoders.{j}" for j in range(layers) if j != k] + ["classifier"]
-        args = [
-            *base,
-            *recipe.pretrain,
-            'objective="layerwise"',
-            f"layer={k}",
-            f"epochs={v.pretrain}",
-            f"freeze={others}",
-            "evaluate_test=false",
-            *_data_args(ctx, protocol, seed, k),
-        ]
+        args = {
+            **base,
+            **recipe.pretrain,
+            "objective": "layerwise",
+            "layer": k,
+            "epochs": v.pretrain,
+            "freeze": others,
+            "evaluate_test": False,
+            **_data_args(ctx, protocol, seed, k),
+        }
         if previous:
-            args.append(f'init_from="{previous.run_dir}"')
+            args["init_from"] = str(previous.run_dir)
         previous = ctx.train(NAME, f"{root}/pretrain{k}", args)
         if k == 0:
             first_layer_mse = previous.history[-1]["train_loss"]
@@ -184,28 +184,28 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
     clf = ctx.train(
         NAME,
         f"{root}/classifier",
-        [
-            *tune,
-            f"epochs={v.classifier}",
-            'freeze=["encoders.0"]',
-            f'init_from="{previous.run_dir}"',
-            *_data_args(ctx, protocol, seed, layers),
-        ],
+        {
+            **tune,
+            "epochs": v.classifier,
+            "freeze": ["encoders.0"],
+            "init_from": str(previous.run_dir),
+            **_data_args(ctx, protocol, seed, layers),
+        },
     )
     ft = ctx.train(
         NAME,
         f"{root}/finetune",
-        [
-            *tune,
-            f"epochs={v.finetune}",
-            f'init_from="{clf.run_dir}"',
-            *_data_args(ctx, protocol, seed, layers + 1),
-        ],
+        {
+            **tune,
+            "epochs": v.finetune,
+            "init_from": str(clf.run_dir),
+            **_data_args(ctx, protocol, seed, layers + 1),
+        },
     )
     scratch = ctx.train(
         NAME,
         f"{root}/random_init",
-        [*tune, f"epochs={v.budget}", *_data_args(ctx, protocol, seed, layers + 2)],
+        {**tune, "epochs": v.budget, **_data_args(ctx, protocol, seed, layers + 2)},
     )
     metric = "val_accuracy" if protocol != "lab" else "train_accuracy"
     return {

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from dfl import models
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
-from dfl.experiments.base import Canvas, Context, number
+from dfl.experiments.base import Canvas, Context, Overrides, number
 from dfl.experiments.lab_numbers import VIT_CONFIGS
 from dfl.models.vit import attention_rollout
 from dfl.report import figures
@@ -79,44 +79,41 @@ def _epochs_subset(cfg: tuple[int, int, int, int], p: dict[str, Any]) -> tuple[i
     return p["other_epochs"], p["other_subset"]
 
 
-def _lab_overrides(cfg: tuple[int, int, int, int], p: dict[str, Any]) -> list[str]:
+def _lab_overrides(cfg: tuple[int, int, int, int], p: dict[str, Any]) -> Overrides:
     """The notebook's protocol for one of its seven configurations."""
     dim, depth, heads, mlp = cfg
     epochs, subset = _epochs_subset(cfg, p)
-    return [
-        'model="vit_lab"',
-        f"model_args.dim={dim}",
-        f"model_args.depth={depth}",
-        f"model_args.heads={heads}",
-        f"model_args.mlp_dim={mlp}",
-        "batch_size=128",
-        f"epochs={epochs}",
-        'schedule.name="exponential"',
-        "schedule.gamma=0.95",
-        "data.val_fraction=0.0",
-        "test_every_epoch=true",
-        "seed=0",
-        *([f"data.train_subset={subset}"] if subset else []),
-    ]
+    return {
+        "model": "vit_lab",
+        "model_args": {"dim": dim, "depth": depth, "heads": heads, "mlp_dim": mlp},
+        "batch_size": 128,
+        "epochs": epochs,
+        "schedule.name": "exponential",
+        "schedule.gamma": 0.95,
+        "data.val_fraction": 0.0,
+        "test_every_epoch": True,
+        "seed": 0,
+        **({"data.train_subset": subset} if subset else {}),
+    }
 
 
-def _beyond_overrides(seed: int, p: dict[str, Any]) -> list[str]:
+def _beyond_overrides(seed: int, p: dict[str, Any]) -> Overrides:
     """A modern ViT, selected on validation (best epoch), tested once."""
-    return [
-        'model="vit"',
-        "batch_size=128",
-        f"epochs={p['beyond_epochs']}",
-        'optim.name="adamw"',
-        "optim.lr=0.002",
-        "optim.weight_decay=0.05",
-        'schedule.name="onecycle"',
-        "data.val_fraction=0.1",
-        "restore_best=true",
-        "data.augment_shift=2",
-        "data.augment_rotate=10",
-        f"seed={seed}",
-        *([f"data.train_subset={p['beyond_subset']}"] if p["beyond_subset"] else []),
-    ]
+    return {
+        "model": "vit",
+        "batch_size": 128,
+        "epochs": p["beyond_epochs"],
+        "optim.name": "adamw",
+        "optim.lr": 0.002,
+        "optim.weight_decay": 0.05,
+        "schedule.name": "onecycle",
+        "data.val_fraction": 0.1,
+        "restore_best": True,
+        "data.augment_shift": 2,
+        "data.augment_rotate": 10,
+        "seed": seed,
+        **({"data.train_subset": p["beyond_subset"]} if p["beyond_subset"] else {}),
+    }
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def count_runs(spec: SweepSpec, reuse_epochs: int | None) -> int:
 
 
 def run_sweep(
-    spec_path: str | Path,
+    spec: SweepSpec | str | Path,
     *,
     workers: int | None = None,
     storage: str | None = None,
@@ -77,11 +77,13 @@ def run_sweep(
     retry_failed: bool = False,
     progress: TextIO = sys.stderr,
 ) -> SweepStatus:
-    """Run (or continue) the sweep in `spec_path` with `workers` local worker processes of
-    `threads` intra-op threads each (default: cores // workers); `retry_failed` queues the
-    failed trials again first. Returns the sweep's status once the workers stop."""
+    """Run (or continue) the sweep `spec` (a validated spec, or a spec file) with `workers`
+    local worker processes of `threads` intra-op threads each (default: cores // workers);
+    `retry_failed` queues the failed trials again first. Returns the sweep's status once the
+    workers stop."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = load_spec(spec_path)
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
     reuse = check_trials(spec)
     sweep_dir = Path(out) if out is not None else Path("sweeps") / spec.name
     url = storage_url(storage, sweep_dir)
