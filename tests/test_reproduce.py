@@ -170,3 +170,39 @@ def test_quotes_and_backslashes_in_paths_travel_as_data(tmp_path: Path):
         assert Path(probe["source"]).parent == out / "ae" / "sweeps" / "grid" / "trials"
     cfg = build_config(next((out / "ae" / "runs").glob("probe_enc*")) / "config.toml")
     assert cfg.init_from == ae["probe"]["16"]["source"] and cfg.data.dataset == str(data)
+
+
+def test_a_failed_experiment_fails_the_command_after_the_others_ran(
+    tmp_path: Path, monkeypatch, capsys
+):
+    """One experiment failing lets the others run; then the command exits 4 with one line
+    naming the failed experiment, and the report marks it failed with its reason."""
+    from dfl.errors import ConfigError
+    from dfl.experiments import conv
+
+    def broken(ctx):
+        raise ConfigError("config key 'epochs': forced failure")
+
+    monkeypatch.setattr(conv, "run", broken)
+    data = write_idx_dataset(tmp_path / "digits", n_train=64, n_test=16)
+    out = tmp_path / "r"
+    args = ["--profile", "smoke", "--dataset", str(data), "--out", str(out)]
+    assert main(["reproduce", *args, "--only", "conv,attention"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dfl: error: 1 experiment failed: conv (the report marks it: ")
+
+    assert json.loads((out / "attention" / "result.json").read_text())["status"] == "completed"
+    failed = json.loads((out / "conv" / "result.json").read_text())
+    assert failed["status"] == "failed" and "forced failure" in failed["reason"]
+    markdown = (out / "report.md").read_text()
+    assert "**Failed:** conv (config key 'epochs': forced failure)" in markdown
+    assert "**Missing:** the experiment failed: config key 'epochs': forced failure" in markdown
+    html = (out / "report.html").read_text()
+    assert "<strong>Failed:</strong> conv (config key 'epochs': forced failure)" in html
+    assert '<p class="missing">Missing: the experiment failed: config key' in html
+
+    # `dfl lab` says the same; once the experiment works again, the rerun exits 0.
+    assert main(["lab", "conv", *args]) == 4
+    monkeypatch.undo()
+    assert main(["lab", "conv", *args]) == 0
+    assert "Failed:" not in (out / "report.md").read_text()

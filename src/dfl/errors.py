@@ -35,3 +35,19 @@ class TrainingDiverged(DflError):
     """A non-finite loss: the run stops and is recorded as failed."""
 
     exit_code = 3
+
+
+class ExperimentsFailed(DflError):
+    """`dfl reproduce` or `dfl lab` ran every selected experiment, but some failed: the others'
+    results are saved and the report, written, marks each failed one with its reason."""
+
+    exit_code = 4
+
+    def __init__(self, failed: dict[str, str], report: object) -> None:
+        self.failed, self.report = failed, report  # experiment -> reason; the report's path
+        many = len(failed) > 1
+        super().__init__(
+            f"{len(failed)} experiment{'s' if many else ''} failed: {', '.join(failed)} "
+            f"(the report marks {'them' if many else 'it'}: {report}; rerun the same command to "
+            "retry, finished runs are kept)"
+        )

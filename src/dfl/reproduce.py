@@ -3,6 +3,10 @@
 Re-running the same command resumes: an experiment whose result.json exists is reused, and
 inside an unfinished experiment every finished training run is reused (runs resume from their
 checkpoints). `dfl report RUN_DIR` rebuilds the report from saved results alone.
+
+An experiment that fails (a `DflError`) does not stop the others: its result records the
+reason, the report marks it failed, and once every selected experiment has run `reproduce`
+raises `ExperimentsFailed` (exit code 4) naming the failed ones.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tqdm.auto import tqdm
 from dfl.atomic import atomic_write_json
 from dfl.cli import add_data_arguments, command
 from dfl.data import load_dataset
-from dfl.errors import ConfigError, DflError
+from dfl.errors import ConfigError, DflError, ExperimentsFailed
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.base import PROFILES, Context, load_result, save_result
 from dfl.report.build import build_report
@@ -112,6 +116,7 @@ def reproduce(
         out, profile, data, dataset_arg, device, seeds or default_seeds, precision, jobs=jobs
     )
 
+    failed: dict[str, str] = {}  # experiment -> why, in the order they ran
     bar = tqdm(selected, desc="reproduce", unit="experiment", disable=None, file=sys.stderr)
     for name in bar:
         bar.set_postfix_str(name)
@@ -131,6 +136,7 @@ def reproduce(
             result.update(status="completed")
         except DflError as e:  # one experiment failing must not lose the others
             result = {"status": "failed", "reason": str(e)}
+            failed[name] = str(e)
             print(f"dfl: {name} failed: {e}", file=sys.stderr)
         except BaseException:  # Ctrl-C or a crash: the next invocation goes on, and counts this
             _record_spent(out, name, earlier + time.perf_counter() - t0)
@@ -147,7 +153,10 @@ def reproduce(
             environment=manifest["environment"],
         )
         save_result(out, name, result)
-    return build_report(out)
+    report = build_report(out)
+    if failed:
+        raise ExperimentsFailed(failed, report)
+    return report
 
 
 def _spent_path(out: Path, name: str) -> Path:

@@ -169,6 +169,18 @@ def build_report(out: Path) -> Path:
         f"experiments have results. Every number below comes from a run saved under {out}; "
         "`dfl report` rebuilds this page from those saved results without training.",
     ]
+    failed = [n for n, r in results.items() if r and r.get("status") == "failed"]
+    if failed:  # said at the top, not only in the failed experiments' own sections
+        summary.append(
+            "**Failed:** "
+            + "; ".join(f"{n} ({results[n].get('reason')})" for n in failed)
+            + (
+                ". Its section and lab numbers"
+                if len(failed) == 1
+                else ". Their sections and lab numbers"
+            )
+            + " are marked missing; rerun the reproduce command to retry (finished runs are kept)."
+        )
     summary.append(_verdict_summary(table))
     sections.insert(0, Section("The lab's numbers beside ours", tables=[table]))
     doc = Document(
