@@ -1,8 +1,9 @@
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from dfl.config import build_config, config_to_toml, parse_overrides, parse_value
+from dfl.config import build_config, config_to_toml, dict_to_toml, parse_overrides, parse_value
 from dfl.errors import ConfigError
 
 
@@ -51,6 +52,34 @@ def test_toml_roundtrip(tmp_path: Path):
     path = tmp_path / "c.toml"
     path.write_text(config_to_toml(cfg))
     assert build_config(path) == cfg
+
+
+def test_toml_roundtrip_keeps_every_string(tmp_path: Path):
+    """`dfl train --config RUN/config.toml` repeats the run whatever its paths hold: quotes,
+    backslashes, newlines, control characters, non-ASCII. None values are left out."""
+    odd = "runs/q\"uo\\te 'x'\n\t\x01 größe"
+    cfg = build_config(
+        overrides={"init_from": odd, "freeze": [odd, ""], "data": {"dataset": odd}, "seed": 3}
+    )
+    text = config_to_toml(cfg)
+    assert "None" not in text and "grad_clip" not in text  # None: left out, reads as None
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert build_config(path) == cfg
+
+
+def test_toml_keys_are_quoted_where_they_must_be():
+    """A sweep spec's dotted keys stay one key, in tables and inline; other odd keys too."""
+    tree = {
+        "search": {"space": {"model_args.depth": {"choices": [2, 3]}}},
+        "grid": {"optim.lr": [0.1, 1e-3]},
+        "base": {"model_args": {"a b": {"größe": 1, "none": None}, "": [{"k": None}]}},
+    }
+    assert tomllib.loads(dict_to_toml(tree)) == {
+        "search": {"space": {"model_args.depth": {"choices": [2, 3]}}},
+        "grid": {"optim.lr": [0.1, 1e-3]},
+        "base": {"model_args": {"a b": {"größe": 1}, "": [{}]}},
+    }
 
 
 def test_bad_toml_file_is_named(tmp_path: Path):

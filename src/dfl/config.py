@@ -207,42 +207,21 @@ def build_config(
 
 
 def config_to_toml(config: BaseModel) -> str:
-    """Write a config as TOML (tomllib reads, nothing in the stdlib writes): scalars, lists,
-    nested tables. None values are left out, which reads back as the default None."""
+    """Write a config as TOML (tomllib reads; tomli-w writes, escaping every string and key).
+    None values are left out, which reads back as the default None."""
     return dict_to_toml(config.model_dump(mode="json"))
 
 
 def dict_to_toml(tree: dict[str, Any]) -> str:
-    return _toml_table(tree, [])
+    """`tree` as TOML: dicts are tables, None values in them are left out (TOML has no null)."""
+    import tomli_w
+
+    return tomli_w.dumps(_without_none(tree))
 
 
-def toml_value(value: Any) -> str:
-    """One value as TOML writes it (also what `--set key=VALUE` reads back)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+def _without_none(value: Any) -> Any:
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }" if inner else "{}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else toml_value(key)
-
-
-def _toml_table(tree: dict[str, Any], path: list[str]) -> str:
-    scalars = {k: v for k, v in tree.items() if not isinstance(v, dict) and v is not None}
-    tables = {k: v for k, v in tree.items() if isinstance(v, dict)}
-    lines = [f"{_toml_key(k)} = {toml_value(v)}" for k, v in scalars.items()]
-    out = "\n".join(lines)
-    for key, sub in tables.items():
-        header = "[" + ".".join([*path, key]) + "]"
-        body = _toml_table(sub, [*path, key])
-        out += ("\n\n" if out else "") + header + ("\n" + body if body else "")
-    return out
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_none(v) for v in value]
+    return value
