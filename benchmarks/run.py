@@ -225,6 +225,17 @@ def main() -> None:
              "dfl, system malloc", "dfl, tuned", "gain", "dfl tuned / textbook system"],
             studies.allocator(around, args.steps, args.repeats),
         )  # fmt: skip
+    if cores > 1:
+        report.table(
+            "Two `dfl train` runs at once against one after the other (whole processes, "
+            "default threads)",
+            ["model", "epochs", "core sharing", "one after the other s", "side by side s",
+             "side by side / one after the other"],
+            studies.concurrency(
+                [m for m in ("autoencoder", "cnn_lab", "vit_lab") if wanted is None or m in wanted],
+                3, args.repeats,
+            ),
+        )  # fmt: skip
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report.text(f"\nMatmul ceilings measured during this run: {ceiling.summary()}.")
     report.text(f"Peak resident memory of this benchmark: {peak_rss:.0f} MB.")

@@ -1,5 +1,5 @@
 """The choices behind dfl's defaults, measured: precision, torch.compile, threads vs workers,
-the memory allocator.
+the memory allocator, two trainings at once.
 
 Each study returns table rows; `run.py` prints them and writes them to RESULTS.md.
 """
@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from dfl.allocator import OPT_OUT
+from dfl.core_share import OPT_OUT as CORE_SHARE_OPT_OUT
 from dfl.data import load_dataset
 from dfl.data.dataset import Dataset
 from throughput import (
@@ -152,4 +157,55 @@ def allocator(cases: list[Case], steps: int, repeats: int) -> list[list[Any]]:
              f"{textbook[True] / textbook[False]:.2f}x", f"{dfl[False]:.0f}", f"{dfl[True]:.0f}",
              f"{dfl[True] / dfl[False]:.2f}x", f"{dfl[True] / textbook[False]:.2f}x"]
         )  # fmt: skip
+    return rows
+
+
+def _train_command(model: str, epochs: int, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "dfl", "train", model, "--epochs", str(epochs), "--device", "cpu",
+        "--set", "data.train_subset=10000", "--set", "evaluate_test=false", "--out", str(out),
+    ]  # fmt: skip
+
+
+def _two_runs(model: str, epochs: int, side_by_side: bool, share: bool) -> float:
+    """Wall seconds of two `dfl train` processes, one after the other or side by side, each
+    with torch's default thread count; `share` False turns dfl's core sharing off."""
+    env = {**os.environ, CORE_SHARE_OPT_OUT: "1" if share else "0"}
+    root = Path(tempfile.mkdtemp(prefix="dfl-bench-concurrency-"))
+    t0 = time.perf_counter()
+    procs = []
+    for i in range(2):
+        cmd = _train_command(model, epochs, root / f"run{i}")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if not side_by_side:
+            proc.wait()
+        procs.append(proc)
+    for proc in procs:
+        if proc.wait():
+            raise SystemExit(f"a concurrency-study run failed: {proc.stderr.read().decode()}")
+    wall = time.perf_counter() - t0
+    shutil.rmtree(root, ignore_errors=True)
+    return wall
+
+
+def concurrency(models: list[str], epochs: int, repeats: int) -> list[list[Any]]:
+    """Two trainings at once on this machine against the same two one after the other, with
+    dfl's core sharing (dfl/core_share.py) and without it (each run one thread per core,
+    spinning against the other's). Wall seconds of whole processes (start-up, data, training),
+    medians of `repeats`, the four arrangements alternating."""
+    rows = []
+    for model in models:
+        walls: dict[tuple[bool, bool], list[float]] = {}
+        for _ in range(repeats):
+            for share in (False, True):
+                for side_by_side in (False, True):
+                    wall = _two_runs(model, epochs, side_by_side, share)
+                    walls.setdefault((share, side_by_side), []).append(wall)
+        med = {k: statistics.median(v) for k, v in walls.items()}
+        for share in (False, True):
+            one_after, together = med[share, False], med[share, True]
+            rows.append(
+                [model, epochs, "shared (default)" if share else f"off ({CORE_SHARE_OPT_OUT}=0)",
+                 f"{one_after:.1f}", f"{together:.1f}", f"{together / one_after:.2f}x"]
+            )  # fmt: skip
     return rows

@@ -34,6 +34,7 @@ from dfl import checkpoint, models
 from dfl.allocator import keep_freed_memory
 from dfl.atomic import atomic_write_bytes, atomic_write_json
 from dfl.config import TrainConfig, build_config, config_to_toml
+from dfl.core_share import CoreShare
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
@@ -317,6 +318,7 @@ class Trainer:
         log: Callable[[str], None] | None = None,
     ):
         self.cfg, self.run_dir, self.callbacks, self.log = cfg, run_dir, list(callbacks), log
+        self.cores: CoreShare | None = None  # this run's share of the cores, while it trains
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
@@ -401,6 +403,8 @@ class Trainer:
             file=sys.stderr,
         )
         for step, (images, y) in enumerate(bar):
+            if self.cores is not None:
+                self.cores.rebalance()  # a clock read; counts the other trainings once a second
             x = self._inputs(images, train=True)
             with self.autocast:
                 loss, batch_sums = self.objective.step(self.train_model, x, y)
@@ -450,7 +454,19 @@ class Trainer:
 
     def run(self, epoch_bar: bool = True, until_epoch: int | None = None) -> RunResult:
         """Train to the configured epochs, or pause after `until_epoch` (a sweep reading a
-        shorter-epoch grid point off a longer run); a paused run resumes like a killed one."""
+        shorter-epoch grid point off a longer run); a paused run resumes like a killed one.
+        On CPU, with no thread count chosen, the run shares the cores with the other dfl
+        trainings alive on the machine (core_share.py)."""
+        shares = self.device.type == "cpu" and not self.cfg.threads
+        self.cores = CoreShare.join(available_cores()) if shares else None
+        try:
+            return self._run(epoch_bar, until_epoch)
+        finally:
+            if self.cores is not None:
+                self.cores.close()
+                self.cores = None
+
+    def _run(self, epoch_bar: bool, until_epoch: int | None) -> RunResult:
         last_epoch = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
         start_epoch = self._restore() + 1
         t_run = time.perf_counter()

@@ -50,9 +50,9 @@ def run_worker(
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
-        import torch
+        from dfl.core_share import pin_threads
 
-        torch.set_num_threads(threads)
+        pin_threads(threads)  # the launcher's split of the cores (or --threads) holds
     spec = _stored_spec(name, url)
     storage = open_storage(
         url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period

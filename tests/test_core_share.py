@@ -1,0 +1,83 @@
+"""Trainings share the cores: real processes holding real flocks, one of them SIGKILLed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfl import core_share
+from dfl.core_share import CoreShare
+
+HOLD = (
+    "import sys, time; from pathlib import Path; from dfl.core_share import CoreShare; "
+    "share = CoreShare(4, Path(sys.argv[1])); print(share.threads, flush=True); time.sleep(60)"
+)
+
+
+def hold_a_place(directory: Path) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True
+    )
+    return proc, int(proc.stdout.readline())
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_each_training_gets_its_share_and_a_killed_ones_cores_come_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(core_share, "RECHECK_S", 0.0)
+    other, its_threads = hold_a_place(tmp_path)
+    try:
+        assert its_threads == 4  # alone when it started
+        with CoreShare(4, tmp_path) as share:
+            assert share.alive() == 2 and share.threads == 2 == torch.get_num_threads()
+            third, threads = hold_a_place(tmp_path)
+            assert threads == 1  # 4 cores // 3 trainings
+            third.send_signal(signal.SIGKILL)
+            third.wait()
+            assert share.rebalance() == 2
+            assert len(list(tmp_path.glob("*.lock"))) == 2  # the killed one's file is gone
+            other.send_signal(signal.SIGKILL)
+            other.wait()
+            assert share.rebalance() == 4
+        assert list(tmp_path.glob("*.lock")) == []  # leaving gives the place up
+    finally:
+        other.kill()
+
+
+def test_the_thread_count_comes_back_after_the_run(tmp_path):
+    torch.set_num_threads(3)
+    with CoreShare(2, tmp_path) as share:
+        assert share.threads == 2 == torch.get_num_threads()
+    assert torch.get_num_threads() == 3
+
+
+def test_recounts_only_when_the_interval_has_passed(tmp_path, monkeypatch):
+    monkeypatch.setattr(core_share, "RECHECK_S", 3600.0)
+    with CoreShare(2, tmp_path) as share:
+        other, _ = hold_a_place(tmp_path)
+        try:
+            assert share.rebalance() == 2  # counted when it joined, not again yet
+            share._next_check = time.monotonic()  # the interval has passed
+            assert share.rebalance() == 1
+        finally:
+            other.kill()
+
+
+@pytest.mark.parametrize(
+    "env", [{"OMP_NUM_THREADS": "2"}, {"MKL_NUM_THREADS": "1"}, {"DFL_SHARE_CORES": "0"}]
+)
+def test_a_chosen_thread_count_is_kept(env, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert CoreShare.join(2) is None
