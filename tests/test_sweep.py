@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 
 from conftest import write_idx_dataset
 from dfl import cli
+from dfl.config import build_config
 from dfl.sweep import study as studies
 from dfl.sweep.launch import run_sweep
 from dfl.sweep.spec import load_spec
@@ -427,6 +428,41 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(tmp_path: Path
     assert history[: len(before)] == before
     logs = "".join(p.read_text() for p in (out / "workers").glob("*.log"))
     assert f"resumed {victim} from epoch" in logs
+
+
+@pytest.mark.slow
+def test_a_killed_cnn_trial_resumes_to_the_value_of_an_uninterrupted_run(
+    tmp_path: Path, idx_dir: Path
+):
+    """The trial resume is exact for a channels-last CNN with batch norm in the precision
+    `auto` picks (bf16 on a CPU with native bf16), not only for the dense models."""
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, "[grid]\nseed = [0]\n")
+    spec_path.write_text(
+        spec_path.read_text()
+        .replace('model = "mlp"\nmodel_args = { hidden = [32] }', 'model = "cnn_lab"')
+        .replace("batch_size = 32", "batch_size = 32\nepochs = 4")
+    )
+    out = tmp_path / "sweep"
+    command = [*CLI, "sweep", str(spec_path), "--workers", "1", "--threads", "1", "--out", str(out)]
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:60"}
+    first = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    victim = wait_for_mid_trial(out / "trials", first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = trials_of(spec_path, storage_url(None, out))
+    (trial,) = [t for t in trials if t.state == TrialState.COMPLETE]  # the requeued one
+    assert trial.user_attrs["resumed_from_epoch"] == 2
+    # The same config trained without a stop, in this process, on the worker's one thread.
+    cfg = build_config(victim / "config.toml").model_copy(update={"threads": 1})
+    whole = fit(cfg, tmp_path / "whole", epoch_bar=False)
+    timing = ("seconds", "samples_per_s")
+    strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
+    assert strip(read_history(victim)) == strip(whole.history)
+    assert trial.value == whole.final["val_accuracy"]
 
 
 def wait_for_mid_trial(trials: Path, proc: subprocess.Popen) -> Path:
