@@ -2,6 +2,7 @@
 and the report rebuilt from saved results alone."""
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -158,7 +159,8 @@ def test_an_interrupted_experiment_records_its_time(tmp_path: Path, monkeypatch)
 def test_quotes_and_backslashes_in_paths_travel_as_data(tmp_path: Path):
     """Values reach the configs as data: an --out and a dataset path with a quote, a backslash
     and a space give the runs exactly those paths (the autoencoder's probe starts from a grid
-    run's directory by init_from, its sweep trials read the dataset path)."""
+    run's directory by init_from, its sweep trials read the dataset path), and the commands
+    that repeat a run name them quoted."""
     root = tmp_path / 'q"uo\\te dir'
     data = write_idx_dataset(root / "digits", n_train=2500, n_test=500)
     out = root / "repro"
@@ -170,6 +172,11 @@ def test_quotes_and_backslashes_in_paths_travel_as_data(tmp_path: Path):
         assert Path(probe["source"]).parent == out / "ae" / "sweeps" / "grid" / "trials"
     cfg = build_config(next((out / "ae" / "runs").glob("probe_enc*")) / "config.toml")
     assert cfg.init_from == ae["probe"]["16"]["source"] and cfg.data.dataset == str(data)
+    # The reproducing command is quoted for a shell.
+    deep = ae["numbers"]["deep.test_mse"]
+    argv = shlex.split(deep["command"])
+    assert argv[:3] == ["dfl", "train", "--config"] and argv[4] == "--out"
+    assert argv[3] == str(Path(deep["run_dir"]) / "config.toml") and Path(argv[3]).exists()
 
 
 def test_a_failed_experiment_fails_the_command_after_the_others_ran(

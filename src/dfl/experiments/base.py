@@ -20,6 +20,7 @@ import functools
 import json
 import multiprocessing
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -197,7 +198,9 @@ def provenance(result: RunResult, experiment: str) -> dict[str, Any]:
     return {
         "experiment": experiment,
         "run_dir": str(result.run_dir),
-        "command": f"dfl train --config {cfg_path} --out {result.run_dir}-again",
+        "command": shlex.join(  # quoted for a shell: --out may hold any character
+            ["dfl", "train", "--config", str(cfg_path), "--out", f"{result.run_dir}-again"]
+        ),
     }
 
 

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shlex
 import socket
 import threading
 import time
@@ -219,12 +220,12 @@ def _record_setup(
     for key in ATTEMPT_ATTRS:
         if trial.user_attrs.get(key) is not None:
             trial.set_user_attr(key, None)
-    command = (
-        f"dfl train --config {run_dir}/config.toml --out runs/{ctx.spec.name}-trial-{trial.number}"
-    )
+    argv = ["dfl", "train", "--config", str(run_dir / "config.toml")]
+    argv += ["--out", f"runs/{ctx.spec.name}-trial-{trial.number}"]
     if plan.until_epoch is not None:
-        command += f" --epochs {plan.until_epoch}"
+        argv += ["--epochs", str(plan.until_epoch)]
         trial.set_user_attr("epochs_from", f"{run_dir} curve at epoch {plan.until_epoch}")
+    command = shlex.join(argv)  # quoted for a shell: a run directory may hold any character
     trial.set_user_attr("config", cfg.model_dump(mode="json"))
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("command", command)
