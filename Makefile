@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEELS := $(VENV)/wheels
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
-PROFILE ?= quick
+PROFILE ?= lab
 JOBS ?= 1
 
 .PHONY: setup test lint format reproduce bench fashion-mnist postgresql browser clean

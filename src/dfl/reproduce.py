@@ -29,8 +29,8 @@ from dfl.cli import add_data_arguments, command
 from dfl.data import load_dataset
 from dfl.errors import ConfigError, DflError, ExperimentsFailed
 from dfl.experiments import EXPERIMENTS
-from dfl.experiments.base import PROFILES, Context, load_result, save_result
-from dfl.report.build import build_report
+from dfl.experiments.base import ALIASES, PROFILES, Context, canonical, load_result, save_result
+from dfl.report.build import build_report, lab_table_markdown
 from dfl.train import resolve_device
 
 
@@ -69,7 +69,9 @@ def _manifest(
     if path.exists():
         old = json.loads(path.read_text())
         was = (old["profile"], old["dataset"], old.get("environment", {}).get("precision", "fp32"))
-        if was != (profile, dataset, precision):
+        made_by = canonical(was[0])
+        same = made_by == profile or (made_by, profile) in UPGRADES
+        if not same or was[1:] != (dataset, precision):
             raise ConfigError(
                 f"{out} holds a reproduction with profile {was[0]} on {was[1]} in precision "
                 f"{was[2]}; use another --out for profile {profile} on {dataset} in {precision}"
@@ -83,9 +85,14 @@ def _manifest(
     }
 
 
+# A profile that runs everything another does, with the same settings, may continue that
+# profile's directory: `dfl reproduce --profile every --out runs/lab` trains only what lab left.
+UPGRADES = {("lab", "every")}
+
+
 def reproduce(
     out: Path,
-    profile: str = "quick",
+    profile: str = "lab",
     dataset: str = "mnist",
     data_dir: str | None = None,
     device: str = "auto",
@@ -103,12 +110,13 @@ def reproduce(
         )
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
-    if profile not in PROFILES:
+    if profile not in PROFILES and profile not in ALIASES:
         raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
+    profile = canonical(profile)
     resolved = str(resolve_device(device))
     manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs)
     data = load_dataset(dataset, data_dir)
-    default_seeds = {"smoke": 1, "quick": 2, "full": 3}[profile]
+    default_seeds = PROFILES[profile].seeds
     manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "reproduce.json", manifest)
@@ -118,11 +126,14 @@ def reproduce(
 
     failed: dict[str, str] = {}  # experiment -> why, in the order they ran
     bar = tqdm(selected, desc="reproduce", unit="experiment", disable=None, file=sys.stderr)
+    progress = Progress(PROFILES[profile], selected, enabled=bar.disable)
     for name in bar:
         bar.set_postfix_str(name)
         existing = load_result(out, name)
-        if existing is not None and existing.get("status") == "completed":
+        if _finished(existing, profile):
+            progress.kept(name)
             continue
+        progress.start(name)
         try:
             module = importlib.import_module(f"dfl.experiments.{name}")
         except ModuleNotFoundError:
@@ -153,10 +164,60 @@ def reproduce(
             environment=manifest["environment"],
         )
         save_result(out, name, result)
+        progress.end(name, time.perf_counter() - t0, result["status"])
     report = build_report(out)
     if failed:
         raise ExperimentsFailed(failed, report)
     return report
+
+
+def _finished(result: dict[str, Any] | None, profile: str) -> bool:
+    """A completed result of this profile (one of a profile this one upgrades is rerun: its
+    finished runs are reused, the runs it left out are trained)."""
+    if result is None or result.get("status") != "completed":
+        return False
+    made_by = canonical(result.get("profile", profile))
+    return (made_by, profile) not in UPGRADES
+
+
+class Progress:
+    """One line on stderr when each experiment starts and ends, with the elapsed time and an
+    estimate of the time left for the whole profile, when stderr is not a terminal (a log, CI,
+    nohup); in a terminal the progress bars say it instead."""
+
+    def __init__(self, profile: Any, selected: list[str], enabled: bool) -> None:
+        self.estimate = {n: profile.estimate_s.get(n, 60.0) for n in selected}
+        self.left = list(selected)
+        self.enabled, self.t0 = enabled, time.perf_counter()
+        self.spent = self.expected = 0.0  # this invocation's experiments: actual, estimated
+
+    def kept(self, name: str) -> None:
+        self.left.remove(name)
+        self._say(f"{name}: finished earlier, kept")
+
+    def start(self, name: str) -> None:
+        self._say(f"{name}: started")
+
+    def end(self, name: str, seconds: float, status: str) -> None:
+        self.left.remove(name)
+        self.spent, self.expected = self.spent + seconds, self.expected + self.estimate[name]
+        self._say(f"{name}: {status} in {_minutes(seconds)}")
+
+    def time_left(self) -> float:
+        """The measured estimates of the experiments left, scaled by how this invocation's
+        experiments ran against theirs (a slower machine, another job sharing the cores)."""
+        scale = min(max(self.spent / self.expected, 0.5), 3.0) if self.expected > 1 else 1.0
+        return scale * sum(self.estimate[n] for n in self.left)
+
+    def _say(self, what: str) -> None:
+        if self.enabled:
+            elapsed = _minutes(time.perf_counter() - self.t0)
+            left = f"about {_minutes(self.time_left())} left" if self.left else "done"
+            print(f"dfl reproduce: {what} (elapsed {elapsed}, {left})", file=sys.stderr, flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def _spent_path(out: Path, name: str) -> Path:
@@ -180,10 +241,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """What `dfl reproduce` and `dfl lab` share: profile, data, device, seeds, output."""
     p.add_argument(
         "--profile",
-        default="quick",
-        choices=PROFILES,
-        help="smoke: tiny, for tests; quick: every table and figure in about 15 "
-        "minutes on 2 CPU cores (default); full: the lab's settings exactly",
+        default="lab",
+        choices=[*PROFILES, *ALIASES],
+        help="; ".join(f"{p.name}: {p.buys} ({p.cost})" for p in PROFILES.values())
+        + ". Default lab; quick is preview's old name. Costs measured on 2 CPU cores",
     )
     add_data_arguments(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -221,7 +282,7 @@ def add_lab_arguments(p: argparse.ArgumentParser) -> None:
 def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> int:
     dataset = args.dataset or "mnist"
     suffix = "" if dataset == "mnist" else "-" + Path(dataset).name
-    out = Path(args.out or f"runs/{args.profile}{suffix}")
+    out = Path(args.out or f"runs/{canonical(args.profile)}{suffix}")
     if only is None and args.only:
         only = [s.strip() for s in args.only.split(",") if s.strip()]
     report = reproduce(
@@ -241,5 +302,19 @@ def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> in
 
 @command("report", "rebuild a reproduction's report from its saved results (no training)")
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a reproduction directory, e.g. runs/quick")
-    p.set_defaults(run=lambda args: print(f"report: {build_report(Path(args.run_dir))}") or 0)
+    p.add_argument("run_dir", help="a reproduction directory, e.g. runs/lab")
+    p.add_argument(
+        "--lab-table",
+        action="store_true",
+        help="print the lab's numbers beside ours as a Markdown table, from results.json "
+        "(the README's table), instead of rebuilding the report",
+    )
+    p.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    if args.lab_table:
+        print(lab_table_markdown(Path(args.run_dir)))
+    else:
+        print(f"report: {build_report(Path(args.run_dir))}")
+    return 0

@@ -36,7 +36,68 @@ from dfl.config import TrainConfig, build_config, dict_to_toml, merge, set_dotte
 from dfl.data import Dataset
 from dfl.train import RunResult, available_cores, fit
 
-PROFILES = ("smoke", "quick", "full")
+
+@dataclass(frozen=True)
+class Profile:
+    """One way of running the whole lab: what it buys, what it cost when measured (2 CPU
+    cores unless it says otherwise), and how many runs stand behind each number."""
+
+    name: str
+    buys: str  # what a user gets, for --help, the README and the report
+    cost: str  # measured wall time and peak memory, or "not measured yet"
+    seeds: int  # corrected counterparts: mean ± std over this many seeds
+    faithful_seeds: int | None = None  # runs per lab-protocol number (None: `seeds`)
+    # Measured seconds per experiment on 2 CPU cores: the progress lines' time left.
+    estimate_s: dict[str, float] = field(default_factory=dict)
+
+
+PROFILES = {
+    p.name: p
+    for p in (
+        Profile("smoke", "tiny data and one epoch: for tests, not numbers", "seconds", 1),
+        Profile(
+            "preview",
+            "a first look: every table and figure, epochs cut short, so most lab numbers are "
+            "not comparable",
+            "7.6 min, peak memory 1.1 GB",
+            2,
+            estimate_s={"ae": 60, "sae": 90, "conv": 1, "cnn": 180, "attention": 1, "vit": 120},
+        ),
+        Profile(
+            "lab",
+            "every experiment whose lab protocol fits 20 minutes, at exactly that protocol (one "
+            "run per number, as the lab); corrected counterparts over 2 seeds; leaves out 6 of "
+            "the 7 ViT configurations",
+            "not measured yet",
+            2,
+            faithful_seeds=1,
+            estimate_s={"ae": 300, "sae": 180, "conv": 1, "cnn": 300, "attention": 1, "vit": 400},
+        ),
+        Profile(
+            "every",
+            "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
+            "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
+            "not measured yet",
+            2,
+            faithful_seeds=1,
+            estimate_s={"ae": 300, "sae": 180, "conv": 1, "cnn": 300, "attention": 1, "vit": 3300},
+        ),
+        Profile(
+            "full",
+            "the lab's settings for every run, 3 seeds throughout, and the beyond-the-lab stages "
+            "at full length",
+            "about 9 hours on 2 CPU cores (the ViT part 11 min on one H200)",
+            3,
+        ),
+    )
+}
+ALIASES = {"quick": "preview"}  # the preview profile's old name
+
+
+def canonical(profile: str) -> str:
+    """A profile's name, given its name or its old name (`quick` is `preview`)."""
+    return ALIASES.get(profile, profile)
+
 
 # One run's config overrides: dotted keys ("optim.lr", "model_args.enc") or nested sections
 # ("data": {...}) to values, as data.
@@ -73,8 +134,8 @@ class Canvas:
 
 @dataclass
 class Context:
-    out: Path  # the reproduction's directory, e.g. runs/quick
-    profile: str  # smoke | quick | full
+    out: Path  # the reproduction's directory, e.g. runs/lab
+    profile: str  # a key of PROFILES
     data: Dataset
     dataset_arg: str  # as the user named it: mnist, fashion-mnist or a path
     device: str = "auto"
@@ -86,6 +147,11 @@ class Context:
     def lab_subset(self, n: int) -> int:
         """The lab's random-subset size; the smoke profile caps it so tests fit tiny data."""
         return min(n, 500) if self.profile == "smoke" else n
+
+    @property
+    def faithful_seeds(self) -> int:
+        """Runs per lab-protocol number: one in the lab profiles, as the lab ran them."""
+        return PROFILES[self.profile].faithful_seeds or self.seeds
 
     def smoke_cap(self) -> Overrides:
         """Overrides that keep a full-data run small in the smoke profile (none otherwise)."""

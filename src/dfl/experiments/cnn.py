@@ -38,7 +38,8 @@ QUESTION = (
     "normalisation and activation functions. How do they affect accuracy and cost?"
 )
 
-PROFILE = {  # quick trades epochs and data for minutes on 2 CPU cores; full is the lab's
+PROFILE = {  # preview trades epochs and data for minutes on 2 CPU cores; lab and full run the
+    # notebook's two CNNs on its protocol, lab with the preview's short corrected stages
     "smoke": {
         "lab_epochs": 1,
         "explore_epochs": 1,
@@ -49,9 +50,19 @@ PROFILE = {  # quick trades epochs and data for minutes on 2 CPU cores; full is 
         "final_subset": 2000,
         "final_epochs": 1,
     },
-    "quick": {
+    "preview": {
         "lab_epochs": 20,
         "explore_epochs": 1,
+        "lab_subset": (10000, 2000),
+        "sweep_subset": 6000,
+        "sweep_epochs": 2,
+        "trials": 6,
+        "final_subset": 12000,
+        "final_epochs": 3,
+    },
+    "lab": {
+        "lab_epochs": 20,
+        "explore_epochs": 20,
         "lab_subset": (10000, 2000),
         "sweep_subset": 6000,
         "sweep_epochs": 2,
@@ -70,6 +81,7 @@ PROFILE = {  # quick trades epochs and data for minutes on 2 CPU cores; full is 
         "final_epochs": 30,
     },
 }
+PROFILE["every"] = PROFILE["lab"]
 
 # What the lab asked to explore, as a TPE search space over the `cnn_search` family: depth,
 # filters (16 doubling to 256, or constant), kernel size, pooling placement, batch norm on or
@@ -143,12 +155,12 @@ def run(ctx: Context) -> dict[str, Any]:
                 {"model": model, "epochs": epochs, "seed": s, **lab_data},
             )
             for key, model, epochs in lab_models
-            for s in range(ctx.seeds)
+            for s in range(ctx.faithful_seeds)
         ],
     )
-    faithful = {}
+    faithful, n = {}, ctx.faithful_seeds
     for i, (key, _, epochs) in enumerate(lab_models):
-        runs = lab_runs[i * ctx.seeds : (i + 1) * ctx.seeds]
+        runs = lab_runs[i * n : (i + 1) * n]
         faithful[key] = {
             "final": [r.final["test_accuracy"] for r in runs],
             "peak": [max(h["test_accuracy"] for h in r.history) for r in runs],

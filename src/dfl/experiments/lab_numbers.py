@@ -74,3 +74,8 @@ LAB: dict[str, list[tuple[str, str, float | str]]] = {
         ("writeup.loss", "write-up's ViT test loss (in no printed output)", 0.0746),
     ],
 }
+
+
+def lab_value(experiment: str, key: str) -> float | str:
+    """The lab's value for one of its numbers, from the table above."""
+    return next(value for k, _, value in LAB[experiment] if k == key)

@@ -110,8 +110,12 @@ def _full(label_epochs: str, pretrain: int, classifier: int, finetune: int) -> l
 
 PROFILE = {  # epoch scale per lab variant (1.0 = the lab's epochs) and the full-data variants
     "smoke": {"lab": {"baseline": 0.1}, "full": _full("1/1/1", 1, 1, 1)},
-    "quick": {  # the baseline exactly; the 60/60/60 runs at a third of their epochs
+    "preview": {  # the baseline exactly; the 60/60/60 runs at a third of their epochs
         "lab": {"baseline": 1.0, "long": 1 / 3, "128": 1 / 3},
+        "full": _full("3/3/6", 3, 3, 6),
+    },
+    "lab": {  # the lab's three runs exactly; the full-data runs as short as the preview's
+        "lab": {"baseline": 1.0, "long": 1.0, "128": 1.0},
         "full": _full("3/3/6", 3, 3, 6),
     },
     "full": {
@@ -119,6 +123,7 @@ PROFILE = {  # epoch scale per lab variant (1.0 = the lab's epochs) and the full
         "full": _full("20/20/60", 20, 20, 60),
     },
 }
+PROFILE["every"] = PROFILE["lab"]
 
 
 def _scaled(v: Variant, scale: float) -> Variant:
@@ -234,7 +239,7 @@ def run(ctx: Context) -> dict[str, Any]:
     lab = {}
     numbers = {}
     for v in (_scaled(v, prof["lab"][v.key]) for v in LAB_VARIANTS if v.key in prof["lab"]):
-        runs = [run_variant(ctx, v, "lab", s) for s in seeds]
+        runs = [run_variant(ctx, v, "lab", s) for s in range(ctx.faithful_seeds)]
         lab[v.key] = {
             "label": v.label,
             "lab": v.lab,

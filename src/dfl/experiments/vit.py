@@ -20,7 +20,7 @@ from dfl import models
 from dfl.data.batches import to_input
 from dfl.experiments import TITLES
 from dfl.experiments.base import Canvas, Context, Overrides, number
-from dfl.experiments.lab_numbers import VIT_CONFIGS
+from dfl.experiments.lab_numbers import VIT_CONFIGS, lab_value
 from dfl.models.vit import attention_rollout
 from dfl.report import figures
 from dfl.report.document import Figure, Section, Table, fmt, mean_std
@@ -35,7 +35,8 @@ QUESTION = (
 )
 BASE = (64, 6, 8, 128)
 
-PROFILE = {  # quick: the base config briefly on all data, the others on a subset for 1 epoch
+PROFILE = {  # preview: the base config briefly on all data, the others on a subset for 1 epoch;
+    # lab: the base config on the lab's protocol (20 epochs, all data); every: all seven
     "smoke": {
         "base_epochs": 1,
         "base_subset": 2000,
@@ -45,11 +46,29 @@ PROFILE = {  # quick: the base config briefly on all data, the others on a subse
         "beyond_epochs": 1,
         "beyond_subset": 2000,
     },
-    "quick": {
+    "preview": {
         "base_epochs": 2,
         "base_subset": None,
         "other_epochs": 1,
         "other_subset": 6000,
+        "others": [c for c in VIT_CONFIGS if c != BASE],
+        "beyond_epochs": 2,
+        "beyond_subset": 12000,
+    },
+    "lab": {
+        "base_epochs": 20,
+        "base_subset": None,
+        "other_epochs": 20,
+        "other_subset": None,
+        "others": [],
+        "beyond_epochs": 2,
+        "beyond_subset": 12000,
+    },
+    "every": {
+        "base_epochs": 20,
+        "base_subset": None,
+        "other_epochs": 20,
+        "other_subset": None,
         "others": [c for c in VIT_CONFIGS if c != BASE],
         "beyond_epochs": 2,
         "beyond_subset": 12000,
@@ -168,18 +187,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 + (f" on {r['subset']:,} images" if r["subset"] else "")
             ),
         }
-    compare["writeup.acc"] = {
-        "faithful": fmt(base_row["test_accuracy"]),
-        "corrected": mean_std(beyond_acc),
-        "verdict": "not a printed number",
-        "why": "0.9834 appears in no notebook output",
-    }
-    compare["writeup.loss"] = {
-        "faithful": fmt(base_row["test_loss"]),
-        "corrected": None,
-        "verdict": "not a printed number",
-        "why": "0.0746 appears in no notebook output",
-    }
+    compare.update(_writeup_compare(base_row, beyond_acc))
     numbers = {
         f"lab.{_key(tuple(r['config']))}.test_accuracy": number(
             r["test_accuracy"], f"ViT {r['config']} test accuracy", r["_run"], NAME
@@ -199,6 +207,44 @@ def run(ctx: Context) -> dict[str, Any]:
         "numbers": numbers,
         "compare": compare,
     }
+
+
+# The write-up's ViT numbers, in no printed output.
+WRITEUP = {k: lab_value(NAME, f"writeup.{k}") for k in ("acc", "loss")}
+
+
+def _writeup_compare(base: dict[str, Any], beyond_acc: list[float]) -> dict[str, Any]:
+    """The write-up's 0.9834 / 0.0746 against our base configuration: no notebook output has
+    them, and the base configuration (its first run printed 98.23%, loss 0.0828) is the run
+    they most likely come from, so only a base run on the lab's protocol compares."""
+    same = base["epochs"] == 20 and base["subset"] is None
+    why = (
+        "the write-up's number is in no printed notebook output; set beside the base "
+        "configuration (64, 6, 8, 128), whose first run printed 0.9823 / 0.0828"
+    )
+    acc, loss = base["test_accuracy"], base["test_loss"]
+    loss_within = abs(loss / WRITEUP["loss"] - 1) <= 0.2
+    return {
+        "writeup.acc": {
+            "faithful": fmt(acc),
+            "corrected": mean_std(beyond_acc),
+            "verdict": _verdict(same, abs(acc - WRITEUP["acc"]) <= 0.005, acc - WRITEUP["acc"]),
+            "why": why,
+        },
+        "writeup.loss": {
+            "faithful": fmt(loss),
+            "corrected": None,
+            # The test loss rises after epoch 8-14 while accuracy holds: a loose tolerance.
+            "verdict": _verdict(same, loss_within, loss - WRITEUP["loss"]),
+            "why": why,
+        },
+    }
+
+
+def _verdict(same_protocol: bool, within: bool, difference: float) -> str:
+    if not same_protocol:
+        return "not comparable: the base configuration trained shorter or on fewer images"
+    return "reproduced" if within else f"differs by {difference:+.4f}"
 
 
 def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
@@ -226,6 +272,13 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
     # Per 1,000 training images: the quick profile trains some configurations on a subset.
     per_k = {name(r): 1000 * r["seconds_per_epoch"] / (r["subset"] or 60000) for r in rows}
     fast, slow = min(per_k, key=per_k.get), max(per_k, key=per_k.get)
+    if len(rows) == 1:  # the lab profile: the base configuration only
+        return [
+            f"Performance: {name(best)} ({best['params']:,} parameters, {best['macs']:,} "
+            f"multiply-adds per image) reaches {fmt(best['test_accuracy'])} test accuracy, "
+            f"{fmt(gaps[0])} below its train accuracy; {per_k[fast]:.2f} s per 1,000 training "
+            "images. The other six configurations: `dfl reproduce --profile every`."
+        ]
     return [
         f"Performance: test accuracy ranges from {fmt(worst['test_accuracy'])} ({name(worst)}, "
         f"{worst['params']:,} parameters) to {fmt(best['test_accuracy'])} ({name(best)}, "

@@ -12,10 +12,10 @@ from dfl.atomic import atomic_write_bytes, atomic_write_json
 from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.experiments import EXPERIMENTS, TITLES
-from dfl.experiments.base import Canvas, load_result
+from dfl.experiments.base import PROFILES, Canvas, load_result
 from dfl.experiments.lab_numbers import LAB
 from dfl.report.document import Document, Section, Table
-from dfl.report.render import to_html, to_markdown
+from dfl.report.render import md_table, to_html, to_markdown
 
 
 def _experiment_module(name: str) -> Any | None:
@@ -44,42 +44,98 @@ def _exact(value: object) -> object:
 DATASET_FREE = {"output", "size", "identical_rows"}
 
 
-def lab_table(results: dict[str, dict | None], manifest: dict[str, Any]) -> Table:
-    rows = []
-    for name, entries in LAB.items():
-        result = results.get(name)
-        compare = (
-            (result or {}).get("compare", {}) if (result or {}).get("status") == "completed" else {}
+VERDICTS = ("reproduced", "differs", "not comparable", "missing")
+
+
+def _kind(verdict: str) -> str:
+    """Which of VERDICTS an experiment's verdict text is ("differs (0.73x)" -> differs)."""
+    if verdict.startswith(("reproduced", "bug reproduced")):
+        return "reproduced"
+    return next((k for k in VERDICTS[1:] if verdict.startswith(k)), "not comparable")
+
+
+def _left_out(profile: str) -> str:
+    every = PROFILES["every"]
+    return (
+        f"not run in profile {profile}; `dfl reproduce --profile every` runs it "
+        f"({every.cost}, on 2 CPU cores)"
+    )
+
+
+def lab_entry(
+    name: str, key: str, row: dict | None, missing: str, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """One lab number as results.json keeps it: the lab's value and ours, the verdict (one of
+    VERDICTS) and the reason."""
+    if row is None:
+        verdict, detail, reason = "missing", "missing", missing
+    else:
+        detail, reason = row.get("verdict", ""), row.get("why", "")
+        verdict = _kind(detail)
+        if manifest.get("dataset", "mnist") != "mnist" and key not in DATASET_FREE:
+            verdict = "not comparable"
+            detail = f"not comparable: the lab measured MNIST, this is {manifest['dataset']}"
+        if verdict == "not comparable":
+            reason = detail.partition(": ")[2] or reason
+    return {
+        "experiment": name,
+        "key": key,
+        "faithful": None if row is None else row.get("faithful"),
+        "corrected": None if row is None else row.get("corrected"),
+        "verdict": verdict,
+        "detail": detail,
+        "reason": reason,
+    }
+
+
+def lab_entries(results: dict[str, dict | None], manifest: dict[str, Any]) -> list[dict]:
+    """Every number the lab states (lab_numbers.LAB), each with ours and its verdict."""
+    entries = []
+    for name, numbers in LAB.items():
+        result = results.get(name) or {}
+        compare = result.get("compare", {}) if result.get("status") == "completed" else {}
+        missing = (
+            _left_out(manifest.get("profile", "?"))
+            if compare
+            else _why_missing(name, results.get(name), manifest)
         )
-        for key, what, lab_value in entries:
-            row = compare.get(key)
-            if row is None:
-                reason = _why_missing(name, result, manifest) if not compare else "not measured"
-                rows.append([what, _exact(lab_value), None, None, f"missing: {reason}"])
-            else:
-                verdict = row.get("verdict", "")
-                if manifest.get("dataset", "mnist") != "mnist" and key not in DATASET_FREE:
-                    verdict = (
-                        f"not comparable: the lab measured MNIST, this is {manifest['dataset']}"
-                    )
-                if row.get("why") and not verdict.startswith("not comparable"):
-                    verdict += f" — {row['why']}"
-                # No corrected counterpart (a grid point, a fixed fact) reads n/a, not missing.
-                corrected = row.get("corrected")
-                rows.append(
-                    [
-                        what,
-                        _exact(lab_value),
-                        row.get("faithful"),
-                        "n/a" if corrected is None else corrected,
-                        verdict,
-                    ]
-                )
+        for key, what, lab_value in numbers:
+            entry = lab_entry(name, key, compare.get(key), missing, manifest)
+            entries.append({"what": what, "lab": lab_value, **entry})
+    return entries
+
+
+def _shown(entry: dict[str, Any]) -> str:
+    """The verdict column: the verdict in words and, for a number set beside the lab's, why."""
+    if entry["verdict"] == "missing":
+        return f"missing: {entry['reason']}"
+    if entry["reason"] and entry["verdict"] in ("reproduced", "differs"):
+        return f"{entry['detail']} — {entry['reason']}"
+    return entry["detail"]
+
+
+def lab_table(entries: list[dict[str, Any]]) -> Table:
+    """The comparison table, from results.json's entries (report and README alike)."""
+    rows = [
+        [
+            e["what"],
+            _exact(e["lab"]),
+            e["faithful"],
+            # No corrected counterpart (a grid point, a fixed fact) reads n/a, not missing.
+            "n/a" if e["corrected"] is None and e["verdict"] != "missing" else e["corrected"],
+            _shown(e),
+        ]
+        for e in entries
+    ]
     return Table(
         ["lab number", "lab", "ours, faithful", "ours, corrected", "verdict"],
         rows,
         "Every number the write-up states, beside ours",
     )
+
+
+def counts(entries: list[dict[str, Any]]) -> dict[str, int]:
+    return {k: sum(e["verdict"] == k for e in entries) for k in VERDICTS}
 
 
 def _section_with_figures(module: Any, result: dict[str, Any], canvas: Canvas) -> Section:
@@ -98,22 +154,32 @@ def _section_with_figures(module: Any, result: dict[str, Any], canvas: Canvas) -
     return section
 
 
-def _verdict_summary(table: Table) -> str:
-    """One line a reader can take away: how many of the lab's numbers we reproduced."""
-    kinds = {"reproduced": 0, "differs": 0, "not comparable": 0, "missing": 0}
-    for row in table.rows:
-        verdict = str(row[-1])
-        for kind in kinds:
-            if verdict.startswith(kind) or (kind == "reproduced" and verdict.startswith("bug")):
-                kinds[kind] += 1
-                break
-    other = len(table.rows) - sum(kinds.values())
-    return (
-        f"Of the {len(table.rows)} numbers the lab states: {kinds['reproduced']} reproduced, "
-        f"{kinds['differs']} differ (each with the reason), {kinds['not comparable']} not "
-        f"comparable here (fewer epochs or images than the lab, or another dataset), "
-        f"{kinds['missing']} missing"
-        + (f", {other} other (numbers the notebook never printed)." if other else ".")
+def _headline(entries: list[dict], manifest: dict[str, Any], results: dict, out: Path) -> str:
+    """The report's first paragraph: how many lab numbers this run set beside ours, and the
+    command that sets the rest."""
+    n, total = counts(entries), len(entries)
+    beside = n["reproduced"] + n["differs"]
+    wall = sum(r.get("wall_s", 0.0) for r in results.values() if r)
+    profile = manifest["profile"]
+    text = (
+        f"This run (profile **{profile}**, {wall / 60:.1f} min of training) set **{beside} of "
+        f"the lab's {total} numbers** beside ours: {n['reproduced']} reproduced, "
+        f"{n['differs']} differ (each with its reason); {n['not comparable']} not comparable "
+        f"(fewer epochs or images than the lab, or another dataset), {n['missing']} missing."
+    )
+    if beside == total:
+        return text
+    if profile == "lab":
+        return text + (
+            f" `dfl reproduce --profile every --out {out}` sets the rest, training only what "
+            f"this run left out (the whole every profile: {PROFILES['every'].cost})."
+        )
+    if profile in ("every", "full"):
+        return text + " Rerun the same command to resume (finished runs are kept)."
+    return text + (
+        f" `make reproduce` (profile lab: {PROFILES['lab'].cost}) sets them at the lab's "
+        f"protocol except six ViT configurations; `dfl reproduce --profile every` sets all "
+        f"{total} ({PROFILES['every'].cost})."
     )
 
 
@@ -161,9 +227,11 @@ def build_report(out: Path) -> Path:
                 )
             )
 
-    table = lab_table(results, manifest)
+    entries = lab_entries(results, manifest)
+    table = lab_table(entries)
     done = sum(1 for r in results.values() if r and r.get("status") == "completed")
     summary = [
+        _headline(entries, manifest, results, out),
         f"Profile **{manifest['profile']}** on **{manifest['dataset']}** "
         f"({manifest['environment'].get('device', '?')}); {done} of {len(EXPERIMENTS)} "
         f"experiments have results. Every number below comes from a run saved under {out}; "
@@ -181,7 +249,6 @@ def build_report(out: Path) -> Path:
             )
             + " are marked missing; rerun the reproduce command to retry (finished runs are kept)."
         )
-    summary.append(_verdict_summary(table))
     sections.insert(0, Section("The lab's numbers beside ours", tables=[table]))
     doc = Document(
         f"dfl lab reproduction — profile {manifest['profile']}",
@@ -194,6 +261,19 @@ def build_report(out: Path) -> Path:
     atomic_write_bytes(out / "report.html", to_html(doc, out).encode())
     atomic_write_json(
         out / "results.json",
-        {"profile": manifest["profile"], "dataset": manifest["dataset"], "numbers": numbers},
+        {
+            "profile": manifest["profile"],
+            "dataset": manifest["dataset"],
+            "lab": entries,  # every number the lab states: its value, ours, verdict, reason
+            "counts": counts(entries),
+            "numbers": numbers,
+        },
     )
     return out / "report.html"
+
+
+def lab_table_markdown(out: Path) -> str:
+    """The comparison table as Markdown, from a reproduction's results.json alone (the
+    README's table is this)."""
+    saved = json.loads((Path(out) / "results.json").read_text())
+    return md_table(lab_table(saved["lab"]))

@@ -14,7 +14,7 @@ from dfl.report.document import Document, Figure, Section, Table, fmt
 # ------------------------------------------------------------------------------- Markdown
 
 
-def _md_table(table: Table) -> str:
+def md_table(table: Table) -> str:
     def cell(v: object) -> str:
         return fmt(v).replace("|", "\\|").replace("\n", " ")
 
@@ -34,7 +34,7 @@ def _md_section(s: Section) -> str:
     if s.missing:
         parts.append(f"**Missing:** {s.missing}")
     parts += s.paragraphs
-    parts += [_md_table(t) for t in s.tables]
+    parts += [md_table(t) for t in s.tables]
     parts += [f"![{f.caption}]({f.path})\n\n*{f.caption}*" for f in s.figures]
     return "\n\n".join(parts)
 
@@ -43,7 +43,7 @@ def to_markdown(doc: Document) -> str:
     parts = [f"# {doc.title}", *doc.summary]
     parts += [_md_section(s) for s in doc.sections]
     if doc.environment:
-        parts += ["## Environment", _md_table(doc.environment)]
+        parts += ["## Environment", md_table(doc.environment)]
     return "\n\n".join(parts) + "\n"
 
 
