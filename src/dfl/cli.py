@@ -95,26 +95,36 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:
-    from dfl.config import parse_overrides, set_dotted
+    from dfl.config import overlapping_key, parse_overrides, set_dotted
 
-    tree = parse_overrides(args.overrides)
+    tree = parse_overrides(args.overrides, once=True)
     flags = {
-        "model": args.model,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "optim.lr": args.lr,
-        "device": args.device,
-        "precision": args.precision,
-        "seed": args.seed,
-        "threads": args.threads,
-        "data.dataset": args.dataset,
-        "data.data_dir": args.data_dir,
+        "model": ("MODEL", args.model),
+        "epochs": ("--epochs", args.epochs),
+        "batch_size": ("--batch-size", args.batch_size),
+        "optim.lr": ("--lr", args.lr),
+        "device": ("--device", args.device),
+        "precision": ("--precision", args.precision),
+        "seed": ("--seed", args.seed),
+        "threads": ("--threads", args.threads),
+        "data.dataset": ("--dataset", args.dataset),
+        "data.data_dir": ("--data-dir", args.data_dir),
+        "deterministic": ("--deterministic", True if args.deterministic else None),
     }
-    if args.deterministic:
-        flags["deterministic"] = True
-    for key, value in flags.items():
-        if value is not None:
-            set_dotted(tree, key, value)
+    given = {pair.partition("=")[0].strip(): pair for pair in args.overrides}
+    for key, (flag, value) in flags.items():
+        if value is None:
+            continue
+        clash = overlapping_key(key, given)
+        if clash is not None:  # one value per key: which one was meant is the user's to say
+            shown = {"MODEL": f"the model argument '{value}'", "--deterministic": flag}.get(
+                flag, f"{flag} {value}"
+            )
+            raise DflError(
+                f"config key '{key}' is given twice ({shown} and --set {given[clash]}); "
+                "give it once"
+            )
+        set_dotted(tree, key, value)
     return tree
 
 

@@ -8,9 +8,11 @@ run directory so any run can be repeated with `dfl train --config RUN/config.tom
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,21 +25,46 @@ from pydantic import (
 
 from dfl.errors import ConfigError
 
+# The widest seed every consumer takes as it is: numpy's legacy RandomState (TPE's sampler,
+# `np.random.seed`) wants 0 <= seed < 2**32; torch takes more, Python's `random` anything.
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are re-validated."""
+    """Base for every config section: unknown keys are errors, assignments are re-validated,
+    and types are strict: a bool is not a number (`lr = true` is not 1.0) and a string is not
+    an int (`epochs = "1"` is not 1). An int where a float is wanted is fine (`lr = 1`)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True)
+
+
+def max_threads() -> int:
+    """The machine's cores: more intra-op threads than that only slow a run down, and torch
+    crashes outright (a segfault) when asked for tens of thousands."""
+    return os.cpu_count() or 1
+
+
+def threads_problem(threads: int) -> str | None:
+    """Why `threads` cannot be a thread count here, or None when it can."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        return f"must be a whole number, at least 1 (got {threads!r})"
+    if threads > max_threads():
+        return (
+            f"{threads} is more than this machine's {max_threads()} cores (give "
+            f"{max_threads()} or fewer, or leave it out for the default)"
+        )
+    return None
 
 
 class DataConfig(Strict):
     dataset: str = "mnist"  # "mnist", "fashion-mnist" or a directory of IDX files
     data_dir: str | None = None  # a directory holding the four IDX files; tried first
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # held out of train for selection
-    split_seed: int = 42  # the split is a property of the experiment, not of the run's seed
+    split_seed: Seed = 42  # the split is a property of the experiment, not of the run's seed
     train_subset: int | None = Field(None, gt=0)  # lab-faithful: random N training images ...
     test_subset: int | None = Field(None, gt=0)  # ... and M test images, as the notebooks did
-    subset_seed: int | None = None  # None = a fresh draw each run (the notebooks had no seed)
+    subset_seed: Seed | None = None  # None = a fresh draw each run (the notebooks had no seed)
     normalize: bool = False  # lab: pixels / 255 only; True: (x - 0.1307) / 0.3081
     augment_shift: int = Field(0, ge=0, le=8)  # random translation in pixels (0 = off)
     augment_rotate: float = Field(0.0, ge=0.0, le=45.0)  # random rotation in degrees
@@ -88,9 +115,9 @@ class TrainConfig(Strict):
     # torch.compile the training step's model: its compile time (tens of seconds) pays back
     # only on long runs; benchmarks/RESULTS.md has the measured break-even.
     compile: bool = False
-    seed: int = 0
+    seed: Seed = 0
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU)
-    threads: int | None = Field(None, gt=0)  # intra-op threads; None = torch's default
+    threads: int | None = Field(None, gt=0)  # intra-op threads, at most the cores; None = torch's
     evaluate_test: bool = True  # the test set is evaluated once, after training
     restore_best: bool = False  # test the best-validation epoch's weights, not the last's
     # Lab-faithful only: the notebooks evaluated (and picked epochs on) the test set every
@@ -112,11 +139,48 @@ class TrainConfig(Strict):
             raise ConfigError(f"config key 'model': {e}") from None
         return name
 
+    @field_validator("threads")
+    @classmethod
+    def _at_most_the_cores(cls, threads: int | None) -> int | None:
+        problem = None if threads is None else threads_problem(threads)
+        if problem:
+            raise ValueError(problem)
+        return threads
+
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
         if self.optim.nesterov and self.optim.momentum == 0.0:
             raise ValueError("optim.nesterov needs optim.momentum > 0")
+        self._check_early_stop_metric()
         return self
+
+    def _check_early_stop_metric(self) -> None:
+        """The metric early stopping watches must be one this run records each epoch, or the
+        run would fail only after its first epoch (with its directory already written)."""
+        from dfl.models import registry
+        from dfl.objectives import recorded_metrics
+
+        es = self.early_stop
+        name = registry.get(self.model).objective if self.objective == "auto" else self.objective
+        splits = ["train", "val", "test"]
+        measured = [f"{s}_{m}" for s in splits for m in recorded_metrics(name)]
+        if es.metric not in measured:
+            raise ConfigError(
+                f"config key 'early_stop.metric': '{es.metric}' is not a metric this run "
+                f"records (the {name} objective records {', '.join(measured)})"
+            )
+        if not es.patience:
+            return
+        if es.metric.startswith("val_") and self.data.val_fraction == 0:
+            raise ConfigError(
+                f"config key 'early_stop.metric': '{es.metric}' needs a validation split "
+                "(set data.val_fraction > 0)"
+            )
+        if es.metric.startswith("test_") and not self.test_every_epoch:
+            raise ConfigError(
+                f"config key 'early_stop.metric': '{es.metric}' is measured only with "
+                "test_every_epoch = true (select on val_ metrics instead)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,15 +207,36 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`["optim.lr=3e-4", "epochs=5"]` -> nested dict. A pair without `=` is an error."""
+def parse_overrides(pairs: list[str], *, once: bool = False) -> dict[str, Any]:
+    """`["optim.lr=3e-4", "epochs=5"]` -> nested dict. A pair without `=` is an error. Later
+    pairs win, for code that layers overrides; with `once` (a user's command line) a key given
+    twice (`epochs=1` and `epochs=-3`, or `data={...}` and `data.x=1`) is an error naming both:
+    which one was meant is the user's to say, not the order's."""
     tree: dict[str, Any] = {}
+    given: dict[str, str] = {}  # dotted key -> the pair that set it
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"override '{pair}' is not key=value (example: --set optim.lr=3e-4)")
-        set_dotted(tree, key.strip(), parse_value(value.strip()))
+        clash = overlapping_key(key, given) if once else None
+        if clash is not None:
+            raise ConfigError(
+                f"config key '{key}' is given twice (--set {given[clash]} and --set {pair}); "
+                "give each key once"
+            )
+        given[key] = pair
+        set_dotted(tree, key, parse_value(value.strip()))
     return tree
+
+
+def overlapping_key(key: str, keys: Iterable[str]) -> str | None:
+    """The key among `keys` that sets `key` too: the same key, a section holding it
+    (`data` for `data.val_fraction`) or a key inside it."""
+    for other in keys:
+        if other == key or other.startswith(key + ".") or key.startswith(other + "."):
+            return other
+    return None
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -166,12 +251,25 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a file that is missing, not a file, unreadable, not UTF-8 or
+    not TOML is a ConfigError naming it (bad input: exit 2)."""
     path = Path(path)
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"config file {path} is a directory; give a TOML file (a run's is DIR/config.toml)"
+        ) from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+            f"{e.start}); TOML files are UTF-8: save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
@@ -181,9 +279,11 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     parts = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"]
+        msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `dfl train --help` lists the keys)"
+        elif item["type"] == "value_error":
+            pass  # our own validators' messages say what they got
         elif "input" in item and item["type"] not in ("missing",):
             msg = f"{msg} (got {item['input']!r})"
         parts.append(f"config key '{prefix}{key}': {msg}")

@@ -6,6 +6,7 @@ exact per-sample averages however the last batch is cut (the lab divided by the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ class Objective:
     name: str
     select_metric: str  # the validation metric model selection uses
     select_mode: str  # "min" or "max"
+    metrics: ClassVar[tuple[str, ...]] = ("loss",)  # what `finish` returns for an epoch
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
         raise NotImplementedError
@@ -33,6 +35,8 @@ class Objective:
 
 
 class Classification(Objective):
+    metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")
+
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
         logits = model(x)  # (B, classes)
         loss = F.cross_entropy(logits.float(), y)
@@ -70,3 +74,9 @@ def objective_for(name: str, layer: int = 0) -> Objective:
     if name == "layerwise":
         return LayerwisePretraining(name, "val_loss", "min", layer)
     return OBJECTIVES[name]
+
+
+def recorded_metrics(name: str) -> tuple[str, ...]:
+    """The metrics objective `name` records per split each epoch ("loss", "accuracy"), which
+    the run directory's metrics.jsonl holds as train_loss, val_loss, ..."""
+    return objective_for(name).metrics

@@ -194,10 +194,10 @@ def model_from_spec(
         label, build = spec, lambda: build_layers(raw["layers"], input_shape)[0]
     else:
         if raw is None:  # a model's name
-            cfg = build_config(None, merge({"model": spec}, parse_overrides(overrides)))
+            cfg = build_config(None, merge({"model": spec}, parse_overrides(overrides, once=True)))
             label = cfg.model
         else:
-            cfg = build_config(path, parse_overrides(overrides))
+            cfg = build_config(path, parse_overrides(overrides, once=True))
             label = f"{spec} (model {cfg.model})"
         build = lambda: models.create(cfg.model, **cfg.model_args)  # noqa: E731
     try:

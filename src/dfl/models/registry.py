@@ -2,7 +2,8 @@
 
 Each entry knows its objective (classification or reconstruction) so a run needs only the
 model's name. Arguments are checked against the factory's signature and types before anything
-is built (pydantic's `validate_call`), so a typo in `model_args` names the argument.
+is built (pydantic's `validate_call`, strict like every config key: `hidden = [true]` is not
+[1]), so a typo in `model_args` names the argument.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def register(name: str, *, objective: str = "classification") -> Callable:
     def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is registered twice")
-        checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(factory)
+        checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True, strict=True))(
+            factory
+        )
         summary = (inspect.getdoc(factory) or "").split("\n")[0]
         _REGISTRY[name] = ModelEntry(name, checked, objective, summary)
         return factory
