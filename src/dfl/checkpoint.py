@@ -20,12 +20,42 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
 from dfl.atomic import atomic_write_json, fsync_dir
 from dfl.errors import DflError
 
 KEEP = 2  # the newest checkpoint and the one before it
+REQUIRED_TENSORS = ("rng.torch", "rng.shuffle")  # what every resume sets, whatever the model
+
+
+class _Best(BaseModel):
+    model_config = ConfigDict(strict=True)
+    value: float | None
+    epoch: int | None
+
+
+class CheckpointState(BaseModel):
+    """The shape of `state.json` as the trainer writes it (train.py `Trainer._checkpoint`):
+    a file that parses but has another shape (`"epoch": "four"`, a list, no `history`) is
+    damaged like one whose hash does not match, and the previous checkpoint is used."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    epoch: int = Field(ge=1)
+    tensors_sha256: str
+    history: list[dict[str, Any]]
+    best: _Best
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    scaler: dict[str, Any]
+
+
+def _shape_problem(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" and {error.error_count() - 1} more" if error.error_count() > 1 else ""
+    return f"state.json has the wrong shape: '{key}': {first['msg']}{more}"
 
 
 def _sha256(path: Path) -> str:
@@ -98,10 +128,20 @@ def load_latest(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | 
     for path in candidates:
         try:
             state = json.loads((path / "state.json").read_text())
+            try:
+                checked = CheckpointState.model_validate(state)
+            except ValidationError as e:
+                raise ValueError(_shape_problem(e)) from None
+            if path.name != f"epoch-{checked.epoch:04d}":
+                raise ValueError(f"state.json says epoch {checked.epoch}")
             tensor_file = path / "tensors.safetensors"
-            if _sha256(tensor_file) != state["tensors_sha256"]:
+            if _sha256(tensor_file) != checked.tensors_sha256:
                 raise ValueError("sha256 of tensors.safetensors does not match state.json")
-            return load_file(str(tensor_file)), state
+            tensors = load_file(str(tensor_file))
+            missing = [k for k in REQUIRED_TENSORS if k not in tensors]
+            if missing:
+                raise ValueError(f"tensors.safetensors lacks {', '.join(missing)}")
+            return tensors, state
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             problems.append(f"{path}: {e}")
             print(

@@ -1,5 +1,7 @@
 """`dfl`: parse, validate, call. Every command has --help; every user error is one line on
-stderr and a non-zero exit (2 for bad input, 3 for a diverged run), never a traceback."""
+stderr and a non-zero exit, never a traceback: 2 for bad input (including a run directory
+another process is training), 1 for a full disk or an unwritable directory, 3 for a diverged
+run, 130 when interrupted."""
 
 from __future__ import annotations
 
@@ -236,9 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options that name a file or directory: an empty one would silently mean the default (or
+# the current directory), so it is refused instead.
+PATH_OPTIONS = ("out", "config", "storage", "dataset", "data_dir")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            flag = "--" + name.replace("_", "-")
+            raise DflError(f"{flag} is empty; give a path, or leave {flag} out for the default")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_paths(args)
         return args.run(args) or 0
     except DflError as e:
         print(f"dfl: error: {e}", file=sys.stderr)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from dfl import checkpoint, models
 from dfl.allocator import keep_freed_memory
 from dfl.atomic import atomic_write_bytes, atomic_write_json
-from dfl.config import TrainConfig, build_config, config_to_toml
+from dfl.config import TrainConfig, build_config, config_to_toml, read_toml
 from dfl.core_share import CoreShare
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
@@ -164,7 +164,32 @@ def prepare_splits(cfg: TrainConfig, data: Dataset, device: torch.device) -> dic
         splits["val"] = Split.of(train_x[va], train_y[va], device)
     else:
         splits["train"] = Split.of(train_x, train_y, device)
+    check_splits(cfg, splits, len(train_y))
     return splits
+
+
+def check_splits(cfg: TrainConfig, splits: dict[str, Split], n_train: int) -> None:
+    """Every split has images and training has at least one batch, or the first epoch would
+    divide by zero: said here with the keys to change, before the run directory is touched."""
+    d, train = cfg.data, splits["train"]
+    used = f"{n_train} training image{'s' if n_train != 1 else ''}" + (
+        f" (data.train_subset={d.train_subset})" if d.train_subset else ""
+    )
+    if "val" in splits and len(splits["val"]) == 0:
+        raise ConfigError(
+            f"data.val_fraction={d.val_fraction:g} of {used} leaves no validation image; "
+            "use more training images or set data.val_fraction=0"
+        )
+    if len(train) == 0:
+        raise ConfigError(f"the training split is empty ({used}); use more training images")
+    if len(splits["test"]) == 0:
+        raise ConfigError("the test split is empty; use a dataset with test images")
+    if train.num_batches(cfg.batch_size, cfg.drop_last) == 0:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} with drop_last=true leaves no full training batch: "
+            f"the training split has {len(train)} images (of {used}); use batch_size <= "
+            f"{len(train)} or drop_last=false"
+        )
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Objective]:
@@ -355,15 +380,35 @@ class Trainer:
         self.best: dict[str, Any] = {"value": None, "epoch": None, "weights": None}
         self._saved_at = time.monotonic()
         self._check_early_stop()
+        self._check_labels()
 
     def _check_early_stop(self) -> None:
-        es = self.cfg.early_stop
+        # early_stop.metric itself is checked with the config (TrainConfig).
         if self.cfg.restore_best and "val" not in self.splits:
             raise ConfigError("restore_best needs a validation split (set data.val_fraction > 0)")
-        if es.patience and es.metric.startswith("val_") and "val" not in self.splits:
+
+    @torch.no_grad()
+    def _check_labels(self) -> None:
+        """A classifier needs an output for every label in the data: cross-entropy would
+        fail on the first batch holding a label beyond them (an IndexError mid-epoch)."""
+        if self.objective.name != "classification":
+            return
+        top = max(int(split.labels.max()) for split in self.splits.values())
+        self.model.eval()
+        with self.autocast:
+            outputs = self.model(self._inputs(self.splits["train"].images[:1], False)).shape[-1]
+        self.model.train()
+        if top >= outputs:
+            given = self.cfg.model_args.get("num_classes")
+            fix = (
+                f"model_args.num_classes is {given}: set it to at least {top + 1}, or leave it "
+                "out to read it from the labels"
+                if given is not None
+                else f"give the model at least {top + 1} outputs"
+            )
             raise ConfigError(
-                f"early_stop.metric '{es.metric}' needs a validation split "
-                "(set data.val_fraction > 0)"
+                f"the data has labels up to {top} ({top + 1} classes) but model '{self.cfg.model}' "
+                f"has {outputs} outputs; {fix}"
             )
 
     @property
@@ -469,6 +514,8 @@ class Trainer:
     def _run(self, epoch_bar: bool, until_epoch: int | None) -> RunResult:
         last_epoch = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
         start_epoch = self._restore() + 1
+        if start_epoch > 1:  # the checkpoint's history is the truth: repair a damaged file
+            write_metrics(self.run_dir, self.history)
         t_run = time.perf_counter()
         bar = tqdm(
             range(start_epoch, last_epoch + 1),
@@ -645,13 +692,19 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def read_status(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "status.json"
     try:
-        return json.loads(path.read_text())
+        status = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DflError(
             f"{path} is not valid JSON ({e}); delete the run directory to start over"
         ) from None
+    if not isinstance(status, dict) or not isinstance(status.get("status"), str):
+        raise DflError(
+            f'{path} is not a run status (no "status" field); delete the run directory to '
+            "start over"
+        )
+    return status
 
 
 def _write_status(run_dir: Path, status: str, **fields: Any) -> None:
@@ -683,8 +736,16 @@ def _same_precision(old: str, new: str, cfg: TrainConfig) -> bool:
 
 
 def _load_saved_config(run_dir: Path) -> TrainConfig | None:
+    """The run's own config; the keys a resume may change are left at their defaults, so a
+    saved value this machine refuses (more threads than its cores) does not block a resume."""
     path = run_dir / "config.toml"
-    return build_config(path) if path.exists() else None
+    if not path.exists():
+        return None
+    tree = {k: v for k, v in read_toml(path).items() if k not in RESUMABLE_DIFFERENCES}
+    try:
+        return build_config(overrides=tree)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def fit(
@@ -709,10 +770,14 @@ def fit(
         )
     if status is not None:
         _check_same_config(run_dir, cfg)
-        history = read_history(run_dir)
-        done = status["status"] == "completed" or (until_epoch and len(history) >= until_epoch)
-        if done:
+        if status["status"] == "completed":
+            history = _finished_history(run_dir)
             return RunResult(run_dir, status["status"], history, status.get("final", {}))
+        if until_epoch:
+            with contextlib.suppress(DamagedHistory):  # the checkpoint holds the curve
+                history = read_history(run_dir)
+                if len(history) >= until_epoch:
+                    return RunResult(run_dir, status["status"], history, status.get("final", {}))
     # Everything that can be wrong with the config or the data fails here, before the run
     # directory is touched.
     data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
@@ -723,6 +788,33 @@ def fit(
         _write_status(run_dir, "running", pid=os.getpid(), started=time.time())
     except OSError as e:
         raise DflError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
+    return _train_and_record(trainer, run_dir, epoch_bar, until_epoch)
+
+
+def _finished_history(run_dir: Path) -> list[dict[str, Any]]:
+    """A finished run's metrics.jsonl, or, when that file is damaged, the history its last
+    checkpoint holds (written back to the file); an error naming the file if there is none."""
+    try:
+        return read_history(run_dir)
+    except DamagedHistory as damaged:
+        try:
+            found = checkpoint.load_latest(run_dir / "checkpoints")
+        except DflError:
+            found = None
+        if found is None:
+            raise DflError(
+                f"{damaged.path} is damaged at line {damaged.line} and the run has no intact "
+                "checkpoint to restore it from; train the run again in another --out"
+            ) from None
+        history = found[1]["history"]
+        write_metrics(run_dir, history)
+        return history
+
+
+def _train_and_record(
+    trainer: Trainer, run_dir: Path, epoch_bar: bool, until_epoch: int | None
+) -> RunResult:
+    """Train, and record in status.json how the run ended."""
     try:
         result = trainer.run(epoch_bar, until_epoch)
     except StopRun as stop:
@@ -741,7 +833,35 @@ def fit(
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of metrics.jsonl ([] before the first epoch). A damaged file (a
+    line cut short by a full disk, say) is a DflError naming it."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DflError(f"cannot read {path}: {e}") from None
+    history = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            record = e
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise DamagedHistory(path, number)
+        history.append(record)
+    return history
+
+
+class DamagedHistory(DflError):
+    """A metrics.jsonl line that is not an epoch's record (cut short by a full disk, say)."""
+
+    def __init__(self, path: Path, line: int) -> None:
+        super().__init__(
+            f"{path} is damaged at line {line} (not one epoch's JSON record); `dfl train "
+            f"--resume --out {path.parent}` rewrites it from the run's checkpoint"
+        )
+        self.path, self.line = path, line

@@ -76,6 +76,11 @@ def _use_wal(path: Path) -> None:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise DflError(f"cannot open the sweep database {path}: {e}") from None
             time.sleep(0.05 + 0.1 * random.random())  # apart, not in step with the other
+        except sqlite3.DatabaseError as e:  # "file is not a database": some other file
+            raise DflError(
+                f"--storage {path} is not an SQLite database ({e}); give the sweep's study.db "
+                "or a path that does not exist yet"
+            ) from None
 
 
 def open_storage(

@@ -195,8 +195,10 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOu
             ctx.log(traceback.format_exc())
         state, value = TrialState.FAIL, None
         if run_dir is not None:  # the epochs before the failure, to see where it went wrong
-            history = read_history(run_dir)
-            trial.set_user_attr("curve", [{k: r[k] for k in CURVE_KEYS if k in r} for r in history])
+            with contextlib.suppress(DflError):  # a damaged metrics.jsonl: the reason says so
+                history = read_history(run_dir)
+                curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in history]
+                trial.set_user_attr("curve", curve)
     try:
         trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 3))
         if reason:
