@@ -39,6 +39,7 @@ from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.objectives import Objective, objective_for
+from dfl.run_lock import claim_run_dir
 
 Callback = Callable[[dict[str, Any]], None]
 WEIGHTS = "model.safetensors"  # a finished run's final weights (the selected epoch's)
@@ -760,35 +761,45 @@ def fit(
     until_epoch: int | None = None,
 ) -> RunResult:
     """Train `cfg` in `run_dir`. With `resume`, a completed run is returned as it is and an
-    unfinished one continues from its newest checkpoint, ending as an uninterrupted run would."""
+    unfinished one continues from its newest checkpoint, ending as an uninterrupted run would.
+    The run holds `run_dir` exclusively while it lives (dfl/run_lock.py); a run that cannot
+    start leaves nothing behind: no directory it created, no file it wrote."""
+    if isinstance(run_dir, str) and not run_dir.strip():
+        raise DflError("the run directory is empty (give a directory with --out)")
     run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    if status is not None and not resume:
-        raise DflError(
-            f"{run_dir} already holds a run ({status['status']}); pass --resume to "
-            "continue or reuse it, or choose another --out"
-        )
-    if status is not None:
-        _check_same_config(run_dir, cfg)
-        if status["status"] == "completed":
-            history = _finished_history(run_dir)
-            return RunResult(run_dir, status["status"], history, status.get("final", {}))
-        if until_epoch:
-            with contextlib.suppress(DamagedHistory):  # the checkpoint holds the curve
-                history = read_history(run_dir)
-                if len(history) >= until_epoch:
-                    return RunResult(run_dir, status["status"], history, status.get("final", {}))
-    # Everything that can be wrong with the config or the data fails here, before the run
-    # directory is touched.
-    data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
-    trainer = Trainer(cfg, run_dir, data, callbacks, log)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / "config.toml", config_to_toml(cfg).encode())
-        _write_status(run_dir, "running", pid=os.getpid(), started=time.time())
-    except OSError as e:
-        raise DflError(f"cannot write to run directory {run_dir}: {e.strerror or e}") from None
-    return _train_and_record(trainer, run_dir, epoch_bar, until_epoch)
+    with claim_run_dir(run_dir) as claim:
+        status = read_status(run_dir)
+        if status is not None and not resume:
+            raise DflError(
+                f"{run_dir} already holds a run ({status['status']}); pass --resume to "
+                "continue or reuse it, or choose another --out"
+            )
+        if status is not None:
+            _check_same_config(run_dir, cfg)
+            if status["status"] == "completed":
+                history = _finished_history(run_dir)
+                return RunResult(run_dir, status["status"], history, status.get("final", {}))
+            if until_epoch:
+                with contextlib.suppress(DamagedHistory):  # the checkpoint holds the curve
+                    history = read_history(run_dir)
+                    if len(history) >= until_epoch:
+                        final = status.get("final", {})
+                        return RunResult(run_dir, status["status"], history, final)
+        # Everything that can be wrong with the config or the data fails here, before
+        # anything is written into the run directory.
+        data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        trainer = Trainer(cfg, run_dir, data, callbacks, log)
+        try:
+            for name in ("config.toml", "status.json"):
+                claim.new_file(run_dir / name)
+            atomic_write_bytes(run_dir / "config.toml", config_to_toml(cfg).encode())
+            _write_status(run_dir, "running", pid=os.getpid(), started=time.time())
+        except OSError as e:
+            raise DflError(
+                f"cannot write to run directory {run_dir}: {e.strerror or e}", exit_code=1
+            ) from None
+        claim.started = True
+        return _train_and_record(trainer, run_dir, epoch_bar, until_epoch)
 
 
 def _finished_history(run_dir: Path) -> list[dict[str, Any]]:
