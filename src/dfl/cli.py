@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dfl.errors import DflError
+from dfl.interrupts import InterruptOnce, deferred_interrupt
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -150,7 +151,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_toml(cfg))
         return 0
-    from dfl.train import fit
+    with deferred_interrupt():  # imports: see dfl/interrupts.py
+        from dfl.train import fit
 
     out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = fit(cfg, out, resume=args.resume, log=lambda s: print(s, file=sys.stderr))
@@ -252,22 +254,31 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        _check_paths(args)
-        return args.run(args) or 0
-    except DflError as e:
-        print(f"dfl: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # a full disk, an unwritable directory: say which file, lose nothing
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"dfl: error: {e.strerror or e}{where}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        # `dfl train` asks for --resume; reproduce, lab and sweep always continue.
-        again = " with --resume" if getattr(args, "command", None) == "train" else ""
-        print(f"dfl: interrupted; run the same command again{again} to continue", file=sys.stderr)
-        return 130
+    args: argparse.Namespace | None = None
+    with InterruptOnce():
+        try:
+            # Building the parser imports every command module (torch among them): a Ctrl-C
+            # there waits for the imports to finish, then ends the command like any other.
+            with deferred_interrupt():
+                parser = build_parser()
+            args = parser.parse_args(argv)
+            _check_paths(args)
+            return args.run(args) or 0
+        except DflError as e:
+            print(f"dfl: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except OSError as e:  # a full disk, an unwritable directory: say which file, lose nothing
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"dfl: error: {e.strerror or e}{where}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            # `dfl train` asks for --resume; reproduce, lab and sweep always continue.
+            again = " with --resume" if getattr(args, "command", None) == "train" else ""
+            print(
+                f"dfl: interrupted; run the same command again{again} to continue",
+                file=sys.stderr,
+            )
+            return 130
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from dfl.core_share import CoreShare
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
+from dfl.interrupts import deferred_interrupt
 from dfl.objectives import Objective, objective_for
 from dfl.run_lock import claim_run_dir
 
@@ -788,7 +789,8 @@ def fit(
         # Everything that can be wrong with the config or the data fails here, before
         # anything is written into the run directory.
         data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
-        trainer = Trainer(cfg, run_dir, data, callbacks, log)
+        with deferred_interrupt():  # torch imports torch._dynamo for the first optimiser
+            trainer = Trainer(cfg, run_dir, data, callbacks, log)
         try:
             for name in ("config.toml", "status.json"):
                 claim.new_file(run_dir / name)

@@ -7,6 +7,7 @@ import sys
 
 from dfl.cli import Parser
 from dfl.errors import DflError
+from dfl.interrupts import InterruptOnce
 from dfl.sweep.commands import add_worker_arguments
 
 
@@ -15,14 +16,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_worker_arguments(sub.add_parser("worker"))
     args = parser.parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except DflError as e:
-        print(f"dfl worker: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("dfl worker: interrupted; its trial is back in the queue", file=sys.stderr)
-        return 130
+    with InterruptOnce():  # a second Ctrl-C cannot cut short putting the trial back
+        try:
+            return args.run(args) or 0
+        except DflError as e:
+            print(f"dfl worker: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print("dfl worker: interrupted; its trial is back in the queue", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""Ctrl-C that ends a command with one line, whenever it comes.
+
+Two things made it a traceback. A SIGINT during an import (building the parser imports torch
+and numpy; torch imports `torch._dynamo` on the first optimiser it builds, 0.75 s) can leave a
+module half-initialised, and some of those imports swallow the KeyboardInterrupt: the run
+then went on, or failed later with "cannot load module more than once per process". And
+under `timeout`, or with Ctrl-C sent to a process group, the same SIGINT arrives twice, the
+second during shutdown (in torch's atexit handlers). So imports hold a Ctrl-C until they are
+done (`deferred_interrupt`), and after the first one the rest are ignored (`InterruptOnce`).
+
+Both act only where Python handles SIGINT itself, in the main thread: a process started with
+SIGINT ignored (a script's background job) keeps ignoring it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class InterruptOnce:
+    """While active, the first Ctrl-C raises KeyboardInterrupt and later ones are ignored, so
+    the way out (a trial put back in its queue, a half-made checkpoint removed, torch's atexit
+    handlers) is not cut into a traceback. Once fired, SIGINT stays ignored: the process is
+    on its way out. Otherwise the previous handler comes back at the end."""
+
+    def __enter__(self) -> InterruptOnce:
+        self.previous = signal.getsignal(signal.SIGINT)
+        self.active = self.previous is signal.default_int_handler and _in_main_thread()
+        self.fired = False
+        if self.active:
+            signal.signal(signal.SIGINT, self._fire)
+        return self
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.fired = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active and not self.fired:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block and deliver it (to the handler that was
+    there before) when the block ends: for imports and other setup that must not be cut in
+    half. Keep such blocks short: the user waits for them."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous) or not _in_main_thread():  # ignored, default, or a thread
+        yield
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        previous(signal.SIGINT, None)  # raises KeyboardInterrupt (or does what it does)
