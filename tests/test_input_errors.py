@@ -1,0 +1,405 @@
+"""Inputs a user can get wrong, each through the real command line: one stderr line
+`dfl: error: ...` that names the problem and the fix, the documented exit code (2 bad input,
+1 an unwritable directory or a full disk), no traceback, and nothing left behind: no run
+directory, no config.toml or status.json, no half-written checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import synthetic_digits, write_idx_dataset
+from dfl import cli
+from dfl.cli import main
+from dfl.config import build_config, parse_overrides
+from dfl.data.idx import write_idx
+from dfl.train import fit, read_status
+
+DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
+TINY = ["--set", "model_args.hidden=[16]", "--device", "cpu", "--threads", "1"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's own exits
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_options(argv: list[str]) -> list[str]:
+    """TINY, less what the case sets itself (a second value would be its own error)."""
+    extra = ["--device", "cpu"]
+    if "--threads" not in argv:
+        extra += ["--threads", "1"]
+    if not any(a.startswith("model_args.hidden") for a in argv):
+        extra += ["--set", "model_args.hidden=[16]"]
+    return extra
+
+
+def assert_one_error(err: str, message: str) -> None:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dfl: error:"), err
+    assert message in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return write_idx_dataset(tmp_path_factory.mktemp("input-errors") / "digits", 256, 64)
+
+
+@pytest.fixture(scope="module")
+def five_classes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("five") / "digits"
+    root.mkdir()
+    for prefix, (x, y) in {
+        "train": synthetic_digits(200, 0, 5),
+        "t10k": synthetic_digits(50, 1, 5),
+    }.items():
+        write_idx(root / f"{prefix}-images-idx3-ubyte", x.numpy())
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", y.numpy().astype("uint8"))
+    return root
+
+
+def write_spec(path: Path, digits: Path) -> Path:
+    path.write_text(
+        'name = "tiny"\nmetric = "val_accuracy"\n[base]\nmodel = "mlp"\n'
+        f'model_args = {{ hidden = [16] }}\ndevice = "cpu"\nepochs = 1\n'
+        f'data = {{ dataset = "{digits}" }}\n[grid]\n"optim.lr" = [0.001]\n'
+    )
+    return path
+
+
+# Each case: the arguments after `dfl` (DATA, FIVE, SPEC and TMP stand for paths), the exit
+# code, and a part of the message.
+CASES = {
+    "no full batch with drop_last": (
+        ["train", "mlp", "--dataset", "DATA", "--epochs", "1", "--set", "data.train_subset=200",
+         "--batch-size", "5000", "--set", "drop_last=true"],
+        2, "leaves no full training batch",
+    ),
+    "an empty validation split": (
+        ["train", "mlp", "--dataset", "DATA", "--epochs", "1", "--set", "data.train_subset=1"],
+        2, "leaves no validation image",
+    ),
+    "labels beyond the model's classes": (
+        ["train", "mlp", "--dataset", "FIVE", "--epochs", "1", "--set",
+         "model_args.num_classes=3"],
+        2, "labels up to 4 (5 classes) but model 'mlp' has 3 outputs",
+    ),
+    "a config file that is not UTF-8": (
+        ["train", "--config", "TMP/latin.toml"], 2, "is not UTF-8 text",
+    ),
+    "a sweep spec that is not UTF-8": (["sweep", "TMP/latin.toml"], 2, "is not UTF-8 text"),
+    "a directory as --config": (["train", "--config", "TMP"], 2, "is a directory"),
+    "a storage file that is not SQLite": (
+        ["sweep", "SPEC", "--storage", "TMP/notes.txt"], 2, "is not an SQLite database",
+    ),
+    "a seed numpy cannot take": (
+        ["train", "mlp", "--seed", "99999999999999999999999"], 2, "config key 'seed'",
+    ),
+    "a negative seed": (["train", "mlp", "--set", "data.split_seed=-1"], 2, "data.split_seed"),
+    "more threads than cores": (
+        ["train", "mlp", "--threads", "100000"], 2, "more than this machine's",
+    ),
+    "a bool for a float": (["train", "mlp", "--set", "optim.lr=true"], 2, "'optim.lr'"),
+    "a bool for an int": (["train", "mlp", "--set", "epochs=true"], 2, "'epochs'"),
+    "a string for an int": (["train", "mlp", "--set", 'epochs="1"'], 2, "'epochs'"),
+    "a bool in model_args": (
+        ["train", "mlp", "--set", "model_args.hidden=[true]"], 2, "model_args.hidden",
+    ),
+    "a flag and --set for one key": (
+        ["train", "mlp", "--epochs", "1", "--set", "epochs=-3"], 2,
+        "'epochs' is given twice (--epochs 1 and --set epochs=-3)",
+    ),
+    "--set twice for one key": (
+        ["train", "mlp", "--set", "epochs=1", "--set", "epochs=2"], 2,
+        "'epochs' is given twice (--set epochs=1 and --set epochs=2)",
+    ),
+    "--set of a section and a key in it": (
+        ["train", "mlp", "--set", "data={val_fraction=0.1}", "--set", "data.val_fraction=0.3"],
+        2, "is given twice",
+    ),
+    "an early-stop metric nobody records": (
+        ["train", "mlp", "--dataset", "DATA", "--set", 'early_stop.metric="foo"', "--set",
+         "early_stop.patience=2"],
+        2, "'foo' is not a metric this run records",
+    ),
+    "an accuracy for an autoencoder": (
+        ["train", "autoencoder", "--set", 'early_stop.metric="val_accuracy"'],
+        2, "the reconstruction objective records train_loss, val_loss, test_loss",
+    ),
+    "sweep --threads 0": (["sweep", "SPEC", "--threads", "0"], 2, "--threads must be"),
+    "sweep --workers 0": (["sweep", "SPEC", "--workers", "0"], 2, "--workers must be"),
+    "sweep --threads past the cores": (
+        ["sweep", "SPEC", "--threads", "100000"], 2, "more than this machine's",
+    ),
+    "train --out ''": (["train", "mlp", "--out", ""], 2, "--out is empty"),
+    "sweep --out ''": (["sweep", "SPEC", "--out", ""], 2, "--out is empty"),
+    "a file as --out": (["train", "mlp", "--dataset", "DATA", "--out", "TMP/notes.txt"],
+                        2, "is a file, not a directory"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, capsys, digits, five_classes):
+    argv, code, message = CASES[case]
+    (tmp_path / "latin.toml").write_bytes(b"\xff\xfe")
+    (tmp_path / "notes.txt").write_text("not a database, just notes\n")
+    spec = write_spec(tmp_path / "spec.toml", digits)
+    paths = {"DATA": digits, "FIVE": five_classes, "SPEC": spec, "TMP": tmp_path}
+    argv = [str(paths[a]) if a in paths else a.replace("TMP", str(tmp_path)) for a in argv]
+    if argv[0] == "train" and "--out" not in argv:
+        argv += [*tiny_options(argv), "--out", str(tmp_path / "o")]
+    if argv[0] == "sweep" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "sweep")]
+    before = sorted(tmp_path.rglob("*"))
+    got, _, err = run(capsys, *argv)
+    assert got == code, err
+    assert_one_error(err, message)
+    assert sorted(tmp_path.rglob("*")) == before  # no run directory, lock or config left
+    assert (tmp_path / "notes.txt").read_text() == "not a database, just notes\n"
+
+
+def test_a_run_that_cannot_start_leaves_an_existing_directory_as_it_was(tmp_path, capsys, digits):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = run(
+        capsys, "train", "mlp", "--dataset", str(digits), "--set", "data.train_subset=1",
+        *TINY, "--out", str(out),
+    )  # fmt: skip
+    assert code == 2
+    assert_one_error(err, "no validation image")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+# --- unwritable and full -------------------------------------------------------------------
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path):
+    """A directory nobody can create anything in: immutable (chattr +i, which binds root
+    too), or read-only where chattr is not allowed and we are not root."""
+    path = tmp_path / "locked"
+    path.mkdir()
+    chattr = shutil.which("chattr")
+    if chattr and subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode == 0:
+        yield path
+        subprocess.run([chattr, "-i", str(path)], check=True)
+        return
+    path.chmod(0o555)
+    if os.access(path, os.W_OK):
+        path.chmod(0o755)
+        pytest.skip("cannot make a directory unwritable here (root without chattr)")
+    yield path
+    path.chmod(0o755)
+
+
+def test_unwritable_out_exits_1_and_leaves_nothing(unwritable_dir, capsys, digits):
+    out = unwritable_dir / "run"
+    code, _, err = run(capsys, "train", "mlp", "--dataset", str(digits), *TINY, "--out", str(out))
+    assert code == 1
+    assert_one_error(err, f"cannot write to run directory {out}")
+    assert list(unwritable_dir.iterdir()) == []
+
+
+def test_disk_full_when_the_run_directory_is_made(tmp_path, capsys, digits, monkeypatch):
+    real_mkdir = os.mkdir
+
+    def full(path, *args, **kwargs):  # what ENOSPC looks like to mkdir
+        if str(path).startswith(str(tmp_path)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", full)
+    out = tmp_path / "a" / "run"
+    code, _, err = run(capsys, "train", "mlp", "--dataset", str(digits), *TINY, "--out", str(out))
+    assert code == 1
+    assert_one_error(err, "No space left on device (free some space")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_disk_full_before_anything_is_written_exits_1_and_leaves_nothing(tmp_path, digits):
+    def nothing_fits() -> None:  # every write of a byte fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [*DFL, "train", "mlp", "--dataset", str(digits), *TINY, "--out", str(out)],
+        preexec_fn=nothing_fits,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stderr
+    assert_one_error(done.stderr, "File too large")
+    assert not out.exists()
+
+
+# --- damaged run directories ---------------------------------------------------------------
+
+
+def paused_run(out: Path, digits: Path, epochs: int = 3, until: int = 2) -> Path:
+    """A run of `epochs` paused after `until`, as a killed one would be: checkpoints 1..until."""
+    cfg = build_config(
+        overrides=parse_overrides(
+            ['model="mlp"', "model_args.hidden=[16]", f"epochs={epochs}", 'device="cpu"',
+             "threads=1", f'data.dataset="{digits}"']
+        )
+    )  # fmt: skip
+    fit(cfg, out, until_epoch=until, epoch_bar=False)
+    return out
+
+
+WRONG_STATES = {
+    "epoch is a string": lambda s: {**s, "epoch": "four"},
+    "a list": lambda s: [s],
+    "no history": lambda s: {k: v for k, v in s.items() if k != "history"},
+    "another epoch": lambda s: {**s, "epoch": 7},
+}
+
+
+@pytest.mark.parametrize("shape", list(WRONG_STATES))
+def test_a_wrongly_shaped_checkpoint_state_falls_back_to_the_previous_one(
+    shape, tmp_path, capsys, digits
+):
+    out = paused_run(tmp_path / "run", digits)
+    state_file = out / "checkpoints" / "epoch-0002" / "state.json"
+    state_file.write_text(json.dumps(WRONG_STATES[shape](json.loads(state_file.read_text()))))
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out))
+    assert code == 0, err
+    assert "dfl: warning: checkpoint" in err and "epoch-0002 is damaged" in err
+    assert f"resumed {out} from epoch 1" in err
+    assert "Traceback" not in err and "dfl: error" not in err
+    assert read_status(out)["status"] == "completed"
+
+
+def test_a_truncated_metrics_file_is_restored_from_the_checkpoint(tmp_path, capsys, digits):
+    out = paused_run(tmp_path / "run", digits)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:100])  # cut mid-record, as a full disk might
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out))
+    assert code == 0, err
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_finished_run_with_a_truncated_metrics_file(tmp_path, capsys, digits):
+    out = paused_run(tmp_path / "run", digits, epochs=2, until=None)
+    metrics = out / "metrics.jsonl"
+    whole = metrics.read_text()
+    metrics.write_text(whole[:100])
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out))
+    assert code == 0, err  # the last checkpoint holds the history: written back
+    assert metrics.read_text() == whole
+    metrics.write_text(whole[:100])
+    shutil.rmtree(out / "checkpoints")
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out))
+    assert code == 2
+    assert_one_error(err, f"{metrics} is damaged at line 1")
+
+
+def test_a_status_file_of_the_wrong_shape(tmp_path, capsys, digits):
+    out = paused_run(tmp_path / "run", digits)
+    (out / "status.json").write_text("[1, 2]")
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out))
+    assert code == 2
+    assert_one_error(err, "is not a run status")
+
+
+def test_saved_threads_beyond_this_machine_do_not_block_a_resume(tmp_path, capsys, digits):
+    out = paused_run(tmp_path / "run", digits)
+    config = out / "config.toml"
+    config.write_text(config.read_text().replace("threads = 1", "threads = 100000"))
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out))
+    assert code == 2
+    assert_one_error(err, "config key 'threads': 100000 is more than")
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out), "--threads", "1")
+    assert code == 0, err
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------
+
+
+def test_ctrl_c_while_the_parser_is_built(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt  # where a Ctrl-C lands in the first half second: imports
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    code, _, err = run(capsys, "train", "mlp")
+    assert code == 130
+    assert err.splitlines() == ["dfl: interrupted; run the same command again to continue"]
+
+
+def default_sigint() -> None:
+    """A child that handles Ctrl-C as from a terminal, even when this test runs with SIGINT
+    ignored (a background job of a script), which dfl rightly keeps ignoring."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting for the process"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_under_timeout(tmp_path, digits):
+    """`timeout` passes the group's SIGINT on to dfl, which so gets it twice: one line, then
+    a quiet exit (no KeyboardInterrupt traceback from torch's atexit handlers)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        ["timeout", "60", *DFL, "train", "mlp", "--dataset", str(digits), *TINY,
+         "--epochs", "10000", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=default_sigint,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (out / "metrics.jsonl").exists())
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("dfl:")]
+    assert errors == ["dfl: interrupted; run the same command again with --resume to continue"]
+    assert proc.returncode == 130
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.1, 0.3, 0.6, 1.0])
+def test_ctrl_c_in_the_first_second_is_one_line(after_s, tmp_path, digits):
+    """Imports (building the parser; torch._dynamo for the first optimiser) hold a Ctrl-C
+    until they are done: an import cut in half was swallowed (the run went on) or broke
+    numpy ("cannot load module more than once per process")."""
+    out = tmp_path / "r"
+    proc = subprocess.Popen(
+        [*DFL, "train", "mlp", "--dataset", str(digits), *TINY, "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+    )  # fmt: skip
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if not line.startswith("epoch")]
+    assert len(lines) == 1 and lines[0].startswith("dfl: interrupted; run the same command"), err
+    assert proc.returncode == 130
+    if not out.exists():
+        return  # interrupted before the run started: nothing left behind
+    assert read_status(out)["status"] == "running"  # or during it: --resume continues
