@@ -230,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep feature learning on MNIST: train models, run sweeps, reproduce the lab.",
         epilog="Every command has --help. Example: dfl train cnn_lab --epochs 2. "
         "Environment: DFL_DATA_DIR (where datasets are cached), DFL_MALLOC_TUNING=0 (leave "
-        "glibc's malloc as the system set it up; see the README's Speed section).",
+        "glibc's malloc as the system set it up; see the README's Speed section), "
+        "DFL_SHARE_CORES=0 (a CPU run without --threads keeps one thread per core instead of "
+        "sharing the cores with the other dfl trainings alive on the machine).",
     )
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, metavar="COMMAND"
