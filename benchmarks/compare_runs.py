@@ -1,8 +1,8 @@
-"""Compare the numbers of two reproductions, e.g. the quick profile in fp32 and in bf16:
+"""Compare the numbers of two reproductions, e.g. the preview profile in fp32 and in bf16:
 
-    dfl reproduce --profile quick --precision fp32 --out runs/quick-fp32
-    dfl reproduce --profile quick --out runs/quick
-    python benchmarks/compare_runs.py runs/quick-fp32 runs/quick [--only cnn,vit]
+    dfl reproduce --profile preview --precision fp32 --out runs/preview-fp32
+    dfl reproduce --profile preview --out runs/preview
+    python benchmarks/compare_runs.py runs/preview-fp32 runs/preview [--only cnn,vit]
 
 For every number both results.json files hold: each side's mean (± std over seeds) and the
 difference, marked "within noise" when it is no larger than twice the larger seed std.

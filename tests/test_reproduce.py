@@ -11,6 +11,7 @@ import pytest
 from conftest import check_page, write_idx_dataset
 from dfl.cli import main
 from dfl.config import build_config
+from dfl.errors import ConfigError
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.base import Context
 from dfl.report.build import build_report
@@ -213,3 +214,71 @@ def test_a_failed_experiment_fails_the_command_after_the_others_ran(
     monkeypatch.undo()
     assert main(["lab", "conv", *args]) == 0
     assert "Failed:" not in (out / "report.md").read_text()
+
+
+def test_progress_lines_and_the_lab_table_off_a_terminal(tmp_path: Path, capsys):
+    """Output to a log gets a line per experiment start and end with the time left; every lab
+    number lands in results.json with one of the four verdicts and a reason, and the report's
+    first paragraph counts the ones set beside the lab's."""
+    data = write_idx_dataset(tmp_path / "digits")
+    out = tmp_path / "repro"
+    reproduce(out, "smoke", str(data), device="cpu", seeds=1, only=["conv", "attention"])
+    err = capsys.readouterr().err
+    assert "dfl reproduce: conv: started (elapsed" in err
+    assert "dfl reproduce: attention: completed in" in err and "left)" in err
+
+    saved = json.loads((out / "results.json").read_text())
+    lab = saved["lab"]
+    assert len(lab) == 38 and sum(saved["counts"].values()) == 38
+    assert {e["verdict"] for e in lab} <= {"reproduced", "differs", "not comparable", "missing"}
+    by_key = {(e["experiment"], e["key"]): e for e in lab}
+    assert by_key["conv", "output"]["verdict"] == "reproduced"
+    assert by_key["conv", "output"]["lab"] == "[[3, 4], [6, 11]]"
+    ae = by_key["ae", "val_mse.b64.e128.ep60"]
+    assert ae["verdict"] == "missing" and "--only" in ae["reason"]
+
+    first = (out / "report.md").read_text().split("\n\n")[1]
+    assert "set **3 of the lab's 38 numbers** beside ours" in first
+    assert "--profile every" in first  # the command that sets the rest
+
+    assert main(["report", str(out), "--lab-table"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == 38 + 1  # a header and one row per lab number
+
+
+def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
+    from dfl.reproduce import _manifest
+
+    def made_by(profile: str) -> Path:
+        out = tmp_path / profile
+        out.mkdir()
+        manifest = {"profile": profile, "dataset": "mnist", "environment": {"precision": "auto"}}
+        (out / "reproduce.json").write_text(json.dumps(manifest))
+        return out
+
+    args = ("mnist", ["conv"], "cpu", "auto", 1)
+    assert _manifest(made_by("quick"), "preview", *args)["profile"] == "preview"
+    assert _manifest(made_by("lab"), "every", *args)["profile"] == "every"
+    with pytest.raises(ConfigError, match="profile every"):
+        _manifest(made_by("every"), "lab", *args)  # lab would drop what every trained
+
+
+def test_lab_verdicts_and_their_reasons():
+    from dfl.experiments.vit import _writeup_compare
+    from dfl.report.build import lab_entry
+
+    manifest = {"dataset": "mnist", "profile": "lab"}
+    row = {"faithful": "0.0132", "verdict": "differs (0.73x)", "why": "one run per point"}
+    entry = lab_entry("ae", "k", row, "", manifest)
+    assert (entry["verdict"], entry["reason"]) == ("differs", "one run per point")
+    row = {"verdict": "not comparable: this profile trains 5 epochs, the lab 60"}
+    entry = lab_entry("ae", "k", row, "", manifest)
+    assert entry["verdict"] == "not comparable" and entry["reason"].startswith("this profile")
+    assert lab_entry("vit", "k", None, "not run", manifest)["verdict"] == "missing"
+
+    # The write-up's ViT numbers compare with the base configuration on the lab's protocol only.
+    base = {"epochs": 20, "subset": None, "test_accuracy": 0.9841, "test_loss": 0.0764}
+    rows = _writeup_compare(base, [0.99])
+    assert [rows[k]["verdict"] for k in ("writeup.acc", "writeup.loss")] == ["reproduced"] * 2
+    short = _writeup_compare({**base, "epochs": 2}, [0.99])
+    assert short["writeup.acc"]["verdict"].startswith("not comparable")

@@ -141,7 +141,7 @@ def reproduce(
                 f"dfl: {name}: not implemented yet; the report shows it as missing", file=sys.stderr
             )
             continue
-        t0, earlier = time.perf_counter(), _spent(out, name)
+        t0, earlier = time.perf_counter(), _spent(out, name) + _upgraded_wall(existing)
         try:
             result = module.run(ctx)
             result.update(status="completed")
@@ -180,6 +180,13 @@ def _finished(result: dict[str, Any] | None, profile: str) -> bool:
     return (made_by, profile) not in UPGRADES
 
 
+def _upgraded_wall(result: dict[str, Any] | None) -> float:
+    """The seconds a completed result of a profile this one upgrades took: its runs are reused,
+    so they count in this profile's time."""
+    completed = result is not None and result.get("status") == "completed"
+    return result.get("wall_s", 0.0) if completed else 0.0
+
+
 class Progress:
     """One line on stderr when each experiment starts and ends, with the elapsed time and an
     estimate of the time left for the whole profile, when stderr is not a terminal (a log, CI,
@@ -200,7 +207,8 @@ class Progress:
 
     def end(self, name: str, seconds: float, status: str) -> None:
         self.left.remove(name)
-        self.spent, self.expected = self.spent + seconds, self.expected + self.estimate[name]
+        if seconds > 0.2 * self.estimate[name]:  # one whose runs were reused says nothing
+            self.spent, self.expected = self.spent + seconds, self.expected + self.estimate[name]
         self._say(f"{name}: {status} in {_minutes(seconds)}")
 
     def time_left(self) -> float:

@@ -57,21 +57,23 @@ PROFILES = {
         Profile("smoke", "tiny data and one epoch: for tests, not numbers", "seconds", 1),
         Profile(
             "preview",
-            "a first look: every table and figure, epochs cut short, so most lab numbers are "
-            "not comparable",
+            "a first look: every table and figure, epochs cut short; sets 8 of the 38 lab "
+            "numbers beside ours, the rest not comparable",
             "7.6 min, peak memory 1.1 GB",
             2,
+            # A rough split of its measured 7.6 min (not timed per experiment).
             estimate_s={"ae": 60, "sae": 90, "conv": 1, "cnn": 180, "attention": 1, "vit": 120},
         ),
         Profile(
             "lab",
-            "every experiment whose lab protocol fits 20 minutes, at exactly that protocol (one "
-            "run per number, as the lab); corrected counterparts over 2 seeds; leaves out 6 of "
-            "the 7 ViT configurations",
-            "not measured yet",
+            "every experiment whose lab protocol fits about 20 minutes, at exactly that protocol "
+            "(one run per number, as the lab), corrected counterparts over 2 seeds: sets 32 of "
+            "the 38 lab numbers beside ours (6 ViT configurations left out)",
+            "23.8 min with another developer's tests sharing the cores, 41 CPU-minutes, so about "
+            "20.5 min on 2 idle cores; largest process 1.1 GB",
             2,
             faithful_seeds=1,
-            estimate_s={"ae": 300, "sae": 180, "conv": 1, "cnn": 300, "attention": 1, "vit": 400},
+            estimate_s={"ae": 669, "sae": 160, "conv": 1, "cnn": 153, "attention": 1, "vit": 438},
         ),
         Profile(
             "every",
@@ -80,7 +82,7 @@ PROFILES = {
             "not measured yet",
             2,
             faithful_seeds=1,
-            estimate_s={"ae": 300, "sae": 180, "conv": 1, "cnn": 300, "attention": 1, "vit": 3300},
+            estimate_s={"ae": 669, "sae": 160, "conv": 1, "cnn": 153, "attention": 1, "vit": 3300},
         ),
         Profile(
             "full",
