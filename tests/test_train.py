@@ -279,3 +279,18 @@ def test_every_model_resumes_identically(tmp_path: Path, model: str, precision: 
     strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.final["test_loss"] == whole.final["test_loss"]
+
+
+def test_training_flushes_subnormals_and_gives_ieee_back(tmp_path: Path, tiny_data):
+    from dfl.subnormals import flushing
+
+    assert not flushing()
+    flushed = []
+    fit(
+        config("epochs=1"),
+        tmp_path / "s",
+        dataset=tiny_data,
+        callbacks=[lambda _: flushed.append(flushing())],
+    )
+    assert flushed == [True]  # while it trains
+    assert not flushing()  # and after: the test session (hypothesis among it) keeps IEEE

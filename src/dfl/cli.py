@@ -263,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             # there waits for the imports to finish, then ends the command like any other.
             with deferred_interrupt():
                 parser = build_parser()
+                from dfl.subnormals import flushed_to_zero
             args = parser.parse_args(argv)
             _check_paths(args)
-            return args.run(args) or 0
+            with flushed_to_zero():  # before torch starts its threads: they inherit it
+                return args.run(args) or 0
         except DflError as e:
             print(f"dfl: error: {e}", file=sys.stderr)
             return e.exit_code

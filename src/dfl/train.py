@@ -41,6 +41,7 @@ from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.interrupts import deferred_interrupt
 from dfl.objectives import Objective, objective_for
 from dfl.run_lock import claim_run_dir
+from dfl.subnormals import flushed_to_zero
 
 Callback = Callable[[dict[str, Any]], None]
 WEIGHTS = "model.safetensors"  # a finished run's final weights (the selected epoch's)
@@ -507,7 +508,8 @@ class Trainer:
         shares = self.device.type == "cpu" and not self.cfg.threads
         self.cores = CoreShare.join(available_cores()) if shares else None
         try:
-            return self._run(epoch_bar, until_epoch)
+            with flushed_to_zero():  # Adam's moments of always-zero pixels: dfl/subnormals.py
+                return self._run(epoch_bar, until_epoch)
         finally:
             if self.cores is not None:
                 self.cores.close()

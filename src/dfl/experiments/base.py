@@ -249,6 +249,7 @@ def _start_worker(data: Dataset, threads: int) -> None:
         data, **{k: torch.from_numpy(getattr(data, k)) for k in _TENSORS}
     )
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # before its thread pool starts: see dfl/subnormals.py
 
 
 def _fit_in_worker(cfg: TrainConfig, run_dir: Path) -> RunResult:

@@ -8,6 +8,7 @@ import sys
 from dfl.cli import Parser
 from dfl.errors import DflError
 from dfl.interrupts import InterruptOnce
+from dfl.subnormals import flushed_to_zero
 from dfl.sweep.commands import add_worker_arguments
 
 
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with InterruptOnce():  # a second Ctrl-C cannot cut short putting the trial back
         try:
-            return args.run(args) or 0
+            with flushed_to_zero():  # before torch starts its threads: they inherit it
+                return args.run(args) or 0
         except DflError as e:
             print(f"dfl worker: error: {e}", file=sys.stderr)
             return e.exit_code
