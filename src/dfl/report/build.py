@@ -162,8 +162,8 @@ def _headline(entries: list[dict], manifest: dict[str, Any], results: dict, out:
     wall = sum(r.get("wall_s", 0.0) for r in results.values() if r)
     profile = manifest["profile"]
     text = (
-        f"This run (profile **{profile}**, {wall / 60:.1f} min of training) set **{beside} of "
-        f"the lab's {total} numbers** beside ours: {n['reproduced']} reproduced, "
+        f"This run (profile **{profile}**, {wall / 60:.1f} min for its experiments) set "
+        f"**{beside} of the lab's {total} numbers** beside ours: {n['reproduced']} reproduced, "
         f"{n['differs']} differ (each with its reason); {n['not comparable']} not comparable "
         f"(fewer epochs or images than the lab, or another dataset), {n['missing']} missing."
     )
