@@ -112,6 +112,18 @@ def final_status(run: Path) -> dict:
     return json.loads((run / "status.json").read_text())
 
 
+def kill_when(args: list[str], pause_at_epoch: int, condition) -> None:
+    """Start `dfl train`, holding still while it writes checkpoint `pause_at_epoch` (it
+    cannot finish before the kill), and SIGKILL it once `condition` holds."""
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": f"{pause_at_epoch}:60"}
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(condition)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def resume_and_compare(args: list[str], out: Path, whole: Path) -> None:
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -129,11 +141,7 @@ def test_sigkill_during_training_then_resume_matches(
     args = train_args(data, out, model=model, precision=precision)
     # Killed as soon as epoch 2's checkpoint is in place, so mostly in the middle of epoch 3;
     # a pause in epoch 4's checkpoint only keeps a slow poll from finding the run finished.
-    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "4:60"}
-    proc = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (out / "checkpoints" / "epoch-0002").exists())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(args, 4, lambda: (out / "checkpoints" / "epoch-0002").exists())
     assert final_status(out)["status"] == "running"  # killed: nothing claims it finished
     resume_and_compare(args, out, whole)
 
@@ -149,11 +157,7 @@ def test_sigkill_between_checkpoint_write_and_rename(
 ):
     out, whole = tmp_path / "run", uninterrupted(model, precision)
     args = train_args(data, out, model=model, precision=precision)
-    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:60"}
-    proc = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
-    wait_for(lambda: any((out / "checkpoints").glob(".epoch-0003.tmp-*/state.json")))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(args, 3, lambda: any((out / "checkpoints").glob(".epoch-0003.tmp-*/state.json")))
     # Epoch 3's checkpoint was written but never renamed: epoch 2 is the newest intact one.
     assert [p.name for p in checkpoint_dirs(out)] == ["epoch-0001", "epoch-0002"]
     _, state = checkpoint.load_latest(out / "checkpoints")
