@@ -397,15 +397,7 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(tmp_path: Path
     slow_enough(spec_path, 6)
     out = tmp_path / "sweep"
     command = [*CLI, "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out)]
-    # Every trial holds still while writing its third epoch's checkpoint: the kill surely
-    # lands mid-trial, however fast the machine.
-    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:60"}
-    first = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
-    )
-    victim = wait_for_mid_trial(out / "trials", first)
-    os.killpg(first.pid, signal.SIGKILL)  # the parent and both workers, no goodbye
-    first.wait()
+    victim = kill_mid_trial(command, out / "trials")
     assert read_status(victim)["status"] == "running"  # as a kill leaves it
     saved = max(
         int(p.name.removeprefix("epoch-")) for p in (victim / "checkpoints").glob("epoch-*")
@@ -444,13 +436,7 @@ def test_a_killed_cnn_trial_resumes_to_the_value_of_an_uninterrupted_run(
     )
     out = tmp_path / "sweep"
     command = [*CLI, "sweep", str(spec_path), "--workers", "1", "--threads", "1", "--out", str(out)]
-    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:60"}
-    first = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
-    )
-    victim = wait_for_mid_trial(out / "trials", first)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    victim = kill_mid_trial(command, out / "trials")
     again = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stdout + again.stderr
     trials = trials_of(spec_path, storage_url(None, out))
@@ -463,6 +449,22 @@ def test_a_killed_cnn_trial_resumes_to_the_value_of_an_uninterrupted_run(
     strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
     assert strip(read_history(victim)) == strip(whole.history)
     assert trial.value == whole.final["val_accuracy"]
+
+
+def kill_mid_trial(command: list[str], trials: Path) -> Path:
+    """Run the sweep `command` until a trial is mid-checkpoint, then SIGKILL its whole process
+    group (the parent and every worker, no goodbye); returns that trial's run directory.
+    Every trial holds still while writing its third epoch's checkpoint: the kill surely lands
+    mid-trial, however fast the machine."""
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:60"}
+    first = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        return wait_for_mid_trial(trials, first)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
 
 
 def wait_for_mid_trial(trials: Path, proc: subprocess.Popen) -> Path:
