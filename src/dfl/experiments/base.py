@@ -79,7 +79,7 @@ PROFILES = {
             "every",
             "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
             "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
-            "not yet timed end to end: about 80 min estimated from its parts' measured times",
+            "not yet timed end to end: about 83 min estimated from its parts' measured times",
             2,
             faithful_seeds=1,
             estimate_s={"ae": 669, "sae": 160, "conv": 1, "cnn": 153, "attention": 1, "vit": 3300},
