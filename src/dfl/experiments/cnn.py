@@ -60,16 +60,6 @@ PROFILE = {  # preview trades epochs and data for minutes on 2 CPU cores; lab an
         "final_subset": 12000,
         "final_epochs": 3,
     },
-    "lab": {
-        "lab_epochs": 20,
-        "explore_epochs": 20,
-        "lab_subset": (10000, 2000),
-        "sweep_subset": 6000,
-        "sweep_epochs": 2,
-        "trials": 6,
-        "final_subset": 12000,
-        "final_epochs": 3,
-    },
     "full": {
         "lab_epochs": 20,
         "explore_epochs": 20,
@@ -81,6 +71,8 @@ PROFILE = {  # preview trades epochs and data for minutes on 2 CPU cores; lab an
         "final_epochs": 30,
     },
 }
+# lab: the preview with the exploration CNN at its lab protocol (20 epochs)
+PROFILE["lab"] = {**PROFILE["preview"], "explore_epochs": 20}
 PROFILE["every"] = PROFILE["lab"]
 
 # What the lab asked to explore, as a TPE search space over the `cnn_search` family: depth,
