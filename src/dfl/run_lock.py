@@ -101,7 +101,7 @@ def _acquire(run_dir: Path) -> Claim:
             raise DflError(f"{run_dir} is a file, not a directory; choose another --out") from None
         except OSError as e:
             _remove_dirs(made)
-            raise _unwritable(run_dir, e) from None
+            raise unwritable(run_dir, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -121,7 +121,7 @@ def _acquire(run_dir: Path) -> Claim:
         except OSError as e:
             claim.give_back()
             claim.release()
-            raise _unwritable(run_dir, e) from None
+            raise unwritable(run_dir, e) from None
         return claim
     raise DflError(f"cannot lock run directory {run_dir}: it keeps disappearing; try again")
 
@@ -149,7 +149,7 @@ def _make_dirs(run_dir: Path) -> list[Path]:
         ) from None
     except OSError as e:
         _remove_dirs(made)
-        raise _unwritable(run_dir, e) from None
+        raise unwritable(run_dir, e) from None
     return made
 
 
@@ -159,7 +159,7 @@ def _remove_dirs(made: list[Path]) -> None:
             directory.rmdir()
 
 
-def _unwritable(run_dir: Path, e: OSError) -> DflError:
+def unwritable(run_dir: Path, e: OSError) -> DflError:
     """A directory that cannot be written (permissions, read-only, full): exit 1."""
     how = {
         errno.ENOSPC: "free some space or choose another --out",

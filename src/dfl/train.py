@@ -40,7 +40,7 @@ from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.interrupts import deferred_interrupt
 from dfl.objectives import Objective, objective_for
-from dfl.run_lock import claim_run_dir
+from dfl.run_lock import claim_run_dir, unwritable
 from dfl.subnormals import flushed_to_zero
 
 Callback = Callable[[dict[str, Any]], None]
@@ -799,9 +799,7 @@ def fit(
             atomic_write_bytes(run_dir / "config.toml", config_to_toml(cfg).encode())
             _write_status(run_dir, "running", pid=os.getpid(), started=time.time())
         except OSError as e:
-            raise DflError(
-                f"cannot write to run directory {run_dir}: {e.strerror or e}", exit_code=1
-            ) from None
+            raise unwritable(run_dir, e) from None
         claim.started = True
         return _train_and_record(trainer, run_dir, epoch_bar, until_epoch)
 
