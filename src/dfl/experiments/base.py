@@ -69,7 +69,7 @@ PROFILES = {
             "every experiment whose lab protocol fits about 20 minutes, at exactly that protocol "
             "(one run per number, as the lab), corrected counterparts over 2 seeds: sets 32 of "
             "the 38 lab numbers beside ours (6 ViT configurations left out)",
-            "23.8 min with another developer's tests sharing the cores, 41 CPU-minutes, so about "
+            "23.8 min measured with test runs sharing the cores, 41 CPU-minutes, so about "
             "20.5 min on 2 idle cores; largest process 1.1 GB",
             2,
             faithful_seeds=1,
