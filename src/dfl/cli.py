@@ -211,13 +211,14 @@ def run_data_info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-# Modules that define their own commands with @command, next to the code they drive; they
-# are imported only when the parser is built, so `import dfl` stays light.
+# Modules that define the other commands with @command (the CLI layer: the library modules
+# they call never import this one); they are imported only when the parser is built, so
+# `import dfl` stays light.
 COMMAND_MODULES: list[str] = [
-    "dfl.reproduce",
-    "dfl.conv_arithmetic",
-    "dfl.shapes",
-    "dfl.attention_cli",
+    "dfl.commands.reproduce",
+    "dfl.commands.conv",
+    "dfl.commands.shapes",
+    "dfl.commands.attention",
     "dfl.sweep.commands",
 ]
 

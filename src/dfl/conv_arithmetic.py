@@ -13,15 +13,12 @@ prints [[3, 4], [6, 11]] and (4 − 2 + 0)/2 + 1 = 2 for rows and columns.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dfl.cli import command
 from dfl.errors import DflError
 from dfl.models.layers import conv_output_size
 
@@ -243,52 +240,3 @@ def _pair_text(pair: list[int]) -> str:
 
 def _num(v: float) -> str:
     return f"{v:g}"
-
-
-# ---------------------------------------------------------------------------------------------
-# dfl conv
-
-
-def _int_pair(text: str) -> int | Pair:
-    """argparse type: "2" or "2,1" (rows, columns)."""
-    try:
-        parts = [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not an integer or a rows,columns pair"
-        ) from None
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    raise argparse.ArgumentTypeError(f"'{text}' has {len(parts)} numbers; give 1 or 2")
-
-
-@command("conv", "compute a 2-D convolution by hand: output, size formula, every window")
-def add_conv_arguments(p: argparse.ArgumentParser) -> None:
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help='the input matrix, rows split by ";": "2 5 4 1; 3 1 2 0"')
-    source.add_argument("--input-file", help="the input matrix from a text/CSV file, a row a line")
-    kernel = p.add_mutually_exclusive_group(required=True)
-    kernel.add_argument("--kernel", help='the kernel, rows split by ";": "1 0; 0 1"')
-    kernel.add_argument("--kernel-file", help="the kernel from a text/CSV file, a row a line")
-    p.add_argument("--stride", type=_int_pair, default=1, help="S, or rows,columns (default 1)")
-    p.add_argument("--padding", type=_int_pair, default=0, help="zero padding P (default 0)")
-    p.add_argument("--dilation", type=_int_pair, default=1, help="kernel dilation D (default 1)")
-    p.add_argument("--explain", action="store_true", help="show every window's products")
-    p.add_argument("--json", action="store_true", help="print the full result as JSON")
-    p.set_defaults(run=run_conv)
-
-
-def run_conv(args: argparse.Namespace) -> int:
-    if args.input is not None:
-        matrix = parse_matrix(args.input, "--input")
-    else:
-        matrix = read_matrix_file(args.input_file, "input")
-    if args.kernel is not None:
-        kernel = parse_matrix(args.kernel, "--kernel")
-    else:
-        kernel = read_matrix_file(args.kernel_file, "kernel")
-    result = convolve2d(matrix, kernel, args.stride, args.padding, args.dilation)
-    print(json.dumps(result) if args.json else format_result(result, args.explain))
-    return 0

@@ -18,8 +18,6 @@ the `ShapeError` of `dfl.models.layers`, printed as one line naming the layer.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfl import models
-from dfl.cli import add_override_argument, command
 from dfl.config import build_config, merge, parse_overrides, read_toml
 from dfl.errors import ConfigError, ShapeError
 from dfl.models.layers import Shape, build_layers
@@ -237,52 +234,3 @@ def format_summary(label: str, summary: ModelSummary) -> str:
             line(total),
         ]
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# dfl shapes
-
-
-def _input_shape(text: str) -> Shape:
-    """argparse type: "1,28,28" -> (1, 28, 28)."""
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a comma-separated shape like 1,28,28"
-        ) from None
-    if any(v < 1 for v in shape):
-        raise argparse.ArgumentTypeError(f"'{text}': every size must be positive")
-    return shape
-
-
-@command("shapes", "check a model's shapes: output, parameters and multiply-adds per layer")
-def add_shapes_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "spec",
-        metavar="SPEC|MODEL",
-        help="a registered model (`dfl models`), a TOML config with model/model_args "
-        "(as `dfl train --config`), or a TOML file with `layers = [...]`",
-    )
-    add_override_argument(p)
-    p.add_argument(
-        "--input",
-        type=_input_shape,
-        default=DEFAULT_INPUT,
-        help="one sample's shape, C,H,W (default 1,28,28)",
-    )
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(run=run_shapes)
-
-
-def run_shapes(args: argparse.Namespace) -> int:
-    label, model = model_from_spec(args.spec, args.overrides, args.input)
-    try:
-        summary = model_summary(model, args.input)
-    except ShapeError as e:
-        raise ShapeError(f"{label}: {e}") from None
-    if args.json:
-        print(json.dumps({"model": label, **summary.as_dict()}))
-    else:
-        print(format_summary(label, summary))
-    return 0

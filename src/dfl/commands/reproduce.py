@@ -1,0 +1,96 @@
+"""`dfl reproduce`, `dfl lab` and `dfl report`: argparse wiring; the work is in
+`dfl.reproduce` and `dfl.report`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dfl.cli import add_data_arguments, command
+from dfl.experiments import EXPERIMENTS
+from dfl.experiments.base import ALIASES, PROFILES, canonical
+from dfl.report.build import build_report, lab_table_markdown
+from dfl.reproduce import reproduce
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """What `dfl reproduce` and `dfl lab` share: profile, data, device, seeds, output."""
+    p.add_argument(
+        "--profile",
+        default="lab",
+        choices=[*PROFILES, *ALIASES],
+        help="; ".join(f"{p.name}: {p.buys} ({p.cost})" for p in PROFILES.values())
+        + ". Default lab; quick is preview's old name. Costs measured on 2 CPU cores",
+    )
+    add_data_arguments(p)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto (default): bf16 for CNNs on CPUs with native bf16, else fp32",
+    )
+    p.add_argument("--seeds", type=int, help="seeds for mean ± std (default 1/2/3 by profile)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train independent runs and sweep trials N at a time, in worker processes of "
+        "cores/N threads each (default 1; see the README's 'Scaling out')",
+    )
+    p.add_argument("--out", help="output directory (default runs/PROFILE[-DATASET])")
+
+
+@command("reproduce", "run every lab experiment (faithful and corrected) and write the report")
+def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p)
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
+    p.set_defaults(run=run_reproduce)
+
+
+@command("lab", "run one lab experiment (into the same directory as dfl reproduce)")
+def add_lab_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", choices=EXPERIMENTS, help="which lab question to run")
+    add_run_arguments(p)
+    p.set_defaults(run=lambda args: run_reproduce(args, [args.experiment]))
+
+
+def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> int:
+    dataset = args.dataset or "mnist"
+    suffix = "" if dataset == "mnist" else "-" + Path(dataset).name
+    out = Path(args.out or f"runs/{canonical(args.profile)}{suffix}")
+    if only is None and args.only:
+        only = [s.strip() for s in args.only.split(",") if s.strip()]
+    report = reproduce(
+        out,
+        args.profile,
+        dataset,
+        args.data_dir,
+        args.device,
+        args.seeds,
+        only,
+        args.precision,
+        args.jobs,
+    )
+    print(f"report: {report}  (markdown: {report.with_suffix('.md')})")
+    return 0
+
+
+@command("report", "rebuild a reproduction's report from its saved results (no training)")
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a reproduction directory, e.g. runs/lab")
+    p.add_argument(
+        "--lab-table",
+        action="store_true",
+        help="print the lab's numbers beside ours as a Markdown table, from results.json "
+        "(the README's table), instead of rebuilding the report",
+    )
+    p.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    if args.lab_table:
+        print(lab_table_markdown(Path(args.run_dir)))
+    else:
+        print(f"report: {build_report(Path(args.run_dir))}")
+    return 0

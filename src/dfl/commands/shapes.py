@@ -1,0 +1,56 @@
+"""`dfl shapes SPEC|MODEL`: argparse wiring and output; the work is in `dfl.shapes`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dfl.cli import add_override_argument, command
+from dfl.errors import ShapeError
+from dfl.models.layers import Shape
+from dfl.shapes import DEFAULT_INPUT, format_summary, model_from_spec, model_summary
+
+
+def _input_shape(text: str) -> Shape:
+    """argparse type: "1,28,28" -> (1, 28, 28)."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated shape like 1,28,28"
+        ) from None
+    if any(v < 1 for v in shape):
+        raise argparse.ArgumentTypeError(f"'{text}': every size must be positive")
+    return shape
+
+
+@command("shapes", "check a model's shapes: output, parameters and multiply-adds per layer")
+def add_shapes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "spec",
+        metavar="SPEC|MODEL",
+        help="a registered model (`dfl models`), a TOML config with model/model_args "
+        "(as `dfl train --config`), or a TOML file with `layers = [...]`",
+    )
+    add_override_argument(p)
+    p.add_argument(
+        "--input",
+        type=_input_shape,
+        default=DEFAULT_INPUT,
+        help="one sample's shape, C,H,W (default 1,28,28)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=run_shapes)
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    label, model = model_from_spec(args.spec, args.overrides, args.input)
+    try:
+        summary = model_summary(model, args.input)
+    except ShapeError as e:
+        raise ShapeError(f"{label}: {e}") from None
+    if args.json:
+        print(json.dumps({"model": label, **summary.as_dict()}))
+    else:
+        print(format_summary(label, summary))
+    return 0
