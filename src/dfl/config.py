@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -24,19 +23,12 @@ from pydantic import (
 )
 
 from dfl.errors import ConfigError
+from dfl.validation import Strict, describe_validation_error
 
 # The widest seed every consumer takes as it is: numpy's legacy RandomState (TPE's sampler,
 # `np.random.seed`) wants 0 <= seed < 2**32; torch takes more, Python's `random` anything.
 MAX_SEED = 2**32 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-
-
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are re-validated,
-    and types are strict: a bool is not a number (`lr = true` is not 1.0) and a string is not
-    an int (`epochs = "1"` is not 1). An int where a float is wanted is fine (`lr = 1`)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True)
 
 
 def max_threads() -> int:
@@ -272,22 +264,6 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-
-
-def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line naming every bad key: "config key 'optim.lr': Input should be greater than 0"."""
-    parts = []
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `dfl train --help` lists the keys)"
-        elif item["type"] == "value_error":
-            pass  # our own validators' messages say what they got
-        elif "input" in item and item["type"] not in ("missing",):
-            msg = f"{msg} (got {item['input']!r})"
-        parts.append(f"config key '{prefix}{key}': {msg}")
-    return "; ".join(parts)
 
 
 def build_config(

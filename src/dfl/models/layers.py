@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter, ValidationError
 from torch import nn
 
-from dfl.config import Strict, describe_validation_error
 from dfl.errors import ConfigError, ShapeError
+from dfl.validation import Strict, describe_validation_error
 
 Shape = tuple[int, ...]  # per sample: (C, H, W) for maps, (F,) for vectors
 

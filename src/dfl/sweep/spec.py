@@ -31,8 +31,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from dfl.config import Strict, TrainConfig, describe_validation_error, read_toml, set_dotted
+from dfl.config import TrainConfig, read_toml, set_dotted
 from dfl.errors import ConfigError
+from dfl.validation import Strict, describe_validation_error
 
 # Schedules whose learning rate at epoch e does not depend on the total number of epochs: a
 # shorter run is then exactly the first epochs of a longer one (cosine and onecycle stretch
