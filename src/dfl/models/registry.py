@@ -1,5 +1,9 @@
 """Models by name: `@register("cnn_lab")` on a factory, `create("cnn_lab", **args)` to build.
 
+The registry imports no model: each model module registers its factories when imported, and
+`dfl.models` (the package, imported before any of its modules) imports them all, so every
+model is registered however the registry is reached.
+
 Each entry knows its objective (classification or reconstruction) so a run needs only the
 model's name. Arguments are checked against the factory's signature and types before anything
 is built (pydantic's `validate_call`, strict like every config key: `hidden = [true]` is not
@@ -50,13 +54,7 @@ def register(name: str, *, objective: str = "classification") -> Callable:
     return add
 
 
-def _load_builtin_models() -> None:
-    # Importing the model modules runs their @register decorators.
-    from dfl.models import autoencoder, cnn, mlp, stacked_autoencoder, vit  # noqa: F401
-
-
 def get(name: str) -> ModelEntry:
-    _load_builtin_models()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise ConfigError(f"unknown model '{name}' (known: {known}; `dfl models` describes them)")
@@ -78,7 +76,6 @@ def create(name: str, **args: Any) -> nn.Module:
 
 
 def names() -> list[str]:
-    _load_builtin_models()
     return sorted(_REGISTRY)
 
 
