@@ -23,6 +23,7 @@ import torch
 from dfl.data import dataset_info, format_info, load_dataset
 from dfl.data import embedded as embedded_mod
 from dfl.data import sources as sources_mod
+from dfl.data.cache import cache_root
 from dfl.data.checksums import (
     EMBEDDED_PICKLE,
     IDX_FILE_NAMES,
@@ -36,7 +37,6 @@ from dfl.data.checksums import (
 )
 from dfl.data.download import download_idx_files
 from dfl.data.idx import idx_bytes, sha256_hex, write_idx
-from dfl.data.sources import cache_root
 from dfl.errors import DataError
 
 

@@ -25,6 +25,7 @@ from dfl.atomic import atomic_write_bytes
 from dfl.errors import DataError
 
 from . import checksums
+from .cache import cache_root
 from .checksums import IDX_FILE_NAMES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from .idx import idx_bytes, sha256_hex
 
@@ -77,8 +78,6 @@ def wheel_search_dirs() -> list[Path]:
     current directory and under the checkout, then `wheels/` under the running venv's prefix
     (the same `.venv/wheels` when dfl runs from the project venv), then `<cache>/wheels`.
     """
-    from .sources import cache_root  # late import: sources imports this module
-
     dirs = []
     if env := os.environ.get("DFL_WHEEL_DIR"):
         dirs.append(Path(env).expanduser())

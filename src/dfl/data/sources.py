@@ -12,13 +12,13 @@ This module only finds files; `dataset.py` reads and verifies them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dfl.errors import DataError
 
+from .cache import dataset_cache_dir
 from .checksums import IDX_FILE_NAMES, KNOWN_FILES, MIRROR_GZ_MD5
 from .download import download_idx_files, mirrors_for
 from .embedded import FETCH_HINT, find_embedded_copy, materialize_embedded, wheel_search_dirs
@@ -40,20 +40,6 @@ class Located:
     directory: Path
     files: dict[str, Path]  # standard file name -> actual path (maybe .gz)
     source: str  # "data-dir" | "cache" | "embedded" | "debian" | "download"
-
-
-def cache_root() -> Path:
-    """`$DFL_DATA_DIR`, else `$XDG_CACHE_HOME/dfl`, else `~/.cache/dfl`."""
-    if env := os.environ.get("DFL_DATA_DIR"):
-        return Path(env).expanduser()
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "dfl"
-    return Path.home() / ".cache" / "dfl"
-
-
-def dataset_cache_dir(name: str) -> Path:
-    """The cache folder of one known dataset, e.g. `~/.cache/dfl/mnist`."""
-    return cache_root() / name
 
 
 def find_idx_files(directory: Path) -> dict[str, Path]:
