@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from dfl.config import build_config, parse_overrides
 from dfl.errors import ConfigError
-from dfl.train import WEIGHTS, fit
+from dfl.run_dir import WEIGHTS
+from dfl.train import fit
 
 
 def phase(*pairs: str):

@@ -12,14 +12,8 @@ from conftest import make_dataset
 from dfl import checkpoint, models
 from dfl.config import build_config, parse_overrides
 from dfl.errors import ConfigError, DflError, TrainingDiverged
-from dfl.train import (
-    StopRun,
-    fit,
-    native_bf16,
-    read_history,
-    read_status,
-    resolve_precision,
-)
+from dfl.run_dir import WEIGHTS, RunStatus, read_history, read_status
+from dfl.train import StopRun, fit, native_bf16, resolve_precision
 
 
 def config(*pairs: str):
@@ -130,6 +124,19 @@ def test_stoprun_records_status(tmp_path: Path, tiny_data):
     assert read_status(tmp_path / "p")["reason"] == "pruned at epoch 1"
 
 
+def test_run_status_is_the_plain_string_status_json_holds(tmp_path: Path, tiny_data):
+    """RunStatus equals, prints and serialises as its value: status.json's text is what it
+    was when the status was a bare string, and code comparing with strings keeps working."""
+    result = fit(config("epochs=1"), tmp_path / "r", dataset=tiny_data)
+    assert result.status is RunStatus.COMPLETED and result.status == "completed"
+    assert f"{result.status}" == str(result.status) == "completed"
+    assert (tmp_path / "r" / "status.json").read_text().startswith('{\n "status": "completed",\n')
+    assert read_status(tmp_path / "r")["status"] is RunStatus.COMPLETED
+    (tmp_path / "r" / "status.json").write_text('{"status": "finished"}')
+    with pytest.raises(DflError, match="'finished' is none of running, paused, completed"):
+        read_status(tmp_path / "r")
+
+
 def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, tiny_data, capsys):
     cfg = config("epochs=3")
     whole = fit(cfg, tmp_path / "whole", dataset=tiny_data)
@@ -181,7 +188,6 @@ def test_mse_is_the_exact_per_pixel_mean_whatever_the_batching(tmp_path: Path, t
 
     from dfl import models
     from dfl.data.batches import to_input
-    from dfl.train import WEIGHTS
 
     cfg = config('model="autoencoder"', "model_args={enc=8}", "epochs=1", "eval_batch_size=30")
     result = fit(cfg, tmp_path / "ae", dataset=tiny_data)

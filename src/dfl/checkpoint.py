@@ -27,7 +27,13 @@ from dfl.atomic import atomic_write_json, fsync_dir
 from dfl.errors import DflError
 
 KEEP = 2  # the newest checkpoint and the one before it
-REQUIRED_TENSORS = ("rng.torch", "rng.shuffle")  # what every resume sets, whatever the model
+
+# The keys of tensors.safetensors: the model's state dict under "model.", the best epoch's
+# (when it is kept) under "best.", the optimiser's tensors under "optim." (`split_state`),
+# and the random generators' states.
+MODEL, BEST, OPTIMIZER = "model", "best", "optim"
+RNG_TORCH, RNG_SHUFFLE, RNG_CUDA = "rng.torch", "rng.shuffle", "rng.cuda"
+REQUIRED_TENSORS = (RNG_TORCH, RNG_SHUFFLE)  # what every resume sets, whatever the model
 
 
 class _Best(BaseModel):
@@ -49,6 +55,49 @@ class CheckpointState(BaseModel):
     optimizer: dict[str, Any]
     scheduler: dict[str, Any] | None
     scaler: dict[str, Any]
+
+
+def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict's tensors under `prefix.` (MODEL, BEST), for the tensors file."""
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict stored under `prefix.` in a tensors file ({} when there is none)."""
+    head = f"{prefix}."
+    return {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+
+
+def split_state(prefix: str, tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested state dict into `tensors` under a dotted name and leave
+    a {"__tensor__": name} marker, so the rest is plain JSON."""
+    if isinstance(tree, torch.Tensor):
+        tensors[prefix] = tree
+        return {"__tensor__": prefix}
+    if isinstance(tree, dict):
+        return {str(k): split_state(f"{prefix}.{k}", v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [split_state(f"{prefix}.{i}", v, tensors) for i, v in enumerate(tree)]
+    return tree
+
+
+def join_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """`split_state` undone: each {"__tensor__": name} marker replaced by its tensor."""
+    if isinstance(tree, dict):
+        if set(tree) == {"__tensor__"}:
+            return tensors[tree["__tensor__"]]
+        return {k: join_state(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [join_state(v, tensors) for v in tree]
+    return tree
+
+
+def optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
+    # JSON turned the integer parameter ids into strings; the optimiser wants them back.
+    return {
+        "state": {int(k): v for k, v in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
 
 
 def _shape_problem(error: ValidationError) -> str:

@@ -8,12 +8,14 @@ figure saver). Everything a run produces lands in its run directory:
     status.json     running | paused | completed | failed | pruned, with reason and final metrics
     checkpoints/    the last two checkpoints, written atomically (see checkpoint.py)
     model.safetensors  the final weights (the best validation epoch's with restore_best)
+
+How those files are written and read back is run_dir.py's; the checkpoint's key format is
+checkpoint.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -32,38 +34,47 @@ from tqdm.auto import tqdm
 
 from dfl import checkpoint, models
 from dfl.allocator import keep_freed_memory
-from dfl.atomic import atomic_write_bytes, atomic_write_json
-from dfl.config import TrainConfig, build_config, config_to_toml, read_toml
+from dfl.atomic import atomic_write_bytes
+from dfl.config import TrainConfig, config_to_toml
 from dfl.core_share import CoreShare
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.interrupts import deferred_interrupt
 from dfl.objectives import Objective, objective_for
+from dfl.run_dir import (
+    CHECKPOINTS,
+    CONFIG,
+    STATUS,
+    WEIGHTS,  # importable from here too: experiments/{ae,cnn,sae,vit}.py import it from dfl.train
+    DamagedHistory,
+    RunStatus,
+    check_same_config,
+    finished_history,
+    read_history,
+    read_status,
+    write_metrics,
+    write_status,
+)
 from dfl.run_lock import claim_run_dir, unwritable
 from dfl.subnormals import flushed_to_zero
 
 Callback = Callable[[dict[str, Any]], None]
-WEIGHTS = "model.safetensors"  # a finished run's final weights (the selected epoch's)
 NONFINITE_CHECK_EVERY = 25  # steps between checks: each check waits for the device
-
-# Keys that may differ when a run is resumed: how a run is executed (speed), not what it
-# computes.
-RESUMABLE_DIFFERENCES = {"device", "threads", "compile", "checkpoint", "checkpoint_interval_s"}
 
 
 class StopRun(Exception):
     """Raised by a callback to end a run early with a status (e.g. "pruned" by a sweep)."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: RunStatus | str, reason: str) -> None:
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason = RunStatus(status), reason
 
 
 @dataclass
 class RunResult:
     run_dir: Path
-    status: str  # completed | failed | pruned
+    status: RunStatus
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
@@ -279,38 +290,7 @@ def build_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch
 
 
 # ---------------------------------------------------------------------------------------------
-# State <-> checkpoint
-
-
-def _split_state(prefix: str, tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Move every tensor of a nested state dict into `tensors` under a dotted name and leave
-    a {"__tensor__": name} marker, so the rest is plain JSON."""
-    if isinstance(tree, torch.Tensor):
-        tensors[prefix] = tree
-        return {"__tensor__": prefix}
-    if isinstance(tree, dict):
-        return {str(k): _split_state(f"{prefix}.{k}", v, tensors) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return [_split_state(f"{prefix}.{i}", v, tensors) for i, v in enumerate(tree)]
-    return tree
-
-
-def _join_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(tree, dict):
-        if set(tree) == {"__tensor__"}:
-            return tensors[tree["__tensor__"]]
-        return {k: _join_state(v, tensors) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_join_state(v, tensors) for v in tree]
-    return tree
-
-
-def _optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
-    # JSON turned the integer parameter ids into strings; the optimiser wants them back.
-    return {
-        "state": {int(k): v for k, v in state["state"].items()},
-        "param_groups": state["param_groups"],
-    }
+# Optimiser state restored from a checkpoint
 
 
 def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -567,10 +547,10 @@ class Trainer:
         bar.close()
         if last_epoch < self.cfg.epochs and not stopped:
             return RunResult(
-                self.run_dir, "paused", self.history, {"epochs_run": len(self.history)}
+                self.run_dir, RunStatus.PAUSED, self.history, {"epochs_run": len(self.history)}
             )
         final = self._final(time.perf_counter() - t_run, stopped)
-        return RunResult(self.run_dir, "completed", self.history, final)
+        return RunResult(self.run_dir, RunStatus.COMPLETED, self.history, final)
 
     def _track_best(self, record: dict[str, Any]) -> str | None:
         """Remember the best epoch; returns a reason when early stopping ends the run."""
@@ -631,44 +611,45 @@ class Trainer:
         write_metrics(self.run_dir, self.history)
         if not self.cfg.checkpoint:
             return
-        tensors: dict[str, torch.Tensor] = {
-            f"model.{k}": v for k, v in self.model.state_dict().items()
-        }
+        tensors = checkpoint.prefixed(checkpoint.MODEL, self.model.state_dict())
         if self.best["weights"] is not None:
-            tensors.update({f"best.{k}": v for k, v in self.best["weights"].items()})
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.shuffle"] = self.shuffle.get_state()
+            tensors.update(checkpoint.prefixed(checkpoint.BEST, self.best["weights"]))
+        tensors[checkpoint.RNG_TORCH] = torch.get_rng_state()
+        tensors[checkpoint.RNG_SHUFFLE] = self.shuffle.get_state()
         if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            tensors[checkpoint.RNG_CUDA] = torch.cuda.get_rng_state(self.device)
+        optimizer = checkpoint.split_state(
+            checkpoint.OPTIMIZER, self.optimizer.state_dict(), tensors
+        )
         state = {
             "history": self.history,
             "best": {"value": self.best["value"], "epoch": self.best["epoch"]},
-            "optimizer": _split_state("optim", self.optimizer.state_dict(), tensors),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
         }
-        checkpoint.save(self.run_dir / "checkpoints", epoch, tensors, state)
+        checkpoint.save(self.run_dir / CHECKPOINTS, epoch, tensors, state)
 
     def _restore(self) -> int:
         """Load the newest intact checkpoint; returns its epoch (0 when starting fresh)."""
-        found = checkpoint.load_latest(self.run_dir / "checkpoints")
+        found = checkpoint.load_latest(self.run_dir / CHECKPOINTS)
         if found is None:
             return 0
         tensors, state = found
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.model.load_state_dict(checkpoint.unprefixed(checkpoint.MODEL, tensors))
+        best = checkpoint.unprefixed(checkpoint.BEST, tensors)
         self.best = {**state["best"], "weights": best or None}
         self.optimizer.load_state_dict(
-            _optimizer_state_from_json(_join_state(state["optimizer"], tensors))
+            checkpoint.optimizer_state_from_json(checkpoint.join_state(state["optimizer"], tensors))
         )
         _match_parameter_layouts(self.optimizer)
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.shuffle.set_state(tensors["rng.shuffle"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        torch.set_rng_state(tensors[checkpoint.RNG_TORCH])
+        self.shuffle.set_state(tensors[checkpoint.RNG_SHUFFLE])
+        if checkpoint.RNG_CUDA in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[checkpoint.RNG_CUDA], self.device)
         self.history = state["history"]
         if self.log:
             self.log(f"resumed {self.run_dir} from epoch {state['epoch']}")
@@ -685,49 +666,7 @@ def _format_record(record: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Run directories
-
-
-def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    lines = "".join(json.dumps(r) + "\n" for r in history)
-    atomic_write_bytes(run_dir / "metrics.jsonl", lines.encode())
-
-
-def read_status(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "status.json"
-    try:
-        status = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DflError(
-            f"{path} is not valid JSON ({e}); delete the run directory to start over"
-        ) from None
-    if not isinstance(status, dict) or not isinstance(status.get("status"), str):
-        raise DflError(
-            f'{path} is not a run status (no "status" field); delete the run directory to '
-            "start over"
-        )
-    return status
-
-
-def _write_status(run_dir: Path, status: str, **fields: Any) -> None:
-    atomic_write_json(run_dir / "status.json", {"status": status, **fields})
-
-
-def _check_same_config(run_dir: Path, cfg: TrainConfig) -> None:
-    saved = _load_saved_config(run_dir)
-    if saved is None:
-        return
-    old, new = saved.model_dump(mode="json"), cfg.model_dump(mode="json")
-    if _same_precision(saved.precision, cfg.precision, cfg):
-        old["precision"] = new["precision"]
-    for key in sorted(set(old) | set(new)):
-        if key not in RESUMABLE_DIFFERENCES and old.get(key) != new.get(key):
-            raise ConfigError(
-                f"run directory {run_dir} was made with a different config: '{key}' was "
-                f"{old.get(key)!r}, now {new.get(key)!r} (use another --out, or the same config)"
-            )
+# A run, start to end
 
 
 def _same_precision(old: str, new: str, cfg: TrainConfig) -> bool:
@@ -737,19 +676,6 @@ def _same_precision(old: str, new: str, cfg: TrainConfig) -> bool:
         return old == new
     model, device = models.create(cfg.model, **cfg.model_args), resolve_device(cfg.device)
     return resolve_precision(old, device, model) == resolve_precision(new, device, model)
-
-
-def _load_saved_config(run_dir: Path) -> TrainConfig | None:
-    """The run's own config; the keys a resume may change are left at their defaults, so a
-    saved value this machine refuses (more threads than its cores) does not block a resume."""
-    path = run_dir / "config.toml"
-    if not path.exists():
-        return None
-    tree = {k: v for k, v in read_toml(path).items() if k not in RESUMABLE_DIFFERENCES}
-    try:
-        return build_config(overrides=tree)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
 
 
 def fit(
@@ -778,9 +704,9 @@ def fit(
                 "continue or reuse it, or choose another --out"
             )
         if status is not None:
-            _check_same_config(run_dir, cfg)
-            if status["status"] == "completed":
-                history = _finished_history(run_dir)
+            check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
+            if status["status"] == RunStatus.COMPLETED:
+                history = finished_history(run_dir)
                 return RunResult(run_dir, status["status"], history, status.get("final", {}))
             if until_epoch:
                 with contextlib.suppress(DamagedHistory):  # the checkpoint holds the curve
@@ -794,34 +720,14 @@ def fit(
         with deferred_interrupt():  # torch imports torch._dynamo for the first optimiser
             trainer = Trainer(cfg, run_dir, data, callbacks, log)
         try:
-            for name in ("config.toml", "status.json"):
+            for name in (CONFIG, STATUS):
                 claim.new_file(run_dir / name)
-            atomic_write_bytes(run_dir / "config.toml", config_to_toml(cfg).encode())
-            _write_status(run_dir, "running", pid=os.getpid(), started=time.time())
+            atomic_write_bytes(run_dir / CONFIG, config_to_toml(cfg).encode())
+            write_status(run_dir, RunStatus.RUNNING, pid=os.getpid(), started=time.time())
         except OSError as e:
             raise unwritable(run_dir, e) from None
         claim.started = True
         return _train_and_record(trainer, run_dir, epoch_bar, until_epoch)
-
-
-def _finished_history(run_dir: Path) -> list[dict[str, Any]]:
-    """A finished run's metrics.jsonl, or, when that file is damaged, the history its last
-    checkpoint holds (written back to the file); an error naming the file if there is none."""
-    try:
-        return read_history(run_dir)
-    except DamagedHistory as damaged:
-        try:
-            found = checkpoint.load_latest(run_dir / "checkpoints")
-        except DflError:
-            found = None
-        if found is None:
-            raise DflError(
-                f"{damaged.path} is damaged at line {damaged.line} and the run has no intact "
-                "checkpoint to restore it from; train the run again in another --out"
-            ) from None
-        history = found[1]["history"]
-        write_metrics(run_dir, history)
-        return history
 
 
 def _train_and_record(
@@ -831,50 +737,15 @@ def _train_and_record(
     try:
         result = trainer.run(epoch_bar, until_epoch)
     except StopRun as stop:
-        _write_status(run_dir, stop.status, reason=stop.reason, epochs_run=len(trainer.history))
+        write_status(run_dir, stop.status, reason=stop.reason, epochs_run=len(trainer.history))
         return RunResult(run_dir, stop.status, trainer.history, {}, stop.reason)
     except Exception as e:
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
         with contextlib.suppress(OSError):
-            _write_status(run_dir, "failed", reason=reason)
+            write_status(run_dir, RunStatus.FAILED, reason=reason)
         raise
-    if result.status == "paused":
-        _write_status(run_dir, "paused", epochs_run=len(result.history))
+    if result.status == RunStatus.PAUSED:
+        write_status(run_dir, RunStatus.PAUSED, epochs_run=len(result.history))
     else:
-        _write_status(run_dir, "completed", final=result.final)
+        write_status(run_dir, RunStatus.COMPLETED, final=result.final)
     return result
-
-
-def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of metrics.jsonl ([] before the first epoch). A damaged file (a
-    line cut short by a full disk, say) is a DflError naming it."""
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as e:
-        raise DflError(f"cannot read {path}: {e}") from None
-    history = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            record = e
-        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise DamagedHistory(path, number)
-        history.append(record)
-    return history
-
-
-class DamagedHistory(DflError):
-    """A metrics.jsonl line that is not an epoch's record (cut short by a full disk, say)."""
-
-    def __init__(self, path: Path, line: int) -> None:
-        super().__init__(
-            f"{path} is damaged at line {line} (not one epoch's JSON record); `dfl train "
-            f"--resume --out {path.parent}` rewrites it from the run's checkpoint"
-        )
-        self.path, self.line = path, line

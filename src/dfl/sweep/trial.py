@@ -37,8 +37,9 @@ from optuna.trial import TrialState
 from dfl.config import TrainConfig
 from dfl.data import Dataset, load_dataset
 from dfl.errors import DflError
+from dfl.run_dir import RunStatus, read_history
 from dfl.sweep.spec import Params, RunPlan, SweepSpec, decode, encode, run_plan
-from dfl.train import StopRun, build_model, fit, read_history
+from dfl.train import StopRun, build_model, fit
 
 CURVE_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 Log = Callable[[str], None]
@@ -262,7 +263,7 @@ def _train(
         _report(trial, record, metric, reported)
         if pruning and trial.should_prune():
             raise StopRun(
-                "pruned",
+                RunStatus.PRUNED,
                 f"pruned at epoch {record['epoch']}: {metric} {record[metric]:.6g} "
                 f"({ctx.spec.search.pruner} rule)",  # type: ignore[union-attr]
             )
@@ -286,7 +287,7 @@ def _train(
         p.numel() for p in build_model(cfg, data.num_classes)[0].parameters()
     )
     trial.set_user_attr("n_parameters", int(n_params))
-    if result.status == "pruned":
+    if result.status == RunStatus.PRUNED:
         return TrialState.PRUNED, None, result.reason
     if plan.until_epoch is not None:  # read off the shared run's curve at this trial's epochs
         if len(curve) < epochs:

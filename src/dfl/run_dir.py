@@ -1,0 +1,182 @@
+"""A run directory's bookkeeping: the files a run leaves besides its checkpoints, how they are
+written and read back, and the check that a resume is the same run (train.py's loop writes
+them; sweeps, reports and `load_trained` read them).
+
+    config.toml        the resolved config: `dfl train --config RUN/config.toml` repeats the run
+    metrics.jsonl      one line per epoch, rewritten with each checkpoint
+    status.json        running | paused | completed | failed | pruned, with reason and final metrics
+    checkpoints/       the last two checkpoints (checkpoint.py)
+    model.safetensors  the final weights (the best validation epoch's with restore_best)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dfl import checkpoint
+from dfl.atomic import atomic_write_bytes, atomic_write_json
+from dfl.config import TrainConfig, build_config, read_toml
+from dfl.errors import ConfigError, DflError
+
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+STATUS = "status.json"
+CHECKPOINTS = "checkpoints"
+WEIGHTS = "model.safetensors"  # a finished run's final weights (the selected epoch's)
+
+# Keys that may differ when a run is resumed: how a run is executed (speed), not what it
+# computes.
+RESUMABLE_DIFFERENCES = {"device", "threads", "compile", "checkpoint", "checkpoint_interval_s"}
+
+
+class RunStatus(enum.StrEnum):
+    """How a run stands, as status.json spells it. A str: it equals, prints and serialises as
+    its value ("completed"), so code comparing with plain strings keeps working."""
+
+    RUNNING = "running"  # training now, or killed while it trained
+    PAUSED = "paused"  # stopped after `until_epoch`; resumes like a killed run
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PRUNED = "pruned"  # ended early by a callback (a sweep's pruner)
+
+
+# ---------------------------------------------------------------------------------------------
+# status.json
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """status.json as a dict (its "status" a RunStatus), or None when the run has none. A
+    file that is not JSON or not a run status is a DflError naming it."""
+    path = Path(run_dir) / STATUS
+    try:
+        status = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DflError(
+            f"{path} is not valid JSON ({e}); delete the run directory to start over"
+        ) from None
+    if not isinstance(status, dict) or not isinstance(status.get("status"), str):
+        raise DflError(
+            f'{path} is not a run status (no "status" field); delete the run directory to '
+            "start over"
+        )
+    if status["status"] not in _STATUS_VALUES:  # dfl writes no other; an edited file
+        raise DflError(
+            f"{path} is not a run status ('{status['status']}' is none of "
+            f"{', '.join(_STATUS_VALUES)}); delete the run directory to start over"
+        )
+    return {**status, "status": RunStatus(status["status"])}
+
+
+_STATUS_VALUES = tuple(s.value for s in RunStatus)
+
+
+def write_status(run_dir: Path, status: RunStatus, **fields: Any) -> None:
+    atomic_write_json(run_dir / STATUS, {"status": status, **fields})
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in history)
+    atomic_write_bytes(run_dir / METRICS, lines.encode())
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of metrics.jsonl ([] before the first epoch). A damaged file (a
+    line cut short by a full disk, say) is a DflError naming it."""
+    path = Path(run_dir) / METRICS
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise DflError(f"cannot read {path}: {e}") from None
+    history = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            record = e
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise DamagedHistory(path, number)
+        history.append(record)
+    return history
+
+
+class DamagedHistory(DflError):
+    """A metrics.jsonl line that is not an epoch's record (cut short by a full disk, say)."""
+
+    def __init__(self, path: Path, line: int) -> None:
+        super().__init__(
+            f"{path} is damaged at line {line} (not one epoch's JSON record); `dfl train "
+            f"--resume --out {path.parent}` rewrites it from the run's checkpoint"
+        )
+        self.path, self.line = path, line
+
+
+def finished_history(run_dir: Path) -> list[dict[str, Any]]:
+    """A finished run's metrics.jsonl, or, when that file is damaged, the history its last
+    checkpoint holds (written back to the file); an error naming the file if there is none."""
+    try:
+        return read_history(run_dir)
+    except DamagedHistory as damaged:
+        try:
+            found = checkpoint.load_latest(run_dir / CHECKPOINTS)
+        except DflError:
+            found = None
+        if found is None:
+            raise DflError(
+                f"{damaged.path} is damaged at line {damaged.line} and the run has no intact "
+                "checkpoint to restore it from; train the run again in another --out"
+            ) from None
+        history = found[1]["history"]
+        write_metrics(run_dir, history)
+        return history
+
+
+# ---------------------------------------------------------------------------------------------
+# config.toml
+
+
+def load_saved_config(run_dir: Path) -> TrainConfig | None:
+    """The run's own config (None when it has none); the keys a resume may change are left
+    at their defaults, so a saved value this machine refuses (more threads than its cores)
+    does not block a resume."""
+    path = run_dir / CONFIG
+    if not path.exists():
+        return None
+    tree = {k: v for k, v in read_toml(path).items() if k not in RESUMABLE_DIFFERENCES}
+    try:
+        return build_config(overrides=tree)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def check_same_config(
+    run_dir: Path, cfg: TrainConfig, same_precision: Callable[[str, str], bool]
+) -> None:
+    """A ConfigError naming the first key where `cfg` differs from the run's saved config,
+    other than RESUMABLE_DIFFERENCES. `same_precision(saved, new)` says whether two precision
+    settings compute the same ('auto' and what it resolves to: the trainer knows)."""
+    saved = load_saved_config(run_dir)
+    if saved is None:
+        return
+    old, new = saved.model_dump(mode="json"), cfg.model_dump(mode="json")
+    if same_precision(saved.precision, cfg.precision):
+        old["precision"] = new["precision"]
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUMABLE_DIFFERENCES and old.get(key) != new.get(key):
+            raise ConfigError(
+                f"run directory {run_dir} was made with a different config: '{key}' was "
+                f"{old.get(key)!r}, now {new.get(key)!r} (use another --out, or the same config)"
+            )
