@@ -31,6 +31,11 @@ class ShapeError(DflError):
     """A layer that cannot take the shape of its input."""
 
 
+class UnloadableRun(DflError):
+    """A run directory `load_trained` cannot rebuild a model from: its config.toml or its
+    weights are missing or damaged."""
+
+
 class TrainingDiverged(DflError):
     """A non-finite loss: the run stops and is recorded as failed."""
 
