@@ -4,8 +4,8 @@ escaped, and the HTML checked in a real headless browser."""
 from pathlib import Path
 
 from conftest import check_page
-from dfl.report import figures
-from dfl.report.document import Document, Figure, Section, Table, fmt, mean_std
+from dfl.experiments import figures
+from dfl.experiments.document import Document, Figure, Section, Table, fmt, mean_std
 from dfl.report.render import to_html, to_markdown
 
 EVIL = '<script>alert("run name")</script>'

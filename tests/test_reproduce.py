@@ -1,6 +1,7 @@
 """`dfl reproduce` end to end on synthetic data (smoke profile), resuming without retraining,
 and the report rebuilt from saved results alone."""
 
+import dataclasses
 import json
 import shlex
 import shutil
@@ -13,7 +14,8 @@ from dfl.cli import main
 from dfl.config import build_config
 from dfl.errors import ConfigError
 from dfl.experiments import EXPERIMENTS
-from dfl.experiments.base import Context
+from dfl.experiments.context import Context
+from dfl.experiments.registry import REGISTRY
 from dfl.report.build import build_report
 from dfl.reproduce import reproduce
 
@@ -35,7 +37,7 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
 
     # Selection never looks at the test set: the grid's trials are not tested, and the chosen
     # autoencoder config is the one with the lowest validation MSE.
-    ae = json.loads((out / "ae" / "result.json").read_text())
+    ae = json.loads((out / "ae" / "result.json").read_text())["result"]
     assert ae["best"]["val_mse"] == min(r["val_mse"] for r in ae["grid"])
     for status in (out / "ae" / "sweeps").rglob("status.json"):
         assert not any(
@@ -44,7 +46,7 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
     # The CNN's final stage trains each front architecture at both widths, with and without
     # head dropout, and picks the candidate with the highest mean validation accuracy; the
     # reported test accuracies are its own.
-    cnn = json.loads((out / "cnn" / "result.json").read_text())
+    cnn = json.loads((out / "cnn" / "result.json").read_text())["result"]
     finals = cnn["finals"]
     variants = {(c["arch"]["width"], c["arch"].get("dropout", 0.0)) for c in finals}
     assert variants == {(16, 0.0), (16, 0.5), (32, 0.0), (32, 0.5)}
@@ -108,20 +110,22 @@ def test_jobs_below_one_is_refused(tmp_path: Path, capsys):
 def test_runs_side_by_side_are_the_runs_made_one_after_another(tmp_path: Path, tiny_data):
     """--jobs 2 trains in worker processes; each run is seeded by its own config, so what they
     write is what the same runs write one at a time, returned in the order asked for."""
-    runs = [
-        (f"seed{s}", {"model": "mlp", "model_args.hidden": [32], "epochs": 2, "seed": s})
+    runs = {
+        f"seed{s}": {"model": "mlp", "model_args.hidden": [32], "epochs": 2, "seed": s}
         for s in range(3)
-    ]
+    }
     results = {}
     for jobs in (1, 2):
         ctx = Context(tmp_path / f"jobs{jobs}", "smoke", tiny_data, "synthetic", "cpu", jobs=jobs)
         results[jobs] = ctx.train_many("exp", runs)
-    for key, one, two in zip((k for k, _ in runs), results[1], results[2], strict=True):
+    assert list(results[2]) == list(runs)  # keyed by run name, in the order asked for
+    for key in runs:
+        one, two = results[1][key], results[2][key]
         assert two.status == "completed" and two.run_dir.name == key
         assert len(two.history) == 2
         # One thread per worker against the test's own threads: sums may round differently.
         assert two.final["test_loss"] == pytest.approx(one.final["test_loss"], rel=1e-4)
-    assert results[2][0].final["test_loss"] != results[2][1].final["test_loss"]  # seeds differ
+    assert results[2]["seed0"].final["test_loss"] != results[2]["seed1"].final["test_loss"]
 
 
 def test_wall_time_counts_earlier_unfinished_invocations(tmp_path: Path):
@@ -142,13 +146,11 @@ def test_wall_time_counts_earlier_unfinished_invocations(tmp_path: Path):
 def test_an_interrupted_experiment_records_its_time(tmp_path: Path, monkeypatch):
     import time
 
-    from dfl.experiments import conv
-
-    def interrupted(ctx):
+    def interrupted(ctx, settings):
         time.sleep(0.2)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(conv, "run", interrupted)
+    monkeypatch.setitem(REGISTRY, "conv", dataclasses.replace(REGISTRY["conv"], run=interrupted))
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         reproduce(out, "smoke", only=["conv"])
@@ -167,8 +169,9 @@ def test_quotes_and_backslashes_in_paths_travel_as_data(tmp_path: Path):
     out = root / "repro"
     reproduce(out, "smoke", str(data), device="cpu", seeds=1, only=["ae"])
 
-    ae = json.loads((out / "ae" / "result.json").read_text())
-    assert ae["status"] == "completed", ae.get("reason")
+    record = json.loads((out / "ae" / "result.json").read_text())
+    assert record["status"] == "completed", record.get("reason")
+    ae = record["result"]
     for probe in ae["probe"].values():
         assert Path(probe["source"]).parent == out / "ae" / "sweeps" / "grid" / "trials"
     cfg = build_config(next((out / "ae" / "runs").glob("probe_enc*")) / "config.toml")
@@ -186,12 +189,11 @@ def test_a_failed_experiment_fails_the_command_after_the_others_ran(
     """One experiment failing lets the others run; then the command exits 4 with one line
     naming the failed experiment, and the report marks it failed with its reason."""
     from dfl.errors import ConfigError
-    from dfl.experiments import conv
 
-    def broken(ctx):
+    def broken(ctx, settings):
         raise ConfigError("config key 'epochs': forced failure")
 
-    monkeypatch.setattr(conv, "run", broken)
+    monkeypatch.setitem(REGISTRY, "conv", dataclasses.replace(REGISTRY["conv"], run=broken))
     data = write_idx_dataset(tmp_path / "digits", n_train=64, n_test=16)
     out = tmp_path / "r"
     args = ["--profile", "smoke", "--dataset", str(data), "--out", str(out)]
@@ -264,21 +266,48 @@ def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
 
 
 def test_lab_verdicts_and_their_reasons():
+    from dfl.experiments.comparison import Comparison, compare
     from dfl.experiments.vit import _writeup_compare
     from dfl.report.build import lab_entry
 
     manifest = {"dataset": "mnist", "profile": "lab"}
-    row = {"faithful": "0.0132", "verdict": "differs (0.73x)", "why": "one run per point"}
-    entry = lab_entry("ae", "k", row, "", manifest)
-    assert (entry["verdict"], entry["reason"]) == ("differs", "one run per point")
-    row = {"verdict": "not comparable: this profile trains 5 epochs, the lab 60"}
+    # The lab's value comes from its one table, by key: 0.005408 for this grid point.
+    row = compare("ae", "val_mse.b16.e64.ep60", 0.0040, tolerance=0.2, relative=True, why="w")
+    entry = lab_entry("ae", "val_mse.b16.e64.ep60", row, "", manifest)
+    assert (entry["verdict"], entry["detail"], entry["reason"]) == (
+        "differs",
+        "differs (0.74x)",
+        "w",
+    )
+    row = compare("ae", "val_mse.b16.e64.ep60", 0.0055, tolerance=0.2, relative=True, why="w",
+                  explain_match=False)  # fmt: skip
+    assert (row.verdict, row.detail, row.reason) == ("reproduced", "reproduced (within 20%)", "")
+    row = Comparison.not_comparable("this profile trains 5 epochs, the lab 60")
     entry = lab_entry("ae", "k", row, "", manifest)
     assert entry["verdict"] == "not comparable" and entry["reason"].startswith("this profile")
     assert lab_entry("vit", "k", None, "not run", manifest)["verdict"] == "missing"
+    other = lab_entry("ae", "k", row, "", {"dataset": "fashion-mnist"})
+    assert other["reason"] == "the lab measured MNIST, this is fashion-mnist"
 
     # The write-up's ViT numbers compare with the base configuration on the lab's protocol only.
     base = {"epochs": 20, "subset": None, "test_accuracy": 0.9841, "test_loss": 0.0764}
     rows = _writeup_compare(base, [0.99])
-    assert [rows[k]["verdict"] for k in ("writeup.acc", "writeup.loss")] == ["reproduced"] * 2
+    assert [rows[k].verdict for k in ("writeup.acc", "writeup.loss")] == ["reproduced"] * 2
     short = _writeup_compare({**base, "epochs": 2}, [0.99])
-    assert short["writeup.acc"]["verdict"].startswith("not comparable")
+    assert short["writeup.acc"].verdict == "not comparable"
+
+
+def test_a_result_saved_by_another_dfl_is_rerun_not_misread(tmp_path: Path):
+    """A result.json in another layout (an older dfl's) is reported as such, and the next
+    reproduce runs that experiment again instead of reading it."""
+    out = tmp_path / "r"
+    reproduce(out, "smoke", only=["conv"])
+    (out / "conv" / "result.json").write_text(json.dumps({"status": "completed", "lab": {}}))
+    markdown = build_report(out).with_suffix(".md").read_text()
+    assert "saved by another version of dfl; rerun the reproduce command" in markdown
+    reproduce(out, "smoke", only=["conv"])
+    record = json.loads((out / "conv" / "result.json").read_text())
+    assert record["status"] == "completed" and record["result"]["lab"]["output"] == [
+        [3, 4],
+        [6, 11],
+    ]

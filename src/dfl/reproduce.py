@@ -27,7 +27,10 @@ from dfl.atomic import atomic_write_json
 from dfl.data import load_dataset
 from dfl.errors import ConfigError, DflError, ExperimentsFailed
 from dfl.experiments import EXPERIMENTS
-from dfl.experiments.base import ALIASES, PROFILES, Context, canonical, load_result, save_result
+from dfl.experiments.context import Context
+from dfl.experiments.experiment import OlderRecord, Record, load_record, save_record
+from dfl.experiments.profiles import ALIASES, PROFILES, canonical
+from dfl.experiments.registry import REGISTRY
 from dfl.report.build import build_report
 from dfl.train import resolve_device
 
@@ -127,62 +130,73 @@ def reproduce(
     progress = Progress(PROFILES[profile], selected, enabled=bar.disable)
     for name in bar:
         bar.set_postfix_str(name)
-        existing = load_result(out, name)
+        existing = _existing(out, name)
         if _finished(existing, profile):
             progress.kept(name)
             continue
         progress.start(name)
-        try:
-            module = importlib.import_module(f"dfl.experiments.{name}")
-        except ModuleNotFoundError:
-            print(
-                f"dfl: {name}: not implemented yet; the report shows it as missing", file=sys.stderr
-            )
-            continue
-        t0, earlier = time.perf_counter(), _spent(out, name) + _upgraded_wall(existing)
-        try:
-            result = module.run(ctx)
-            result.update(status="completed")
-        except DflError as e:  # one experiment failing must not lose the others
-            result = {"status": "failed", "reason": str(e)}
-            failed[name] = str(e)
-            print(f"dfl: {name} failed: {e}", file=sys.stderr)
-        except BaseException:  # Ctrl-C or a crash: the next invocation goes on, and counts this
-            _record_spent(out, name, earlier + time.perf_counter() - t0)
-            raise
-        wall = earlier + time.perf_counter() - t0
-        if result["status"] == "completed":
-            _spent_path(out, name).unlink(missing_ok=True)  # counted in wall_s now
-        else:
-            _record_spent(out, name, wall)
-        result.update(
-            experiment=name,
-            profile=profile,
-            wall_s=wall,  # every invocation's part, when it took several to finish
-            environment=manifest["environment"],
-        )
-        save_result(out, name, result)
-        progress.end(name, time.perf_counter() - t0, result["status"])
+        t0 = time.perf_counter()
+        record = _run_one(ctx, name, existing, manifest["environment"])
+        if record.status == "failed":
+            failed[name] = record.reason
+            print(f"dfl: {name} failed: {record.reason}", file=sys.stderr)
+        progress.end(name, time.perf_counter() - t0, record.status)
     report = build_report(out)
     if failed:
         raise ExperimentsFailed(failed, report)
     return report
 
 
-def _finished(result: dict[str, Any] | None, profile: str) -> bool:
+def _existing(out: Path, name: str) -> Record | None:
+    """The experiment's saved record; one an older dfl wrote is run again (its finished
+    trainings are reused, so only the result is rebuilt)."""
+    try:
+        return load_record(out, name)
+    except OlderRecord:
+        return None
+
+
+def _run_one(ctx: Context, name: str, existing: Record | None, env: dict[str, Any]) -> Record:
+    """Run one experiment and save its record; a `DflError` is recorded as its failure."""
+    out = ctx.out
+    t0, earlier = time.perf_counter(), _spent(out, name) + _upgraded_wall(existing)
+    try:
+        result, reason = REGISTRY[name].execute(ctx), ""
+    except DflError as e:  # one experiment failing must not lose the others
+        result, reason = None, str(e)
+    except BaseException:  # Ctrl-C or a crash: the next invocation goes on, and counts this
+        _record_spent(out, name, earlier + time.perf_counter() - t0)
+        raise
+    wall = earlier + time.perf_counter() - t0
+    if result is not None:
+        _spent_path(out, name).unlink(missing_ok=True)  # counted in wall_s now
+    else:
+        _record_spent(out, name, wall)
+    record = Record(
+        experiment=name,
+        profile=ctx.profile,
+        status="completed" if result is not None else "failed",
+        reason=reason,
+        wall_s=wall,  # every invocation's part, when it took several to finish
+        environment=env,
+        result=None if result is None else result.model_dump(mode="json"),
+    )
+    save_record(out, record)
+    return record
+
+
+def _finished(record: Record | None, profile: str) -> bool:
     """A completed result of this profile (one of a profile this one upgrades is rerun: its
     finished runs are reused, the runs it left out are trained)."""
-    if result is None or result.get("status") != "completed":
+    if record is None or record.status != "completed":
         return False
-    made_by = canonical(result.get("profile", profile))
-    return (made_by, profile) not in UPGRADES
+    return (canonical(record.profile), profile) not in UPGRADES
 
 
-def _upgraded_wall(result: dict[str, Any] | None) -> float:
+def _upgraded_wall(record: Record | None) -> float:
     """The seconds a completed result of a profile this one upgrades took: its runs are reused,
     so they count in this profile's time."""
-    completed = result is not None and result.get("status") == "completed"
-    return result.get("wall_s", 0.0) if completed else 0.0
+    return record.wall_s if record is not None and record.status == "completed" else 0.0
 
 
 class Progress:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dfl.cli import add_data_arguments, command
 from dfl.experiments import EXPERIMENTS
-from dfl.experiments.base import ALIASES, PROFILES, canonical
+from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.report.build import build_report, lab_table_markdown
 from dfl.reproduce import reproduce
 

@@ -3,18 +3,19 @@ and the notebook's bug (reversed clip, wrong-axis softmax) shown beside the corr
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import numpy as np
 
-from dfl.attention_cli import compare_attention, lab_bug_demo
-from dfl.experiments import TITLES
-from dfl.experiments.base import Canvas, Context
-from dfl.report import figures
-from dfl.report.document import Figure, Section, Table, fmt
+from dfl.attention_check import compare_attention, lab_bug_demo
+from dfl.experiments import figures
+from dfl.experiments.comparison import Comparison
+from dfl.experiments.context import Canvas, Context
+from dfl.experiments.document import Figure, Section, Table, fmt
+from dfl.experiments.experiment import Experiment, Number, Result
 
 NAME = "attention"
-TITLE = TITLES[NAME]
 QUESTION = (
     "Implement self-attention in NumPy and in PyTorch. What are the dimensions of the queries, "
     "keys, values, the attention scores and the output? What do queries, keys and values "
@@ -23,56 +24,62 @@ QUESTION = (
 LAB_SIZES = {"n": 32, "d": 256, "dq": 64, "dv": 32}
 
 
-def run(ctx: Context) -> dict[str, Any]:
+class AttentionResult(Result):
+    single: dict[str, Any]  # one head: every tensor's shape and NumPy-PyTorch agreement
+    multi: dict[str, Any]  # four heads
+    bug: dict[str, Any]  # the notebook's attention beside a correct one
+    weights: list[list[float]]  # (n, n) attention weights of one head, for the heatmap
+
+
+def run(ctx: Context, settings: None) -> AttentionResult:
     single = compare_attention(**LAB_SIZES, heads=1, seed=0)
     multi = compare_attention(**LAB_SIZES, heads=4, seed=0)
     bug = lab_bug_demo(**LAB_SIZES, seed=0)
-    weights = np.asarray(single.pop("weights_head0")).tolist()  # (n, n), for the heatmap
+    weights = np.asarray(single.pop("weights_head0")).tolist()
     multi.pop("weights_head0", None)
     identical = "yes (bug)" if bug["notebook"]["identical_rows"] else "no"
-    return {
-        "single": single,
-        "multi": multi,
-        "bug": bug,
-        "weights": weights,
-        "numbers": {
-            "max_abs_diff": {
-                "value": single["max_abs_diff"],
-                "label": "max |NumPy - PyTorch|",
-                "command": "dfl attention --n 32 --d 256 --dq 64 --dv 32",
-            }
+    command = ["dfl", "attention"] + [a for k, v in LAB_SIZES.items() for a in (f"--{k}", str(v))]
+    return AttentionResult(
+        single=single,
+        multi=multi,
+        bug=bug,
+        weights=weights,
+        numbers={
+            "max_abs_diff": Number(
+                value=single["max_abs_diff"],
+                label="max |NumPy - PyTorch|",
+                command=shlex.join(command),
+            )
         },
-        "compare": {
-            "identical_rows": {
-                "faithful": identical,
-                "corrected": "no" if not bug["correct"]["identical_rows"] else "yes",
-                "verdict": "bug reproduced, then fixed",
-                "why": "reversed clip bounds set every score to -100; the softmax divided by row "
+        compare={
+            "identical_rows": Comparison.reproduced(
+                "reversed clip bounds set every score to -100; the softmax divided by row "
                 "sums without keepdims (wrong axis)",
-            }
+                detail="bug reproduced, then fixed",
+                faithful=identical,
+                corrected="no" if not bug["correct"]["identical_rows"] else "yes",
+            )
         },
-    }
+    )
 
 
-def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
+def draw(result: AttentionResult, canvas: Canvas) -> list[Figure]:
     path = figures.heatmap(
         canvas.figure_path("attention_weights"),
-        result["weights"],
+        result.weights,
         "key token j",
         "query token i",
         "Attention weights (one head)",
     )
-    return [
-        {
-            "path": path,
-            "caption": "Attention weights A = softmax(QK^T/sqrt(d_k)) for 32 "
-            "random tokens (row i: how much token i draws from each token j).",
-        }
-    ]
+    caption = (
+        "Attention weights A = softmax(QK^T/sqrt(d_k)) for 32 random tokens (row i: how much "
+        "token i draws from each token j)."
+    )
+    return [Figure(path, caption)]
 
 
-def section(result: dict[str, Any]) -> Section:
-    single, bug = result["single"], result["bug"]
+def section(result: AttentionResult, figs: list[Figure]) -> Section:
+    single, bug = result.single, result.bug
     shapes = Table(
         ["tensor", "symbolic", "per head", "shape (1 head)", "max |NumPy − PyTorch|"],
         [
@@ -82,7 +89,7 @@ def section(result: dict[str, Any]) -> Section:
     )
     multi = Table(
         ["tensor", "shape (4 heads)"],
-        [[t["name"], str(t["shape"])] for t in result["multi"]["tensors"]],
+        [[t["name"], str(t["shape"])] for t in result.multi["tensors"]],
     )
 
     def span(pair: list[float]) -> str:
@@ -125,5 +132,15 @@ def section(result: dict[str, Any]) -> Section:
         "softmax divided by the row sums along the wrong axis. We reproduce that on purpose "
         "(`dfl attention --lab-bug`) to show it, and never use it.",
     ]
-    figs = [Figure(f["path"], f["caption"]) for f in result["figures"]]
-    return Section(TITLE, QUESTION, paragraphs, [shapes, multi, bug_table], figs)
+    return Section(EXPERIMENT.title, QUESTION, paragraphs, [shapes, multi, bug_table], figs)
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    title="3.3 Q1 — Self-attention",
+    question=QUESTION,
+    result_type=AttentionResult,
+    run=run,
+    section=section,
+    draw=draw,
+)

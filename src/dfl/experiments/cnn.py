@@ -15,6 +15,7 @@ ensemble of its seeds.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -23,57 +24,45 @@ import torch
 from safetensors.torch import load_file
 
 from dfl import models
-from dfl.data.batches import to_input
-from dfl.experiments import TITLES
-from dfl.experiments.base import Canvas, Context, Overrides, number, study_sweep
-from dfl.report import figures
-from dfl.report.document import Figure, Section, Table, fmt, mean_std
+from dfl.experiments import figures
+from dfl.experiments.comparison import Comparison, compare
+from dfl.experiments.context import Canvas, Context, Overrides
+from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
+from dfl.experiments.experiment import Experiment, Number, Result
+from dfl.experiments.lab_numbers import CNN_EXPLORE_PEAK, lab_value
+from dfl.experiments.study import study_sweep
 from dfl.shapes import model_summary
-from dfl.train import WEIGHTS
+from dfl.train import WEIGHTS, RunResult
+from dfl.trained import load_trained
 
 NAME = "cnn"
-TITLE = TITLES[NAME]
 QUESTION = (
     "Explore CNN architectures on MNIST: depth, number of filters, kernel sizes, pooling, batch "
     "normalisation and activation functions. How do they affect accuracy and cost?"
 )
 
-PROFILE = {  # preview trades epochs and data for minutes on 2 CPU cores; lab and full run the
-    # notebook's two CNNs on its protocol, lab with the preview's short corrected stages
-    "smoke": {
-        "lab_epochs": 1,
-        "explore_epochs": 1,
-        "lab_subset": (1000, 500),
-        "sweep_subset": 2000,
-        "sweep_epochs": 1,
-        "trials": 2,
-        "final_subset": 2000,
-        "final_epochs": 1,
-    },
-    "preview": {
-        "lab_epochs": 20,
-        "explore_epochs": 1,
-        "lab_subset": (10000, 2000),
-        "sweep_subset": 6000,
-        "sweep_epochs": 2,
-        "trials": 6,
-        "final_subset": 12000,
-        "final_epochs": 3,
-    },
-    "full": {
-        "lab_epochs": 20,
-        "explore_epochs": 20,
-        "lab_subset": (10000, 2000),
-        "sweep_subset": None,
-        "sweep_epochs": 6,
-        "trials": 24,
-        "final_subset": None,
-        "final_epochs": 30,
-    },
+
+@dataclass(frozen=True)
+class Settings:
+    lab_epochs: int  # the notebook's baseline CNN (the lab: 20)
+    explore_epochs: int  # its exploration CNNnet (the lab: 20)
+    lab_subset: tuple[int, int]  # random train / test images of the notebook's protocol
+    sweep_subset: int | None  # the architecture search's training images (None: all)
+    sweep_epochs: int
+    trials: int
+    final_subset: int | None
+    final_epochs: int
+
+
+# preview trades epochs and data for minutes on 2 CPU cores; lab and full run the notebook's
+# two CNNs on its protocol, lab with the preview's short corrected stages
+PROFILES = {
+    "smoke": Settings(1, 1, (1000, 500), 2000, 1, 2, 2000, 1),
+    "preview": Settings(20, 1, (10000, 2000), 6000, 2, 6, 12000, 3),
+    "lab": Settings(20, 20, (10000, 2000), 6000, 2, 6, 12000, 3),
+    "full": Settings(20, 20, (10000, 2000), None, 6, 24, None, 30),
 }
-# lab: the preview with the exploration CNN at its lab protocol (20 epochs)
-PROFILE["lab"] = {**PROFILE["preview"], "explore_epochs": 20}
-PROFILE["every"] = PROFILE["lab"]
+PROFILES["every"] = PROFILES["lab"]
 
 # What the lab asked to explore, as a TPE search space over the `cnn_search` family: depth,
 # filters (16 doubling to 256, or constant), kernel size, pooling placement, batch norm on or
@@ -125,62 +114,108 @@ def _cost(args: dict[str, Any]) -> dict[str, int]:
     return {"params": summary.params, "macs": summary.macs}
 
 
-def run(ctx: Context) -> dict[str, Any]:
-    p = PROFILE[ctx.profile]
-    n_train, n_test = p["lab_subset"]
-    lab_data = {
+class CNNResult(Result):
+    faithful: dict[str, dict[str, Any]]  # baseline / explore on the notebook's protocol
+    points: list[dict[str, Any]]  # the search's completed architectures
+    best: dict[str, Any]  # the search's best on validation
+    finals: list[dict[str, Any]]  # the final stage's candidates, over seeds
+    chosen: int  # the index in finals of the selected CNN
+    selected: list[float]  # its test accuracy per seed
+    ensemble: float  # the ensemble of its seeds
+    final_epochs: int
+    confusion: list[list[int]]  # the ensemble's on the 10,000 test images
+    wrong: list[dict[str, Any]]  # its most confidently wrong test digits
+
+
+def run(ctx: Context, p: Settings) -> CNNResult:
+    faithful = _notebook_stage(ctx, p)
+    points = _search_stage(ctx, p)
+    candidates, finals = _final_stage(ctx, p, points)
+    chosen = max(range(len(candidates)), key=lambda i: fmean(candidates[i]["val"]))
+    runs = finals[chosen]
+    ensemble, confusion, wrong = _ensemble(ctx, runs)
+    selected = [r.final["test_accuracy"] for r in runs]
+    return CNNResult(
+        faithful=faithful,
+        points=points,
+        best=max(points, key=lambda q: q["val_accuracy"]),
+        finals=candidates,
+        chosen=chosen,
+        selected=selected,
+        ensemble=ensemble,
+        final_epochs=p.final_epochs,
+        confusion=confusion,
+        wrong=wrong,
+        numbers={
+            "selected.test_accuracy": Number.of(
+                selected, "selected CNN, test accuracy", runs[0], NAME
+            ),
+            "ensemble.test_accuracy": Number.of(ensemble, "ensemble of the seeds", runs[0], NAME),
+        },
+        compare=_comparisons(faithful, selected),
+    )
+
+
+NOTEBOOK_CNNS = (("baseline", "cnn_lab"), ("explore", "cnn_explore"))
+
+
+def _notebook_stage(ctx: Context, p: Settings) -> dict[str, Any]:
+    """The notebook's two CNNs on its protocol, test accuracy every epoch as it plotted."""
+    n_train, n_test = p.lab_subset
+    protocol = {
         "data.train_subset": n_train,
         "data.test_subset": n_test,
         "data.val_fraction": 0.0,
         "batch_size": 100,
         "test_every_epoch": True,
     }
-    lab_models = (
-        ("baseline", "cnn_lab", p["lab_epochs"]),
-        ("explore", "cnn_explore", p["explore_epochs"]),
-    )
-    lab_runs = ctx.train_many(
+    epochs = {"baseline": p.lab_epochs, "explore": p.explore_epochs}
+    name = {
+        (key, s): f"lab_{key}/seed{s}"
+        for key, _ in NOTEBOOK_CNNS
+        for s in range(ctx.faithful_seeds)
+    }
+    runs = ctx.train_many(
         NAME,
-        [
-            (
-                f"lab_{key}/seed{s}",
-                {"model": model, "epochs": epochs, "seed": s, **lab_data},
-            )
-            for key, model, epochs in lab_models
+        {
+            name[key, s]: {"model": model, "epochs": epochs[key], "seed": s, **protocol}
+            for key, model in NOTEBOOK_CNNS
             for s in range(ctx.faithful_seeds)
-        ],
+        },
     )
-    faithful, n = {}, ctx.faithful_seeds
-    for i, (key, _, epochs) in enumerate(lab_models):
-        runs = lab_runs[i * n : (i + 1) * n]
+    faithful = {}
+    for key, _ in NOTEBOOK_CNNS:
+        seeds = [runs[name[key, s]] for s in range(ctx.faithful_seeds)]
         faithful[key] = {
-            "final": [r.final["test_accuracy"] for r in runs],
-            "peak": [max(h["test_accuracy"] for h in r.history) for r in runs],
-            "curve": [h["test_accuracy"] for h in runs[0].history],
-            "epochs": epochs,
-            "_run": runs[0],
+            "final": [r.final["test_accuracy"] for r in seeds],
+            "peak": [max(h["test_accuracy"] for h in r.history) for r in seeds],
+            "curve": [h["test_accuracy"] for h in seeds[0].history],
+            "epochs": epochs[key],
         }
+    return faithful
 
-    # Corrected: a TPE search over the architectures on the full data (or the profile's
-    # subset), pruned and selected on validation accuracy; the test set is looked at only
-    # afterwards, to report each architecture's test accuracy beside its validation one.
+
+def _search_stage(ctx: Context, p: Settings) -> list[dict[str, Any]]:
+    """A TPE search over the architectures on the full data (or the profile's subset), pruned
+    and selected on validation accuracy; the test set is looked at only afterwards, to report
+    each architecture's test accuracy beside its validation one."""
     search = {
-        "n_trials": p["trials"],
+        "n_trials": p.trials,
         "sampler_seed": 0,
         "pruner": "median",
-        "startup_trials": max(2, p["trials"] // 4),
+        "startup_trials": max(2, p.trials // 4),
         "warmup_epochs": 1,
         "space": SPACE,
     }
     base = {
         "model": "cnn_search",
         "batch_size": 100,
-        "epochs": p["sweep_epochs"],
+        "epochs": p.sweep_epochs,
         "restore_best": True,
         "data": {"val_fraction": 0.2},
     }
-    if p["sweep_subset"]:
-        base["data"]["train_subset"] = p["sweep_subset"]
+    if p.sweep_subset:
+        base["data"]["train_subset"] = p.sweep_subset
     points, seen = [], set()
     for q in study_sweep(ctx, NAME, "search", base, search=search, metric="val_accuracy"):
         if q["run_dir"] in seen:  # TPE proposed a finished point again; its run was reused
@@ -192,87 +227,70 @@ def run(ctx: Context) -> dict[str, Any]:
                 "arch": args,
                 "key": _describe(args),
                 "val_accuracy": q["value"],
-                "test_accuracy": _test_accuracy(ctx, Path(q["run_dir"]), args),
+                "test_accuracy": _test_accuracy(ctx, Path(q["run_dir"])),
                 "seconds_per_epoch": fmean(c["seconds"] for c in q["curve"]),
                 **_cost(args),
                 "run_dir": q["run_dir"],
             }
         )
-    best = max(points, key=lambda q: q["val_accuracy"])
+    return points
 
-    # The final stage: each architecture on the search's accuracy-cost front, at each final
-    # width and head dropout, with augmentation, over seeds. The candidate with the highest
-    # mean validation accuracy (its seeds' restored epochs) is the selected CNN; then tested
-    # once, and the ensemble of its seeds.
+
+def _final_stage(
+    ctx: Context, p: Settings, points: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[list[RunResult]]]:
+    """Each architecture on the search's accuracy-cost front, at each final width and head
+    dropout, with augmentation, over seeds (their restored best validation epochs)."""
     candidates = [
         {"key": q["key"], "arch": {**q["arch"], "width": w, **({"dropout": d} if d else {})}}
         for q in _front(points)
         for w in FINAL_WIDTHS
         for d in FINAL_DROPOUTS
     ]
+    name = lambda c, s: f"final/{c['key']} {_variant(c['arch'])}/seed{s}"  # noqa: E731
     runs = ctx.train_many(
         NAME,
-        [
-            (f"final/{c['key']} {_variant(c['arch'])}/seed{s}", _final_overrides(p, c["arch"], s))
+        {
+            name(c, s): _final_overrides(p, c["arch"], s)
             for c in candidates
             for s in range(ctx.seeds)
-        ],
+        },
     )
-    seeds_of = [runs[i * ctx.seeds : (i + 1) * ctx.seeds] for i in range(len(candidates))]
+    seeds_of = [[runs[name(c, s)] for s in range(ctx.seeds)] for c in candidates]
     for c, rs in zip(candidates, seeds_of, strict=True):
         c["val"] = [r.final["val_accuracy"] for r in rs]
         c["test"] = [r.final["test_accuracy"] for r in rs]
         c.update(_cost(c["arch"]))
-    chosen = max(range(len(candidates)), key=lambda i: fmean(candidates[i]["val"]))
-    arch, finals = candidates[chosen]["arch"], seeds_of[chosen]
-    ensemble, confusion, wrong = _ensemble(ctx, finals, arch)
+    return candidates, seeds_of
 
-    base_f, expl_f = faithful["baseline"], faithful["explore"]
-    compare = {
-        "acc.baseline": {
-            "faithful": mean_std(base_f["final"]),
-            "corrected": None,
-            "verdict": _verdict(base_f["final"], 0.979, 0.005),
-            "why": LAB_DRAW,
-        },
-        "acc.baseline_peak": {
-            "faithful": mean_std(base_f["peak"]),
-            "corrected": None,
-            "verdict": _verdict(base_f["peak"], 0.98, 0.005),
-            "why": "picking the best epoch on the test set flatters it",
-        },
-        "acc.explore": {
-            "faithful": mean_std(expl_f["final"]),
-            "corrected": mean_std([r.final["test_accuracy"] for r in finals]),
-            "verdict": _verdict(expl_f["final"], 0.991, 0.004, expl_f["epochs"]),
-            "why": LAB_DRAW,
-        },
-    }
-    numbers = {
-        "selected.test_accuracy": number(
-            [r.final["test_accuracy"] for r in finals],
-            "selected CNN, test accuracy",
-            finals[0],
-            NAME,
+
+def _comparisons(faithful: dict[str, Any], selected: list[float]) -> dict[str, Comparison]:
+    base, explore = faithful["baseline"], faithful["explore"]
+    out = {
+        "acc.baseline": _notebook_compare("acc.baseline", base, "final", LAB_DRAW, 0.005),
+        "acc.baseline_peak": _notebook_compare(
+            "acc.baseline_peak",
+            base,
+            "peak",
+            "picking the best epoch on the test set flatters it",
+            0.005,
         ),
-        "ensemble.test_accuracy": number(ensemble, "ensemble of the seeds", finals[0], NAME),
+        "acc.explore": _notebook_compare(
+            "acc.explore", explore, "final", LAB_DRAW, 0.004, corrected=mean_std(selected)
+        ),
     }
-    for f in faithful.values():
-        f.pop("_run")
-    return {
-        "faithful": faithful,
-        "points": points,
-        "best": best,
-        "finals": candidates,
-        "chosen": chosen,
-        "selected": [r.final["test_accuracy"] for r in finals],
-        "ensemble": ensemble,
-        "final_epochs": p["final_epochs"],
-        "confusion": confusion,
-        "wrong": wrong,
-        "numbers": numbers,
-        "compare": compare,
-    }
+    return out
+
+
+def _notebook_compare(
+    key: str, runs: dict[str, Any], which: str, why: str, tolerance: float, corrected: Any = None
+) -> Comparison:
+    shown = {"faithful": mean_std(runs[which]), "corrected": corrected}
+    if runs["epochs"] != 20:
+        return Comparison.not_comparable(
+            f"{runs['epochs']} epochs in this profile, the lab 20", **shown
+        )
+    return compare(NAME, key, fmean(runs[which]), tolerance=tolerance, why=why, **shown)
 
 
 # The final stage trains every architecture on the search's front of validation accuracy
@@ -299,13 +317,13 @@ def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(front, key=lambda q: -q["val_accuracy"])
 
 
-def _final_overrides(p: dict[str, Any], arch: dict[str, Any], seed: int) -> Overrides:
+def _final_overrides(p: Settings, arch: dict[str, Any], seed: int) -> Overrides:
     """The final recipe: augmentation, a one-cycle schedule, the best validation epoch."""
     return {
         "model": "cnn_search",
         "model_args": dict(arch),
         "batch_size": 128,
-        "epochs": p["final_epochs"],
+        "epochs": p.final_epochs,
         "data.val_fraction": 0.1,
         "restore_best": True,
         "data.augment_shift": 2,
@@ -314,7 +332,7 @@ def _final_overrides(p: dict[str, Any], arch: dict[str, Any], seed: int) -> Over
         "schedule.name": "onecycle",
         "optim.lr": 0.003,
         "seed": seed,
-        **({"data.train_subset": p["final_subset"]} if p["final_subset"] else {}),
+        **({"data.train_subset": p.final_subset} if p.final_subset else {}),
     }
 
 
@@ -326,33 +344,21 @@ LAB_DRAW = (
 )
 
 
-def _verdict(values: list[float], lab: float, tolerance: float, epochs: int = 20) -> str:
-    mean = sum(values) / len(values)
-    if epochs != 20:
-        return f"not comparable: {epochs} epochs in this profile, the lab 20"
-    return "reproduced" if abs(mean - lab) <= tolerance else f"differs by {mean - lab:+.4f}"
-
-
-@torch.no_grad()
-def _test_probabilities(ctx: Context, run_dir: Path, args: dict[str, Any]) -> torch.Tensor:
+def _test_probabilities(ctx: Context, run_dir: str | Path) -> torch.Tensor:
     """Softmax outputs (N, classes) of a finished run's saved weights on the full test set."""
-    model = models.create("cnn_search", **args)
-    model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
-    model.eval()
-    x = to_input(ctx.data.test_images)
-    return torch.cat([model(x[i : i + 1000]).softmax(1) for i in range(0, len(x), 1000)])
+    return load_trained(run_dir).predict(ctx.data.test_images).softmax(1)
 
 
-def _test_accuracy(ctx: Context, run_dir: Path, args: dict[str, Any]) -> float:
-    pred = _test_probabilities(ctx, run_dir, args).argmax(1)
+def _test_accuracy(ctx: Context, run_dir: Path) -> float:
+    pred = _test_probabilities(ctx, run_dir).argmax(1)
     return float((pred == ctx.data.test_labels).float().mean())
 
 
 @torch.no_grad()
-def _ensemble(ctx: Context, runs: list, arch: dict) -> tuple[float, list, list]:
+def _ensemble(ctx: Context, runs: list[RunResult]) -> tuple[float, list, list]:
     """Average the seeds' softmax outputs on the full test set; confusion matrix and the most
     confidently wrong digits of the ensemble."""
-    probs = sum(_test_probabilities(ctx, r.run_dir, arch) for r in runs)
+    probs = sum(_test_probabilities(ctx, r.run_dir) for r in runs)
     probs = probs / len(runs)
     pred, y = probs.argmax(1), ctx.data.test_labels
     accuracy = float((pred == y).float().mean())
@@ -373,17 +379,17 @@ def _ensemble(ctx: Context, runs: list, arch: dict) -> tuple[float, list, list]:
     return accuracy, confusion.tolist(), wrong_list
 
 
-def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
+def draw(result: CNNResult, canvas: Canvas) -> list[Figure]:
     return [
-        _figure_lab_curves(canvas, result["faithful"]),
-        _figure_cost(canvas, result["points"]),
-        _figure_confusion(canvas, result["confusion"]),
-        _figure_wrong(canvas, result["wrong"]),
-        _figure_filters(canvas, Path(result["numbers"]["selected.test_accuracy"]["run_dir"])),
+        _figure_lab_curves(canvas, result.faithful),
+        _figure_cost(canvas, result.points),
+        _figure_confusion(canvas, result.confusion),
+        _figure_wrong(canvas, result.wrong),
+        _figure_filters(canvas, Path(result.numbers["selected.test_accuracy"].run_dir)),
     ]
 
 
-def _figure_filters(ctx: Canvas, run_dir: Path) -> dict[str, str]:
+def _figure_filters(ctx: Canvas, run_dir: Path) -> Figure:
     """The selected CNN's first-layer kernels (seed 0), each scaled to its own range."""
     weights = load_file(str(run_dir / WEIGHTS))
     # The first conv: the 4-D weight of the lowest layer index (a file lists keys in its own
@@ -397,15 +403,15 @@ def _figure_filters(ctx: Canvas, run_dir: Path) -> dict[str, str]:
         for i in range(0, len(kernels), per_row)
     }
     path = figures.image_grid(ctx.figure_path("cnn_filters"), rows, cmap="RdBu_r", symmetric=True)
-    return {
-        "path": path,
-        "caption": f"The selected CNN's {len(kernels)} first-layer filters "
+    return Figure(
+        path,
+        f"The selected CNN's {len(kernels)} first-layer filters "
         f"({kernels.shape[-1]}x{kernels.shape[-1]}, seed 0; red positive, blue negative, "
         "each on its own scale centred on zero).",
-    }
+    )
 
 
-def _figure_lab_curves(ctx: Canvas, faithful: dict) -> dict[str, str]:
+def _figure_lab_curves(ctx: Canvas, faithful: dict) -> Figure:
     series = {f"{k} (seed 0)": v["curve"] for k, v in faithful.items()}
     path = figures.curves(
         ctx.figure_path("cnn_lab_curves"),
@@ -414,14 +420,14 @@ def _figure_lab_curves(ctx: Canvas, faithful: dict) -> dict[str, str]:
         "test accuracy (2,000 images)",
         "Notebook protocol: test accuracy per epoch",
     )
-    return {
-        "path": path,
-        "caption": "Test accuracy per epoch on the notebook's protocol, as "
+    return Figure(
+        path,
+        "Test accuracy per epoch on the notebook's protocol, as "
         "the lab plotted it (the notebook also chose its best epoch on this test set).",
-    }
+    )
 
 
-def _figure_cost(ctx: Canvas, points: list[dict]) -> dict[str, str]:
+def _figure_cost(ctx: Canvas, points: list[dict]) -> Figure:
     path = figures.scatter(
         ctx.figure_path("cnn_cost"),
         {"architectures": ([q["macs"] for q in points], [q["val_accuracy"] for q in points])},
@@ -430,14 +436,13 @@ def _figure_cost(ctx: Canvas, points: list[dict]) -> dict[str, str]:
         "Accuracy against cost",
         logx=True,
     )
-    return {
-        "path": path,
-        "caption": "Validation accuracy against multiply-adds per image for "
-        "every architecture tried.",
-    }
+    return Figure(
+        path,
+        "Validation accuracy against multiply-adds per image for every architecture tried.",
+    )
 
 
-def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> dict[str, str]:
+def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> Figure:
     path = figures.heatmap(
         ctx.figure_path("cnn_confusion"),
         confusion,
@@ -448,49 +453,70 @@ def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> dict[str, str]
         log=True,
         cmap="Blues",
     )
-    return {
-        "path": path,
-        "caption": "Confusion matrix of the ensemble on the 10,000 test "
+    return Figure(
+        path,
+        "Confusion matrix of the ensemble on the 10,000 test "
         "images (counts; colour on a log scale).",
-    }
+    )
 
 
-def _figure_wrong(ctx: Canvas, wrong: list[dict]) -> dict[str, str]:
+def _figure_wrong(ctx: Canvas, wrong: list[dict]) -> Figure:
     images = ctx.data.test_images[[w["index"] for w in wrong]].numpy()
     path = figures.image_grid(ctx.figure_path("cnn_wrong"), {"": images})
     pairs = ", ".join(f"{w['label']}→{w['pred']} ({w['confidence']:.2f})" for w in wrong)
     pairs = pairs or "none: every test digit was classified correctly"
-    return {
-        "path": path,
-        "caption": "The ensemble's most confidently wrong test digits, left "
+    return Figure(
+        path,
+        "The ensemble's most confidently wrong test digits, left "
         f"to right as true→predicted (confidence): {pairs}.",
+    )
+
+
+def section(result: CNNResult, figs: list[Figure]) -> Section:
+    best, finals = result.best, result.finals
+    chosen = finals[result.chosen]
+    names = list(dict.fromkeys(c["key"] for c in finals))  # in order, once each
+    points = sorted(result.points, key=lambda q: -q["val_accuracy"])
+    paragraphs = [
+        f"Best in the search: {best['key']} ({fmt(best['val_accuracy'])} validation "
+        f"accuracy, {best['params']:,} parameters, {best['macs']:,} multiply-adds per image). "
+        f"The final stage trained {len(names)} architecture{'s' if len(names) > 1 else ''} "
+        f"from the search's accuracy-cost front ({'; '.join(names)}) at "
+        f"{_each(c['arch']['width'] for c in finals)} filters, with head dropout "
+        f"{_each(_dropout(c['arch']) for c in finals)}, for {result.final_epochs} epochs "
+        "with random shifts, rotations and zooms "
+        f"and a one-cycle schedule. Selected on mean validation accuracy: {chosen['key']} at "
+        f"{chosen['arch']['width']} filters, head dropout {_dropout(chosen['arch'])} "
+        f"({chosen['params']:,} parameters); its test "
+        f"accuracy is {mean_std(result.selected)}, and the ensemble of those seeds reaches "
+        f"{fmt(result.ensemble)}. " + _candidate_spread(finals),
+        _factors(points),
+        "The notebook chose its best epoch on the test set; our selection uses a validation "
+        "split and the test set once.",
+    ]
+    tables = [_notebook_table(result.faithful), _search_table(points), _final_table(result)]
+    return Section(EXPERIMENT.title, QUESTION, paragraphs, tables, figs)
+
+
+def _notebook_table(faithful: dict[str, dict[str, Any]]) -> Table:
+    lab = {k: lab_value(NAME, k) for k in ("acc.baseline", "acc.baseline_peak", "acc.explore")}
+    printed = {
+        "baseline": f"{lab['acc.baseline']:.3f} final, {lab['acc.baseline_peak']:.3f} peak",
+        "explore": f"{lab['acc.explore']:.3f} final, {CNN_EXPLORE_PEAK:.3f} peak",
     }
-
-
-def section(result: dict[str, Any]) -> Section:
-    f = result["faithful"]
-    lab_table = Table(
+    label = {"baseline": "notebook baseline CNN", "explore": "exploration CNNnet"}
+    return Table(
         ["model", "epochs", "final test accuracy", "best epoch on test (lab's choice)", "lab"],
         [
-            [
-                "notebook baseline CNN",
-                f["baseline"]["epochs"],
-                mean_std(f["baseline"]["final"]),
-                mean_std(f["baseline"]["peak"]),
-                "0.979 final, 0.980 peak",
-            ],
-            [
-                "exploration CNNnet",
-                f["explore"]["epochs"],
-                mean_std(f["explore"]["final"]),
-                mean_std(f["explore"]["peak"]),
-                "0.991 final, 0.992 peak",
-            ],
+            [label[k], f["epochs"], mean_std(f["final"]), mean_std(f["peak"]), printed[k]]
+            for k, f in faithful.items()
         ],
         "Notebook protocol: random 10,000 train / 2,000 test images",
     )
-    points = sorted(result["points"], key=lambda q: -q["val_accuracy"])
-    sweep_table = Table(
+
+
+def _search_table(points: list[dict[str, Any]]) -> Table:
+    return Table(
         ["architecture", "val accuracy", "test accuracy", "parameters", "multiply-adds",
          "s / epoch"],
         [
@@ -502,42 +528,24 @@ def section(result: dict[str, Any]) -> Section:
         "the profile's subset), selected on a 20% validation split; test accuracy is reported, "
         "never used to choose",
     )  # fmt: skip
-    best = result["best"]
-    finals, chosen = result["finals"], result["finals"][result["chosen"]]
-    final_table = Table(
+
+
+def _final_table(result: CNNResult) -> Table:
+    chosen = result.finals[result.chosen]
+    return Table(
         ["architecture", "filters", "head dropout", "parameters", "multiply-adds",
          "val accuracy", "test accuracy", ""],
         [
             [c["key"], c["arch"]["width"], _dropout(c["arch"]), c["params"],
              c["macs"], mean_std(c["val"]), mean_std(c["test"]), "chosen" if c is chosen else ""]
-            for c in finals
+            for c in result.finals
         ],
         f"The final stage: the search's accuracy-cost front within {FRONT_TOLERANCE} of its "
         f"best validation accuracy, at each width and head dropout, trained for "
-        f"{result['final_epochs']} epochs "
+        f"{result.final_epochs} epochs "
         "with shifts, rotations and zooms and a one-cycle schedule, over seeds; chosen on mean "
         "validation accuracy",
     )  # fmt: skip
-    names = list(dict.fromkeys(c["key"] for c in finals))  # in order, once each
-    paragraphs = [
-        f"Best in the search: {best['key']} ({fmt(best['val_accuracy'])} validation "
-        f"accuracy, {best['params']:,} parameters, {best['macs']:,} multiply-adds per image). "
-        f"The final stage trained {len(names)} architecture{'s' if len(names) > 1 else ''} "
-        f"from the search's accuracy-cost front ({'; '.join(names)}) at "
-        f"{_each(c['arch']['width'] for c in finals)} filters, with head dropout "
-        f"{_each(_dropout(c['arch']) for c in finals)}, for {result['final_epochs']} epochs "
-        "with random shifts, rotations and zooms "
-        f"and a one-cycle schedule. Selected on mean validation accuracy: {chosen['key']} at "
-        f"{chosen['arch']['width']} filters, head dropout {_dropout(chosen['arch'])} "
-        f"({chosen['params']:,} parameters); its test "
-        f"accuracy is {mean_std(result['selected'])}, and the ensemble of those seeds reaches "
-        f"{fmt(result['ensemble'])}. " + _candidate_spread(finals),
-        _factors(points),
-        "The notebook chose its best epoch on the test set; our selection uses a validation "
-        "split and the test set once.",
-    ]
-    figs = [Figure(x["path"], x["caption"]) for x in result["figures"]]
-    return Section(TITLE, QUESTION, paragraphs, [lab_table, sweep_table, final_table], figs)
 
 
 def _each(values: Iterable[Any]) -> str:
@@ -575,3 +583,15 @@ def _factors(points: list[dict[str, Any]]) -> str:
         + ". Each is one search's evidence, not a controlled comparison: TPE spends its "
         "trials where earlier ones did well."
     )
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    title="3.2 Q2 — CNN exploration",
+    question=QUESTION,
+    result_type=CNNResult,
+    run=run,
+    section=section,
+    draw=draw,
+    profiles=PROFILES,
+)

@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import numpy as np
 
 from dfl.conv_arithmetic import convolve2d
-from dfl.experiments import TITLES
-from dfl.experiments.base import Context
-from dfl.report.document import Section, Table
+from dfl.experiments.comparison import Comparison
+from dfl.experiments.context import Context
+from dfl.experiments.document import Figure, Section, Table
+from dfl.experiments.experiment import Experiment, Number, Result
 
 NAME = "conv"
-TITLE = TITLES[NAME]
 QUESTION = (
     "Q1.1: Calculate the output of a convolution of X = [[2,5,4,1],[3,1,2,0],[4,5,7,1],[1,2,3,4]] "
     "with the 2x2 kernel K = [[1,0],[0,1]], no padding and stride 2. Q1.2: How do you in general "
@@ -23,41 +24,42 @@ X = [[2, 5, 4, 1], [3, 1, 2, 0], [4, 5, 7, 1], [1, 2, 3, 4]]
 K = [[1, 0], [0, 1]]
 
 
-def run(ctx: Context) -> dict[str, Any]:
+class ConvResult(Result):
+    lab: dict[str, Any]  # convolve2d's answer for the lab's X, K and stride
+    uneven: dict[str, Any]  # a 5x5 input at stride 2: the formula's floor at work
+
+
+def run(ctx: Context, settings: None) -> ConvResult:
     lab = convolve2d(np.array(X), np.array(K), stride=2)
     # The formula's corner case, for the report: a stride that does not divide evenly.
     uneven = convolve2d(np.arange(25).reshape(5, 5), np.array(K), stride=2)
     output = str(lab["output"])
-    return {
-        "lab": lab,
-        "uneven": {"dimensions": uneven["dimensions"], "output": uneven["output"]},
-        "numbers": {
-            "output": {
-                "value": lab["output"],
-                "label": "conv(X, K), stride 2",
-                "command": "dfl conv --input '2 5 4 1; 3 1 2 0; 4 5 7 1; 1 2 3 4' "
-                "--kernel '1 0; 0 1' --stride 2 --explain",
-            }
+    command = [
+        "dfl", "conv", "--input", "2 5 4 1; 3 1 2 0; 4 5 7 1; 1 2 3 4",
+        "--kernel", "1 0; 0 1", "--stride", "2", "--explain",
+    ]  # fmt: skip
+    return ConvResult(
+        lab=lab,
+        uneven={"dimensions": uneven["dimensions"], "output": uneven["output"]},
+        numbers={
+            "output": Number(
+                value=lab["output"], label="conv(X, K), stride 2", command=shlex.join(command)
+            )
         },
-        "compare": {
-            "output": {
-                "faithful": output,
-                "corrected": output,
-                "verdict": "reproduced",
-                "why": "the write-up's first sentence ('a 1x1 matrix with value 1') is "
-                "wrong; its worked result is right",
-            },
-            "size": {
-                "faithful": lab["dimensions"][0]["output"],
-                "corrected": None,
-                "verdict": "reproduced",
-            },
+        compare={
+            "output": Comparison.reproduced(
+                "the write-up's first sentence ('a 1x1 matrix with value 1') is wrong; its "
+                "worked result is right",
+                faithful=output,
+                corrected=output,
+            ),
+            "size": Comparison.reproduced(faithful=lab["dimensions"][0]["output"]),
         },
-    }
+    )
 
 
-def section(result: dict[str, Any]) -> Section:
-    lab = result["lab"]
+def section(result: ConvResult, figs: list[Figure]) -> Section:
+    lab = result.lab
     windows = Table(
         ["output cell", "input rows", "input columns", "products", "sum"],
         [
@@ -66,7 +68,7 @@ def section(result: dict[str, Any]) -> Section:
         ],
         "Every window of the kernel over X (stride 2)",
     )
-    dims = [*lab["dimensions"], *result["uneven"]["dimensions"]]
+    dims = [*lab["dimensions"], *result.uneven["dimensions"]]
     formula = Table(
         ["case", "axis", "W", "K", "P", "S", "O = floor((W - K_eff + 2P)/S) + 1", "never covered"],
         [
@@ -95,4 +97,14 @@ def section(result: dict[str, Any]) -> Section:
         "the number of kernels. `dfl shapes` applies the same formula layer by layer to find "
         "a layer that cannot fit before anything trains.",
     ]
-    return Section(TITLE, QUESTION, paragraphs, [windows, formula])
+    return Section(EXPERIMENT.title, QUESTION, paragraphs, [windows, formula])
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    title="3.2 Q1 — Convolution arithmetic",
+    question=QUESTION,
+    result_type=ConvResult,
+    run=run,
+    section=section,
+)

@@ -10,21 +10,22 @@ comparison on the full data, selecting the epoch on a validation split and testi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 from safetensors.torch import load_file
 
-from dfl.experiments import TITLES
-from dfl.experiments.base import Canvas, Context, Overrides, number
-from dfl.report import figures
-from dfl.report.document import Figure, Section, Table, mean_std
-from dfl.train import WEIGHTS
+from dfl.experiments import figures
+from dfl.experiments.comparison import Comparison, compare
+from dfl.experiments.context import Canvas, Context, Overrides
+from dfl.experiments.document import Figure, Section, Table, mean_std
+from dfl.experiments.experiment import Experiment, Number, Result
+from dfl.experiments.lab_numbers import lab_value
+from dfl.train import WEIGHTS, RunResult
 
 NAME = "sae"
-TITLE = TITLES[NAME]
 QUESTION = (
     "Conduct image classification on MNIST using a stacked autoencoder. Are you able to obtain "
     "a better result by changing the size of the network architecture? What are the results "
@@ -41,7 +42,6 @@ class Variant:
     pretrain: int  # epochs per layer
     classifier: int
     finetune: int
-    lab: float | None = None  # the notebook's accuracy after fine-tuning
     recipe: str = "lab"  # a key of RECIPES: how each phase optimises
 
     @property
@@ -84,16 +84,17 @@ RECIPES = {
     ),
 }
 
+# The notebook's three runs; each one's accuracy after fine-tuning is lab number acc.KEY.
 LAB_VARIANTS = [
-    Variant("baseline", "784-256-64, batch 128, 10/10/20", (784, 256, 64), 128, 10, 10, 20, 0.926),
-    Variant("long", "784-256-64, batch 64, 60/60/60", (784, 256, 64), 64, 60, 60, 60, 0.949),
-    Variant("128", "784-128-64, batch 64, 60/60/60", (784, 128, 64), 64, 60, 60, 60, 0.954),
+    Variant("baseline", "784-256-64, batch 128, 10/10/20", (784, 256, 64), 128, 10, 10, 20),
+    Variant("long", "784-256-64, batch 64, 60/60/60", (784, 256, 64), 64, 60, 60, 60),
+    Variant("128", "784-128-64, batch 64, 60/60/60", (784, 128, 64), 64, 60, 60, 60),
 ]
 
 
-def _full(label_epochs: str, pretrain: int, classifier: int, finetune: int) -> list[Variant]:
+def _full(label_epochs: str, pretrain: int, classifier: int, finetune: int) -> tuple[Variant, ...]:
     """The full-data runs: the lab's recipe, and the corrected one, at the same epochs."""
-    return [
+    return tuple(
         Variant(
             recipe,
             f"784-256-64, batch 64, {label_epochs}, {recipe} recipe",
@@ -105,25 +106,25 @@ def _full(label_epochs: str, pretrain: int, classifier: int, finetune: int) -> l
             recipe=recipe,
         )
         for recipe in RECIPES
-    ]
+    )
 
 
-PROFILE = {  # epoch scale per lab variant (1.0 = the lab's epochs) and the full-data variants
-    "smoke": {"lab": {"baseline": 0.1}, "full": _full("1/1/1", 1, 1, 1)},
-    "preview": {  # the baseline exactly; the 60/60/60 runs at a third of their epochs
-        "lab": {"baseline": 1.0, "long": 1 / 3, "128": 1 / 3},
-        "full": _full("3/3/6", 3, 3, 6),
-    },
-    "lab": {  # the lab's three runs exactly; the full-data runs as short as the preview's
-        "lab": {"baseline": 1.0, "long": 1.0, "128": 1.0},
-        "full": _full("3/3/6", 3, 3, 6),
-    },
-    "full": {
-        "lab": {"baseline": 1.0, "long": 1.0, "128": 1.0},
-        "full": _full("20/20/60", 20, 20, 60),
-    },
+@dataclass(frozen=True)
+class Settings:
+    lab_scales: dict[str, float]  # epoch scale per lab variant run (1.0: the lab's epochs)
+    full: tuple[Variant, ...] = field(default=())  # the full-data variants
+
+
+LAB_EXACT = {"baseline": 1.0, "long": 1.0, "128": 1.0}
+PROFILES = {
+    "smoke": Settings({"baseline": 0.1}, _full("1/1/1", 1, 1, 1)),
+    # the baseline exactly; the 60/60/60 runs at a third of their epochs
+    "preview": Settings({"baseline": 1.0, "long": 1 / 3, "128": 1 / 3}, _full("3/3/6", 3, 3, 6)),
+    # the lab's three runs exactly; the full-data runs as short as the preview's
+    "lab": Settings(LAB_EXACT, _full("3/3/6", 3, 3, 6)),
+    "full": Settings(LAB_EXACT, _full("20/20/60", 20, 20, 60)),
 }
-PROFILE["every"] = PROFILE["lab"]
+PROFILES["every"] = PROFILES["lab"]
 
 
 def _scaled(v: Variant, scale: float) -> Variant:
@@ -138,7 +139,6 @@ def _scaled(v: Variant, scale: float) -> Variant:
         s(v.pretrain),
         s(v.classifier),
         s(v.finetune),
-        v.lab,
         v.recipe,
     )
 
@@ -154,7 +154,16 @@ def _data_args(ctx: Context, protocol: str, seed: int, phase: int) -> Overrides:
     return {"data.val_fraction": 0.2, "restore_best": True, **ctx.smoke_cap()}
 
 
-def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str, Any]:
+@dataclass
+class VariantRuns:
+    """One variant's runs for one seed, and what the report keeps of them."""
+
+    finetune: RunResult
+    random_init: RunResult
+    summary: dict[str, Any]
+
+
+def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> VariantRuns:
     """Pretrain layer by layer, train the classifier, fine-tune; and a random-init twin."""
     recipe = RECIPES[v.recipe]
     base = {
@@ -166,25 +175,7 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
     tune = {**base, **recipe.tune}
     root = f"{protocol}/{v.key}/seed{seed}"
     layers = len(v.sizes) - 1
-    previous = None
-    for k in range(layers):  # greedy: layer k rebuilds its input, every other part frozen
-        others = [f"encoders.{j}" for j in range(layers) if j != k]
-        others += [f"decoders.{j}" for j in range(layers) if j != k] + ["classifier"]
-        args = {
-            **base,
-            **recipe.pretrain,
-            "objective": "layerwise",
-            "layer": k,
-            "epochs": v.pretrain,
-            "freeze": others,
-            "evaluate_test": False,
-            **_data_args(ctx, protocol, seed, k),
-        }
-        if previous:
-            args["init_from"] = str(previous.run_dir)
-        previous = ctx.train(NAME, f"{root}/pretrain{k}", args)
-        if k == 0:
-            first_layer_mse = previous.history[-1]["train_loss"]
+    pretrained, first_layer_mse = _pretrain(ctx, v, protocol, seed, base, root)
     # Classifier phase: the notebook froze only the bottom layer here.
     clf = ctx.train(
         NAME,
@@ -193,7 +184,7 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
             **tune,
             "epochs": v.classifier,
             "freeze": ["encoders.0"],
-            "init_from": str(previous.run_dir),
+            "init_from": str(pretrained.run_dir),
             **_data_args(ctx, protocol, seed, layers),
         },
     )
@@ -213,7 +204,7 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
         {**tune, "epochs": v.budget, **_data_args(ctx, protocol, seed, layers + 2)},
     )
     metric = "val_accuracy" if protocol != "lab" else "train_accuracy"
-    return {
+    summary = {
         "first_layer_mse": first_layer_mse,
         "before": clf.final["test_accuracy"],
         "after": ft.final["test_accuracy"],
@@ -223,107 +214,154 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> dict[str,
         "curve_random": [r[metric] for r in scratch.history],
         "curve_metric": metric,
         "runs": {"finetune": str(ft.run_dir), "random_init": str(scratch.run_dir)},
-        "_ft": ft,
-        "_scratch": scratch,
     }
+    return VariantRuns(ft, scratch, summary)
 
 
-def _summarise(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+def _pretrain(
+    ctx: Context, v: Variant, protocol: str, seed: int, base: Overrides, root: str
+) -> tuple[RunResult, float]:
+    """Greedy layer-wise pretraining: layer k rebuilds its input, every other part frozen.
+    Returns the last layer's run and the first layer's final reconstruction MSE."""
+    layers = len(v.sizes) - 1
+    previous, first_layer_mse = None, float("nan")
+    for k in range(layers):
+        others = [f"encoders.{j}" for j in range(layers) if j != k]
+        others += [f"decoders.{j}" for j in range(layers) if j != k] + ["classifier"]
+        args = {
+            **base,
+            **RECIPES[v.recipe].pretrain,
+            "objective": "layerwise",
+            "layer": k,
+            "epochs": v.pretrain,
+            "freeze": others,
+            "evaluate_test": False,
+            **_data_args(ctx, protocol, seed, k),
+        }
+        if previous:
+            args["init_from"] = str(previous.run_dir)
+        previous = ctx.train(NAME, f"{root}/pretrain{k}", args)
+        if k == 0:
+            first_layer_mse = previous.history[-1]["train_loss"]
+    assert previous is not None  # a stacked autoencoder has at least one layer
+    return previous, first_layer_mse
+
+
+def _summarise(runs: list[VariantRuns]) -> dict[str, list[float]]:
     keys = ("before", "after", "random", "first_layer_mse", "train_after")
-    return {k: [r[k] for r in runs] for k in keys}
+    return {k: [r.summary[k] for r in runs] for k in keys}
 
 
-def run(ctx: Context) -> dict[str, Any]:
-    prof = PROFILE[ctx.profile]
-    seeds = range(ctx.seeds)
+class SAEResult(Result):
+    lab: dict[str, dict[str, Any]]  # lab variant -> its runs on the notebook's protocol
+    full: dict[str, dict[str, Any]]  # recipe -> the full-data runs
+    mean_image_mse: float  # what always answering the mean training image scores
+
+
+def run(ctx: Context, p: Settings) -> SAEResult:
+    numbers: dict[str, Number] = {}
+    lab = _lab_stage(ctx, p, numbers)
+    full = _full_stage(ctx, p, numbers)
+    images = ctx.data.train_images.float().div(255).flatten(1)
+    return SAEResult(
+        lab=lab,
+        full=full,
+        numbers=numbers,
+        compare=_comparisons(lab, full),
+        mean_image_mse=float(((images - images.mean(0)) ** 2).mean()),
+    )
+
+
+def _lab_stage(ctx: Context, p: Settings, numbers: dict[str, Number]) -> dict[str, Any]:
+    """The notebook's runs on its protocol, each scaled by the profile's epoch scale."""
     lab = {}
-    numbers = {}
-    for v in (_scaled(v, prof["lab"][v.key]) for v in LAB_VARIANTS if v.key in prof["lab"]):
+    for v in (_scaled(v, p.lab_scales[v.key]) for v in LAB_VARIANTS if v.key in p.lab_scales):
         runs = [run_variant(ctx, v, "lab", s) for s in range(ctx.faithful_seeds)]
         lab[v.key] = {
             "label": v.label,
-            "lab": v.lab,
-            "scale": prof["lab"][v.key],
+            "lab": lab_value(NAME, f"acc.{v.key}"),
+            "scale": p.lab_scales[v.key],
             **_summarise(runs),
-            "run_dirs": [r["runs"] for r in runs],
+            "run_dirs": [r.summary["runs"] for r in runs],
         }
-        numbers[f"lab.{v.key}.after"] = number(
+        numbers[f"lab.{v.key}.after"] = Number.of(
             lab[v.key]["after"],
             f"SAE {v.label}: test accuracy after fine-tuning (1,000 images)",
-            runs[0]["_ft"],
+            runs[0].finetune,
             NAME,
             seeds=len(runs),
         )
+    return lab
+
+
+def _full_stage(ctx: Context, p: Settings, numbers: dict[str, Number]) -> dict[str, Any]:
+    """The full-data runs, per recipe, over seeds, selected on validation."""
     full = {}
-    for fv in prof["full"]:
-        runs = [run_variant(ctx, fv, "full", s) for s in seeds]
+    for fv in p.full:
+        runs = [run_variant(ctx, fv, "full", s) for s in range(ctx.seeds)]
+        first = runs[0].summary
         full[fv.key] = {
             "label": fv.label,
             "recipe": RECIPES[fv.recipe].label,
             **_summarise(runs),
-            "run_dirs": [r["runs"] for r in runs],
-            "curves": {k: runs[0][k] for k in ("curve_pretrained", "curve_random", "curve_metric")},
-            "features_from": str(runs[0]["_ft"].run_dir),
+            "run_dirs": [r.summary["runs"] for r in runs],
+            "curves": {k: first[k] for k in ("curve_pretrained", "curve_random", "curve_metric")},
+            "features_from": str(runs[0].finetune.run_dir),
         }
         recipe = f"{fv.recipe} recipe"
-        numbers[f"full.{fv.key}.after"] = number(
+        numbers[f"full.{fv.key}.after"] = Number.of(
             full[fv.key]["after"],
             f"SAE on full data, {recipe}, after fine-tuning",
-            runs[0]["_ft"],
+            runs[0].finetune,
             NAME,
             seeds=len(runs),
         )
-        numbers[f"full.{fv.key}.random"] = number(
+        numbers[f"full.{fv.key}.random"] = Number.of(
             full[fv.key]["random"],
             f"same network, random init, same budget, {recipe}",
-            runs[0]["_scratch"],
+            runs[0].random_init,
             NAME,
             seeds=len(runs),
         )
-    compare = {
-        f"acc.{key}": {
+    return full
+
+
+SUBSET_STEPS = "1,000-image test subsets move in steps of 0.001 and differ per draw"
+
+
+def _comparisons(lab: dict[str, Any], full: dict[str, Any]) -> dict[str, Comparison]:
+    out = {}
+    for key, entry in lab.items():
+        shown = {
             "faithful": mean_std(entry["after"]),
             "corrected": mean_std(full["corrected"]["after"]) if key == "baseline" else None,
-            "verdict": _verdict(entry["after"], entry["lab"])
-            if entry["scale"] == 1.0
-            else f"not comparable: epochs x{entry['scale']:.2g} in this profile",
-            "why": "1,000-image test subsets move in steps of 0.001 and differ per draw"
-            + (
-                "; corrected: all the data, the corrected recipe, all 10,000 test images"
-                if key == "baseline"
-                else ""
-            ),
         }
-        for key, entry in lab.items()
-    }
-    images = ctx.data.train_images.float().div(255).flatten(1)
-    mean_image_mse = float(((images - images.mean(0)) ** 2).mean())
-    return {
-        "lab": lab,
-        "full": full,
-        "numbers": numbers,
-        "compare": compare,
-        "mean_image_mse": mean_image_mse,
-    }
+        why = SUBSET_STEPS + (
+            "; corrected: all the data, the corrected recipe, all 10,000 test images"
+            if key == "baseline"
+            else ""
+        )
+        if entry["scale"] != 1.0:
+            out[f"acc.{key}"] = Comparison.not_comparable(
+                f"epochs x{entry['scale']:.2g} in this profile", **shown
+            )
+        else:
+            out[f"acc.{key}"] = compare(
+                NAME, f"acc.{key}", fmean(entry["after"]), tolerance=0.015, why=why, **shown
+            )
+    return out
 
 
-def _verdict(values: list[float], lab: float | None, tolerance: float = 0.015) -> str:
-    mean = fmean(values)
-    if lab is None:
-        return "measured"
-    return "reproduced" if abs(mean - lab) <= tolerance else f"differs by {mean - lab:+.3f}"
-
-
-def draw(result: dict[str, Any], canvas: Canvas) -> list[dict[str, str]]:
-    full = result["full"]
+def draw(result: SAEResult, canvas: Canvas) -> list[Figure]:
+    full = result.full
     return [
-        _figure_before_after(canvas, result["lab"], full),
+        _figure_before_after(canvas, result.lab, full),
         _figure_curves(canvas, full),
         _figure_features(canvas, Path(full["corrected"]["features_from"])),
     ]
 
 
-def _figure_before_after(ctx: Canvas, lab: dict, full: dict) -> dict[str, str]:
+def _figure_before_after(ctx: Canvas, lab: dict, full: dict) -> Figure:
     groups = [f"lab: {v['label']}" for v in lab.values()]
     groups += [f"full data: {key} recipe" for key in full]
     entries = [*lab.values(), *full.values()]
@@ -341,15 +379,15 @@ def _figure_before_after(ctx: Canvas, lab: dict, full: dict) -> dict[str, str]:
         "Stacked autoencoder: before / after fine-tuning vs random init",
         ylim=(max(0.0, low - 0.05), 1.0),
     )
-    return {
-        "path": path,
-        "caption": "Test accuracy after pretraining + classifier (before "
+    return Figure(
+        path,
+        "Test accuracy after pretraining + classifier (before "
         "fine-tuning), after fine-tuning, and for the same network trained from random "
         "initialisation with the same total number of epochs (means over seeds).",
-    }
+    )
 
 
-def _figure_curves(ctx: Canvas, full: dict) -> dict[str, str]:
+def _figure_curves(ctx: Canvas, full: dict) -> Figure:
     series = {}
     for key, entry in full.items():
         curves = entry["curves"]
@@ -362,15 +400,15 @@ def _figure_curves(ctx: Canvas, full: dict) -> dict[str, str]:
         next(iter(full.values()))["curves"]["curve_metric"].replace("_", " "),
         "Full data, 784-256-64, seed 0",
     )
-    return {
-        "path": path,
-        "caption": "Validation accuracy per epoch: the pretrained network "
+    return Figure(
+        path,
+        "Validation accuracy per epoch: the pretrained network "
         "(classifier phase then fine-tuning) against the randomly initialised one, with the "
         "lab's recipe and the corrected one.",
-    }
+    )
 
 
-def _figure_features(ctx: Canvas, run_dir) -> dict[str, str]:
+def _figure_features(ctx: Canvas, run_dir) -> Figure:
     weights = load_file(str(run_dir / WEIGHTS))["encoders.0.0.weight"][:16]  # (16, 784)
     images = weights.reshape(-1, 28, 28).numpy()
     path = figures.image_grid(
@@ -378,15 +416,15 @@ def _figure_features(ctx: Canvas, run_dir) -> dict[str, str]:
         {"first-layer features": images[:8], "": images[8:16]},
         cmap="RdBu",
     )
-    return {
-        "path": path,
-        "caption": "Sixteen first-layer encoder weights as 28x28 images (corrected recipe, "
+    return Figure(
+        path,
+        "Sixteen first-layer encoder weights as 28x28 images (corrected recipe, "
         "after fine-tuning).",
-    }
+    )
 
 
-def section(result: dict[str, Any]) -> Section:
-    lab, full = result["lab"], result["full"]
+def section(result: SAEResult, figs: list[Figure]) -> Section:
+    lab, full = result.lab, result.full
     rows = [
         [
             f"lab protocol: {v['label']}",
@@ -422,7 +460,7 @@ def section(result: dict[str, Any]) -> Section:
     lab_recipe, fixed = full["lab"], full["corrected"]
     paragraphs = [
         _gains(lab_recipe, "With the lab's recipe on the full data"),
-        _why_lab_recipe(lab_recipe, result["mean_image_mse"]),
+        _why_lab_recipe(lab_recipe, result.mean_image_mse),
         _gains(fixed, f"With the corrected recipe ({fixed['recipe']})")
         + f" Its first layer reaches reconstruction MSE {fmean(fixed['first_layer_mse']):.4f}.",
         "Greedy pretraining earned its reputation for deep sigmoid networks before ReLUs, good "
@@ -432,8 +470,7 @@ def section(result: dict[str, Any]) -> Section:
         "accuracies move in steps of 0.001 and differ between draws; our lab-protocol rows are "
         "means over seeds for that reason.",
     ]
-    figs = [Figure(f["path"], f["caption"]) for f in result["figures"]]
-    return Section(TITLE, QUESTION, paragraphs, [table], figs)
+    return Section(EXPERIMENT.title, QUESTION, paragraphs, [table], figs)
 
 
 def _gains(entry: dict[str, Any], lead: str) -> str:
@@ -470,3 +507,15 @@ def _why_lab_recipe(entry: dict[str, Any], mean_image_mse: float) -> str:
     if train > 0.995:
         text += ": without augmentation the network all but memorises the training set"
     return text + "."
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    title="3.1 Q2 — Stacked autoencoder classifier",
+    question=QUESTION,
+    result_type=SAEResult,
+    run=run,
+    section=section,
+    draw=draw,
+    profiles=PROFILES,
+)

@@ -3,34 +3,57 @@ report.md, report.html (self-contained) and results.json (every number with prov
 
 from __future__ import annotations
 
-import importlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from dfl.atomic import atomic_write_bytes, atomic_write_json
 from dfl.data import load_dataset
 from dfl.errors import DflError
-from dfl.experiments import EXPERIMENTS, TITLES
-from dfl.experiments.base import PROFILES, Canvas, load_result
+from dfl.experiments import EXPERIMENTS
+from dfl.experiments.comparison import Comparison, Verdict
+from dfl.experiments.context import Canvas
+from dfl.experiments.document import Document, Section, Table
+from dfl.experiments.experiment import Experiment, OlderRecord, Record, Result, load_record
 from dfl.experiments.lab_numbers import LAB
-from dfl.report.document import Document, Section, Table
+from dfl.experiments.profiles import PROFILES
+from dfl.experiments.registry import REGISTRY
 from dfl.report.render import md_table, to_html, to_markdown
 
+RERUN = "rerun the reproduce command to resume (finished runs are kept)"
 
-def _experiment_module(name: str) -> Any | None:
+
+@dataclass
+class Saved:
+    """What a reproduction's directory holds for one experiment: its record and typed result
+    (None when it has not completed), or why there is nothing to show."""
+
+    experiment: Experiment
+    record: Record | None = None
+    result: Result | None = None
+    problem: str = ""  # a record this dfl cannot read
+
+
+def _saved(out: Path, name: str) -> Saved:
+    experiment = REGISTRY[name]
     try:
-        return importlib.import_module(f"dfl.experiments.{name}")
-    except ModuleNotFoundError:
-        return None
+        record = load_record(out, name)
+        if record is None or record.status != "completed":
+            return Saved(experiment, record)
+        return Saved(experiment, record, record.typed(experiment))
+    except (OlderRecord, ValidationError):
+        return Saved(experiment, problem="its result was saved by another version of dfl")
 
 
-def _why_missing(name: str, result: dict[str, Any] | None, manifest: dict[str, Any]) -> str:
-    if result is not None and result.get("status") == "failed":
-        return f"the experiment failed: {result.get('reason')}"
-    if _experiment_module(name) is None:
-        return "not implemented yet in this version of dfl"
-    if name not in manifest.get("selected", EXPERIMENTS):
+def _why_missing(saved: Saved, manifest: dict[str, Any]) -> str:
+    if saved.problem:
+        return f"{saved.problem}; {RERUN}"
+    if saved.record is not None and saved.record.status == "failed":
+        return f"the experiment failed: {saved.record.reason}"
+    if saved.experiment.name not in manifest.get("selected", EXPERIMENTS):
         return "not selected in this reproduction (--only)"
     return "not run yet (rerun the reproduce command to resume)"
 
@@ -44,14 +67,7 @@ def _exact(value: object) -> object:
 DATASET_FREE = {"output", "size", "identical_rows"}
 
 
-VERDICTS = ("reproduced", "differs", "not comparable", "missing")
-
-
-def _kind(verdict: str) -> str:
-    """Which of VERDICTS an experiment's verdict text is ("differs (0.73x)" -> differs)."""
-    if verdict.startswith(("reproduced", "bug reproduced")):
-        return "reproduced"
-    return next((k for k in VERDICTS[1:] if verdict.startswith(k)), "not comparable")
+VERDICTS = tuple(v.value for v in Verdict)
 
 
 def _left_out(profile: str) -> str:
@@ -63,41 +79,38 @@ def _left_out(profile: str) -> str:
 
 
 def lab_entry(
-    name: str, key: str, row: dict | None, missing: str, manifest: dict[str, Any]
+    name: str, key: str, row: Comparison | None, missing: str, manifest: dict[str, Any]
 ) -> dict[str, Any]:
     """One lab number as results.json keeps it: the lab's value and ours, the verdict (one of
     VERDICTS) and the reason."""
     if row is None:
-        verdict, detail, reason = "missing", "missing", missing
+        verdict, detail, reason = Verdict.MISSING, "missing", missing
     else:
-        detail, reason = row.get("verdict", ""), row.get("why", "")
-        verdict = _kind(detail)
+        verdict, detail, reason = row.verdict, row.detail, row.reason
         if manifest.get("dataset", "mnist") != "mnist" and key not in DATASET_FREE:
-            verdict = "not comparable"
-            detail = f"not comparable: the lab measured MNIST, this is {manifest['dataset']}"
-        if verdict == "not comparable":
-            reason = detail.partition(": ")[2] or reason
+            why = f"the lab measured MNIST, this is {manifest['dataset']}"
+            verdict, detail, reason = Verdict.NOT_COMPARABLE, f"not comparable: {why}", why
     return {
         "experiment": name,
         "key": key,
-        "faithful": None if row is None else row.get("faithful"),
-        "corrected": None if row is None else row.get("corrected"),
-        "verdict": verdict,
+        "faithful": None if row is None else row.faithful,
+        "corrected": None if row is None else row.corrected,
+        "verdict": verdict.value,
         "detail": detail,
         "reason": reason,
     }
 
 
-def lab_entries(results: dict[str, dict | None], manifest: dict[str, Any]) -> list[dict]:
+def lab_entries(saved: dict[str, Saved], manifest: dict[str, Any]) -> list[dict]:
     """Every number the lab states (lab_numbers.LAB), each with ours and its verdict."""
     entries = []
     for name, numbers in LAB.items():
-        result = results.get(name) or {}
-        compare = result.get("compare", {}) if result.get("status") == "completed" else {}
+        result = saved[name].result
+        compare = result.compare if result is not None else {}
         missing = (
             _left_out(manifest.get("profile", "?"))
-            if compare
-            else _why_missing(name, results.get(name), manifest)
+            if result is not None
+            else _why_missing(saved[name], manifest)
         )
         for key, what, lab_value in numbers:
             entry = lab_entry(name, key, compare.get(key), missing, manifest)
@@ -138,28 +151,29 @@ def counts(entries: list[dict[str, Any]]) -> dict[str, int]:
     return {k: sum(e["verdict"] == k for e in entries) for k in VERDICTS}
 
 
-def _section_with_figures(module: Any, result: dict[str, Any], canvas: Canvas) -> Section:
+def _section_with_figures(saved: Saved, canvas: Canvas) -> Section:
     """Redraw the experiment's figures from its saved result, then write its section. A figure
     that cannot be drawn (its data or weights gone) is reported, not silently dropped."""
+    experiment, result = saved.experiment, saved.result
     problem = None
     try:
-        drawn = module.draw(result, canvas) if hasattr(module, "draw") else []
+        drawn = experiment.figures(result, canvas)
     except DflError as e:  # the data or a run's weights are gone (a full disk is not caught)
         drawn, problem = [], str(e)
-    except KeyError as e:  # a result saved by an older dfl that did not keep this yet
-        drawn, problem = [], f"the saved result has no {e}; rerun the experiment"
-    section = module.section({**result, "figures": drawn})
+    section = experiment.section(result, drawn)
     if problem:
         section.paragraphs.append(f"Figures missing: they could not be redrawn ({problem}).")
     return section
 
 
-def _headline(entries: list[dict], manifest: dict[str, Any], results: dict, out: Path) -> str:
+def _headline(
+    entries: list[dict], manifest: dict[str, Any], saved: dict[str, Saved], out: Path
+) -> str:
     """The report's first paragraph: how many lab numbers this run set beside ours, and the
     command that sets the rest."""
     n, total = counts(entries), len(entries)
     beside = n["reproduced"] + n["differs"]
-    wall = sum(r.get("wall_s", 0.0) for r in results.values() if r)
+    wall = sum(s.record.wall_s for s in saved.values() if s.record)
     profile = manifest["profile"]
     text = (
         f"This run (profile **{profile}**, {wall / 60:.1f} min for its experiments) set "
@@ -183,20 +197,45 @@ def _headline(entries: list[dict], manifest: dict[str, Any], results: dict, out:
     )
 
 
-def _environment(manifest: dict[str, Any], results: dict[str, dict | None]) -> Table:
+def _environment(manifest: dict[str, Any], saved: dict[str, Saved]) -> Table:
     env = manifest.get("environment", {})
     rows = [[k, v] for k, v in env.items()]
     for name in EXPERIMENTS:
-        r = results.get(name) or {}
-        wall = f"{r['wall_s']:.1f} s" if "wall_s" in r else None
+        record = saved[name].record
+        wall = None if record is None else f"{record.wall_s:.1f} s"
         # An experiment resumed (or run) elsewhere says where: a GPU's numbers beside a CPU's.
-        ran = r.get("environment", env)
-        if ran != env and "wall_s" in r:
+        if record is not None and record.environment != env:
             keys = ("device", "gpu", "torch", "jobs")
-            where = ", ".join(f"{k} {ran[k]}" for k in keys if k in ran)
-            wall += f" (last run on {where})"
+            ran = record.environment
+            wall += f" (last run on {', '.join(f'{k} {ran[k]}' for k in keys if k in ran)})"
         rows.append([f"wall time: {name}", wall])
     return Table(["what", "value"], rows)
+
+
+def _summary(entries: list[dict], manifest: dict, saved: dict[str, Saved], out: Path) -> list[str]:
+    done = sum(1 for s in saved.values() if s.result is not None)
+    summary = [
+        _headline(entries, manifest, saved, out),
+        f"Profile **{manifest['profile']}** on **{manifest['dataset']}** "
+        f"({manifest['environment'].get('device', '?')}); {done} of {len(EXPERIMENTS)} "
+        f"experiments have results. Every number below comes from a run saved under {out}; "
+        "`dfl report` rebuilds this page from those saved results without training.",
+    ]
+    failed = {
+        n: s.record.reason for n, s in saved.items() if s.record and s.record.status == "failed"
+    }
+    if failed:  # said at the top, not only in the failed experiments' own sections
+        summary.append(
+            "**Failed:** "
+            + "; ".join(f"{n} ({why})" for n, why in failed.items())
+            + (
+                ". Its section and lab numbers"
+                if len(failed) == 1
+                else ". Their sections and lab numbers"
+            )
+            + " are marked missing; rerun the reproduce command to retry (finished runs are kept)."
+        )
+    return summary
 
 
 def build_report(out: Path) -> Path:
@@ -208,55 +247,28 @@ def build_report(out: Path) -> Path:
             f"--out {out}` first"
         )
     manifest = json.loads(manifest_path.read_text())
-    results = {name: load_result(out, name) for name in EXPERIMENTS}
+    saved = {name: _saved(out, name) for name in EXPERIMENTS}
 
     canvas = Canvas(out, lambda: load_dataset(manifest.get("data", manifest["dataset"])))
-    sections, numbers = [], {}
-    for name in EXPERIMENTS:
-        module, result = _experiment_module(name), results[name]
-        if module is not None and result is not None and result.get("status") == "completed":
-            sections.append(_section_with_figures(module, result, canvas))
-            numbers[name] = result.get("numbers", {})
-        else:
-            title = getattr(module, "TITLE", TITLES[name])
-            sections.append(
-                Section(
-                    title,
-                    getattr(module, "QUESTION", ""),
-                    missing=_why_missing(name, result, manifest),
-                )
-            )
-
-    entries = lab_entries(results, manifest)
-    table = lab_table(entries)
-    done = sum(1 for r in results.values() if r and r.get("status") == "completed")
-    summary = [
-        _headline(entries, manifest, results, out),
-        f"Profile **{manifest['profile']}** on **{manifest['dataset']}** "
-        f"({manifest['environment'].get('device', '?')}); {done} of {len(EXPERIMENTS)} "
-        f"experiments have results. Every number below comes from a run saved under {out}; "
-        "`dfl report` rebuilds this page from those saved results without training.",
+    sections = [
+        _section_with_figures(s, canvas)
+        if s.result is not None
+        else Section(s.experiment.title, s.experiment.question, missing=_why_missing(s, manifest))
+        for s in saved.values()
     ]
-    failed = [n for n, r in results.items() if r and r.get("status") == "failed"]
-    if failed:  # said at the top, not only in the failed experiments' own sections
-        summary.append(
-            "**Failed:** "
-            + "; ".join(f"{n} ({results[n].get('reason')})" for n in failed)
-            + (
-                ". Its section and lab numbers"
-                if len(failed) == 1
-                else ". Their sections and lab numbers"
-            )
-            + " are marked missing; rerun the reproduce command to retry (finished runs are kept)."
-        )
-    sections.insert(0, Section("The lab's numbers beside ours", tables=[table]))
+    entries = lab_entries(saved, manifest)
+    sections.insert(0, Section("The lab's numbers beside ours", tables=[lab_table(entries)]))
     doc = Document(
         f"dfl lab reproduction — profile {manifest['profile']}",
-        summary,
+        _summary(entries, manifest, saved, out),
         sections,
-        _environment(manifest, results),
+        _environment(manifest, saved),
     )
-
+    numbers = {
+        name: {k: n.model_dump(mode="json", exclude_none=True) for k, n in s.result.numbers.items()}
+        for name, s in saved.items()
+        if s.result is not None
+    }
     atomic_write_bytes(out / "report.md", to_markdown(doc).encode())
     atomic_write_bytes(out / "report.html", to_html(doc, out).encode())
     atomic_write_json(

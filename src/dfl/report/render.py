@@ -9,7 +9,7 @@ import html
 import re
 from pathlib import Path
 
-from dfl.report.document import Document, Figure, Section, Table, fmt
+from dfl.experiments.document import Document, Figure, Section, Table, fmt
 
 # ------------------------------------------------------------------------------- Markdown
 

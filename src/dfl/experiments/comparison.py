@@ -1,0 +1,74 @@
+"""Our number beside the lab's: one `Comparison` per lab number, with a `Verdict` and why.
+
+The lab's value is never restated here or in an experiment: `compare` looks it up in
+`lab_numbers.LAB` by the number's key, so the table there is the only copy. The report and
+results.json read these objects as they are; nothing parses a verdict back out of its text.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from dfl.experiments.lab_numbers import lab_value
+
+
+class Verdict(StrEnum):
+    REPRODUCED = "reproduced"
+    DIFFERS = "differs"
+    NOT_COMPARABLE = "not comparable"  # fewer epochs or images than the lab, another dataset
+    MISSING = "missing"  # not measured in this run (the report says what would measure it)
+
+
+class Comparison(BaseModel):
+    """One lab number as we measured it: `faithful` on the lab's protocol, `corrected` on ours
+    (None where there is no counterpart), the verdict, its wording and the reason."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    verdict: Verdict
+    detail: str  # the verdict in words: "differs (0.73x)", "not comparable: 3 epochs ..."
+    reason: str = ""  # why ours can differ from the lab's, or why it is not comparable
+    faithful: Any = None  # as shown: a formatted number, "0.98 ± 0.01 (n=2)", "yes (bug)"
+    corrected: Any = None
+
+    @classmethod
+    def not_comparable(cls, why: str, **shown: Any) -> Comparison:
+        return cls(
+            verdict=Verdict.NOT_COMPARABLE, detail=f"not comparable: {why}", reason=why, **shown
+        )
+
+    @classmethod
+    def differs(cls, detail: str, why: str, **shown: Any) -> Comparison:
+        """A difference the lab's own measurement explains (its bug), not one within noise."""
+        return cls(verdict=Verdict.DIFFERS, detail=f"differs {detail}", reason=why, **shown)
+
+    @classmethod
+    def reproduced(cls, why: str = "", detail: str = "reproduced", **shown: Any) -> Comparison:
+        return cls(verdict=Verdict.REPRODUCED, detail=detail, reason=why, **shown)
+
+
+def compare(
+    experiment: str,
+    key: str,
+    ours: float,
+    *,
+    tolerance: float,
+    relative: bool = False,
+    why: str = "",
+    explain_match: bool = True,
+    **shown: Any,
+) -> Comparison:
+    """`ours` against the lab's value for `experiment`/`key`: reproduced when within
+    `tolerance` (absolute, or a fraction of the lab's value when `relative`), else differs by
+    the difference (or the ratio, when relative). `why` says what can move the number (a random
+    draw, one run per point); `explain_match=False` gives it only when the numbers differ."""
+    lab = float(lab_value(experiment, key))
+    within = abs(ours - lab) <= (tolerance * lab if relative else tolerance)
+    if within:
+        detail = f"reproduced (within {tolerance:.0%})" if relative else "reproduced"
+        return Comparison.reproduced(why if explain_match else "", detail, **shown)
+    detail = f"({ours / lab:.2f}x)" if relative else f"by {ours - lab:+.4f}"
+    return Comparison.differs(detail, why, **shown)

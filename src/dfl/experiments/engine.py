@@ -1,0 +1,89 @@
+"""The local engine for independent trainings: runs that share nothing but the dataset, trained
+one after another, or side by side in `jobs` worker processes of cores // jobs threads each.
+
+Small models use a second thread or a GPU poorly, so runs side by side finish sooner
+(benchmarks/RESULTS.md: two 1-thread workers train 1.7-2.5x the autoencoder samples per second
+of one 2-thread process; ten ViT runs on an H200 1.4x the epochs per second of three). Results
+are the same either way up to rounding: each run is seeded by its own config, but fewer intra-op
+threads per worker change the order of some sums (the preview profile with 2 jobs: 20 of 22
+numbers identical, the bf16 CNN's within seed noise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dfl.config import TrainConfig
+from dfl.data import Dataset
+from dfl.train import RunResult, available_cores, fit
+
+Plan = tuple[TrainConfig, Path]  # a run's config and its directory
+
+
+def train_all(
+    plans: dict[str, Plan], data: Dataset, *, jobs: int, desc: str
+) -> dict[str, RunResult]:
+    """Train every plan (each resumed, or reused when it finished); results by the same keys."""
+    bar = tqdm(total=len(plans), desc=desc, unit="run", disable=None)
+    with bar:
+        if jobs <= 1 or len(plans) <= 1:
+            results = {}
+            for key, (cfg, run_dir) in plans.items():
+                results[key] = fit(cfg, run_dir, dataset=data, resume=True, epoch_bar=False)
+                bar.update()
+            return results
+        return _side_by_side(plans, data, jobs, bar)
+
+
+def _side_by_side(
+    plans: dict[str, Plan], data: Dataset, jobs: int, bar: tqdm
+) -> dict[str, RunResult]:
+    jobs = min(jobs, len(plans))
+    threads = max(1, available_cores() // jobs)
+    pool = ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),  # CUDA cannot be forked
+        initializer=_start_worker,
+        initargs=(_as_arrays(data), threads),
+    )
+    with pool:
+        futures = {k: pool.submit(_fit_in_worker, c, d) for k, (c, d) in plans.items()}
+        for f in futures.values():
+            f.add_done_callback(lambda _: bar.update())
+        try:
+            return {k: f.result() for k, f in futures.items()}
+        except BaseException:  # a failed run or Ctrl-C: stop the others (they resume later)
+            for f in futures.values():
+                f.cancel()
+            for proc in list(pool._processes.values()):  # no public way before Python 3.14
+                proc.terminate()
+            raise
+
+
+_WORKER_DATA: Dataset | None = None  # a worker process's copy of the dataset
+_TENSORS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def _as_arrays(data: Dataset) -> Dataset:
+    """The dataset with NumPy arrays for tensors: they travel to a worker by value, where torch
+    tensors would go through shared memory (/dev/shm is small on some machines)."""
+    return dataclasses.replace(data, **{k: getattr(data, k).numpy() for k in _TENSORS})
+
+
+def _start_worker(data: Dataset, threads: int) -> None:
+    global _WORKER_DATA
+    _WORKER_DATA = dataclasses.replace(
+        data, **{k: torch.from_numpy(getattr(data, k)) for k in _TENSORS}
+    )
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # before its thread pool starts: see dfl/subnormals.py
+
+
+def _fit_in_worker(cfg: TrainConfig, run_dir: Path) -> RunResult:
+    return fit(cfg, run_dir, dataset=_WORKER_DATA, resume=True, epoch_bar=False)

@@ -1,0 +1,69 @@
+"""The ways of running the whole lab: what each buys and what it cost when measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One way of running the whole lab: what it buys, what it cost when measured (2 CPU
+    cores unless it says otherwise), and how many runs stand behind each number."""
+
+    name: str
+    buys: str  # what a user gets, for --help, the README and the report
+    cost: str  # measured wall time and peak memory, or "not measured yet"
+    seeds: int  # corrected counterparts: mean ± std over this many seeds
+    faithful_seeds: int | None = None  # runs per lab-protocol number (None: `seeds`)
+    # Measured seconds per experiment on 2 CPU cores: the progress lines' time left.
+    estimate_s: dict[str, float] = field(default_factory=dict)
+
+
+PROFILES = {
+    p.name: p
+    for p in (
+        Profile("smoke", "tiny data and one epoch: for tests, not numbers", "seconds", 1),
+        Profile(
+            "preview",
+            "a first look: every table and figure, epochs cut short; sets 8 of the 38 lab "
+            "numbers beside ours, the rest not comparable",
+            "7.6 min, peak memory 1.1 GB",
+            2,
+            # A rough split of its measured 7.6 min (not timed per experiment).
+            estimate_s={"ae": 60, "sae": 90, "conv": 1, "cnn": 180, "attention": 1, "vit": 120},
+        ),
+        Profile(
+            "lab",
+            "every experiment whose lab protocol fits about 20 minutes, at exactly that protocol "
+            "(one run per number, as the lab), corrected counterparts over 2 seeds: sets 32 of "
+            "the 38 lab numbers beside ours (6 ViT configurations left out)",
+            "23.8 min measured with test runs sharing the cores, 41 CPU-minutes, so about "
+            "20.5 min on 2 idle cores; largest process 1.1 GB",
+            2,
+            faithful_seeds=1,
+            estimate_s={"ae": 669, "sae": 160, "conv": 1, "cnn": 153, "attention": 1, "vit": 438},
+        ),
+        Profile(
+            "every",
+            "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
+            "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
+            "not yet timed end to end: about 83 min estimated from its parts' measured times",
+            2,
+            faithful_seeds=1,
+            estimate_s={"ae": 669, "sae": 160, "conv": 1, "cnn": 153, "attention": 1, "vit": 3300},
+        ),
+        Profile(
+            "full",
+            "the lab's settings for every run, 3 seeds throughout, and the beyond-the-lab stages "
+            "at full length",
+            "about 9 hours on 2 CPU cores (the ViT part 11 min on one H200)",
+            3,
+        ),
+    )
+}
+ALIASES = {"quick": "preview"}  # the preview profile's old name
+
+
+def canonical(profile: str) -> str:
+    """A profile's name, given its name or its old name (`quick` is `preview`)."""
+    return ALIASES.get(profile, profile)
