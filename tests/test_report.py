@@ -12,7 +12,7 @@ EVIL = '<script>alert("run name")</script>'
 
 
 def make_report(root: Path) -> Path:
-    path = figures.curves(
+    plot = figures.curves(
         root / "figures" / "curve.png", {"loss": [1.0, 0.5, 0.25]}, "epoch", "loss"
     )
     doc = Document(
@@ -24,7 +24,7 @@ def make_report(root: Path) -> Path:
                 "the question?",
                 [f"config value {EVIL}"],
                 [Table(["name", "value"], [[EVIL, 0.5], ["missing one", None]])],
-                [Figure(path, "a curve")],
+                [Figure.of(plot, "a curve")],
             ),
             Section("Not run", missing="not implemented yet"),
         ],

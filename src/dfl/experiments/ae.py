@@ -324,9 +324,9 @@ def _figure_reconstructions(ctx: Canvas, table: list[dict[str, Any]]) -> Figure:
     for enc in sorted({r["enc"] for r in table}):
         trained = load_trained(_best_of(table, enc)["run_dir"])
         rows[f"enc {enc}"] = trained.predict(images).squeeze(1).numpy()
-    path = figures.image_grid(ctx.figure_path("ae_reconstructions"), rows)
-    return Figure(
-        path,
+    plot = figures.image_grid(ctx.figure_path("ae_reconstructions"), rows)
+    return Figure.of(
+        plot,
         "Ten test digits and their reconstructions by the best "
         "run of each encoding size (selected on validation).",
     )
@@ -337,7 +337,7 @@ def _figure_curves(ctx: Canvas, table: list[dict[str, Any]]) -> Figure:
     series = {
         f"batch {r['batch']}, enc {r['enc']}": r["curve"] for r in table if r["epochs"] == longest
     }
-    path = figures.curves(
+    plot = figures.curves(
         ctx.figure_path("ae_val_curves"),
         series,
         "epoch",
@@ -345,8 +345,8 @@ def _figure_curves(ctx: Canvas, table: list[dict[str, Any]]) -> Figure:
         "Autoencoder grid: validation curves",
         logy=True,
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Validation MSE per epoch for every batch size and "
         "encoding size (the shorter-epoch grid points are these curves read earlier).",
     )
@@ -355,7 +355,7 @@ def _figure_curves(ctx: Canvas, table: list[dict[str, Any]]) -> Figure:
 def _figure_probe(ctx: Canvas, probe: dict[int, dict], table: list[dict]) -> Figure:
     encs = sorted(probe)
     best_mse = [min(r["val_mse"] for r in table if r["enc"] == e) for e in encs]
-    path = figures.bars(
+    plot = figures.bars(
         ctx.figure_path("ae_probe"),
         [f"enc {e}" for e in encs],
         {"linear-probe test accuracy": [probe[e]["accuracy"] for e in encs]},
@@ -363,8 +363,8 @@ def _figure_probe(ctx: Canvas, probe: dict[int, dict], table: list[dict]) -> Fig
         "What the code keeps: a linear classifier on frozen codes",
         ylim=(0.5, 1.0),
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Test accuracy of logistic regression on each encoding "
         f"size's frozen codes (best validation MSE per size: "
         f"{', '.join(fmt(m) for m in best_mse)}).",

@@ -64,7 +64,7 @@ def run(ctx: Context, settings: None) -> AttentionResult:
 
 
 def draw(result: AttentionResult, canvas: Canvas) -> list[Figure]:
-    path = figures.heatmap(
+    plot = figures.heatmap(
         canvas.figure_path("attention_weights"),
         result.weights,
         "key token j",
@@ -75,7 +75,7 @@ def draw(result: AttentionResult, canvas: Canvas) -> list[Figure]:
         "Attention weights A = softmax(QK^T/sqrt(d_k)) for 32 random tokens (row i: how much "
         "token i draws from each token j)."
     )
-    return [Figure(path, caption)]
+    return [Figure.of(plot, caption)]
 
 
 def section(result: AttentionResult, figs: list[Figure]) -> Section:

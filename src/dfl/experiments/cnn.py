@@ -402,9 +402,9 @@ def _figure_filters(ctx: Canvas, run_dir: Path) -> Figure:
         f"filters {i + 1}-{min(i + per_row, len(kernels))}": kernels[i : i + per_row]
         for i in range(0, len(kernels), per_row)
     }
-    path = figures.image_grid(ctx.figure_path("cnn_filters"), rows, cmap="RdBu_r", symmetric=True)
-    return Figure(
-        path,
+    plot = figures.image_grid(ctx.figure_path("cnn_filters"), rows, cmap="RdBu_r", symmetric=True)
+    return Figure.of(
+        plot,
         f"The selected CNN's {len(kernels)} first-layer filters "
         f"({kernels.shape[-1]}x{kernels.shape[-1]}, seed 0; red positive, blue negative, "
         "each on its own scale centred on zero).",
@@ -413,22 +413,22 @@ def _figure_filters(ctx: Canvas, run_dir: Path) -> Figure:
 
 def _figure_lab_curves(ctx: Canvas, faithful: dict) -> Figure:
     series = {f"{k} (seed 0)": v["curve"] for k, v in faithful.items()}
-    path = figures.curves(
+    plot = figures.curves(
         ctx.figure_path("cnn_lab_curves"),
         series,
         "epoch",
         "test accuracy (2,000 images)",
         "Notebook protocol: test accuracy per epoch",
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Test accuracy per epoch on the notebook's protocol, as "
         "the lab plotted it (the notebook also chose its best epoch on this test set).",
     )
 
 
 def _figure_cost(ctx: Canvas, points: list[dict]) -> Figure:
-    path = figures.scatter(
+    plot = figures.scatter(
         ctx.figure_path("cnn_cost"),
         {"architectures": ([q["macs"] for q in points], [q["val_accuracy"] for q in points])},
         "multiply-adds per image",
@@ -436,14 +436,14 @@ def _figure_cost(ctx: Canvas, points: list[dict]) -> Figure:
         "Accuracy against cost",
         logx=True,
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Validation accuracy against multiply-adds per image for every architecture tried.",
     )
 
 
 def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> Figure:
-    path = figures.heatmap(
+    plot = figures.heatmap(
         ctx.figure_path("cnn_confusion"),
         confusion,
         "predicted digit",
@@ -453,8 +453,8 @@ def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> Figure:
         log=True,
         cmap="Blues",
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Confusion matrix of the ensemble on the 10,000 test "
         "images (counts; colour on a log scale).",
     )
@@ -462,11 +462,11 @@ def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> Figure:
 
 def _figure_wrong(ctx: Canvas, wrong: list[dict]) -> Figure:
     images = ctx.data.test_images[[w["index"] for w in wrong]].numpy()
-    path = figures.image_grid(ctx.figure_path("cnn_wrong"), {"": images})
+    plot = figures.image_grid(ctx.figure_path("cnn_wrong"), {"": images})
     pairs = ", ".join(f"{w['label']}→{w['pred']} ({w['confidence']:.2f})" for w in wrong)
     pairs = pairs or "none: every test digit was classified correctly"
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "The ensemble's most confidently wrong test digits, left "
         f"to right as true→predicted (confidence): {pairs}.",
     )

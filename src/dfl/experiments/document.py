@@ -22,6 +22,22 @@ class Table:
 class Figure:
     path: str  # relative to the run directory (figures/NAME.png)
     caption: str
+    # The matplotlib figure itself, when it was drawn in this process (a notebook shows it).
+    image: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, plot: Any, caption: str) -> Figure:
+        """A figure from `figures.Plot` (its saved path and the matplotlib figure)."""
+        return cls(plot.path, caption, plot.figure)
+
+    def _repr_png_(self) -> bytes | None:  # Jupyter shows the figure for the object
+        if self.image is None:
+            return None
+        import io
+
+        buf = io.BytesIO()
+        self.image.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        return buf.getvalue()
 
 
 @dataclass

@@ -5,24 +5,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 import numpy as np
+from matplotlib.figure import Figure
 
 from dfl.atomic import atomic_file
 
 
-def _save(fig: plt.Figure, path: Path) -> str:
+class Plot(NamedTuple):
+    path: str  # the saved PNG, relative to the reproduction (figures/NAME.png)
+    figure: Figure  # the same figure, to show inline in a notebook
+
+
+def _subplots(*grid: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
+    """A figure of its own, outside pyplot's global state: nothing to close, no display
+    needed, and a notebook shows it when it is returned."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
+
+
+def _save(fig: Figure, path: Path) -> Plot:
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_file(path) as f:  # a full disk leaves the old figure, not half a new one
-            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")  # fits every label
-    finally:
-        plt.close(fig)
-    return str(Path("figures") / path.name)
+    with atomic_file(path) as f:  # a full disk leaves the old figure, not half a new one
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")  # fits every label
+    return Plot(str(Path("figures") / path.name), fig)
 
 
 def curves(
@@ -32,9 +39,9 @@ def curves(
     ylabel: str,
     title: str = "",
     logy: bool = False,
-) -> str:
+) -> Plot:
     """One line per named series against epoch 1..N."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     for name, ys in series.items():
         ax.plot(range(1, len(ys) + 1), ys, label=name, linewidth=1.4)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -53,9 +60,9 @@ def bars(
     title: str = "",
     errors: dict[str, Sequence[float]] | None = None,
     ylim: tuple[float, float] | None = None,
-) -> str:
+) -> Plot:
     """Grouped bars: one group per label, one bar per series (with optional error bars)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
     for i, (name, values) in enumerate(series.items()):
@@ -76,12 +83,12 @@ def image_grid(
     title: str = "",
     cmap: str = "gray",
     symmetric: bool = False,
-) -> str:
+) -> Plot:
     """Rows of small images (each array (N, H, W)), one labelled row per entry. A row with no
     images stays an empty, labelled row (say, a model that misclassified nothing). With
     `symmetric`, each image's colour scale is centred on zero (weights: sign shows)."""
     n = max(1, *(len(v) for v in rows.values()))
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
+    fig, axes = _subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
         for c in range(n):
             ax = axes[r][c]
@@ -103,8 +110,8 @@ def scatter(
     ylabel: str,
     title: str = "",
     logx: bool = False,
-) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4))
+) -> Plot:
+    fig, ax = _subplots(figsize=(7, 4))
     for name, (xs, ys) in points.items():
         ax.scatter(xs, ys, label=name, s=18)
     if logx:
@@ -124,10 +131,10 @@ def heatmap(
     annotate: bool = False,
     log: bool = False,
     cmap: str = "viridis",
-) -> str:
+) -> Plot:
     """One matrix as a colour map (a confusion matrix, attention weights), numbers optional."""
     matrix = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    fig, ax = _subplots(figsize=(5.5, 4.6))
     shown = np.log1p(matrix) if log else matrix
     image = ax.imshow(shown, cmap=cmap)
     fig.colorbar(image, ax=ax, fraction=0.046, label="log(1 + count)" if log else None)

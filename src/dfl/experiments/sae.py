@@ -371,7 +371,7 @@ def _figure_before_after(ctx: Canvas, lab: dict, full: dict) -> Figure:
         "random init, same budget": [fmean(e["random"]) for e in entries],
     }
     low = min(min(s) for s in series.values())
-    path = figures.bars(
+    plot = figures.bars(
         ctx.figure_path("sae_before_after"),
         groups,
         series,
@@ -379,8 +379,8 @@ def _figure_before_after(ctx: Canvas, lab: dict, full: dict) -> Figure:
         "Stacked autoencoder: before / after fine-tuning vs random init",
         ylim=(max(0.0, low - 0.05), 1.0),
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Test accuracy after pretraining + classifier (before "
         "fine-tuning), after fine-tuning, and for the same network trained from random "
         "initialisation with the same total number of epochs (means over seeds).",
@@ -393,15 +393,15 @@ def _figure_curves(ctx: Canvas, full: dict) -> Figure:
         curves = entry["curves"]
         series[f"{key} recipe, pretrained: classifier then fine-tune"] = curves["curve_pretrained"]
         series[f"{key} recipe, random init"] = curves["curve_random"]
-    path = figures.curves(
+    plot = figures.curves(
         ctx.figure_path("sae_curves"),
         series,
         "epoch (after pretraining)",
         next(iter(full.values()))["curves"]["curve_metric"].replace("_", " "),
         "Full data, 784-256-64, seed 0",
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Validation accuracy per epoch: the pretrained network "
         "(classifier phase then fine-tuning) against the randomly initialised one, with the "
         "lab's recipe and the corrected one.",
@@ -411,13 +411,13 @@ def _figure_curves(ctx: Canvas, full: dict) -> Figure:
 def _figure_features(ctx: Canvas, run_dir) -> Figure:
     weights = load_file(str(run_dir / WEIGHTS))["encoders.0.0.weight"][:16]  # (16, 784)
     images = weights.reshape(-1, 28, 28).numpy()
-    path = figures.image_grid(
+    plot = figures.image_grid(
         ctx.figure_path("sae_features"),
         {"first-layer features": images[:8], "": images[8:16]},
         cmap="RdBu",
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Sixteen first-layer encoder weights as 28x28 images (corrected recipe, "
         "after fine-tuning).",
     )

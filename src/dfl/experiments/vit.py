@@ -289,7 +289,7 @@ def _figure_curves(ctx: Canvas, rows: list[dict]) -> Figure:
             series[f"{_key(tuple(r['config']))} test"] = r["test_loss_curve"]
     if not series:  # one-epoch profiles: plot the single points anyway
         series = {f"{_key(tuple(r['config']))} test": r["test_loss_curve"] for r in rows}
-    path = figures.curves(
+    plot = figures.curves(
         ctx.figure_path("vit_loss_curves"),
         series,
         "epoch",
@@ -297,8 +297,8 @@ def _figure_curves(ctx: Canvas, rows: list[dict]) -> Figure:
         "ViT (notebook form): train and test loss",
         logy=True,
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Train and test loss per epoch for the notebook's ViT "
         "configurations (dim-depth-heads-mlp_dim).",
     )
@@ -309,12 +309,12 @@ def _figure_rollout(ctx: Canvas, run_dir) -> Figure:
     trained = load_trained(run_dir)
     images = ctx.data.test_images[:8]
     maps = attention_rollout(trained.model, trained.inputs(images))  # (8, 28, 28)
-    path = figures.image_grid(
+    plot = figures.image_grid(
         ctx.figure_path("vit_rollout"),
         {"test digits": images.numpy(), "attention rollout from the class token": maps.numpy()},
     )
-    return Figure(
-        path,
+    return Figure.of(
+        plot,
         "Attention rollout of the modern ViT: where the class "
         "token's prediction draws from, averaged over heads and chained through layers.",
     )
