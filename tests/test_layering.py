@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "dfl"
 # and everything under it, the longest name winning (dfl.sweep.commands is a command).
 LAYERS = [
     "dfl.errors dfl.validation dfl.atomic dfl.interrupts dfl.subnormals dfl.allocator "
-    "dfl.core_share dfl.run_lock",
+    "dfl.core_share dfl.run_lock dfl.local_workers",
     "dfl.data",
     "dfl.models",
     "dfl.objectives",

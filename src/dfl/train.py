@@ -41,6 +41,7 @@ from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.interrupts import deferred_interrupt
+from dfl.local_workers import available_cores  # also dfl.train.available_cores, as before
 from dfl.objectives import Objective, objective_for
 from dfl.run_dir import (
     CHECKPOINTS,
@@ -82,14 +83,6 @@ class RunResult:
 
 # ---------------------------------------------------------------------------------------------
 # Setup: device, precision, seeds, data
-
-
-def available_cores() -> int:
-    """The cores this process may use (taskset, cgroups), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,129 @@
+"""The local worker processes: the split of the cores, and a group that stops every worker
+when one fails, on Ctrl-C and on SIGTERM; functions in spawned workers, results by key."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dfl.local_workers import (
+    WorkerDied,
+    WorkerGroup,
+    default_workers,
+    run_in_workers,
+    threads_per_worker,
+)
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
+FAIL = [sys.executable, "-c", "import sys; sys.exit(3)"]
+
+
+def test_workers_times_threads_is_the_cores():
+    assert threads_per_worker(1, cores=2) == 2
+    assert threads_per_worker(2, cores=2) == 1
+    assert threads_per_worker(3, cores=8) == 2
+    assert threads_per_worker(4, cores=2) == 1  # at least one
+    assert default_workers(10, on_gpu=False, cores=2) == 2  # one per core
+    assert default_workers(1, on_gpu=False, cores=16) == 1  # never more than runs
+    assert default_workers(10, on_gpu=True, cores=16) == 1  # the one device
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_one_failed_worker_stops_the_others_at_once(tmp_path: Path):
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="worker 1 failed"), WorkerGroup(60.0) as group:
+        for i, argv in enumerate([SLEEP, FAIL, SLEEP]):
+            group.start_command(argv, threads=1, log=tmp_path / f"w{i}.log")
+        while group.running():
+            if group.workers[1].poll() not in (None, 0):
+                raise RuntimeError("worker 1 failed")
+            group.wait(0.05)
+    # SIGTERM at once, not after the 60 s a Ctrl-C's workers get to wind down.
+    assert time.monotonic() - t0 < 30
+    assert [w.returncode for w in group.workers] == [-signal.SIGTERM, 3, -signal.SIGTERM]
+
+
+def test_ctrl_c_gives_the_workers_time_then_stops_them(tmp_path: Path):
+    with pytest.raises(KeyboardInterrupt), WorkerGroup(0.3) as group:
+        group.start_command(SLEEP, threads=1, log=tmp_path / "w.log")
+        t0 = time.monotonic()
+        raise KeyboardInterrupt  # as from a terminal, which sent the workers SIGINT as well
+    assert time.monotonic() - t0 >= 0.3  # waited for it to wind down first
+    assert group.workers[0].returncode == -signal.SIGTERM
+
+
+def test_sigterm_stops_the_workers_and_the_handler_comes_back(tmp_path: Path):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), WorkerGroup(60.0) as group:
+        group.start_command(SLEEP, threads=2, log=tmp_path / "w.log")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert group.sigterm and group.workers[0].returncode == -signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_command_gets_its_threads_and_its_log(tmp_path: Path):
+    show = [sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"]
+    with WorkerGroup() as group:
+        group.start_command(show, threads=3, log=tmp_path / "w.log")
+    assert group.workers[0].returncode == 0
+    assert (tmp_path / "w.log").read_text() == "3\n"
+
+
+# Spawned function workers (each imports torch to pin its threads: a few seconds).
+
+
+def square(x: int) -> tuple[int, int]:
+    import torch
+
+    return x * x, torch.get_num_threads()
+
+
+def sleep_or_fail(what: str, pid_file: Path) -> None:
+    if what in ("fail", "die"):
+        while not pid_file.exists():  # the other worker is busy with its task
+            time.sleep(0.02)
+        if what == "die":
+            os._exit(7)
+        raise ValueError("this run failed")
+    pid_file.write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+@pytest.mark.slow
+def test_functions_in_workers_return_by_key_in_order():
+    tasks = {f"x{i}": (i,) for i in (3, 1, 2)}
+    done: list[str] = []
+    got = run_in_workers(square, tasks, workers=2, threads=2, on_result=done.append)
+    assert list(got) == ["x3", "x1", "x2"]  # the order asked for, whatever finished first
+    assert got == {"x3": (9, 2), "x1": (1, 2), "x2": (4, 2)}  # pinned, over OMP_NUM_THREADS
+    assert sorted(done) == sorted(tasks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("what", "error"), [("fail", ValueError), ("die", WorkerDied)])
+def test_a_failed_function_stops_the_other_workers(tmp_path: Path, what: str, error: type):
+    pid_file = tmp_path / "sleeper.pid"
+    tasks = {"sleeper": ("sleep", pid_file), what: (what, pid_file)}
+    t0 = time.monotonic()
+    with pytest.raises(error) as raised:
+        run_in_workers(sleep_or_fail, tasks, workers=2, threads=1, stop_wait_s=60.0)
+    assert time.monotonic() - t0 < 45
+    if what == "fail":
+        assert "this run failed" in str(raised.value)
+        assert "sleep_or_fail" in str(raised.value.__cause__)  # the worker's traceback
+    else:
+        assert "exited with code 7 while running 'die'" in str(raised.value)
+    assert not alive(int(pid_file.read_text()))  # the sleeping worker was stopped
