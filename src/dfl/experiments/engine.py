@@ -12,8 +12,6 @@ numbers identical, the bf16 CNN's within seed noise).
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -21,7 +19,8 @@ from tqdm.auto import tqdm
 
 from dfl.config import TrainConfig
 from dfl.data import Dataset
-from dfl.train import RunResult, available_cores, fit
+from dfl.local_workers import run_in_workers
+from dfl.train import RunResult, fit
 
 Plan = tuple[TrainConfig, Path]  # a run's config and its directory
 
@@ -44,26 +43,17 @@ def train_all(
 def _side_by_side(
     plans: dict[str, Plan], data: Dataset, jobs: int, bar: tqdm
 ) -> dict[str, RunResult]:
-    jobs = min(jobs, len(plans))
-    threads = max(1, available_cores() // jobs)
-    pool = ProcessPoolExecutor(
-        jobs,
-        mp_context=multiprocessing.get_context("spawn"),  # CUDA cannot be forked
+    """The plans in `jobs` spawned workers of cores // jobs threads each (dfl/local_workers.py:
+    the split, and a failed run, Ctrl-C or SIGTERM stopping the other workers; their runs
+    resume from their checkpoints next time)."""
+    return run_in_workers(
+        _fit_in_worker,
+        plans,
+        workers=jobs,
         initializer=_start_worker,
-        initargs=(_as_arrays(data), threads),
+        initargs=(_as_arrays(data),),
+        on_result=lambda _: bar.update(),
     )
-    with pool:
-        futures = {k: pool.submit(_fit_in_worker, c, d) for k, (c, d) in plans.items()}
-        for f in futures.values():
-            f.add_done_callback(lambda _: bar.update())
-        try:
-            return {k: f.result() for k, f in futures.items()}
-        except BaseException:  # a failed run or Ctrl-C: stop the others (they resume later)
-            for f in futures.values():
-                f.cancel()
-            for proc in list(pool._processes.values()):  # no public way before Python 3.14
-                proc.terminate()
-            raise
 
 
 _WORKER_DATA: Dataset | None = None  # a worker process's copy of the dataset
@@ -76,12 +66,12 @@ def _as_arrays(data: Dataset) -> Dataset:
     return dataclasses.replace(data, **{k: getattr(data, k).numpy() for k in _TENSORS})
 
 
-def _start_worker(data: Dataset, threads: int) -> None:
+def _start_worker(data: Dataset) -> None:
+    """A worker's set-up, after run_in_workers pinned its threads."""
     global _WORKER_DATA
     _WORKER_DATA = dataclasses.replace(
         data, **{k: torch.from_numpy(getattr(data, k)) for k in _TENSORS}
     )
-    torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # before its thread pool starts: see dfl/subnormals.py
 
 
