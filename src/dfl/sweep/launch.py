@@ -3,19 +3,16 @@ show progress. Running the same command again continues: finished trials are kep
 cut off mid-run is requeued and resumes from its checkpoint.
 
 Local workers are processes (`python -m dfl.sweep worker ...`, the same loop `dfl worker`
-runs on another machine), each with cores // N intra-op threads so workers x threads = cores.
-Worker output goes to SWEEP_DIR/workers/worker-I.log; this process only watches the study and
-shows one line per finished trial and a bar.
+runs on another machine), each with cores // N intra-op threads so workers x threads = cores;
+how many, and how they are started and stopped, is dfl/local_workers.py's, shared with an
+experiment's runs side by side. Worker output goes to SWEEP_DIR/workers/worker-I.log; this
+process only watches the study and shows one line per finished trial and a bar.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from dfl import local_workers
 from dfl.errors import DflError
 from dfl.sweep import study as studies
 from dfl.sweep.spec import SweepSpec, check_trials, format_params, load_spec, run_plan
@@ -35,29 +33,20 @@ from dfl.sweep.status import (
 )
 from dfl.sweep.storage import describe_url, open_storage, storage_url
 from dfl.sweep.trial import file_lock, run_dir_name
-from dfl.train import available_cores
 
 POLL_S = 1.0  # how often the progress display reads the study
-STOP_WAIT_S = 15.0  # how long workers get to requeue their trials before they are killed
 
 
 def default_workers(spec: SweepSpec, cores: int, reuse_epochs: int | None) -> int:
-    """One single-threaded worker per core on CPU, one worker on a GPU machine (its trials
-    would only queue for the one device), never more workers than runs to train.
-
-    Measured on 2 cores, the lab's autoencoder on MNIST, 4 trials (enc {32, 128} x epochs,
-    `dfl sweep SPEC --workers N`, wall time of the whole command): with epochs {3, 6} 2 workers
-    x 1 thread took 17.5-18.4 s, 1 worker x 2 threads 21.7-26.3 s; with epochs {1, 2} the two
-    were within a second of each other (about 10 s, mostly process start-up). Small matrix
-    products gain little from a second thread (enc 32: 65k samples/s with 1, 72k with 2),
-    while a second process doubles the work done."""
+    """The local workers when --workers is not given: dfl/local_workers.py's policy (one
+    single-threaded worker per core on CPU, one on a GPU machine, never more than runs)."""
     import torch
 
     device = spec.trial_config({}).device
     on_gpu = device in ("cuda", "mps") or (
         device == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available())
     )
-    return 1 if on_gpu else max(1, min(cores, count_runs(spec, reuse_epochs)))
+    return local_workers.default_workers(count_runs(spec, reuse_epochs), on_gpu=on_gpu, cores=cores)
 
 
 def count_runs(spec: SweepSpec, reuse_epochs: int | None) -> int:
@@ -94,11 +83,11 @@ def run_sweep(
         study = studies.create_or_load(spec, store, sweep_dir)
     if retry_failed:
         print(f"queued {studies.retry_failed(study)} failed trial(s) again", file=progress)
-    cores = available_cores()
+    cores = local_workers.available_cores()
     n = workers if workers is not None else default_workers(spec, cores, reuse)
     if n < 1:
         raise DflError(f"--workers must be at least 1 (got {n})")
-    threads = threads or max(1, cores // n)
+    threads = threads or local_workers.threads_per_worker(n, cores)
     if threads < 1:
         raise DflError(f"--threads must be at least 1 (got {threads})")
     logs = sweep_dir / "workers"
@@ -164,68 +153,25 @@ def _run_processes(
     logs: Path,
     monitor: Monitor,
 ) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    procs: list[subprocess.Popen] = []
-    log_files = []
-    terminated = {"by": None}
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        terminated["by"] = "SIGTERM"
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
+    """Run `n` worker commands until they end; one that fails leaves the others working (the
+    study is still there for them), while Ctrl-C or SIGTERM stops them all: they requeue their
+    trials (dfl/local_workers.py's WorkerGroup: the same stop as an experiment's workers)."""
+    with local_workers.WorkerGroup() as group:
         for i in range(n):
-            log_file = open(logs / f"worker-{i}.log", "a")  # noqa: SIM115 (closed below)
-            log_files.append(log_file)
             command = [
                 sys.executable, "-m", "dfl.sweep", "worker", spec.name, "--storage", url,
                 "--out", str(sweep_dir), "--threads", str(threads), "--index", str(i),
             ]  # fmt: skip
-            procs.append(
-                subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-            )
-        while any(p.poll() is None for p in procs):
+            group.start_command(command, threads=threads, log=logs / f"worker-{i}.log")
+        while group.running():
             monitor.poll()
-            _wait_any(procs, POLL_S)
+            group.wait(POLL_S)
         monitor.poll()
-    except KeyboardInterrupt:
-        # From a terminal the workers got the same SIGINT and are requeueing their trials;
-        # give them time, then make sure.
-        _stop(procs, forward=terminated["by"] == "SIGTERM")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for f in log_files:
-            f.close()
-    for i, p in enumerate(procs):
+    for i, p in enumerate(group.workers):
         if p.returncode not in (0, None):
             monitor.say(
                 f"worker {i} exited with code {p.returncode}: see {logs / f'worker-{i}.log'}"
             )
-
-
-def _wait_any(procs: list[subprocess.Popen], seconds: float) -> None:
-    """Sleep up to `seconds`, returning early when the last worker exits."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.05)
-
-
-def _stop(procs: list[subprocess.Popen], forward: bool) -> None:
-    if forward:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-            time.sleep(0.1)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(sig)
-    for p in procs:
-        p.wait()
 
 
 # ---------------------------------------------------------------------------------------------
