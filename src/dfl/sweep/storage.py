@@ -10,6 +10,11 @@ Two things about SQLite under concurrent workers, both measured here, not assume
   another writer got in between, whatever the busy timeout. `BEGIN IMMEDIATE` waits instead,
   up to the timeout; WAL lets readers go on while one worker writes.
 PostgreSQL needs neither: Optuna reads the trial `FOR UPDATE`.
+
+The two waits here (`_use_wal`, `open_storage`) are hand-written loops rather than a retry
+library such as tenacity: each is a few lines that retry one named error ("locked", tables
+created twice) until a deadline or a count, and a decorator would say no more while adding
+a dependency (run_lock's ATTEMPTS loop is a race re-check, not a retry with waits).
 """
 
 from __future__ import annotations

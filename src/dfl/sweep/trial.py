@@ -121,7 +121,12 @@ def _slug(value: Any) -> str:
 @contextlib.contextmanager
 def file_lock(lock_path: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
     """Hold a POSIX lock on `lock_path` (released by the kernel if the holder is killed);
-    `on_wait` runs once if another process holds it."""
+    `on_wait` runs once if another process holds it.
+
+    Not the `filelock` library (installed with torch): its Unix lock is the same kernel call
+    (flock), but it waits by polling where this waits in the kernel, and it has no hook for the
+    "waiting for ..." line; a dependency for ten lines over one call does not pay (run_lock.py
+    says the same of its flock)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as f:
         try:
