@@ -26,7 +26,7 @@ from dfl.config import build_config
 from dfl.data.dataset import Dataset
 from dfl.objectives import OBJECTIVES
 from dfl.shapes import model_summary
-from dfl.train import Trainer
+from dfl.trainer import Trainer
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dfl.cli import main
 from dfl.config import build_config, parse_overrides
 from dfl.data.idx import write_idx
 from dfl.run_dir import read_status
-from dfl.train import fit
+from dfl.trainer import fit
 
 DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
 TINY = ["--set", "model_args.hidden=[16]", "--device", "cpu", "--threads", "1"]

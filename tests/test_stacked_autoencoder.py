@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from dfl.config import build_config, parse_overrides
 from dfl.errors import ConfigError
 from dfl.run_dir import WEIGHTS
-from dfl.train import fit
+from dfl.trainer import fit
 
 
 def phase(*pairs: str):

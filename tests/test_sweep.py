@@ -39,7 +39,7 @@ from dfl.sweep.launch import run_sweep
 from dfl.sweep.spec import load_spec
 from dfl.sweep.storage import open_storage, storage_url
 from dfl.sweep.worker import pop_waiting, run_worker
-from dfl.train import fit
+from dfl.trainer import fit
 
 CLI = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
 

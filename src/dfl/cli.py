@@ -152,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(config_to_toml(cfg))
         return 0
     with deferred_interrupt():  # imports: see dfl/interrupts.py
-        from dfl.train import fit
+        from dfl.trainer import fit
 
     out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = fit(cfg, out, resume=args.resume, log=lambda s: print(s, file=sys.stderr))

@@ -32,7 +32,7 @@ from dfl.experiments.experiment import OlderRecord, Record, load_record, save_re
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.experiments.registry import REGISTRY
 from dfl.report.build import build_report
-from dfl.train import resolve_device
+from dfl.trainer import resolve_device
 
 
 def environment(device: str, precision: str, jobs: int = 1) -> dict[str, Any]:

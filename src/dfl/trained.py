@@ -27,7 +27,7 @@ from dfl.run_dir import (
     load_saved_config,
     read_status,
 )
-from dfl.train import build_model
+from dfl.trainer import build_model
 
 PREDICT_CHUNK = 1000  # images per forward in `predict`
 

@@ -21,8 +21,8 @@ from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import AE_GRID, lab_value
 from dfl.experiments.study import study_sweep
-from dfl.train import RunResult
 from dfl.trained import load_trained
+from dfl.trainer import RunResult
 
 NAME = "ae"
 QUESTION = (

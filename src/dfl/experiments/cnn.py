@@ -31,9 +31,10 @@ from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import CNN_EXPLORE_PEAK, lab_value
 from dfl.experiments.study import study_sweep
+from dfl.run_dir import WEIGHTS
 from dfl.shapes import model_summary
-from dfl.train import WEIGHTS, RunResult
 from dfl.trained import load_trained
+from dfl.trainer import RunResult
 
 NAME = "cnn"
 QUESTION = (

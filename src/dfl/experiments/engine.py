@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from dfl.config import TrainConfig
 from dfl.data import Dataset
 from dfl.local_workers import run_in_workers
-from dfl.train import RunResult, fit
+from dfl.trainer import RunResult, fit
 
 Plan = tuple[TrainConfig, Path]  # a run's config and its directory
 

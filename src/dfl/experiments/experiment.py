@@ -22,7 +22,7 @@ from dfl.atomic import atomic_write_json
 from dfl.experiments.comparison import Comparison
 from dfl.experiments.context import Canvas, Context
 from dfl.experiments.document import Figure, Section
-from dfl.train import RunResult
+from dfl.trainer import RunResult
 
 
 class Number(BaseModel):

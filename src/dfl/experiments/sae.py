@@ -23,7 +23,8 @@ from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import lab_value
-from dfl.train import WEIGHTS, RunResult
+from dfl.run_dir import WEIGHTS
+from dfl.trainer import RunResult
 
 NAME = "sae"
 QUESTION = (

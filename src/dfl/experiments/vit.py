@@ -25,8 +25,8 @@ from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import VIT_BASE_FIRST_RUN, VIT_CONFIGS, lab_value
 from dfl.models.vit import attention_rollout
 from dfl.shapes import model_summary
-from dfl.train import RunResult
 from dfl.trained import load_trained
+from dfl.trainer import RunResult
 
 NAME = "vit"
 QUESTION = (

@@ -39,7 +39,7 @@ from dfl.data import Dataset, load_dataset
 from dfl.errors import DflError
 from dfl.run_dir import RunStatus, read_history
 from dfl.sweep.spec import Params, RunPlan, SweepSpec, decode, encode, run_plan
-from dfl.train import StopRun, build_model, fit
+from dfl.trainer import StopRun, build_model, fit
 
 CURVE_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 Log = Callable[[str], None]

@@ -41,13 +41,13 @@ from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, random_affine, standardize, to_input
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.interrupts import deferred_interrupt
-from dfl.local_workers import available_cores  # also dfl.train.available_cores, as before
+from dfl.local_workers import available_cores
 from dfl.objectives import Objective, objective_for
 from dfl.run_dir import (
     CHECKPOINTS,
     CONFIG,
     STATUS,
-    WEIGHTS,  # importable from here too: experiments/{ae,cnn,sae,vit}.py import it from dfl.train
+    WEIGHTS,
     DamagedHistory,
     RunStatus,
     check_same_config,

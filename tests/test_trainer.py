@@ -13,7 +13,7 @@ from dfl import checkpoint, models
 from dfl.config import build_config, parse_overrides
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.run_dir import WEIGHTS, RunStatus, read_history, read_status
-from dfl.train import StopRun, fit, native_bf16, resolve_precision
+from dfl.trainer import StopRun, fit, native_bf16, resolve_precision
 
 
 def config(*pairs: str):
@@ -207,7 +207,7 @@ def test_epoch_train_loss_is_the_per_pixel_mean_over_every_training_image(
     divides by the sample count. With a learning rate of 1e-12 the weights stay put, so it
     must equal the plain per-pixel MSE over the whole training split."""
     from dfl.data.batches import to_input
-    from dfl.train import Trainer
+    from dfl.trainer import Trainer
 
     cfg = config('model="autoencoder"', "model_args={enc=8}", 'optim.name="sgd"', "optim.lr=1e-12")
     t = Trainer(cfg, tmp_path, tiny_data)
