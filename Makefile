@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PROFILE ?= lab
 JOBS ?= 1
 
-.PHONY: setup test lint format reproduce bench fashion-mnist postgresql browser clean
+.PHONY: setup test lint format reproduce bench notebook fashion-mnist postgresql browser clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ reproduce: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# The lab as notebooks (notebooks/), in JupyterLab: the `notebook` extra installs it.
+notebook: setup
+	$(PIP) install -c constraints.txt -e '.[notebook]'
+	$(BIN)/jupyter lab notebooks/
 
 # Debian's Chromium and its driver, for the browser check of the HTML report; needs root.
 browser:

@@ -18,12 +18,12 @@ LAYERS = [
     "dfl.models",
     "dfl.objectives",
     "dfl.config",  # a run's description: which model and objective, checked against both
-    "dfl.checkpoint dfl.run_dir dfl.train dfl.trained dfl.shapes dfl.conv_arithmetic "
-    "dfl.attention_check",
+    "dfl.checkpoint dfl.run_dir dfl.trainer dfl.trained dfl.shapes dfl.conv_arithmetic "
+    "dfl.attention_check dfl.api",
     "dfl.sweep",
     "dfl.experiments",
     "dfl.report",
-    "dfl.reproduce",
+    "dfl.reproduce dfl.lab",
     "dfl.commands dfl.cli dfl.__main__ dfl.sweep.__main__ dfl.sweep.commands",
 ]
 
@@ -45,6 +45,8 @@ def imports() -> list[tuple[str, str]]:
     for path in SRC.rglob("*.py"):
         parts = ("dfl", *path.relative_to(SRC).with_suffix("").parts)
         name = ".".join(parts).removesuffix(".__init__")
+        if name == "dfl":  # the package's lazy exports (dfl.train, dfl.lab) sit above all
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 pairs += [(name, a.name) for a in node.names if a.name.startswith("dfl.")]
@@ -62,4 +64,4 @@ def test_the_package_is_read_as_expected():
     """The test above must see the real graph: known edges are in it."""
     pairs = set(imports())
     assert ("dfl.report.build", "dfl.experiments.registry") in pairs
-    assert ("dfl.train", "dfl.run_dir") in pairs or ("dfl.train", "dfl.checkpoint") in pairs
+    assert ("dfl.trainer", "dfl.run_dir") in pairs

@@ -10,10 +10,13 @@ from .dataset import Dataset, load_dataset
 from .info import dataset_info, format_info
 from .splits import random_subset, train_val_split
 
+load = load_dataset  # `dfl.data.load("mnist")`
+
 __all__ = [
     "Dataset",
     "dataset_info",
     "format_info",
+    "load",
     "load_dataset",
     "random_subset",
     "train_val_split",

@@ -7,4 +7,6 @@ registry itself, which imports no model."""
 from dfl.models import autoencoder, cnn, mlp, stacked_autoencoder, vit  # noqa: F401
 from dfl.models.registry import create, entries, get, names, register
 
-__all__ = ["create", "entries", "get", "names", "register"]
+list = names
+
+__all__ = ["create", "entries", "get", "list", "names", "register"]

@@ -12,5 +12,34 @@ machines, resumable, each trial a normal `dfl train` run directory.
     commands.py  the CLI commands
 
 Import from the modules (`from dfl.sweep.launch import run_sweep`): the package itself
-imports nothing, so `dfl --help` and `python -m dfl.sweep` stay light.
+imports nothing at import time, so `dfl --help` and `python -m dfl.sweep` stay light; `run`
+below is `dfl.sweep.run` for Python users.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def run(
+    spec: str | Path | dict[str, Any],
+    *,
+    out: str | Path | None = None,
+    workers: int | None = None,
+    storage: str | None = None,
+    threads: int | None = None,
+    retry_failed: bool = False,
+) -> Any:
+    """Run or continue a sweep, as `dfl sweep SPEC` does: `spec` is a spec file (TOML) or the
+    same as a dict (`{"name": ..., "metric": ..., "base": {...}, "grid": {...}}`); `out` is
+    its directory (default `sweeps/NAME`), `storage` a database URL (default SQLite in `out`).
+    Returns the sweep's status (`.trials`, `.best`); raises `ConfigError` for a bad spec."""
+    from dfl.sweep.launch import run_sweep
+    from dfl.sweep.spec import spec_from_dict
+
+    if isinstance(spec, dict):
+        spec = spec_from_dict(spec)
+    return run_sweep(
+        spec, workers=workers, storage=storage, out=out, threads=threads, retry_failed=retry_failed
+    )

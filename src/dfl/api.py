@@ -1,0 +1,173 @@
+"""dfl from Python: train a model, load a run, look at it. The same machinery as `dfl train`:
+the same config validation, run directories, resume and checkpoints, and the same errors,
+raised as `DflError` subclasses with the CLI's one-line message (a notebook sees
+`ConfigError: config key 'optim.lrr' ...`, never a `sys.exit`).
+
+    import dfl
+    run = dfl.train("cnn_lab", epochs=2, **{"data.train_subset": 2000})
+    run.final["test_accuracy"], run.plot()
+    model = dfl.load(run.run_dir).model
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfl.config import TrainConfig, build_config, merge, overlapping_key, set_dotted
+from dfl.errors import ConfigError, UnloadableRun
+from dfl.run_dir import CONFIG, load_saved_config, read_history, read_status
+
+# The common overrides by name, as the CLI's flags name them (dfl train --lr ...).
+NAMED = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "optim.lr",
+    "seed": "seed",
+    "device": "device",
+    "precision": "precision",
+    "threads": "threads",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A training run as its directory holds it: the config it trained with, its status
+    (completed, paused, failed, pruned, running), one record per epoch and its final metrics."""
+
+    run_dir: Path
+    config: TrainConfig
+    status: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why it failed or stopped early
+
+    @functools.cached_property
+    def trained(self) -> Any:
+        """The model with its trained weights and its input pipeline (`dfl.trained.Trained`):
+        `run.trained.predict(images)`."""
+        from dfl.trained import load_trained
+
+        return load_trained(self.run_dir)
+
+    @property
+    def model(self) -> Any:
+        """The trained `torch.nn.Module`, on the CPU in eval mode."""
+        return self.trained.model
+
+    def plot(self, metrics: list[str] | None = None) -> Any:
+        """A matplotlib figure of the per-epoch curves (default: every loss and accuracy the
+        run recorded), losses and accuracies on their own axes."""
+        from matplotlib.figure import Figure
+
+        recorded = [k for k in self.history[0] if k.endswith(("_loss", "_accuracy"))]
+        metrics = metrics or recorded
+        unknown = sorted(set(metrics) - set(recorded))
+        if unknown:
+            raise ConfigError(
+                f"{self.run_dir} recorded no {', '.join(unknown)} (it has {', '.join(recorded)})"
+            )
+        kinds = [k for k in ("_loss", "_accuracy") if any(m.endswith(k) for m in metrics)]
+        fig = Figure(figsize=(6 * len(kinds), 3.6))
+        for ax, kind in zip(fig.subplots(1, len(kinds), squeeze=False)[0], kinds, strict=True):
+            for m in (m for m in metrics if m.endswith(kind)):
+                ax.plot([h["epoch"] for h in self.history], [h[m] for h in self.history], label=m)
+            ax.set(xlabel="epoch", ylabel=kind.strip("_"), title=self.run_dir.name)
+            ax.legend()
+        return fig
+
+
+def train(
+    model_or_config: str | Path | TrainConfig | dict[str, Any],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    **overrides: Any,
+) -> Run:
+    """Train one model, as `dfl train` does, and return its run.
+
+    `model_or_config` is a registered model's name (`dfl.models.list()`), a TOML config file,
+    a `TrainConfig`, or a dict of config keys. `overrides` set config keys: the common ones by
+    name (`epochs`, `batch_size`, `lr`, `seed`, `device`, `precision`, `threads`) and any other
+    by its dotted key, as `--set` takes it: `dfl.train("mlp", lr=3e-4, **{"data.train_subset":
+    2000, "model_args.hidden": [128]})`. A key given twice (`lr` and `optim.lr`) is refused.
+
+    The run is written to `out` (default `runs/train/MODEL-TIME`); `resume=True` continues an
+    unfinished run there from its newest checkpoint, or returns a finished one as it is.
+    Progress shows as a bar (a widget in Jupyter). Ctrl-C (a notebook's interrupt) stops the
+    run and keeps its checkpoints: train again with `resume=True` to go on from the newest.
+
+    Raises `ConfigError` for a bad key or value (naming the key), `DataError` for data that
+    cannot be read, `TrainingDiverged` for a NaN loss, and other `DflError`s with one-line
+    messages."""
+    from dfl.trainer import fit
+
+    config_file, tree = _starting_point(model_or_config)
+    cfg = build_config(config_file, merge(tree, _overrides(overrides)))
+    run_dir = Path(out) if out is not None else _default_out(cfg)
+    result = fit(cfg, run_dir, resume=resume)
+    return Run(result.run_dir, cfg, str(result.status), result.history, result.final, result.reason)
+
+
+def load(run_dir: str | Path) -> Run:
+    """The run in `run_dir`, finished or not (a paused run resumes with `dfl.train(...,
+    resume=True)`); `UnloadableRun` when it is not a dfl run directory."""
+    run_dir = Path(run_dir)
+    cfg = load_saved_config(run_dir) if run_dir.is_dir() else None
+    if cfg is None:
+        raise UnloadableRun(f"{run_dir} is not a dfl run directory (it has no {CONFIG})")
+    status = read_status(run_dir) or {"status": "running"}
+    return Run(
+        run_dir,
+        cfg,
+        status["status"],
+        read_history(run_dir),
+        status.get("final", {}),
+        status.get("reason"),
+    )
+
+
+def _starting_point(what: Any) -> tuple[Path | None, dict[str, Any]]:
+    """(config file, config tree) for a model name, a file, a TrainConfig or a dict."""
+    if isinstance(what, TrainConfig):
+        return None, what.model_dump(mode="json")
+    if isinstance(what, dict):
+        tree: dict[str, Any] = {}
+        for key, value in what.items():
+            set_dotted(tree, key, value)
+        return None, tree
+    if isinstance(what, Path) or (isinstance(what, str) and what.endswith(".toml")):
+        return Path(what), {}
+    if isinstance(what, str):
+        return None, {"model": what}
+    raise ConfigError(
+        f"dfl.train takes a model name, a config file, a TrainConfig or a dict of config keys, "
+        f"not {type(what).__name__}"
+    )
+
+
+def _overrides(given: dict[str, Any]) -> dict[str, Any]:
+    """The config tree of `train`'s keyword arguments; a key set twice is refused."""
+    keys = {NAMED.get(k, k): k for k in given}
+    if len(keys) < len(given):  # lr and optim.lr both given
+        twice = next(k for k in given if k not in keys.values())
+        raise ConfigError(
+            f"config key '{NAMED[twice]}' is given twice ({twice}= and {NAMED[twice]}=); "
+            "give it once"
+        )
+    tree: dict[str, Any] = {}
+    for key, name in keys.items():
+        clash = overlapping_key(key, {k: k for k in keys if k != key})
+        if clash is not None:  # data= and data.train_subset=: which one is meant is unclear
+            raise ConfigError(
+                f"config key '{key}' is given twice ({name}= and {clash}=); give it once"
+            )
+        set_dotted(tree, key, given[name])
+    return tree
+
+
+def _default_out(cfg: TrainConfig) -> Path:
+    return Path("runs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"

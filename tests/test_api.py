@@ -1,0 +1,95 @@
+"""dfl from Python: the same validation, run directories and one-line errors as the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+
+import dfl
+from conftest import write_idx_dataset
+
+
+@pytest.fixture
+def digits(tmp_path: Path) -> dict[str, str]:
+    return {"data.dataset": str(write_idx_dataset(tmp_path / "digits"))}
+
+
+def test_import_dfl_loads_no_torch():
+    code = "import sys, dfl; dfl.ConfigError; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_train_load_and_resume(tmp_path: Path, digits):
+    out = tmp_path / "run"
+    run = dfl.train("mlp", epochs=2, lr=1e-3, out=out, **{"model_args.hidden": [16], **digits})
+    assert run.status == "completed" and run.run_dir == out and len(run.history) == 2
+    assert run.config.optim.lr == 1e-3 and run.config.model_args == {"hidden": [16]}
+    assert 0.0 <= run.final["test_accuracy"] <= 1.0
+    assert isinstance(run.plot(), Figure) and isinstance(run.plot(["train_loss"]), Figure)
+    loaded = dfl.load(out)
+    assert (loaded.history, loaded.final) == (run.history, run.final)
+    assert loaded.model.training is False  # rebuilt from the directory, in eval mode
+    again = dfl.train(
+        "mlp", epochs=2, lr=1e-3, out=out, resume=True, **{"model_args.hidden": [16], **digits}
+    )
+    assert again.history == run.history  # a finished run is returned as it is
+
+
+def test_a_config_dict_and_a_train_config_start_the_same_run(tmp_path: Path, digits):
+    tree = {"model": "mlp", "epochs": 1, "model_args.hidden": [8], **digits}
+    a = dfl.train(tree, out=tmp_path / "a")
+    b = dfl.train(a.config, out=tmp_path / "b")
+    assert a.config == b.config and a.final["test_loss"] == b.final["test_loss"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: dfl.train("mlp", **{"optim.lrr": 1}), "config key 'optim.lrr': unknown key"),
+        (lambda: dfl.train("mlp", lr=1e-3, **{"optim.lr": 1}), "'optim.lr' is given twice"),
+        (lambda: dfl.train("no_such_model"), "config key 'model'"),
+        (lambda: dfl.train("mlp", epochs="3"), "config key 'epochs'"),
+        (lambda: dfl.train(3), "takes a model name"),
+        (lambda: dfl.load("/"), "is not a dfl run directory"),
+    ],
+)
+def test_errors_are_the_clis_one_line_errors(call, message):
+    with pytest.raises(dfl.DflError, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_models_and_data(tmp_path: Path, digits):
+    assert "vit" in dfl.models.list() and dfl.models.create("mlp", hidden=[4]) is not None
+    data = dfl.data.load(digits["data.dataset"])
+    assert data.train_images.shape[1:] == (28, 28)
+
+
+def test_lab_run_returns_the_typed_result(tmp_path: Path):
+    lab = dfl.lab.run("conv", profile="smoke", out=tmp_path / "r")
+    assert lab.result.lab["output"] == [[3, 4], [6, 11]]
+    assert {c["key"]: c["verdict"] for c in lab.comparisons} == {
+        "output": "reproduced",
+        "size": "reproduced",
+    }
+    assert "| lab number |" in lab._repr_markdown_() and lab.section.paragraphs
+    with pytest.raises(dfl.ConfigError, match="unknown lab question 'nope'"):
+        dfl.lab.run("nope", out=tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_sweep_run_takes_a_spec_as_data(tmp_path: Path, digits):
+    spec = {
+        "name": "api",
+        "metric": "val_loss",
+        "base": {"model": "mlp", "epochs": 1, "model_args": {"hidden": [8]}, "data": {
+            "dataset": digits["data.dataset"], "val_fraction": 0.2}},
+        "grid": {"optim.lr": [1e-3, 1e-2]},
+    }  # fmt: skip
+    status = dfl.sweep.run(spec, out=tmp_path / "sweep", workers=1)
+    assert sorted(t.state.name for t in status.trials) == ["COMPLETE", "COMPLETE"]
