@@ -48,10 +48,11 @@ PROFILES = {
             "every",
             "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
             "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
-            "not yet timed end to end: about 83 min estimated from its parts' measured times",
+            "about 80 min on 2 idle cores, estimated from its parts' measured times (the lab "
+            "profile's 22.5 and about 58 for the six other ViTs); not yet timed alone in one piece",
             2,
             faithful_seeds=1,
-            estimate_s={"ae": 669, "sae": 160, "conv": 1, "cnn": 153, "attention": 1, "vit": 3300},
+            estimate_s={"ae": 580, "sae": 161, "conv": 1, "cnn": 179, "attention": 1, "vit": 3500},
         ),
         Profile(
             "full",
