@@ -74,10 +74,33 @@ def test_recounts_only_when_the_interval_has_passed(tmp_path, monkeypatch):
             other.kill()
 
 
-@pytest.mark.parametrize(
-    "env", [{"OMP_NUM_THREADS": "2"}, {"MKL_NUM_THREADS": "1"}, {"DFL_SHARE_CORES": "0"}]
-)
-def test_a_chosen_thread_count_is_kept(env, monkeypatch):
+@pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "1"}, {"MKL_NUM_THREADS": "1"}])
+def test_a_chosen_thread_count_is_kept_and_counted_by_the_others(env, tmp_path, monkeypatch):
+    """A pinned training (a sweep worker's OMP_NUM_THREADS=1) keeps its threads; the sharing
+    ones split what it leaves: 3 of 4 cores, not 4 // 2."""
+    monkeypatch.setattr(core_share, "RECHECK_S", 0.0)
+    monkeypatch.setattr(core_share, "default_directory", lambda: tmp_path)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    torch.set_num_threads(1)
+    with CoreShare.join(4) as pinned:
+        assert pinned.threads == 1 == torch.get_num_threads()
+        assert pinned.rebalance() == 1
+        monkeypatch.delenv(next(iter(env)))
+        with CoreShare(4, tmp_path) as sharing:
+            assert sharing.threads == 3  # the 4 cores less the pinned one's thread
+            other, threads = hold_a_place(tmp_path)
+            try:
+                assert threads == 1  # (4 - 1) // 2 sharing trainings
+                assert sharing.rebalance() == 1
+            finally:
+                other.kill()
+                other.wait()
+            assert sharing.rebalance() == 3
+    assert list(tmp_path.glob("*.lock")) == []
+
+
+def test_sharing_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("DFL_SHARE_CORES", "0")
     assert CoreShare.join(2) is None
+    assert CoreShare.join(2, threads=1) is None

@@ -14,8 +14,11 @@ ends. The lock is an flock, which the kernel drops with the process, so the file
 training is recognised as stale (its lock can be taken) and removed by the next one to look.
 
 A thread count someone chose wins: `threads` in the config, `dfl sweep --threads`, a worker
-pool's (`pin_threads`), OMP_NUM_THREADS or MKL_NUM_THREADS in the environment, and
-DFL_SHARE_CORES=0 turns the sharing off.
+pool's (`pin_threads`), OMP_NUM_THREADS or MKL_NUM_THREADS in the environment. Such a pinned
+training still announces itself, with its thread count in its file's name, so that the others
+split only the cores it leaves: a ViT beside a sweep's two 1-thread workers on 2 cores takes 1
+thread, not 2 (max(1, (cores - pinned threads) // sharing trainings)). DFL_SHARE_CORES=0 turns
+the sharing off.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import fcntl
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -53,11 +57,14 @@ def default_directory() -> Path:
 
 class CoreShare:
     """This process's place among the trainings alive on the machine; `rebalance` sets its
-    threads to its share, at most once a second. Use as a context manager: leaving gives the
-    place up and restores the thread count the process had."""
+    threads to its share, at most once a second (a `pinned` place keeps its count and is only
+    counted by the others). Use as a context manager: leaving gives the place up and restores
+    the thread count the process had."""
 
-    def __init__(self, cores: int, directory: Path | None = None) -> None:
-        self.cores, self.dir = cores, directory or default_directory()
+    def __init__(
+        self, cores: int, directory: Path | None = None, *, pinned: int | None = None
+    ) -> None:
+        self.cores, self.dir, self.pinned = cores, directory or default_directory(), pinned
         self.dir.mkdir(mode=0o700, exist_ok=True)
         if self.dir.stat().st_uid != os.getuid():  # someone else's directory: share nothing
             raise PermissionError(f"{self.dir} belongs to another user")
@@ -65,26 +72,34 @@ class CoreShare:
         # locked while its training lives, so nobody takes a newborn one for stale.
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".new-")
         fcntl.flock(fd, fcntl.LOCK_EX)
-        self.fd, self.path = fd, self.dir / f"{os.getpid()}{Path(tmp).name[4:]}.lock"
+        kind = f"pinned{pinned}" if pinned else "shared"
+        self.fd, self.path = fd, self.dir / f"{os.getpid()}{Path(tmp).name[4:]}.{kind}.lock"
         os.rename(tmp, self.path)
         self.threads_before = torch.get_num_threads()
-        self.threads, self._next_check = 0, 0.0
+        self.threads, self._next_check = pinned or 0, 0.0
         self.rebalance()
 
     @classmethod
-    def join(cls, cores: int) -> CoreShare | None:
-        """A place for a training that nobody gave a thread count; None when one was chosen,
-        or when the directory cannot be used (the training then keeps torch's default)."""
-        if threads_fixed():
+    def join(cls, cores: int, threads: int | None = None) -> CoreShare | None:
+        """A place for a training: a sharing one, or a pinned one when `threads` or anything
+        else chose its thread count; None when DFL_SHARE_CORES=0, or when the directory cannot
+        be used (the training then keeps the threads it has)."""
+        if os.environ.get(OPT_OUT) == "0":
             return None
+        if threads is None and threads_fixed():
+            threads = torch.get_num_threads()
         try:
-            return cls(cores)
+            return cls(cores, pinned=threads)
         except OSError:
             return None
 
     def alive(self) -> int:
         """Trainings holding their lock now, this one included; stale files are removed."""
-        count = 1
+        return 1 + sum(1 for _ in self._others())
+
+    def _others(self) -> Iterator[int]:
+        """The pinned thread count (0: sharing) of each other training alive; the files of
+        killed ones are removed on the way."""
         for path in self.dir.glob("*.lock"):
             if path == self.path:
                 continue
@@ -95,19 +110,20 @@ class CoreShare:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                count += 1
+                yield _pinned_threads(path)
             else:
                 path.unlink(missing_ok=True)  # nobody holds it: its training was killed
             finally:
                 os.close(fd)
-        return count
 
     def rebalance(self) -> int:
         """Set this process's threads to its share of the cores; returns the thread count."""
         now = time.monotonic()
-        if now >= self._next_check:
+        if self.pinned is None and now >= self._next_check:
             self._next_check = now + RECHECK_S
-            threads = max(1, self.cores // self.alive())
+            others = list(self._others())
+            sharing, left = 1 + others.count(0), self.cores - sum(others)
+            threads = max(1, left // sharing)
             if threads != self.threads:
                 torch.set_num_threads(threads)
                 self.threads = threads
@@ -120,10 +136,17 @@ class CoreShare:
             self.path.unlink()
         os.close(self.fd)
         self.fd = -1
-        torch.set_num_threads(self.threads_before)
+        if self.pinned is None:
+            torch.set_num_threads(self.threads_before)
 
     def __enter__(self) -> CoreShare:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pinned_threads(path: Path) -> int:
+    """The thread count a pinned training's file names (`123-x.pinned2.lock`); 0: sharing."""
+    kind = path.name.rsplit(".", 2)[-2]
+    return int(kind.removeprefix("pinned")) if kind.startswith("pinned") else 0

@@ -476,10 +476,11 @@ class Trainer:
     def run(self, epoch_bar: bool = True, until_epoch: int | None = None) -> RunResult:
         """Train to the configured epochs, or pause after `until_epoch` (a sweep reading a
         shorter-epoch grid point off a longer run); a paused run resumes like a killed one.
-        On CPU, with no thread count chosen, the run shares the cores with the other dfl
-        trainings alive on the machine (core_share.py)."""
-        shares = self.device.type == "cpu" and not self.cfg.threads
-        self.cores = CoreShare.join(available_cores()) if shares else None
+        On CPU the run shares the cores with the other dfl trainings alive on the machine:
+        with no thread count chosen it takes its share, with one it keeps it and the others
+        count it (core_share.py)."""
+        on_cpu = self.device.type == "cpu"
+        self.cores = CoreShare.join(available_cores(), self.cfg.threads) if on_cpu else None
         try:
             with flushed_to_zero():  # Adam's moments of always-zero pixels: dfl/subnormals.py
                 return self._run(epoch_bar, until_epoch)
