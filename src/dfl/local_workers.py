@@ -238,21 +238,24 @@ def run_in_workers(
     *,
     workers: int,
     threads: int | None = None,
+    pin: bool = True,
     initializer: Callable[..., None] | None = None,
     initargs: tuple[Any, ...] = (),
-    on_result: Callable[[K], None] = lambda key: None,
+    on_start: Callable[[K], None] = lambda key: None,
+    on_result: Callable[[K, R], None] = lambda key, result: None,
     stop_wait_s: float = STOP_WAIT_S,
 ) -> dict[K, R]:
     """`fn(*task)` for every task, in `workers` spawned processes of `threads` intra-op
-    threads each (default: cores // workers), a task at a time to whichever worker is free;
-    each worker first runs `initializer(*initargs)`. Returns the results by the tasks' keys,
-    in their order. The first failure stops the other workers: an exception in `fn` is
-    raised here (its traceback as the cause), a worker that died raises WorkerDied, a Ctrl-C
-    in a worker raises KeyboardInterrupt."""
+    threads each (default: cores // workers; with `pin=False` none is set, and the trainings
+    in them share the cores by themselves: dfl/core_share.py), a task at a time to whichever
+    worker is free, in the tasks' order; each worker first runs `initializer(*initargs)`.
+    Returns the results by the tasks' keys, in their order. The first failure stops the
+    other workers: an exception in `fn` is raised here (its traceback as the cause), a worker
+    that died raises WorkerDied, a Ctrl-C in a worker raises KeyboardInterrupt."""
     if not tasks:
         return {}
     workers = max(1, min(workers, len(tasks)))
-    threads = threads or threads_per_worker(workers)
+    threads = (threads or threads_per_worker(workers)) if pin else None
     todo = deque(tasks.items())
     results: dict[K, R] = {}
     with WorkerGroup(stop_wait_s) as group:
@@ -261,7 +264,7 @@ def run_in_workers(
             ours, theirs = multiprocessing.get_context("spawn").Pipe()
             w = group.start_function(_serve, theirs, fn, threads, initializer, initargs)
             theirs.close()  # so that the worker's end closing reads as its death here
-            busy[ours] = (i, w, _hand_out(ours, todo))
+            busy[ours] = (i, w, _hand_out(ours, todo, on_start))
         while len(results) < len(tasks):
             for conn in wait(list(busy)):
                 i, w, key = busy[conn]
@@ -278,38 +281,43 @@ def run_in_workers(
                     exc, tb = value
                     raise exc from RemoteTraceback(tb)
                 results[key] = value  # type: ignore[index]
-                on_result(key)  # type: ignore[arg-type]
-                busy[conn] = (i, w, _hand_out(conn, todo))
+                on_result(key, value)  # type: ignore[arg-type]
+                busy[conn] = (i, w, _hand_out(conn, todo, on_start))
                 if busy[conn][2] is None:  # told to stop: it ends by itself
                     del busy[conn]
     return {k: results[k] for k in tasks}
 
 
-def _hand_out(conn: Connection, todo: deque[tuple[Any, tuple[Any, ...]]]) -> Any:
+def _hand_out(
+    conn: Connection, todo: deque[tuple[Any, tuple[Any, ...]]], on_start: Callable[[Any], None]
+) -> Any:
     """Send the next task to a free worker (None: there is none, stop); returns its key."""
     if not todo:
         conn.send(None)
         return None
     key, args = todo.popleft()
     conn.send(args)
+    on_start(key)
     return key
 
 
 def _serve(
     conn: Connection,
     fn: Callable[..., Any],
-    threads: int,
+    threads: int | None,
     initializer: Callable[..., None] | None,
     initargs: tuple[Any, ...],
 ) -> None:
-    """A spawned worker: pin the threads, set up, then answer tasks until told to stop.
+    """A spawned worker: pin the threads (unless None), set up, then answer tasks until told
+    to stop.
     SIGTERM (the group stopping it) ends it like Ctrl-C, so its run unwinds as from a Ctrl-C
     (as a sweep worker's does), and what it holds is given back."""
     from dfl.core_share import pin_threads  # here: torch loads in the worker only
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        pin_threads(threads)
+        if threads is not None:
+            pin_threads(threads)
         failed_setup = None  # the answer to every task when the set-up failed
         try:
             if initializer is not None:

@@ -11,6 +11,7 @@ raises `ExperimentsFailed` (exit code 4) naming the failed ones.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -28,14 +29,16 @@ from dfl.data import load_dataset
 from dfl.errors import ConfigError, DflError, ExperimentsFailed
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.context import Context
+from dfl.experiments.engine import for_workers, in_worker
 from dfl.experiments.experiment import OlderRecord, Record, load_record, save_record
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.experiments.registry import REGISTRY
+from dfl.local_workers import available_cores, run_in_workers
 from dfl.report.build import build_report
 from dfl.trainer import resolve_device
 
 
-def environment(device: str, precision: str, jobs: int = 1) -> dict[str, Any]:
+def environment(device: str, precision: str, jobs: int = 1, at_once: int = 1) -> dict[str, Any]:
     import numpy
     import optuna
 
@@ -51,6 +54,7 @@ def environment(device: str, precision: str, jobs: int = 1) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "precision": precision,
         "jobs": jobs,
+        "experiments_at_once": at_once,
         **({"gpu": torch.cuda.get_device_name(device)} if device.startswith("cuda") else {}),
     }
 
@@ -63,6 +67,7 @@ def _manifest(
     device: str,
     precision: str,
     jobs: int,
+    at_once: int,
 ) -> dict:
     """This reproduction's description; refuses an --out made with another profile, data or
     precision (one report, one way of running)."""
@@ -81,7 +86,7 @@ def _manifest(
         "profile": profile,
         "dataset": dataset,
         "selected": selected,
-        "environment": environment(device, precision, jobs),
+        "environment": environment(device, precision, jobs, at_once),
         "started": time.time(),
     }
 
@@ -101,6 +106,7 @@ def reproduce(
     only: list[str] | None = None,
     precision: str = "auto",
     jobs: int = 1,
+    at_once: int | None = None,
 ) -> Path:
     selected = only or EXPERIMENTS
     unknown = sorted(set(selected) - set(EXPERIMENTS))
@@ -111,11 +117,14 @@ def reproduce(
         )
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
+    if at_once is not None and at_once < 1:
+        raise ConfigError(f"--experiments-at-once must be at least 1 (got {at_once})")
     if profile not in PROFILES and profile not in ALIASES:
         raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
     profile = canonical(profile)
     resolved = str(resolve_device(device))
-    manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs)
+    at_once = min(at_once or default_at_once(), len(selected))
+    manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs, at_once)
     data = load_dataset(dataset, data_dir)
     default_seeds = PROFILES[profile].seeds
     manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
@@ -125,26 +134,95 @@ def reproduce(
         out, profile, data, dataset_arg, device, seeds or default_seeds, precision, jobs=jobs
     )
 
-    failed: dict[str, str] = {}  # experiment -> why, in the order they ran
-    bar = tqdm(selected, desc="reproduce", unit="experiment", disable=None, file=sys.stderr)
-    progress = Progress(PROFILES[profile], selected, enabled=bar.disable)
-    for name in bar:
-        bar.set_postfix_str(name)
-        existing = _existing(out, name)
-        if _finished(existing, profile):
-            progress.kept(name)
-            continue
-        progress.start(name)
-        t0 = time.perf_counter()
-        record = _run_one(ctx, name, existing, manifest["environment"])
-        if record.status == "failed":
-            failed[name] = record.reason
-            print(f"dfl: {name} failed: {record.reason}", file=sys.stderr)
-        progress.end(name, time.perf_counter() - t0, record.status)
+    todo: dict[str, Record | None] = {}  # the experiments left to run, with their old records
+    bar = tqdm(total=len(selected), desc="reproduce", unit="experiment", disable=None)
+    progress = Progress(PROFILES[profile], selected, bar.disable or at_once > 1, at_once)
+    with bar:
+        for name in selected:
+            existing = _existing(out, name)
+            if _finished(existing, profile):
+                progress.kept(name)
+                bar.update()
+            else:
+                todo[name] = existing
+        env = manifest["environment"]
+        if at_once > 1 and len(todo) > 1:
+            records = _side_by_side(ctx, todo, env, at_once, progress, bar)
+        else:
+            records = {}
+            for name, existing in todo.items():
+                progress.start(name)
+                records[name] = _run_one(ctx, name, existing, env)
+                progress.end(name, records[name])
+                bar.update()
+    failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
     report = build_report(out)
     if failed:
         raise ExperimentsFailed(failed, report)
     return report
+
+
+def default_at_once() -> int:
+    """Two experiments at once on a machine with two or more cores: each of them trains with
+    the cores the other leaves (dfl/core_share.py), so the small models' runs, which use a
+    second thread poorly, keep both cores busy."""
+    return min(2, available_cores())
+
+
+def _side_by_side(
+    ctx: Context,
+    todo: dict[str, Record | None],
+    env: dict[str, Any],
+    at_once: int,
+    progress: Progress,
+    bar: tqdm,
+) -> dict[str, Record]:
+    """The experiments in `at_once` spawned processes, the longest first (so that the last
+    one to start is a short one); their trainings share the cores by themselves. Their own
+    progress bars are off (two processes' bars would garble a terminal): the lines say when
+    each starts and ends instead."""
+    longest_first = sorted(todo, key=lambda n: -progress.estimate[n])
+
+    def ended(name: str, record: Record) -> None:
+        progress.end(name, record)
+        bar.update()
+
+    return run_in_workers(
+        _run_in_lane,
+        {n: (n, todo[n], env) for n in longest_first},
+        workers=at_once,
+        pin=False,
+        initializer=_start_lane,
+        initargs=(dataclasses.replace(ctx, data=for_workers(ctx.data)),),
+        on_start=progress.start,
+        on_result=ended,
+    )
+
+
+_LANE: Context | None = None  # a side-by-side process's context
+
+
+def _start_lane(ctx: Context) -> None:
+    global _LANE
+    sys.stderr = _NotATerminal(sys.stderr)  # no bars: see _side_by_side
+    _LANE = dataclasses.replace(ctx, data=in_worker(ctx.data))
+
+
+def _run_in_lane(name: str, existing: Record | None, env: dict[str, Any]) -> Record:
+    return _run_one(_LANE, name, existing, env)
+
+
+class _NotATerminal:
+    """A stream as a log file sees it: progress bars (tqdm's disable=None) stay off."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _existing(out: Path, name: str) -> Record | None:
@@ -202,12 +280,13 @@ def _upgraded_wall(record: Record | None) -> float:
 class Progress:
     """One line on stderr when each experiment starts and ends, with the elapsed time and an
     estimate of the time left for the whole profile, when stderr is not a terminal (a log, CI,
-    nohup); in a terminal the progress bars say it instead."""
+    nohup) or when experiments run side by side; otherwise the progress bars say it."""
 
-    def __init__(self, profile: Any, selected: list[str], enabled: bool) -> None:
+    def __init__(self, profile: Any, selected: list[str], enabled: bool, at_once: int) -> None:
         self.estimate = {n: profile.estimate_s.get(n, 60.0) for n in selected}
         self.left = list(selected)
-        self.enabled, self.t0 = enabled, time.perf_counter()
+        self.enabled, self.at_once, self.t0 = enabled, at_once, time.perf_counter()
+        self.started: dict[str, float] = {}  # experiments running now: when they started
         self.spent = self.expected = 0.0  # this invocation's experiments: actual, estimated
 
     def kept(self, name: str) -> None:
@@ -215,25 +294,37 @@ class Progress:
         self._say(f"{name}: finished earlier, kept")
 
     def start(self, name: str) -> None:
+        self.started[name] = time.perf_counter()
         self._say(f"{name}: started")
 
-    def end(self, name: str, seconds: float, status: str) -> None:
+    def end(self, name: str, record: Record) -> None:
+        seconds = time.perf_counter() - self.started.pop(name)
         self.left.remove(name)
         if seconds > 0.2 * self.estimate[name]:  # one whose runs were reused says nothing
             self.spent, self.expected = self.spent + seconds, self.expected + self.estimate[name]
-        self._say(f"{name}: {status} in {_minutes(seconds)}")
+        if record.status == "failed":
+            tqdm.write(f"dfl: {name} failed: {record.reason}", file=sys.stderr)
+        self._say(f"{name}: {record.status} in {_minutes(seconds)}")
 
     def time_left(self) -> float:
-        """The measured estimates of the experiments left, scaled by how this invocation's
-        experiments ran against theirs (a slower machine, another job sharing the cores)."""
+        """The measured estimates of the experiments left (less what the running ones have
+        done), shared among the processes, scaled by how this invocation's experiments ran
+        against theirs (a slower machine, another job sharing the cores)."""
         scale = min(max(self.spent / self.expected, 0.5), 3.0) if self.expected > 1 else 1.0
-        return scale * sum(self.estimate[n] for n in self.left)
+        now = time.perf_counter()
+        left = [
+            max(self.estimate[n] - (now - self.started[n]), 0.0)
+            if n in self.started
+            else self.estimate[n]
+            for n in self.left
+        ]
+        return scale * max(max(left, default=0.0), sum(left) / self.at_once)
 
     def _say(self, what: str) -> None:
         if self.enabled:
             elapsed = _minutes(time.perf_counter() - self.t0)
             left = f"about {_minutes(self.time_left())} left" if self.left else "done"
-            print(f"dfl reproduce: {what} (elapsed {elapsed}, {left})", file=sys.stderr, flush=True)
+            tqdm.write(f"dfl reproduce: {what} (elapsed {elapsed}, {left})", file=sys.stderr)
 
 
 def _minutes(seconds: float) -> str:

@@ -45,6 +45,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
     p.add_argument("--only", help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
+    p.add_argument(
+        "--experiments-at-once",
+        type=int,
+        metavar="N",
+        help="run N experiments side by side, each in its own process, their trainings "
+        "sharing the cores (default 2 on a machine with 2 or more cores; 1: one after "
+        "another in this process, with a progress bar per run)",
+    )
     p.set_defaults(run=run_reproduce)
 
 
@@ -71,6 +79,7 @@ def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> in
         only,
         args.precision,
         args.jobs,
+        getattr(args, "experiments_at_once", None),  # `dfl lab` runs one
     )
     print(f"report: {report}  (markdown: {report.with_suffix('.md')})")
     return 0

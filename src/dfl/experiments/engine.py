@@ -51,8 +51,8 @@ def _side_by_side(
         plans,
         workers=jobs,
         initializer=_start_worker,
-        initargs=(_as_arrays(data),),
-        on_result=lambda _: bar.update(),
+        initargs=(for_workers(data),),
+        on_result=lambda *_: bar.update(),
     )
 
 
@@ -60,19 +60,22 @@ _WORKER_DATA: Dataset | None = None  # a worker process's copy of the dataset
 _TENSORS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def _as_arrays(data: Dataset) -> Dataset:
+def for_workers(data: Dataset) -> Dataset:
     """The dataset with NumPy arrays for tensors: they travel to a worker by value, where torch
     tensors would go through shared memory (/dev/shm is small on some machines)."""
     return dataclasses.replace(data, **{k: getattr(data, k).numpy() for k in _TENSORS})
 
 
-def _start_worker(data: Dataset) -> None:
-    """A worker's set-up, after run_in_workers pinned its threads."""
-    global _WORKER_DATA
-    _WORKER_DATA = dataclasses.replace(
-        data, **{k: torch.from_numpy(getattr(data, k)) for k in _TENSORS}
-    )
+def in_worker(data: Dataset) -> Dataset:
+    """A worker's set-up, after run_in_workers pinned its threads (or not): the dataset that
+    `for_workers` sent, as tensors again."""
     torch.set_flush_denormal(True)  # before its thread pool starts: see dfl/subnormals.py
+    return dataclasses.replace(data, **{k: torch.from_numpy(getattr(data, k)) for k in _TENSORS})
+
+
+def _start_worker(data: Dataset) -> None:
+    global _WORKER_DATA
+    _WORKER_DATA = in_worker(data)
 
 
 def _fit_in_worker(cfg: TrainConfig, run_dir: Path) -> RunResult:
