@@ -105,11 +105,23 @@ def sleep_or_fail(what: str, pid_file: Path) -> None:
 @pytest.mark.slow
 def test_functions_in_workers_return_by_key_in_order():
     tasks = {f"x{i}": (i,) for i in (3, 1, 2)}
-    done: list[str] = []
-    got = run_in_workers(square, tasks, workers=2, threads=2, on_result=done.append)
+    started: list[str] = []
+    done: dict[str, tuple[int, int]] = {}
+    got = run_in_workers(
+        square, tasks, workers=2, threads=2, on_start=started.append, on_result=done.__setitem__
+    )
     assert list(got) == ["x3", "x1", "x2"]  # the order asked for, whatever finished first
     assert got == {"x3": (9, 2), "x1": (1, 2), "x2": (4, 2)}  # pinned, over OMP_NUM_THREADS
-    assert sorted(done) == sorted(tasks)
+    assert started == list(tasks) and done == got  # handed out in order; each result told
+
+
+@pytest.mark.slow
+def test_unpinned_workers_keep_the_thread_count_they_start_with(monkeypatch):
+    """pin=False (experiments side by side): the workers' trainings share the cores by
+    themselves, so the pool sets no thread count (the environment's 1 stays, not threads=2)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    got = run_in_workers(square, {"a": (2,), "b": (3,)}, workers=2, threads=2, pin=False)
+    assert got == {"a": (4, 1), "b": (9, 1)}
 
 
 @pytest.mark.slow

@@ -197,7 +197,9 @@ def test_a_failed_experiment_fails_the_command_after_the_others_ran(
     data = write_idx_dataset(tmp_path / "digits", n_train=64, n_test=16)
     out = tmp_path / "r"
     args = ["--profile", "smoke", "--dataset", str(data), "--out", str(out)]
-    assert main(["reproduce", *args, "--only", "conv,attention"]) == 4
+    # One after the other in this process: the patched registry does not reach a spawned one.
+    only = ["--only", "conv,attention", "--experiments-at-once", "1"]
+    assert main(["reproduce", *args, *only]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("dfl: error: 1 experiment failed: conv (the report marks it: ")
 
@@ -248,6 +250,28 @@ def test_progress_lines_and_the_lab_table_off_a_terminal(tmp_path: Path, capsys)
     assert table.count("\n| ") == 38 + 1  # a header and one row per lab number
 
 
+def test_experiments_side_by_side_in_their_own_processes(tmp_path: Path, capsys):
+    """Two at once (the default on 2+ cores): both finish in spawned processes, a line says
+    when each starts and ends (their own bars are off), and the report's time is the clock's,
+    counted over invocations, not the experiments' summed."""
+    data = write_idx_dataset(tmp_path / "digits", n_train=64, n_test=16)
+    out = tmp_path / "r"
+    args = ["reproduce", "--profile", "smoke", "--dataset", str(data), "--out", str(out)]
+    assert main([*args, "--only", "conv,attention", "--experiments-at-once", "2"]) == 0
+    err = capsys.readouterr().err
+    for name in ("conv", "attention"):
+        assert f"dfl reproduce: {name}: started" in err
+        assert f"dfl reproduce: {name}: completed in" in err
+        assert json.loads((out / name / "result.json").read_text())["status"] == "completed"
+    manifest = json.loads((out / "reproduce.json").read_text())
+    assert manifest["environment"]["experiments_at_once"] == 2
+    first = manifest["wall_s"]
+    assert first > 0
+    assert main([*args, "--only", "conv,attention"]) == 0  # both kept: a moment more
+    assert json.loads((out / "reproduce.json").read_text())["wall_s"] > first
+    assert "min on the clock for its experiments" in (out / "report.md").read_text()
+
+
 def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
     from dfl.reproduce import _manifest
 
@@ -258,7 +282,7 @@ def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
         (out / "reproduce.json").write_text(json.dumps(manifest))
         return out
 
-    args = ("mnist", ["conv"], "cpu", "auto", 1)
+    args = ("mnist", ["conv"], "cpu", "auto", 1, 1)
     assert _manifest(made_by("quick"), "preview", *args)["profile"] == "preview"
     assert _manifest(made_by("lab"), "every", *args)["profile"] == "every"
     with pytest.raises(ConfigError, match="profile every"):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfl.config import TrainConfig, build_config, merge, overlapping_key, set_dotted
+from dfl.config import TrainConfig, UserKeys, build_config, merge, set_dotted
 from dfl.errors import ConfigError, UnloadableRun
 from dfl.run_dir import CONFIG, load_saved_config, read_history, read_status
 
@@ -150,23 +150,12 @@ def _starting_point(what: Any) -> tuple[Path | None, dict[str, Any]]:
 
 
 def _overrides(given: dict[str, Any]) -> dict[str, Any]:
-    """The config tree of `train`'s keyword arguments; a key set twice is refused."""
-    keys = {NAMED.get(k, k): k for k in given}
-    if len(keys) < len(given):  # lr and optim.lr both given
-        twice = next(k for k in given if k not in keys.values())
-        raise ConfigError(
-            f"config key '{NAMED[twice]}' is given twice ({twice}= and {NAMED[twice]}=); "
-            "give it once"
-        )
-    tree: dict[str, Any] = {}
-    for key, name in keys.items():
-        clash = overlapping_key(key, {k: k for k in keys if k != key})
-        if clash is not None:  # data= and data.train_subset=: which one is meant is unclear
-            raise ConfigError(
-                f"config key '{key}' is given twice ({name}= and {clash}=); give it once"
-            )
-        set_dotted(tree, key, given[name])
-    return tree
+    """The config tree of `train`'s keyword arguments; a key set twice (`lr=` and
+    `optim.lr=`, `data=` and `data.train_subset=`) is refused."""
+    keys = UserKeys()
+    for name, value in given.items():
+        keys.set(NAMED.get(name, name), value, f"{name}=")
+    return keys.tree
 
 
 def _default_out(cfg: TrainConfig) -> Path:

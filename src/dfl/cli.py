@@ -98,9 +98,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:
-    from dfl.config import overlapping_key, parse_overrides, set_dotted
+    from dfl.config import UserKeys
 
-    tree = parse_overrides(args.overrides, once=True)
     flags = {
         "model": ("MODEL", args.model),
         "epochs": ("--epochs", args.epochs),
@@ -114,21 +113,13 @@ def _train_overrides(args: argparse.Namespace) -> dict:
         "data.data_dir": ("--data-dir", args.data_dir),
         "deterministic": ("--deterministic", True if args.deterministic else None),
     }
-    given = {pair.partition("=")[0].strip(): pair for pair in args.overrides}
+    keys = UserKeys()
     for key, (flag, value) in flags.items():
-        if value is None:
-            continue
-        clash = overlapping_key(key, given)
-        if clash is not None:  # one value per key: which one was meant is the user's to say
-            shown = {"MODEL": f"the model argument '{value}'", "--deterministic": flag}.get(
-                flag, f"{flag} {value}"
-            )
-            raise DflError(
-                f"config key '{key}' is given twice ({shown} and --set {given[clash]}); "
-                "give it once"
-            )
-        set_dotted(tree, key, value)
-    return tree
+        if value is not None:
+            shown = {"MODEL": f"the model argument '{value}'", "--deterministic": flag}
+            keys.set(key, value, shown.get(flag, f"{flag} {value}"))
+    keys.set_pairs(args.overrides)
+    return keys.tree
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -202,24 +202,49 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 def parse_overrides(pairs: list[str], *, once: bool = False) -> dict[str, Any]:
     """`["optim.lr=3e-4", "epochs=5"]` -> nested dict. A pair without `=` is an error. Later
     pairs win, for code that layers overrides; with `once` (a user's command line) a key given
-    twice (`epochs=1` and `epochs=-3`, or `data={...}` and `data.x=1`) is an error naming both:
-    which one was meant is the user's to say, not the order's."""
+    twice is an error (`UserKeys`)."""
+    if once:
+        keys = UserKeys()
+        keys.set_pairs(pairs)
+        return keys.tree
     tree: dict[str, Any] = {}
-    given: dict[str, str] = {}  # dotted key -> the pair that set it
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override '{pair}' is not key=value (example: --set optim.lr=3e-4)")
-        clash = overlapping_key(key, given) if once else None
+        key, value = _split_pair(pair)
+        set_dotted(tree, key, parse_value(value))
+    return tree
+
+
+def _split_pair(pair: str) -> tuple[str, str]:
+    key, sep, value = pair.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override '{pair}' is not key=value (example: --set optim.lr=3e-4)")
+    return key, value.strip()
+
+
+class UserKeys:
+    """Config keys as a user gives them (command-line flags, --set pairs, keyword arguments),
+    each once: a key that overlaps one given before (`epochs=1` and `epochs=-3`, or `data={...}`
+    and `data.x=1`) is an error naming both ways it was given, since which one was meant is
+    the user's to say, not the order's. `tree` is the nested dict they make."""
+
+    def __init__(self) -> None:
+        self.tree: dict[str, Any] = {}
+        self._how: dict[str, str] = {}  # dotted key -> how it was given, for the message
+
+    def set(self, key: str, value: Any, how: str) -> None:
+        clash = overlapping_key(key, self._how)
         if clash is not None:
             raise ConfigError(
-                f"config key '{key}' is given twice (--set {given[clash]} and --set {pair}); "
-                "give each key once"
+                f"config key '{key}' is given twice ({self._how[clash]} and {how}); give it once"
             )
-        given[key] = pair
-        set_dotted(tree, key, parse_value(value.strip()))
-    return tree
+        self._how[key] = how
+        set_dotted(self.tree, key, value)
+
+    def set_pairs(self, pairs: list[str]) -> None:
+        for pair in pairs:
+            key, value = _split_pair(pair)
+            self.set(key, parse_value(value), f"--set {pair}")
 
 
 def overlapping_key(key: str, keys: Iterable[str]) -> str | None:

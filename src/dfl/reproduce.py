@@ -72,6 +72,7 @@ def _manifest(
     """This reproduction's description; refuses an --out made with another profile, data or
     precision (one report, one way of running)."""
     path = out / "reproduce.json"
+    old: dict[str, Any] = {}
     if path.exists():
         old = json.loads(path.read_text())
         was = (old["profile"], old["dataset"], old.get("environment", {}).get("precision", "fp32"))
@@ -88,6 +89,9 @@ def _manifest(
         "selected": selected,
         "environment": environment(device, precision, jobs, at_once),
         "started": time.time(),
+        # on the clock, every invocation in this directory so far (experiments overlap, so
+        # their own wall times do not add up to it)
+        "wall_s": old.get("wall_s", 0.0),
     }
 
 
@@ -134,6 +138,24 @@ def reproduce(
         out, profile, data, dataset_arg, device, seeds or default_seeds, precision, jobs=jobs
     )
 
+    t0 = time.perf_counter()
+    try:
+        records = _run_experiments(ctx, selected, manifest["environment"], at_once)
+    finally:  # a Ctrl-C's part counts too
+        manifest["wall_s"] += time.perf_counter() - t0
+        atomic_write_json(out / "reproduce.json", manifest)
+    failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
+    report = build_report(out)
+    if failed:
+        raise ExperimentsFailed(failed, report)
+    return report
+
+
+def _run_experiments(
+    ctx: Context, selected: list[str], env: dict[str, Any], at_once: int
+) -> dict[str, Record]:
+    """Run the selected experiments that have not finished yet; their records by name."""
+    out, profile = ctx.out, ctx.profile
     todo: dict[str, Record | None] = {}  # the experiments left to run, with their old records
     bar = tqdm(total=len(selected), desc="reproduce", unit="experiment", disable=None)
     progress = Progress(PROFILES[profile], selected, bar.disable or at_once > 1, at_once)
@@ -145,7 +167,6 @@ def reproduce(
                 bar.update()
             else:
                 todo[name] = existing
-        env = manifest["environment"]
         if at_once > 1 and len(todo) > 1:
             records = _side_by_side(ctx, todo, env, at_once, progress, bar)
         else:
@@ -155,11 +176,7 @@ def reproduce(
                 records[name] = _run_one(ctx, name, existing, env)
                 progress.end(name, records[name])
                 bar.update()
-    failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
-    report = build_report(out)
-    if failed:
-        raise ExperimentsFailed(failed, report)
-    return report
+    return records
 
 
 def default_at_once() -> int:

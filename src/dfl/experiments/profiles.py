@@ -41,8 +41,8 @@ PROFILES = {
             "the cores (so about 22.5 min alone); largest process 1.1 GB",
             2,
             faithful_seeds=1,
-            # ae: its measured 842 s less the 260 s a test run beside it cost two of its runs
-            estimate_s={"ae": 580, "sae": 161, "conv": 1, "cnn": 179, "attention": 1, "vit": 459},
+            # Measured two at once (the default), so each is longer than it would be alone
+            estimate_s={"ae": 733, "sae": 194, "conv": 1, "cnn": 289, "attention": 1, "vit": 910},
         ),
         Profile(
             "every",
@@ -52,7 +52,7 @@ PROFILES = {
             "profile's 22.5 and about 58 for the six other ViTs); not yet timed alone in one piece",
             2,
             faithful_seeds=1,
-            estimate_s={"ae": 580, "sae": 161, "conv": 1, "cnn": 179, "attention": 1, "vit": 3500},
+            estimate_s={"ae": 733, "sae": 194, "conv": 1, "cnn": 289, "attention": 1, "vit": 4400},
         ),
         Profile(
             "full",

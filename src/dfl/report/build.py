@@ -173,10 +173,12 @@ def _headline(
     command that sets the rest."""
     n, total = counts(entries), len(entries)
     beside = n["reproduced"] + n["differs"]
-    wall = sum(s.record.wall_s for s in saved.values() if s.record)
+    # On the clock; a reproduction from before experiments ran side by side: theirs, summed
+    wall = manifest.get("wall_s") or sum(s.record.wall_s for s in saved.values() if s.record)
     profile = manifest["profile"]
     text = (
-        f"This run (profile **{profile}**, {wall / 60:.1f} min for its experiments) set "
+        f"This run (profile **{profile}**, {wall / 60:.1f} min on the clock for its "
+        f"experiments) set "
         f"**{beside} of the lab's {total} numbers** beside ours: {n['reproduced']} reproduced, "
         f"{n['differs']} differ (each with its reason); {n['not comparable']} not comparable "
         f"(fewer epochs or images than the lab, or another dataset), {n['missing']} missing."
