@@ -37,8 +37,8 @@ PROFILES = {
             "every experiment at exactly the lab's protocol (one run per number, as the lab) but "
             "six of the seven ViT configurations, corrected counterparts over 2 seeds: sets 32 "
             "of the 38 lab numbers beside ours",
-            "27.1 min measured on a fresh clone, about 4.5 of them lost to a test run sharing "
-            "the cores (so about 22.5 min alone); largest process 1.1 GB",
+            "17.8 min measured on a fresh clone (two experiments at once); largest process "
+            "1.4 GB, all its processes together at most 3.3 GB",
             2,
             faithful_seeds=1,
             # Measured two at once (the default), so each is longer than it would be alone
@@ -48,8 +48,8 @@ PROFILES = {
             "every",
             "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
             "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
-            "about 80 min on 2 idle cores, estimated from its parts' measured times (the lab "
-            "profile's 22.5 and about 58 for the six other ViTs); not yet timed alone in one piece",
+            "about 94 min: the lab profile's 17.8 and the six other ViTs' 76, measured on an "
+            "earlier version with --jobs 2, the cores shared part of the time (an upper bound)",
             2,
             faithful_seeds=1,
             estimate_s={"ae": 733, "sae": 194, "conv": 1, "cnn": 289, "attention": 1, "vit": 4400},
