@@ -272,6 +272,20 @@ def test_experiments_side_by_side_in_their_own_processes(tmp_path: Path, capsys)
     assert "min on the clock for its experiments" in (out / "report.md").read_text()
 
 
+def test_the_report_rebuilds_from_another_working_directory(tmp_path: Path, monkeypatch):
+    """Results name their runs by absolute path, so `dfl report DIR` redraws the figures (the
+    stacked autoencoder's read saved weights) wherever it runs from."""
+    data = write_idx_dataset(tmp_path / "digits", n_train=2500, n_test=500)
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--profile", "smoke", "--dataset", str(data), "--out", "r",
+                 "--only", "sae"]) == 0  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["report", str(tmp_path / "r")]) == 0
+    assert "Figures missing" not in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
     from dfl.reproduce import _manifest
 

@@ -112,6 +112,8 @@ def reproduce(
     jobs: int = 1,
     at_once: int | None = None,
 ) -> Path:
+    # Absolute: results name their runs by path, and `dfl report` may run from elsewhere
+    out = Path(out).absolute()
     selected = only or EXPERIMENTS
     unknown = sorted(set(selected) - set(EXPERIMENTS))
     if unknown:
