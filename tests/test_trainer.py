@@ -300,3 +300,23 @@ def test_training_flushes_subnormals_and_gives_ieee_back(tmp_path: Path, tiny_da
     )
     assert flushed == [True]  # while it trains
     assert not flushing()  # and after: the test session (hypothesis among it) keeps IEEE
+
+
+def test_a_path_spelled_another_way_is_the_same_config(tmp_path, monkeypatch):
+    """init_from as `runs/x` and as `/abs/runs/x` name one file: the run resumes (a
+    reproduction made before --out became absolute continues); another file is refused."""
+    from dfl.config import config_to_toml
+    from dfl.run_dir import CONFIG, check_same_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = build_config(overrides={"model": "mlp", "init_from": "runs/a"})
+    (run_dir / CONFIG).write_text(config_to_toml(saved))
+    same = lambda old, new: old == new  # noqa: E731
+    absolute = build_config(overrides={"model": "mlp", "init_from": str(tmp_path / "runs/a")})
+    check_same_config(run_dir, absolute, same)
+    other = build_config(overrides={"model": "mlp", "init_from": str(tmp_path / "runs/b")})
+    with pytest.raises(ConfigError, match="'init_from' was 'runs/a'"):
+        check_same_config(run_dir, other, same)

@@ -162,6 +162,17 @@ def load_saved_config(run_dir: Path) -> TrainConfig | None:
         raise ConfigError(f"{path}: {e}") from None
 
 
+# Config keys whose value is a path: `runs/lab/x` and `/home/me/runs/lab/x` run the same
+# (a reproduction started before `reproduce` made --out absolute resumes under the new code).
+PATH_KEYS = (("", "init_from"), ("data", "data_dir"), ("data", "dataset"))
+
+
+def _same_place(a: object, b: object) -> bool:
+    if not isinstance(a, str) or not isinstance(b, str) or a == b:
+        return False  # nothing to align
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def check_same_config(
     run_dir: Path, cfg: TrainConfig, same_precision: Callable[[str, str], bool]
 ) -> None:
@@ -174,6 +185,10 @@ def check_same_config(
     old, new = saved.model_dump(mode="json"), cfg.model_dump(mode="json")
     if same_precision(saved.precision, cfg.precision):
         old["precision"] = new["precision"]
+    for section, key in PATH_KEYS:  # a path spelled another way names the same file
+        was, now = (old[section], new[section]) if section else (old, new)
+        if _same_place(was.get(key), now.get(key)):
+            was[key] = now[key]
     for key in sorted(set(old) | set(new)):
         if key not in RESUMABLE_DIFFERENCES and old.get(key) != new.get(key):
             raise ConfigError(
