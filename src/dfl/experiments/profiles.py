@@ -49,11 +49,11 @@ PROFILES = {
             "every",
             "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
             "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
-            "about 94 min: the lab profile's 17.8 and the six other ViTs' 76, measured on an "
-            "earlier version with --jobs 2, the cores shared part of the time (an upper bound)",
+            "76.1 min measured in two parts: the lab profile's 17.8, then 58.2 for the six "
+            "other ViTs with --profile every --jobs 2 --out runs/lab",
             2,
             faithful_seeds=1,
-            estimate_s={"ae": 733, "sae": 194, "conv": 1, "cnn": 289, "attention": 1, "vit": 4400},
+            estimate_s={"ae": 733, "sae": 194, "conv": 1, "cnn": 289, "attention": 1, "vit": 4340},
         ),
         Profile(
             "full",
