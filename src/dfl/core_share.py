@@ -46,9 +46,9 @@ def pin_threads(n: int) -> None:
 
 
 def threads_fixed() -> bool:
-    """Whether a thread count was chosen for this process (then there is nothing to share)."""
+    """Whether a thread count was chosen for this process (then it trains pinned to it)."""
     chosen = any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
-    return _pinned or chosen or os.environ.get(OPT_OUT) == "0"
+    return _pinned or chosen
 
 
 def default_directory() -> Path:
@@ -118,8 +118,10 @@ class CoreShare:
 
     def rebalance(self) -> int:
         """Set this process's threads to its share of the cores; returns the thread count."""
+        if self.pinned is not None:  # kept as chosen: not even a clock read a step
+            return self.threads
         now = time.monotonic()
-        if self.pinned is None and now >= self._next_check:
+        if now >= self._next_check:
             self._next_check = now + RECHECK_S
             others = list(self._others())
             sharing, left = 1 + others.count(0), self.cores - sum(others)
