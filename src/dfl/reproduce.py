@@ -181,6 +181,12 @@ def _run_experiments(
     return records
 
 
+def default_profile(device: str) -> str:
+    """What `dfl reproduce` runs when no profile is named: on a CUDA device every lab number and
+    every stage at its full recipe fit minutes (benchmarks/GPU.md); on a CPU the lab profile."""
+    return "complete" if resolve_device(device).type == "cuda" else "lab"
+
+
 def default_at_once() -> int:
     """Two experiments at once on a machine with two or more cores: each of them trains with
     the cores the other leaves (dfl/core_share.py), so the small models' runs, which use a

@@ -38,7 +38,8 @@ from dfl.atomic import atomic_write_bytes
 from dfl.config import TrainConfig, config_to_toml
 from dfl.core_share import CoreShare
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
-from dfl.data.batches import Split, random_affine, standardize, to_input
+from dfl.data.batches import Split, affine, affine_draws, standardize, to_input
+from dfl.device_step import DeviceStep
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.interrupts import deferred_interrupt
 from dfl.local_workers import available_cores
@@ -137,7 +138,9 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision 'fp16' needs a CUDA device (use bf16 on CPU)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    # A CUDA graph cannot hold autocast's cache of cast weights (PyTorch's graph notes); the
+    # casts are then part of every step, replayed with it.
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=device.type != "cuda")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -325,6 +328,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults for reused activations: dfl/allocator.py
+        elif self.device.type == "cuda":  # cuDNN times its algorithms once per shape
+            torch.backends.cudnn.benchmark = not cfg.deterministic
         seed_everything(cfg.seed, cfg.deterministic)
         self.splits = prepare_splits(cfg, data, self.device)
         self.model, self.objective = build_model(cfg, data.num_classes)
@@ -352,11 +357,23 @@ class Trainer:
         self.scheduler, self.schedule_per_step = build_schedule(cfg, self.optimizer, steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.device_step = self._device_step()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"value": None, "epoch": None, "weights": None}
         self._saved_at = time.monotonic()
         self._check_early_stop()
         self._check_labels()
+
+    def _device_step(self) -> DeviceStep | None:
+        """On CUDA the step is replayed from a graph (dfl/device_step.py), unless the config
+        turns that off or needs the host every step: fp16's loss scaler decides on the host
+        whether to skip a step, and a compiled model brings its own graphs."""
+        cfg = self.cfg
+        if self.device.type != "cuda" or not cfg.cuda_graph:
+            return None
+        if self.precision == "fp16" or cfg.compile:
+            return None
+        return DeviceStep(self, capture=True)
 
     def _check_early_stop(self) -> None:
         # early_stop.metric itself is checked with the config (TrainConfig).
@@ -397,15 +414,23 @@ class Trainer:
 
     # --- one epoch --------------------------------------------------------------------------
 
-    def _inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    def _inputs(
+        self, images: torch.Tensor, train: bool, draws: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A batch as the model takes it; training batches augmented with `draws`, or with
+        draws made here from the run's generator."""
         d = self.cfg.data
         x = to_input(images)
         if train and (d.augment_shift or d.augment_rotate or d.augment_scale):
-            x = random_affine(x, d.augment_shift, d.augment_rotate, self.shuffle, d.augment_scale)
+            if draws is None:
+                draws = affine_draws(x.shape[0], d.augment_scale, self.shuffle)
+            x = affine(x, draws, d.augment_shift, d.augment_rotate, d.augment_scale)
         x = standardize(x) if d.normalize else x
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        if self.device_step is not None:
+            return self._train_epoch_on_device(epoch)
         cfg, split = self.cfg, self.splits["train"]
         self.model.train()
         n_batches = split.num_batches(cfg.batch_size, cfg.drop_last)
@@ -444,6 +469,25 @@ class Trainer:
             n += y.shape[0]
             if (step + 1) % NONFINITE_CHECK_EVERY == 0 or step + 1 == n_batches:
                 self._check_finite(losses[: step + 1], epoch)
+        sums["loss"] = losses.sum()
+        return self.objective.finish({k: float(v) for k, v in sums.items()}, n)
+
+    def _train_epoch_on_device(self, epoch: int) -> dict[str, float]:
+        """The epoch with `DeviceStep`: its metrics are read, and checked for a non-finite
+        loss, once at the end instead of every few steps."""
+        step = self.device_step
+        self.model.train()
+        step.start_epoch(self.shuffle)
+        bar = tqdm(
+            step.sizes, desc=f"epoch {epoch}", leave=False, disable=None, unit="batch",
+            file=sys.stderr,
+        )  # fmt: skip
+        for size in bar:
+            step(size)
+            if self.schedule_per_step:
+                self.scheduler.step()  # a float on the host; the step reads it from the device
+        losses, sums, n = step.end_epoch()
+        self._check_finite(losses, epoch)
         sums["loss"] = losses.sum()
         return self.objective.finish({k: float(v) for k, v in sums.items()}, n)
 

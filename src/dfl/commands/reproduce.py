@@ -10,17 +10,17 @@ from dfl.cli import add_data_arguments, command
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.report.build import build_report, lab_table_markdown
-from dfl.reproduce import reproduce
+from dfl.reproduce import default_profile, reproduce
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """What `dfl reproduce` and `dfl lab` share: profile, data, device, seeds, output."""
     p.add_argument(
         "--profile",
-        default="lab",
         choices=[*PROFILES, *ALIASES],
         help="; ".join(f"{p.name}: {p.buys} ({p.cost})" for p in PROFILES.values())
-        + ". Default lab; quick is preview's old name. Costs measured on 2 CPU cores",
+        + ". Default: complete on a CUDA device, lab elsewhere; quick is preview's old name. "
+        "Costs measured on 2 CPU cores unless they say otherwise",
     )
     add_data_arguments(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -66,12 +66,13 @@ def add_lab_arguments(p: argparse.ArgumentParser) -> None:
 def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> int:
     dataset = args.dataset or "mnist"
     suffix = "" if dataset == "mnist" else "-" + Path(dataset).name
-    out = Path(args.out or f"runs/{canonical(args.profile)}{suffix}")
+    profile = args.profile or default_profile(args.device)
+    out = Path(args.out or f"runs/{canonical(profile)}{suffix}")
     if only is None and args.only:
         only = [s.strip() for s in args.only.split(",") if s.strip()]
     report = reproduce(
         out,
-        args.profile,
+        profile,
         dataset,
         args.data_dir,
         args.device,

@@ -69,15 +69,27 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
     return x.sub_(MNIST_MEAN).div_(MNIST_STD)
 
 
+def affine_draws(b: int, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """`random_affine`'s random numbers for a batch of `b`, in [-1, 1]: angle, x shift, y shift
+    and, with zoom, scale. From the CPU generator, so every device draws the same."""
+    return torch.rand(b, 4 if scale else 3, generator=generator).mul_(2).sub_(1)
+
+
 def random_affine(
     x: torch.Tensor, shift: int, rotate: float, generator: torch.Generator, scale: float = 0.0
 ) -> torch.Tensor:
     """Shift each image by up to `shift` pixels, rotate it by up to `rotate` degrees and zoom
-    it by a factor in [1 - scale, 1 + scale], in one batched grid_sample. Parameters come from
-    the CPU generator (device-independent draws); without zoom the draws are those of earlier
-    versions, so older runs resume and repeat exactly."""
-    b, _, h, w = x.shape
-    params = torch.rand(b, 4 if scale else 3, generator=generator).mul_(2).sub_(1)  # [-1, 1]
+    it by a factor in [1 - scale, 1 + scale], in one batched grid_sample. Without zoom the
+    draws are those of earlier versions, so older runs resume and repeat exactly."""
+    return affine(x, affine_draws(x.shape[0], scale, generator), shift, rotate, scale)
+
+
+def affine(
+    x: torch.Tensor, params: torch.Tensor, shift: int, rotate: float, scale: float = 0.0
+) -> torch.Tensor:
+    """The transforms of `affine_draws`'s `params` applied to `x`, computed where the params
+    are (the CPU for the per-step loop, the device for a CUDA graph's step)."""
+    _, _, h, w = x.shape
     angle = params[:, 0] * math.radians(rotate)
     tx, ty = params[:, 1] * (2 * shift / w), params[:, 2] * (2 * shift / h)  # grid units
     cos, sin = angle.cos(), angle.sin()

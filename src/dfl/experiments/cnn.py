@@ -64,6 +64,7 @@ PROFILES = {
     "full": Settings(20, 20, (10000, 2000), None, 6, 24, None, 30),
 }
 PROFILES["every"] = PROFILES["lab"]
+PROFILES["complete"] = PROFILES["full"]
 
 # What the lab asked to explore, as a TPE search space over the `cnn_search` family: depth,
 # filters (16 doubling to 256, or constant), kernel size, pooling placement, batch norm on or

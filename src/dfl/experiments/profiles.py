@@ -56,6 +56,14 @@ PROFILES = {
             estimate_s={"ae": 733, "sae": 194, "conv": 1, "cnn": 289, "attention": 1, "vit": 4340},
         ),
         Profile(
+            "complete",
+            "every lab number at the lab's protocol, and the corrected and beyond-the-lab "
+            "stages at their full recipes over 2 seeds: the default on a CUDA device",
+            "not measured yet",
+            2,
+            faithful_seeds=1,
+        ),
+        Profile(
             "full",
             "the lab's settings for every run, 3 seeds throughout, and the beyond-the-lab stages "
             "at full length",

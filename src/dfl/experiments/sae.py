@@ -126,6 +126,7 @@ PROFILES = {
     "full": Settings(LAB_EXACT, _full("20/20/60", 20, 20, 60)),
 }
 PROFILES["every"] = PROFILES["lab"]
+PROFILES["complete"] = PROFILES["full"]
 
 
 def _scaled(v: Variant, scale: float) -> Variant:

@@ -62,6 +62,7 @@ PROFILES = {
     "every": Settings(20, None, 20, None, OTHERS, 2, 12000),
     "full": Settings(20, None, 20, None, OTHERS, 60, None),
 }
+PROFILES["complete"] = PROFILES["full"]
 
 
 def _key(cfg: tuple[int, int, int, int]) -> str:

@@ -176,13 +176,17 @@ def _headline(
     # On the clock; a reproduction from before experiments ran side by side: theirs, summed
     wall = manifest.get("wall_s") or sum(s.record.wall_s for s in saved.values() if s.record)
     profile = manifest["profile"]
+    env = manifest.get("environment", {})
+    where = env.get("gpu") or env.get("cpu") or env.get("device", "an unrecorded device")
     text = (
-        f"This run (profile **{profile}**, {wall / 60:.1f} min on the clock for its "
+        f"This run (profile **{profile}** on {where}, {wall / 60:.1f} min on the clock for its "
         f"experiments) set "
         f"**{beside} of the lab's {total} numbers** beside ours: {n['reproduced']} reproduced, "
         f"{n['differs']} differ (each with its reason); {n['not comparable']} not comparable "
         f"(fewer epochs or images than the lab, or another dataset), {n['missing']} missing."
     )
+    if profile in ("complete", "full"):
+        text += " Its corrected and beyond-the-lab stages ran at their full recipes."
     if beside == total:
         return text
     if profile == "lab":
@@ -190,7 +194,7 @@ def _headline(
             f" `dfl reproduce --profile every --out {out}` sets the rest, training only what "
             f"this run left out (the whole every profile: {PROFILES['every'].cost})."
         )
-    if profile in ("every", "full"):
+    if profile in ("every", "complete", "full"):
         return text + " Rerun the same command to resume (finished runs are kept)."
     return text + (
         f" `make reproduce` (profile lab: {PROFILES['lab'].cost}) sets them at the lab's "
