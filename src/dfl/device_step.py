@@ -58,6 +58,7 @@ class DeviceStep:
         self.counter = torch.zeros((), dtype=torch.long, device=device)
         self.arange = torch.arange(self.batch, device=device)
         self.losses = torch.zeros(len(self.sizes), device=device)
+        self.positions = torch.arange(len(self.sizes), device=device)  # where a step's loss goes
         self.sums: dict[str, torch.Tensor] = {}  # made by the first (eager) step
         d = cfg.data
         self.augment = bool(d.augment_shift or d.augment_rotate or d.augment_scale)
@@ -126,7 +127,8 @@ class DeviceStep:
             nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
         with self._lr_from_tensors():
             t.optimizer.step()
-        self.losses.index_copy_(0, self.counter.view(1), sums.pop("loss").view(1))
+        # A mask, not an index_copy_: deterministic mode swaps the latter for a sorting kernel
+        self.losses.masked_fill_(self.positions == self.counter, sums.pop("loss"))
         for k, v in sums.items():
             if k in self.sums:
                 self.sums[k].add_(v)
