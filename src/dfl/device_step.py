@@ -30,7 +30,6 @@ the trainer uses it on CUDA only, where it pays.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from dfl.data.batches import affine_draws
+from dfl.errors import DflError
 
 if TYPE_CHECKING:
     from dfl.trainer import Trainer
@@ -127,8 +127,10 @@ class DeviceStep:
             nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
         with self._lr_from_tensors():
             t.optimizer.step()
-        # A mask, not an index_copy_: deterministic mode swaps the latter for a sorting kernel
-        self.losses.masked_fill_(self.positions == self.counter, sums.pop("loss"))
+        # By mask: deterministic mode swaps index_copy_ for a sorting kernel, and masked_fill_
+        # reads a tensor value back to the host
+        here = self.positions == self.counter
+        self.losses.copy_(torch.where(here, sums.pop("loss"), self.losses))
         for k, v in sums.items():
             if k in self.sums:
                 self.sums[k].add_(v)
@@ -157,11 +159,15 @@ class DeviceStep:
             # own stream) may go on while this one captures
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._step(self.batch)
-        except RuntimeError as e:  # a layer or optimiser that cannot be captured: slower, not wrong
-            warnings.warn(f"CUDA graph capture failed, stepping eagerly: {e}", stacklevel=2)
-            self.capture = False
-            self._step(self.batch)  # capturing ran nothing: the step itself
-            return
+        except RuntimeError as e:
+            # A layer that reads a value back to the host cannot be captured. The failed
+            # capture leaves CUDA's random generator mid-capture, so the run cannot go on
+            # eagerly either: it stops, resumable without the graph.
+            cause = str(e.__context__ or e).strip().splitlines()[0]
+            raise DflError(
+                f"this model's training step cannot be captured in a CUDA graph ({cause}); "
+                "resume it with --set cuda_graph=false"
+            ) from None
         self.graph = graph
         graph.replay()  # capturing runs nothing: this is the step itself
 

@@ -30,7 +30,9 @@ WEIGHTS = "model.safetensors"  # a finished run's final weights (the selected ep
 
 # Keys that may differ when a run is resumed: how a run is executed (speed), not what it
 # computes.
-RESUMABLE_DIFFERENCES = {"device", "threads", "compile", "checkpoint", "checkpoint_interval_s"}
+RESUMABLE_DIFFERENCES = {
+    "device", "threads", "compile", "cuda_graph", "checkpoint", "checkpoint_interval_s",
+}  # fmt: skip
 
 
 class RunStatus(enum.StrEnum):
