@@ -79,7 +79,7 @@ run_smoke() {
 
 # runs side by side, time-sliced, then with MPS (which then stays on for the reproduction)
 run_many() {
-  phase many 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 6
+  phase many 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 4
   if ! command -v nvidia-cuda-mps-control > /dev/null; then
     log "mps: nvidia-cuda-mps-control not on this machine"
     return
@@ -89,7 +89,7 @@ run_many() {
   pgrep -f nvidia-cuda-mps-control > /dev/null || nvidia-cuda-mps-control -d
   if $PY -c "import torch; torch.ones(1, device='cuda').sum().item()" 2>> "$W/gpu.txt"; then
     log "mps: on"
-    phase many-mps 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 6
+    phase many-mps 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 4
   else
     log "mps: started, but a CUDA process failed under it; stopped"
     echo quit | nvidia-cuda-mps-control
