@@ -10,8 +10,8 @@
 #   2. smoke: trains one tiny run on the GPU (a broken setup stops here, in seconds);
 #   3. tests: the GPU tests (`pytest -m gpu`, 8 at a time);
 #   4. steps, profile: times the training step (benchmarks/gpu_step.py) and profiles it;
-#   5. many: times R autoencoder runs side by side, time-sliced, then starts CUDA MPS where
-#      the machine has it (kernels of several processes at once) and times them again;
+#   5. many: starts CUDA MPS where the machine has it (kernels of several processes at once),
+#      and times R autoencoder runs side by side, as processes and as threads;
 #   6. reproduce: times the default reproduction on cuda (`dfl reproduce`: the complete
 #      profile) with the card to itself.
 # Each phase gets what is left of BUDGET. OUT/ receives gpu.txt (the machine, and each phase's
@@ -77,24 +77,24 @@ run_smoke() {
     --set data.train_subset=2000 || { log "smoke run failed: see smoke.log"; exit 1; }
 }
 
-# runs side by side, time-sliced, then with MPS (which then stays on for the reproduction)
+# runs side by side: with CUDA MPS where the machine has it (kernels of several processes at
+# once; it then stays on for the reproduction), else time-sliced
 run_many() {
-  phase many 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 4
-  if ! command -v nvidia-cuda-mps-control > /dev/null; then
-    log "mps: nvidia-cuda-mps-control not on this machine"
-    return
-  fi
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  pgrep -f nvidia-cuda-mps-control > /dev/null || nvidia-cuda-mps-control -d
-  if $PY -c "import torch; torch.ones(1, device='cuda').sum().item()" 2>> "$W/gpu.txt"; then
-    log "mps: on"
-    phase many-mps 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 4
+  if command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    pgrep -f nvidia-cuda-mps-control > /dev/null || nvidia-cuda-mps-control -d
+    if $PY -c "import torch; torch.ones(1, device='cuda').sum().item()" 2>> "$W/gpu.txt"; then
+      log "mps: on"
+    else
+      log "mps: started, but a CUDA process failed under it; stopped"
+      echo quit | nvidia-cuda-mps-control
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    fi
   else
-    log "mps: started, but a CUDA process failed under it; stopped"
-    echo quit | nvidia-cuda-mps-control
-    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    log "mps: nvidia-cuda-mps-control not on this machine"
   fi
+  phase many 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 4
 }
 
 # the default reproduction on the GPU (the complete profile), the card to itself
@@ -114,7 +114,8 @@ print('reproduce: on the clock', round(m['wall_s']), 's')" 2>/dev/null | tee -a 
 
 # the GPU tests, 8 at a time
 run_tests() {
-  phase tests 150 $PY -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_gpu.py
+  phase tests 150 $PY -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_gpu.py \
+    ${TESTS_K:+-k "$TESTS_K"}
 }
 
 # the step: timings and the profiler's view

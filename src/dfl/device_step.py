@@ -15,7 +15,10 @@ A graph replays fixed kernels on fixed memory, so nothing in the step may come f
   answers) in place: the epoch's metrics and its non-finite check are read once, at its end;
 - a schedule's learning rate lives in a device tensor that the optimiser reads; the host fills
   it only when the schedule changed it. Without a schedule it stays the float the graph bakes in;
-- the optimiser is made capturable, so its step counts live on the device too.
+- the optimiser is made capturable, so its step counts live on the device too. A schedule that
+  also cycles Adam's beta1 or SGD's momentum (one-cycle) changes a float the fused kernels take
+  by value: there the graph ends with the gradients, and the optimiser steps after each replay
+  (one fused kernel, launched from the host).
 
 The first steps of each run run eagerly on a side stream (lazy state: Adam's moments, cuBLAS
 handles, cuDNN's choice of algorithm), as CUDA graph capture needs; the last, partial batch of
@@ -68,9 +71,12 @@ class DeviceStep:
             else None
         )
         # A schedule changes the learning rate between steps: the graph reads it from here.
+        # One-cycle moves momentum with the rate: the optimiser then steps outside the graph
+        self.optimizer_in_graph = not getattr(trainer.scheduler, "cycle_momentum", False)
+        self.grads: list[torch.Tensor | None] = []  # the graph's gradients, when it stops there
         self.lr: list[torch.Tensor] | None = None
         self.lr_values: list[float] = []  # what the tensors hold
-        if capture and trainer.scheduler is not None:
+        if capture and trainer.scheduler is not None and self.optimizer_in_graph:
             groups = trainer.optimizer.param_groups
             self.lr = [torch.tensor(float(g["lr"]), device=device) for g in groups]
             self.lr_values = [float(g["lr"]) for g in groups]
@@ -107,13 +113,16 @@ class DeviceStep:
         elif self.graph is not None:
             self._refresh_lr()
             self.graph.replay()
+            if not self.optimizer_in_graph:
+                self._optimizer_step_after_replay()
         elif self.eager_steps < WARMUP_STEPS:
             self._on_side_stream(size)
         else:
             self._capture()
 
-    def _step(self, size: int) -> None:
-        """One training step on the batch the counter points at. Captured, this is the graph."""
+    def _step(self, size: int, optimizer: bool = True) -> None:
+        """One training step on the batch the counter points at. Captured, this is the graph
+        (the optimiser's step left out when `optimizer` is false)."""
         t = self.t
         idx = self.counter * self.batch + self.arange[:size]
         images, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
@@ -125,8 +134,9 @@ class DeviceStep:
         loss.backward()
         if t.cfg.grad_clip:
             nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
-        with self._lr_from_tensors():
-            t.optimizer.step()
+        if optimizer:
+            with self._lr_from_tensors():
+                t.optimizer.step()
         # By mask: deterministic mode swaps index_copy_ for a sorting kernel, and masked_fill_
         # reads a tensor value back to the host
         here = self.positions == self.counter
@@ -158,7 +168,7 @@ class DeviceStep:
             # thread_local: another thread's CUDA calls (a second run in this process, on its
             # own stream) may go on while this one captures
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._step(self.batch)
+                self._step(self.batch, optimizer=self.optimizer_in_graph)
         except RuntimeError as e:
             # A layer that reads a value back to the host cannot be captured. The failed
             # capture leaves CUDA's random generator mid-capture, so the run cannot go on
@@ -170,6 +180,19 @@ class DeviceStep:
             ) from None
         self.graph = graph
         graph.replay()  # capturing runs nothing: this is the step itself
+        if not self.optimizer_in_graph:
+            self.grads = [p.grad for p in self._params()]  # in the graph's memory
+            self._optimizer_step_after_replay()
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.t.optimizer.param_groups for p in group["params"]]
+
+    def _optimizer_step_after_replay(self) -> None:
+        """The optimiser on the gradients the replay wrote. An eager step in between (the
+        tail batch) pointed the parameters at gradients of its own: point them back."""
+        for param, grad in zip(self._params(), self.grads, strict=True):
+            param.grad = grad
+        self.t.optimizer.step()
 
     # --- the learning rate ------------------------------------------------------------------
 
