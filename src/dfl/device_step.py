@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,14 +42,13 @@ from torch import nn
 from dfl.data.batches import affine_draws
 from dfl.errors import DflError
 
-if TYPE_CHECKING:
-    from dfl.trainer import Trainer
-
 WARMUP_STEPS = 3  # eager steps before the capture (PyTorch's CUDA graph notes use three)
 
 
 class DeviceStep:
-    def __init__(self, trainer: Trainer, capture: bool) -> None:
+    def __init__(self, trainer: Any, capture: bool) -> None:
+        """`trainer`: the `dfl.trainer.Trainer` whose model, optimiser, schedule, objective and
+        splits the step uses (not imported here: the trainer imports this module)."""
         self.t, self.capture = trainer, capture
         cfg, split, device = trainer.cfg, trainer.splits["train"], trainer.device
         self.batch = cfg.batch_size

@@ -126,7 +126,8 @@ def resolve_precision(precision: str, device: torch.device, model: nn.Module) ->
     at most 1.1x and the modern ViT 0.5x (their matmuls are too small for the bf16 units), the
     dense autoencoders' steps from 0.7x (enc 32) to 1.3x, and the stacked autoencoder's quick
     experiment 1.04x end to end with one number outside seed noise, so they keep fp32's
-    precision. CUDA stays fp32 until AMP has been measured there the same way."""
+    precision. On CUDA bf16 steps the graphed CNNs and ViTs 1.15-1.24x faster (benchmarks/GPU.md)
+    but its accuracies there have not been compared with fp32's, so CUDA keeps fp32."""
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) and is_convolutional(model) else "fp32"
