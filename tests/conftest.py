@@ -49,6 +49,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("DFL_DATA_DIR", str(tmp_path_factory.getbasetemp() / "dfl-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _threads_of_their_own(monkeypatch: pytest.MonkeyPatch):
+    """The tests' trainings (and the processes they start) keep the thread count they start
+    with, whatever other dfl trainings run on the machine: many tests compare numbers exactly,
+    and a share of the cores that moves with the others changes the order of sums. The core
+    share's own tests turn it back on."""
+    monkeypatch.setenv("DFL_SHARE_CORES", "0")
+
+
 def write_idx_dataset(root: Path, n_train: int = 256, n_test: int = 64) -> Path:
     """The synthetic digits as a directory of the four standard IDX files, for code that loads
     data by path (the CLI, worker processes)."""

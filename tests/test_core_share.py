@@ -80,6 +80,7 @@ def test_a_chosen_thread_count_is_kept_and_counted_by_the_others(env, tmp_path, 
     ones split what it leaves: 3 of 4 cores, not 4 // 2."""
     monkeypatch.setattr(core_share, "RECHECK_S", 0.0)
     monkeypatch.setattr(core_share, "default_directory", lambda: tmp_path)
+    monkeypatch.delenv("DFL_SHARE_CORES")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     torch.set_num_threads(1)
@@ -104,3 +105,30 @@ def test_sharing_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("DFL_SHARE_CORES", "0")
     assert CoreShare.join(2) is None
     assert CoreShare.join(2, threads=1) is None
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_deterministic_run_keeps_its_threads_beside_another_training(
+    tmp_path, monkeypatch, tiny_data, deterministic
+):
+    """The same deterministic config gives the same numbers whatever else runs: its thread
+    count does not follow the other trainings alive (a sharing run's does)."""
+    from dfl.config import build_config
+    from dfl.trainer import fit
+
+    monkeypatch.setattr(core_share, "RECHECK_S", 0.0)
+    monkeypatch.setattr(core_share, "default_directory", lambda: tmp_path / "places")
+    monkeypatch.setattr("dfl.trainer.available_cores", lambda: 2)
+    monkeypatch.delenv("DFL_SHARE_CORES")
+    (tmp_path / "places").mkdir()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    cfg = build_config(overrides={"epochs": 2, "device": "cpu", "deterministic": deterministic})
+    other, _ = hold_a_place(tmp_path / "places")
+    try:
+        fit(cfg, tmp_path / "run", dataset=tiny_data, epoch_bar=False,
+            callbacks=[lambda record: seen.append(torch.get_num_threads())])  # fmt: skip
+    finally:
+        other.kill()
+        other.wait()
+    assert seen == ([2, 2] if deterministic else [1, 1])  # 2 cores // 2 sharing trainings

@@ -18,8 +18,8 @@ LAYERS = [
     "dfl.models",
     "dfl.objectives",
     "dfl.config",  # a run's description: which model and objective, checked against both
-    "dfl.checkpoint dfl.run_dir dfl.device_step dfl.trainer dfl.trained dfl.shapes dfl.conv_arithmetic "
-    "dfl.attention_check dfl.api",
+    "dfl.checkpoint dfl.run_dir dfl.device_step dfl.trainer dfl.trained dfl.shapes "
+    "dfl.conv_arithmetic dfl.attention_check dfl.api",
     "dfl.sweep",
     "dfl.experiments",
     "dfl.report",

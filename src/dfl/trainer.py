@@ -522,10 +522,15 @@ class Trainer:
         """Train to the configured epochs, or pause after `until_epoch` (a sweep reading a
         shorter-epoch grid point off a longer run); a paused run resumes like a killed one.
         On CPU the run shares the cores with the other dfl trainings alive on the machine:
-        with no thread count chosen it takes its share, with one it keeps it and the others
-        count it (core_share.py)."""
+        with no thread count chosen it takes its share, with one (or `deterministic`) it keeps
+        it and the others count it (core_share.py)."""
         on_cpu = self.device.type == "cpu"
-        self.cores = CoreShare.join(available_cores(), self.cfg.threads) if on_cpu else None
+        # A deterministic run keeps the threads it starts with: a share that moved with the
+        # other trainings alive would change the order of its sums, and so its numbers.
+        threads = self.cfg.threads
+        if threads is None and self.cfg.deterministic:
+            threads = torch.get_num_threads()
+        self.cores = CoreShare.join(available_cores(), threads) if on_cpu else None
         try:
             with flushed_to_zero():  # Adam's moments of always-zero pixels: dfl/subnormals.py
                 return self._run(epoch_bar, until_epoch)
