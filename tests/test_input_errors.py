@@ -178,14 +178,33 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, capsys, digits
 def test_a_run_that_cannot_start_leaves_an_existing_directory_as_it_was(tmp_path, capsys, digits):
     out = tmp_path / "mine"
     out.mkdir()
-    (out / "notes.txt").write_text("keep me")
     code, _, err = run(
         capsys, "train", "mlp", "--dataset", str(digits), "--set", "data.train_subset=1",
         *TINY, "--out", str(out),
     )  # fmt: skip
     assert code == 2
     assert_one_error(err, "no validation image")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["folder", "cwd"])
+def test_a_directory_of_other_files_is_refused(where, tmp_path, capsys, digits, monkeypatch):
+    """`--out .`, `--out /` or a folder of one's own files: a run would mix its files with
+    theirs. Refused before anything is written; `dfl.train(out="")` too."""
+    import dfl
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(out)
+    given = str(out) if where == "folder" else "."
+    code, _, err = run(capsys, "train", "mlp", "--dataset", str(digits), *TINY, "--out", given)
+    assert code == 2
+    assert_one_error(err, "is not empty (notes.txt) and holds no dfl run")
+    with pytest.raises(dfl.DflError, match="run directory is empty"):
+        dfl.train("mlp", out="", data={"dataset": str(digits)}, epochs=1)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 # --- unwritable and full -------------------------------------------------------------------

@@ -107,7 +107,7 @@ def train(
 
     config_file, tree = _starting_point(model_or_config)
     cfg = build_config(config_file, merge(tree, _overrides(overrides)))
-    run_dir = Path(out) if out is not None else _default_out(cfg)
+    run_dir = out if out is not None else _default_out(cfg)  # fit refuses "" as it is
     result = fit(cfg, run_dir, resume=resume)
     return Run(result.run_dir, cfg, str(result.status), result.history, result.final, result.reason)
 

@@ -175,6 +175,23 @@ def _same_place(a: object, b: object) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+# What a run directory holds, and what its run may leave there before status.json exists.
+RUN_FILES = {CONFIG, METRICS, STATUS, CHECKPOINTS, WEIGHTS, ".lock"}
+
+
+def refuse_foreign_files(run_dir: Path) -> None:
+    """A directory that holds no run must be empty: a run written into `.`, `/` or a folder of
+    someone's files would mix its files with theirs (and a failed start would have to tell
+    them apart to clean up)."""
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DflError(
+            f"{run_dir} is not empty ({shown}) and holds no dfl run; give --out a new or "
+            "empty directory"
+        )
+
+
 def check_same_config(
     run_dir: Path, cfg: TrainConfig, same_precision: Callable[[str, str], bool]
 ) -> None:

@@ -55,6 +55,7 @@ from dfl.run_dir import (
     finished_history,
     read_history,
     read_status,
+    refuse_foreign_files,
     write_metrics,
     write_status,
 )
@@ -742,6 +743,8 @@ def fit(
     run_dir = Path(run_dir)
     with claim_run_dir(run_dir) as claim:
         status = read_status(run_dir)
+        if status is None:
+            refuse_foreign_files(run_dir)
         if status is not None and not resume:
             raise DflError(
                 f"{run_dir} already holds a run ({status['status']}); pass --resume to "
