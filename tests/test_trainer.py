@@ -320,3 +320,21 @@ def test_a_path_spelled_another_way_is_the_same_config(tmp_path, monkeypatch):
     other = build_config(overrides={"model": "mlp", "init_from": str(tmp_path / "runs/b")})
     with pytest.raises(ConfigError, match="'init_from' was 'runs/a'"):
         check_same_config(run_dir, other, same)
+
+
+def test_a_run_does_not_resume_on_other_data(tmp_path, tiny_data):
+    """A run stopped on one dataset and resumed on another (its labels replaced) would train on
+    a mix; the run directory records its data's fingerprint and the resume is refused, leaving
+    the run as it was, resumable on its own data."""
+    import dataclasses
+
+    cfg = build_config(overrides={"epochs": 2, "device": "cpu", "threads": 1})
+    run = tmp_path / "run"
+    fit(cfg, run, dataset=tiny_data, epoch_bar=False, until_epoch=1)
+    assert read_status(run)["data"] == tiny_data.fingerprint
+    relabelled = dataclasses.replace(tiny_data, train_labels=(tiny_data.train_labels + 1) % 10)
+    assert relabelled.fingerprint != tiny_data.fingerprint
+    with pytest.raises(DflError, match="was trained on other data"):
+        fit(cfg, run, dataset=relabelled, resume=True, epoch_bar=False)
+    assert read_status(run)["status"] == RunStatus.PAUSED
+    assert fit(cfg, run, dataset=tiny_data, resume=True, epoch_bar=False).status == "completed"

@@ -16,6 +16,7 @@ checkpoint.py's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -764,35 +765,42 @@ def fit(
         # Everything that can be wrong with the config or the data fails here, before
         # anything is written into the run directory.
         data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        if status is not None and status.get("data", data.fingerprint) != data.fingerprint:
+            raise DflError(
+                f"{run_dir} was trained on other data (fingerprint {status['data']}, this data "
+                f"{data.fingerprint}): resume it on the data it started with, or use another --out"
+            )
         with deferred_interrupt():  # torch imports torch._dynamo for the first optimiser
             trainer = Trainer(cfg, run_dir, data, callbacks, log)
         try:
             for name in (CONFIG, STATUS):
                 claim.new_file(run_dir / name)
             atomic_write_bytes(run_dir / CONFIG, config_to_toml(cfg).encode())
-            write_status(run_dir, RunStatus.RUNNING, pid=os.getpid(), started=time.time())
+            status_of = functools.partial(write_status, run_dir, data=data.fingerprint)
+            status_of(RunStatus.RUNNING, pid=os.getpid(), started=time.time())
         except OSError as e:
             raise unwritable(run_dir, e) from None
         claim.started = True
-        return _train_and_record(trainer, run_dir, epoch_bar, until_epoch)
+        return _train_and_record(trainer, status_of, epoch_bar, until_epoch)
 
 
 def _train_and_record(
-    trainer: Trainer, run_dir: Path, epoch_bar: bool, until_epoch: int | None
+    trainer: Trainer, status_of: Callable[..., None], epoch_bar: bool, until_epoch: int | None
 ) -> RunResult:
-    """Train, and record in status.json how the run ended."""
+    """Train, and record in status.json (through `status_of`, which adds the data's
+    fingerprint) how the run ended."""
     try:
         result = trainer.run(epoch_bar, until_epoch)
     except StopRun as stop:
-        write_status(run_dir, stop.status, reason=stop.reason, epochs_run=len(trainer.history))
-        return RunResult(run_dir, stop.status, trainer.history, {}, stop.reason)
+        status_of(stop.status, reason=stop.reason, epochs_run=len(trainer.history))
+        return RunResult(trainer.run_dir, stop.status, trainer.history, {}, stop.reason)
     except Exception as e:
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
         with contextlib.suppress(OSError):
-            write_status(run_dir, RunStatus.FAILED, reason=reason)
+            status_of(RunStatus.FAILED, reason=reason)
         raise
     if result.status == RunStatus.PAUSED:
-        write_status(run_dir, RunStatus.PAUSED, epochs_run=len(result.history))
+        status_of(RunStatus.PAUSED, epochs_run=len(result.history))
     else:
-        write_status(run_dir, RunStatus.COMPLETED, final=result.final)
+        status_of(RunStatus.COMPLETED, final=result.final)
     return result
