@@ -423,3 +423,71 @@ def test_ctrl_c_in_the_first_second_is_one_line(after_s, tmp_path, digits):
     if not out.exists():
         return  # interrupted before the run started: nothing left behind
     assert read_status(out)["status"] == "running"  # or during it: --resume continues
+
+
+# --- models whose arguments do not fit, and memory ------------------------------------------
+
+MISFITS = {
+    "5 filters, 4 kernels": (
+        "cnn_explore", ["model_args.filters=[8, 8, 8, 8, 8]", "model_args.kernels=[3, 3, 3, 3]"],
+        "5 filters but 4 kernels",
+    ),
+    "no filters": ("cnn_explore", ["model_args.filters=[]"], "0 filters but 4 kernels"),
+    "one size": ("stacked_autoencoder", ["model_args.sizes=[784]"], "at least an input"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MISFITS)
+def test_model_arguments_that_do_not_fit_are_one_line(case, tmp_path, capsys, digits):
+    import dfl
+
+    model, sets, message = MISFITS[case]
+    flags = [arg for s in sets for arg in ("--set", s)]
+    for argv in (
+        ["train", model, *flags, "--dataset", str(digits), "--out", str(tmp_path / "run")],
+        ["shapes", model, *flags],
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 2
+        assert_one_error(err, message)
+    assert not (tmp_path / "run").exists()
+    args = dict(s.split("=", 1) for s in sets)
+    with pytest.raises(dfl.ConfigError, match=message):
+        dfl.models.create(model, **{k.split(".")[1]: json.loads(v) for k, v in args.items()})
+
+
+# Import torch and dfl first, then cap the address space a few hundred MB above what that took:
+# the cap bites the model or its step, not the imports.
+UNDER_A_CAP = """
+import resource, sys
+import torch
+from dfl.cli import main
+size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1])
+cap = (size + 600_000) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("where", "args"),
+    [
+        ("build", ["vit", "--set", "model_args.dim=1000000", "--set", "model_args.dim_head=8"]),
+        ("step", ["cnn_explore", "--batch-size", "3000", "--set", "data.val_fraction=0.1"]),
+    ],
+)
+def test_out_of_memory_is_one_line_and_the_run_failed(where, args, tmp_path):
+    data = write_idx_dataset(tmp_path / "digits", 3400, 64)
+    out = tmp_path / "run"
+    argv = [*args, "--dataset", str(data), "--epochs", "1", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", UNDER_A_CAP, "train", *argv], capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stderr
+    assert_one_error(done.stderr, "memory")
+    if where == "build":
+        assert not out.exists()  # nothing was written
+    else:
+        status = read_status(out)
+        assert status["status"] == "failed" and "out of memory in epoch 1" in status["reason"]

@@ -44,6 +44,7 @@ from dfl.device_step import DeviceStep
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.interrupts import deferred_interrupt
 from dfl.local_workers import available_cores
+from dfl.models.registry import out_of_memory
 from dfl.objectives import Objective, objective_for
 from dfl.run_dir import (
     CHECKPOINTS,
@@ -796,8 +797,16 @@ def _train_and_record(
         return RunResult(trainer.run_dir, stop.status, trainer.history, {}, stop.reason)
     except Exception as e:
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
+        if out_of_memory(e):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = (
+                f"out of memory in epoch {len(trainer.history) + 1} ({first}); lower "
+                "batch_size or the model's size, then resume (the checkpoints are kept)"
+            )
         with contextlib.suppress(OSError):
             status_of(RunStatus.FAILED, reason=reason)
+        if out_of_memory(e):
+            raise DflError(f"{trainer.run_dir}: {reason}", exit_code=1) from None
         raise
     if result.status == RunStatus.PAUSED:
         status_of(RunStatus.PAUSED, epochs_run=len(result.history))

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError, validate_call
 from torch import nn
 
-from dfl.errors import ConfigError
+from dfl.errors import ConfigError, DflError
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,27 @@ def create(name: str, **args: Any) -> nn.Module:
             for err in e.errors()
         )
         raise ConfigError(f"model '{name}': {bad}") from None
+    except ValueError as e:  # arguments valid one by one that do not fit together
+        raise ConfigError(f"model '{name}': {e} (model_args)") from None
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        raise DflError(
+            f"model '{name}' does not fit in memory with these model_args ({_first_line(e)}); "
+            "make it smaller",
+            exit_code=1,
+        ) from None
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: Python's, the CPU allocator's or CUDA's."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def names() -> list[str]:
