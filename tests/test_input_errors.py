@@ -491,3 +491,70 @@ def test_out_of_memory_is_one_line_and_the_run_failed(where, args, tmp_path):
     else:
         status = read_status(out)
         assert status["status"] == "failed" and "out of memory in epoch 1" in status["reason"]
+
+
+# --- input that is not a config key -----------------------------------------------------------
+
+
+def test_a_gzip_bomb_is_refused_before_it_takes_the_memory(tmp_path, capsys, monkeypatch):
+    """A few kilobytes that inflate past the ceiling (lowered here to 1 MiB, so the test is
+    quick; the real one is 1 GiB) as a custom dataset's training images."""
+    import gzip
+
+    from dfl.data import idx
+
+    monkeypatch.setattr(idx, "MAX_IDX_BYTES", 1 << 20)
+    data = write_idx_dataset(tmp_path / "digits", 64, 16)
+    bomb = gzip.compress(bytes(4 << 20))  # 4 MiB of zeros in about 4 kB
+    (data / "train-images-idx3-ubyte").write_bytes(bomb)
+    code, _, err = run(capsys, "train", "mlp", "--dataset", str(data), *TINY)
+    assert code == 2
+    assert_one_error(err, "inflates to more than 1 MiB")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "huge"])
+def test_a_config_that_is_not_a_small_regular_file_is_refused(kind, tmp_path, capsys):
+    path = {"device": Path("/dev/zero"), "fifo": tmp_path / "pipe", "huge": tmp_path / "big"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it would wait for a writer forever
+    if kind == "huge":
+        path.write_text("# a log, not a config\n" * 100_000)
+    code, _, err = run(capsys, "train", "--config", str(path), "--print-config")
+    assert code == 2
+    message = "bytes; a config is a few hundred" if kind == "huge" else "not a regular file"
+    assert_one_error(err, message)
+
+
+def test_a_value_nested_thousands_deep_is_one_line(capsys):
+    deep = "[" * 5000 + "]" * 5000
+    code, _, err = run(capsys, "train", "mlp", "--set", f"model_args.hidden={deep}")
+    assert code == 2
+    assert_one_error(err, "nested too deeply")
+
+
+def test_damaged_final_weights_are_named_not_loaded(tmp_path, digits):
+    """A flipped byte in model.safetensors' tensor data still parses; the sha256 the run
+    recorded when it finished tells."""
+    from dfl.errors import UnloadableRun
+    from dfl.trained import load_trained
+
+    cfg = build_config(overrides={"model": "mlp", "epochs": 1, "device": "cpu", "threads": 1,
+                                  "data": {"dataset": str(digits)}})  # fmt: skip
+    fit(cfg, tmp_path / "run", epoch_bar=False)
+    load_trained(tmp_path / "run")  # intact: loads
+    weights = tmp_path / "run" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-100] ^= 0x40  # inside the last tensor's data
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(UnloadableRun, match="is not the file the run wrote"):
+        load_trained(tmp_path / "run")
+
+
+def test_train_from_python_gives_back_the_callers_thread_count(tmp_path, digits):
+    import torch
+
+    import dfl
+
+    before = torch.get_num_threads()
+    dfl.train("mlp", out=tmp_path / "run", threads=1, epochs=1, data={"dataset": str(digits)})
+    assert torch.get_num_threads() == before

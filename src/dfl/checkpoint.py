@@ -149,14 +149,23 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise DflError(f"cannot write checkpoint {path}: {e}", exit_code=1) from None
 
 
-def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
-    """A finished run's weights: written beside their final name, then renamed into place."""
+def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> str:
+    """A finished run's weights: written beside their final name, then renamed into place.
+    Returns the file's sha256, which the run records to check the file when it is loaded."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         _save_tensors(weights, tmp)
+        digest = _sha256(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return digest
+
+
+def weights_damaged(path: Path, sha256: str | None) -> bool:
+    """Whether a finished run's weights file differs from what it wrote (None: a run from
+    before runs recorded it, which cannot be checked)."""
+    return sha256 is not None and _sha256(path) != sha256
 
 
 def _fault_pause(epoch: int) -> None:

@@ -188,6 +188,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise ConfigError(f"value nested too deeply: {text[:40]}...") from None
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -270,13 +272,25 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20  # /dev/zero or a log given as --config is refused, not read
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; a file that is missing, not a file, unreadable, not UTF-8 or
     not TOML is a ConfigError naming it (bad input: exit 2)."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise ConfigError(f"config file {path} is not a regular file (a device or a pipe?)")
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path} is {path.stat().st_size:,} bytes; a config is a few "
+                f"hundred (at most {MAX_CONFIG_BYTES:,} read)"
+            )
         with path.open("rb") as f:
             return tomllib.load(f)
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:

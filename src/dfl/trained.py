@@ -8,6 +8,7 @@ its evaluation used. No dataset is loaded and no other run is read.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +82,22 @@ def load_trained(run_dir: str | Path) -> Trained:
     except DflError as e:
         raise UnloadableRun(f"cannot rebuild the model of run {run_dir}: {_one_line(e)}") from None
     _check_fits(run_dir, cfg, model, weights)
+    _check_unchanged(run_dir)
     model.load_state_dict(weights)
     return Trained(cfg, model.eval(), run_dir)
+
+
+def _check_unchanged(run_dir: Path) -> None:
+    """Weights that parse and fit can still have a flipped byte: the sha256 the run recorded
+    when it wrote them tells (runs from before it was recorded are not checked)."""
+    path, recorded = run_dir / WEIGHTS, None
+    with contextlib.suppress(DflError):  # a damaged status.json: nothing to check against
+        recorded = ((read_status(run_dir) or {}).get("final") or {}).get("weights_sha256")
+    if path.exists() and checkpoint.weights_damaged(path, recorded):
+        raise UnloadableRun(
+            f"cannot load run {run_dir}: its {WEIGHTS} is not the file the run wrote (its "
+            "sha256 differs from the one in status.json); train the run again"
+        )
 
 
 def _config(run_dir: Path) -> TrainConfig:

@@ -327,8 +327,6 @@ class Trainer:
     ):
         self.cfg, self.run_dir, self.callbacks, self.log = cfg, run_dir, list(callbacks), log
         self.cores: CoreShare | None = None  # this run's share of the cores, while it trains
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults for reused activations: dfl/allocator.py
@@ -528,6 +526,9 @@ class Trainer:
         with no thread count chosen it takes its share, with one (or `deterministic`) it keeps
         it and the others count it (core_share.py)."""
         on_cpu = self.device.type == "cpu"
+        threads_before = torch.get_num_threads()  # the caller's, given back at the end
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
         # A deterministic run keeps the threads it starts with: a share that moved with the
         # other trainings alive would change the order of its sums, and so its numbers.
         threads = self.cfg.threads
@@ -541,6 +542,7 @@ class Trainer:
             if self.cores is not None:
                 self.cores.close()
                 self.cores = None
+            torch.set_num_threads(threads_before)
 
     def _run(self, epoch_bar: bool, until_epoch: int | None) -> RunResult:
         last_epoch = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
@@ -646,7 +648,9 @@ class Trainer:
         if self.history:
             tested = self.history[self.best["epoch"] - 1] if restored else self.history[-1]
             final.update({k: v for k, v in tested.items() if k.startswith("val_")})
-        checkpoint.save_weights(self.run_dir / WEIGHTS, self.model.state_dict())
+        final["weights_sha256"] = checkpoint.save_weights(
+            self.run_dir / WEIGHTS, self.model.state_dict()
+        )
         if self.cfg.evaluate_test:
             final.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
         return final

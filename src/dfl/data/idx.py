@@ -47,6 +47,9 @@ class IdxFile:
     nbytes: int  # decompressed length
 
 
+MAX_IDX_BYTES = 1 << 30  # 1 GiB decompressed: MNIST's largest file is 47 MB
+
+
 def read_raw_bytes(path: Path) -> bytes:
     """The file's bytes, gunzipped if it starts with the gzip magic (whatever its name)."""
     try:
@@ -56,12 +59,30 @@ def read_raw_bytes(path: Path) -> bytes:
     if data[:2] != GZIP_MAGIC:
         return data
     try:
-        return gzip.decompress(data)
+        return _gunzip(data, path)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(
             f"corrupt gzip file {path}: expected a complete gzip stream, found {e} "
             "(truncated download? delete it and rerun)"
         ) from None
+
+
+def _gunzip(data: bytes, path: Path) -> bytes:
+    """gzip.decompress with a ceiling: a small file that inflates to gigabytes (a gzip bomb)
+    is refused once MAX_IDX_BYTES have come out, before it takes the memory."""
+    out, rest = bytearray(), data
+    while rest:  # one gzip member after another, as gzip.decompress reads them
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += member.decompress(rest, MAX_IDX_BYTES + 1 - len(out))
+        if len(out) > MAX_IDX_BYTES or member.unconsumed_tail:
+            raise DataError(
+                f"{path} inflates to more than {MAX_IDX_BYTES >> 20} MiB, more than any "
+                "28x28 dataset dfl reads (1.3 million images); not an IDX file"
+            )
+        if not member.eof:
+            raise EOFError("the stream ends before its end marker")
+        rest = member.unused_data
+    return bytes(out)
 
 
 def parse_idx(raw: bytes, path: Path) -> tuple[np.ndarray, int]:
