@@ -558,3 +558,21 @@ def test_train_from_python_gives_back_the_callers_thread_count(tmp_path, digits)
     before = torch.get_num_threads()
     dfl.train("mlp", out=tmp_path / "run", threads=1, epochs=1, data={"dataset": str(digits)})
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "-1"], "must be at least 1, not -1"),
+        (["--seeds", "0"], "must be at least 1, not 0"),
+        (["--only", ""], "--only names no experiment"),
+    ],
+)
+def test_reproduce_refuses_counts_and_lists_that_mean_nothing(args, message, tmp_path, capsys):
+    """They once meant the default silently (0, "") or failed deep inside (-1)."""
+    code, _, err = run(
+        capsys, "reproduce", "--profile", "smoke", *args, "--out", str(tmp_path / "r")
+    )
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -56,3 +56,21 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, browser):
     assert page["scripts"] == 0  # the run name stayed text
     assert EVIL in page["text"]
     assert (tmp_path / "screenshot.png").stat().st_size > 10_000
+
+
+def test_json_files_hold_no_bare_nan(tmp_path: Path):
+    """NaN and infinities (a std over one seed, a diverged metric) are written as null: Python
+    reads a bare NaN, but it is not JSON and other readers refuse it."""
+    import json
+
+    from dfl.atomic import atomic_write_json
+
+    path = tmp_path / "results.json"
+    atomic_write_json(path, {"std": float("nan"), "runs": [float("inf"), 0.5], "n": (1, 2.0)})
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"bare {constant} in {path}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "std": None, "runs": [None, 0.5], "n": [1, 2.0]
+    }  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -51,7 +52,20 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
 
 
 def atomic_write_json(final: Path, obj: Any) -> None:
-    atomic_write_bytes(final, (json.dumps(obj, indent=1) + "\n").encode())
+    """Standard JSON: a NaN or an infinity (a std over one seed, a diverged metric) is written
+    as null, which every JSON reader takes, where Python's bare NaN is not JSON."""
+    text = json.dumps(_finite(obj), indent=1, allow_nan=False)
+    atomic_write_bytes(final, (text + "\n").encode())
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def fsync_dir(directory: Path) -> None:

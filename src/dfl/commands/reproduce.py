@@ -7,10 +7,22 @@ import argparse
 from pathlib import Path
 
 from dfl.cli import add_data_arguments, command
+from dfl.errors import ConfigError
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.report.build import build_report, lab_table_markdown
 from dfl.reproduce import default_profile, reproduce
+
+
+def _at_least_one(text: str) -> int:
+    """--seeds: a count; 0 or -1 would silently mean the profile's default, or fail deep in."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +42,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         choices=["auto", "fp32", "bf16", "fp16"],
         help="auto (default): bf16 for CNNs on CPUs with native bf16, else fp32",
     )
-    p.add_argument("--seeds", type=int, help="seeds for mean ± std (default 1/2/3 by profile)")
+    p.add_argument(
+        "--seeds", type=_at_least_one, help="seeds for mean ± std (default 1/2/3 by profile)"
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -68,8 +82,10 @@ def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> in
     suffix = "" if dataset == "mnist" else "-" + Path(dataset).name
     profile = args.profile or default_profile(args.device)
     out = Path(args.out or f"runs/{canonical(profile)}{suffix}")
-    if only is None and args.only:
+    if only is None and args.only is not None:
         only = [s.strip() for s in args.only.split(",") if s.strip()]
+        if not only:
+            raise ConfigError(f"--only names no experiment (choose from {','.join(EXPERIMENTS)})")
     report = reproduce(
         out,
         profile,
