@@ -15,6 +15,7 @@ import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from dfl.sweep import study as studies
 from dfl.sweep.launch import run_sweep
 from dfl.sweep.spec import load_spec
 from dfl.sweep.storage import open_storage, storage_url
+from dfl.sweep.trial import run_dir_name
 from dfl.sweep.worker import pop_waiting, run_worker
 from dfl.trainer import fit
 
@@ -468,13 +470,13 @@ def kill_mid_trial(command: list[str], trials: Path) -> Path:
         first.wait()
 
 
-def wait_for_mid_trial(trials: Path, proc: subprocess.Popen) -> Path:
+def wait_for_mid_trial(trials: Path, proc: subprocess.Popen, epoch: int = 3) -> Path:
     """A run directory paused mid-checkpoint (epoch 3 of 6), while its worker runs."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[0]
         for run_dir in trials.glob("*") if trials.exists() else []:
-            if any((run_dir / "checkpoints").glob(".epoch-0003.tmp-*/state.json")):
+            if any((run_dir / "checkpoints").glob(f".epoch-{epoch:04d}.tmp-*/state.json")):
                 return run_dir
         time.sleep(0.02)
     raise AssertionError("no trial reached its checkpoint in time")
@@ -548,3 +550,169 @@ def test_sigkill_of_one_worker_among_two_the_study_still_completes(
     ]
     assert len(resumed) == 1 and resumed[0].system_attrs["retry_history"]
     assert [r["epoch"] for r in read_history(victim)] == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_failed_exits_4_naming_the_failures(
+    tmp_path: Path, idx_dir: Path, capsys
+):
+    """Every trial diverges: the status is printed, then one line with the count and the
+    first failure's reason, and exit 4 (it was exit 0, as if the sweep had worked)."""
+    spec = write_spec(tmp_path / "s.toml", idx_dir, '[grid]\n"optim.lr" = [1e20, 1e30]\n')
+    spec.write_text(
+        spec.read_text().replace(
+            "batch_size = 32", 'batch_size = 32\noptim = { name = "sgd" }\nepochs = 1'
+        )
+    )
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(spec), "--workers", "1", "--threads", "1", "--out", str(out)]
+    assert cli.main(argv) == 4
+    shown = capsys.readouterr()
+    assert "complete 0  running 0  waiting 0  pruned 0  failed 2" in shown.out
+    error = shown.err.strip().splitlines()[-1]
+    assert error.startswith(
+        f"dfl: error: sweep {load_spec(spec).name}: no trial completed (2 failed, the first: "
+        "trial 0 (optim.lr=1e+20): non-finite loss at epoch 1, step "
+    )
+    assert error.endswith("); fix the cause, then rerun with --retry-failed")
+
+
+def stop_outside_a_write(pid: int, database: Path) -> None:
+    """SIGSTOP `pid` at a moment it holds no write lock on the SQLite study (its heartbeat
+    thread writes every second): stopped inside a write, it would hold up every worker's
+    writes, not only its own trial's, until it continues."""
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+            time.sleep(0.001)  # the signal is delivered, not yet acted on
+        with contextlib.closing(sqlite3.connect(database, timeout=0.5)) as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.rollback()
+                return
+            except sqlite3.OperationalError:  # "database is locked": let it finish its write
+                pass
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_past_the_grace_period_drops_its_trial_and_goes_on(
+    tmp_path: Path, idx_dir: Path
+):
+    """SIGSTOP a worker mid-trial past the grace period: the other worker fails its trial and
+    queues it again. After SIGCONT the stopped worker finds the trial taken over at its next
+    report (it crashed there with UpdateFinishedTrialError), says so in one line, lets go of
+    the run directory and claims the next trial; the requeued trial resumes the run from its
+    checkpoint, and every point completes exactly once."""
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)  # grace period 2 s
+    slow_enough(spec_path, 4)
+    out = tmp_path / "sweep"
+    command = [*CLI, "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out)]
+    # Every trial holds still 2 s writing its epoch-2 checkpoint: stopped there, mid-trial.
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "2:2"}
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    url = storage_url(None, out)
+    try:
+        victim = wait_for_mid_trial(out / "trials", proc, epoch=2)
+        pid = read_status(victim)["pid"]
+        stop_outside_a_write(pid, out / "study.db")
+        try:
+            taken = wait_until_failed(spec_path, url, victim)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        stdout, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout
+    assert "exited with code" not in stdout  # the stopped worker did not crash
+    trials = trials_of(spec_path, url)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done) == 4
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [taken.number]
+    (retry,) = [t for t in done if t.system_attrs.get("retry_history") == [taken.number]]
+    assert retry.user_attrs["run_dir"] == str(victim)
+    assert retry.user_attrs["resumed_from_epoch"] == 2
+    assert [r["epoch"] for r in read_history(victim)] == [1, 2, 3, 4]
+
+    stopped = taken.user_attrs["worker"]
+    logs = {p.name: p.read_text() for p in (out / "workers").glob("*.log")}
+    (log,) = [text for text in logs.values() if f"worker {stopped} on study" in text]
+    assert log.count(f"trial {taken.number} was taken over by another worker") == 1
+    assert f"worker {stopped} done: " in log
+    # It went on: a later trial completed in its hands.
+    assert any(t.user_attrs["worker"] == stopped and t.number > taken.number for t in done)
+    assert not any("Traceback" in text or "UpdateFinished" in text for text in logs.values())
+
+
+def wait_until_failed(spec_path: Path, url: str, run_dir: Path) -> optuna.trial.FrozenTrial:
+    """The trial of `run_dir` once another worker has failed it (and queued it again)."""
+    study = optuna.load_study(study_name=load_spec(spec_path).name, storage=open_storage(url))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        for t in study.get_trials(deepcopy=False):
+            if t.state == TrialState.FAIL and t.user_attrs.get("run_dir") == str(run_dir):
+                return t
+        time.sleep(0.1)
+    raise AssertionError(f"no worker took over the trial of {run_dir} in time")
+
+
+@contextlib.contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """`path` a directory no process can create anything in: immutable (chattr +i, which
+    binds root too), or read-only where we are not root."""
+    chattr = shutil.which("chattr")
+    if chattr and subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode == 0:
+        try:
+            yield
+        finally:
+            subprocess.run([chattr, "-i", str(path)], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("cannot make a directory unwritable here (root without chattr)")
+    path.chmod(0o555)
+    try:
+        yield
+    finally:
+        path.chmod(0o755)
+
+
+@pytest.mark.slow
+def test_a_failed_grid_point_fails_the_experiment_and_the_next_run_retries_it(tmp_path: Path):
+    """`dfl reproduce` of the autoencoder experiment with one grid run's directory unwritable:
+    its points fail, so the experiment fails naming them and why, rather than select from the
+    rest of the grid (it crashed: "min() arg is an empty sequence", and again on every rerun,
+    the failed trials never retried). Once the directory is writable, the rerun retries them
+    and completes."""
+    from dfl.experiments import ae  # here: the experiments import matplotlib
+
+    data = write_idx_dataset(tmp_path / "digits", n_train=3000, n_test=600)
+    out = tmp_path / "repro"
+    argv = ["reproduce", "--profile", "smoke", "--dataset", str(data), "--device", "cpu"]
+    argv += ["--seeds", "1", "--out", str(out), "--only", "ae", "--experiments-at-once", "1"]
+    smoke = ae.PROFILES["smoke"]  # the longest epochs: the run the shorter point is read off
+    point = {"batch_size": smoke.batches[0], "model_args.enc": smoke.encs[0]}
+    point.update({"epochs": max(smoke.epochs), "seed": smoke.grid_seeds[0]})
+    trial_dir = out / "ae" / "sweeps" / "grid" / "trials" / run_dir_name(point)
+    trial_dir.mkdir(parents=True)
+    with unwritable(trial_dir):
+        assert cli.main(argv) == 4
+    failed = json.loads((out / "ae" / "result.json").read_text())
+    assert failed["status"] == "failed"
+    reason = failed["reason"]
+    assert reason.startswith("grid ae-grid: 2 of 4 points failed, so none is selected (")
+    assert reason.count(f"cannot write to run directory {trial_dir}: ") == 2
+    assert reason.endswith("; the next run of this command retries them")
+
+    assert cli.main(argv) == 0
+    result = json.loads((out / "ae" / "result.json").read_text())
+    assert result["status"] == "completed" and len(result["result"]["grid"]) == 4
+    study = optuna.load_study(
+        study_name="ae-grid", storage=open_storage(storage_url(None, trial_dir.parents[1]))
+    )
+    retried = [t for t in study.get_trials() if t.system_attrs.get("retry_history")]
+    assert len(retried) == 2 and {t.state for t in retried} == {TrialState.COMPLETE}
+    assert (trial_dir / "status.json").exists()

@@ -169,3 +169,47 @@ def test_a_bad_spec_is_one_line_and_exit_2(tmp_path: Path, capsys):
     assert cli.main(["sweep", "status"]) == 2
     assert cli.main(["sweep", "status", "nosuchsweep", "--out", str(tmp_path / "none")]) == 2
     assert "no sweep 'nosuchsweep'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("tail", "places"),
+    [
+        ('[grid]\n"optim.lr" = [0.1]\n[grid.optim]\nlr = [0.2, 0.3]\n',
+         "spec key 'grid.optim.lr' is given twice (grid.\"optim.lr\" and grid.optim.lr)"),
+        ('[grid]\n"optim.lr" = [0.1]\noptim.lr = [0.2, 0.3]\n',
+         "spec key 'grid.optim.lr' is given twice (grid.\"optim.lr\" and grid.optim.lr)"),
+        ('[grid]\ndata = [{ val_fraction = 0.1 }]\n"data.val_fraction" = [0.3]\n',
+         "spec key 'grid.data.val_fraction' is given twice (grid.data and "
+         "grid.\"data.val_fraction\")"),
+        ('[search]\nn_trials = 2\n[search.space]\n"optim.lr" = { low = 0.1, high = 0.2 }\n'
+         "[search.space.optim]\nlr = { low = 0.1, high = 0.3 }\n",
+         "spec key 'search.space.optim.lr' is given twice (search.space.\"optim.lr\" and "
+         "search.space.optim.lr)"),
+    ],
+    ids=["quoted and table", "quoted and dotted", "section and key in it", "search space"],
+)  # fmt: skip
+def test_a_key_given_twice_is_refused_naming_both_places(
+    tmp_path: Path, tail: str, places: str, capsys
+):
+    """TOML holds `"optim.lr"` and `optim.lr` as two keys; the flat spec kept the last one and
+    silently dropped the other axis. Refused as `dfl train` refuses a key given twice."""
+    path = write_spec(tmp_path, 'name = "s"\n' + BASE + tail)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {places}; give it once")):
+        load_spec(path)
+    assert cli.main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and places in err
+
+
+def test_a_section_valued_axis_merges_over_the_base_section(tmp_path: Path):
+    """`data = [{...}]` varies keys of a section together; the base's other keys in it (the
+    dataset) stay, as `--set data={...}` merges over `dfl train --config`'s file."""
+    base = BASE + '[base.data]\ndataset = "fashion-mnist"\nval_fraction = 0.3\n'
+    grid = "[grid]\ndata = [{ train_subset = 100 }, { val_fraction = 0.1, split_seed = 7 }]\n"
+    spec = load_spec(write_spec(tmp_path, 'name = "s"\n' + base + grid))
+    configs = [spec.trial_config(p).data for p in spec.grid_points()]
+    assert [(c.dataset, c.val_fraction, c.train_subset, c.split_seed) for c in configs] == [
+        ("fashion-mnist", 0.3, 100, 42),
+        ("fashion-mnist", 0.1, None, 7),
+    ]
+    assert spec.base["data"] == {"dataset": "fashion-mnist", "val_fraction": 0.3}  # untouched

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dfl.config import dict_to_toml
 from dfl.experiments.context import Context, overrides_tree
+
+if TYPE_CHECKING:
+    from dfl.sweep.status import SweepStatus
+
+RETRY = "the next run of this command retries them"  # study_sweep queues failed trials again
 
 
 def study_sweep(
@@ -22,9 +27,15 @@ def study_sweep(
     """Run a grid, or a TPE search with its pruner, as an Optuna study through the sweep
     engine (resumable, exactly once per point, shorter epochs read off longer runs where
     exact); returns one dict per completed trial: its params, validation value, per-epoch
-    curve, wall time, run directory and reproducing command."""
+    curve, wall time, run directory and reproducing command.
+
+    Failed trials are queued again on every call, so the next `dfl reproduce` retries them
+    (a full disk, an unwritable directory: causes that go away). A grid with a failed point,
+    or a search with no completed trial, raises `SweepFailed` naming the failures: selecting
+    from part of a grid would report a choice the grid never made."""
     from dfl.sweep.launch import run_sweep  # here: the sweep engine loads optuna
     from dfl.sweep.spec import spec_from_dict
+    from dfl.sweep.status import require_a_completed_trial
 
     sweep_dir = ctx.out / experiment / "sweeps" / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +49,10 @@ def study_sweep(
     # The spec as a file too: `dfl sweep SPEC --out SWEEP_DIR` continues or inspects it.
     (sweep_dir / "spec.toml").write_text(dict_to_toml(tree))
     workers = ctx.jobs if ctx.jobs > 1 else None  # None: the sweep engine's own policy
-    status = run_sweep(spec, out=sweep_dir, workers=workers, progress=sys.stderr)
+    status = run_sweep(spec, out=sweep_dir, workers=workers, retry_failed=True, progress=sys.stderr)
+    if spec.grid is not None:
+        require_every_point(status)
+    require_a_completed_trial(status, retry=RETRY)
     points = []
     for t in status.trials:
         if t.state.name != "COMPLETE":
@@ -55,3 +69,18 @@ def study_sweep(
             }
         )
     return points
+
+
+def require_every_point(status: SweepStatus) -> None:
+    """Every point of a finished grid completed, or `SweepFailed` naming each failed point
+    and its reason (the experiment is recorded failed with it; the next run retries them)."""
+    from dfl.sweep.status import SweepFailed, failed_trials, format_trial_params, reason
+
+    failed = failed_trials(status)
+    if failed:
+        points = "; ".join(f"{format_trial_params(t)}: {reason(t)}" for t in failed)
+        raise SweepFailed(
+            f"grid {status.spec.name}: {len(failed)} of {status.spec.n_trials} points failed, "
+            f"so none is selected ({points}); {RETRY}",
+            status,
+        )

@@ -34,12 +34,15 @@ def run(
     """Run or continue a sweep, as `dfl sweep SPEC` does: `spec` is a spec file (TOML) or the
     same as a dict (`{"name": ..., "metric": ..., "base": {...}, "grid": {...}}`); `out` is
     its directory (default `sweeps/NAME`), `storage` a database URL (default SQLite in `out`).
-    Returns the sweep's status (`.trials`, `.best`); raises `ConfigError` for a bad spec."""
+    Returns the sweep's status (`.trials`, `.best`); raises `ConfigError` for a bad spec, and
+    `SweepFailed` (its `.status` the same) when no trial completed, as `dfl sweep` exits 4."""
     from dfl.sweep.launch import run_sweep
     from dfl.sweep.spec import spec_from_dict
+    from dfl.sweep.status import require_a_completed_trial
 
     if isinstance(spec, dict):
         spec = spec_from_dict(spec)
-    return run_sweep(
+    status = run_sweep(
         spec, workers=workers, storage=storage, out=out, threads=threads, retry_failed=retry_failed
     )
+    return require_a_completed_trial(status)

@@ -65,7 +65,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if args.target is not None:
         raise DflError(f"unexpected argument '{args.target}' (did you mean `dfl sweep status`?)")
     from dfl.sweep.launch import dry_run, run_sweep
-    from dfl.sweep.status import format_status
+    from dfl.sweep.status import format_status, require_a_completed_trial
 
     _check_count("--threads", args.threads, threads=True)
     _check_count("--workers", args.workers)
@@ -87,7 +87,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             "the same command to continue",
             exit_code=130,
         ) from None
-    print(format_status(status, list_trials=args.trials))
+    print(format_status(status, list_trials=args.trials))  # each failure with its reason
+    require_a_completed_trial(status)
     return 0
 
 

@@ -81,8 +81,8 @@ def run_sweep(
     # grid: creating and queueing happen under a lock in the sweep's directory.
     with file_lock(sweep_dir / "create.lock"):
         study = studies.create_or_load(spec, store, sweep_dir)
-    if retry_failed:
-        print(f"queued {studies.retry_failed(study)} failed trial(s) again", file=progress)
+    if retry_failed and (again := studies.retry_failed(study)):
+        print(f"queued {again} failed trial{'s' if again > 1 else ''} again", file=progress)
     cores = local_workers.available_cores()
     n = workers if workers is not None else default_workers(spec, cores, reuse)
     if n < 1:

@@ -18,6 +18,10 @@ a `ConfigError` naming the key, and every trial's config is checked before any t
     [search.space]
     "optim.lr" = { low = 1e-4, high = 1e-1, log = true }
     "model_args.enc" = { choices = [32, 64, 128] }
+
+A key given twice (`"optim.lr"` beside `[grid.optim] lr`) is refused, as `dfl train` refuses
+it; an axis of sections (`data = [{ val_fraction = 0.1, train_subset = 500 }]`) merges each
+value over the base's section.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from dfl.config import TrainConfig, read_toml, set_dotted
+from dfl.config import TrainConfig, merge, overlapping_key, read_toml, set_dotted
 from dfl.errors import ConfigError
 from dfl.validation import Strict, describe_validation_error
 
@@ -86,14 +92,7 @@ class SearchSpec(Strict):
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(5, ge=0)  # median: trials that finish before any is pruned
     warmup_epochs: int = Field(1, ge=0)  # median: epochs every trial runs before pruning
-    space: dict[str, Distribution] = Field(min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flatten(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("space"), dict):
-            data = {**data, "space": flatten(data["space"], is_leaf=_is_distribution)}
-        return data
+    space: dict[str, Distribution] = Field(min_length=1)  # flattened by SweepSpec
 
 
 class SweepSpec(Strict):
@@ -114,13 +113,18 @@ class SweepSpec(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _flatten_grid(cls, data: Any) -> Any:
-        # `[grid] optim.lr = [...]` (unquoted) arrives nested; `"optim.lr" = [...]` flat.
-        if isinstance(data, dict) and isinstance(data.get("grid"), dict):
-            data = {
-                **data,
-                "grid": flatten(data["grid"], is_leaf=lambda v: not isinstance(v, dict)),
-            }
+    def _flatten(cls, data: Any) -> Any:
+        # `[grid] optim.lr = [...]` (unquoted) arrives nested; `"optim.lr" = [...]` flat. Both
+        # here, at the top, so that a key given twice is one spec error like any other.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("grid"), dict):
+            data["grid"] = flatten(data["grid"], is_leaf=_is_axis, section="grid")
+        search = data.get("search")
+        if isinstance(search, dict) and isinstance(search.get("space"), dict):
+            space = flatten(search["space"], is_leaf=_is_distribution, section="search.space")
+            data["search"] = {**search, "space": space}
         return data
 
     @field_validator("metric")
@@ -201,7 +205,7 @@ class SweepSpec(Strict):
         """The base config with this trial's values; the test set is left alone."""
         tree = copy.deepcopy(self.base)
         for key, value in params.items():
-            set_dotted(tree, key, value)
+            set_dotted(tree, key, _over_section(tree, key, value))
         tree["evaluate_test"] = False
         try:
             return TrainConfig.model_validate(tree)
@@ -358,16 +362,60 @@ def format_params(params: Params) -> str:
     )
 
 
-def flatten(tree: dict[str, Any], *, is_leaf: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"optim": {"lr": x}}` -> `{"optim.lr": x}`, stopping at values `is_leaf` accepts."""
+def flatten(tree: dict[str, Any], *, is_leaf: Any, section: str) -> dict[str, Any]:
+    """`{"optim": {"lr": x}}` and `{"optim.lr": x}` -> `{"optim.lr": x}`, stopping at values
+    `is_leaf` accepts. TOML holds `"optim.lr"` (one quoted key) beside `optim.lr` (a table)
+    as two keys, where the flat spec holds one: a key reached twice, or one inside another
+    (`"data.val_fraction"` beside `data`), is refused, naming both places in `section`, as
+    `dfl train` refuses a key given twice (`config.UserKeys`): which was meant is the user's
+    to say, and keeping either would silently drop an axis."""
     out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if is_leaf(value):
-            out[dotted] = value
-        else:
-            out.update(flatten(value, is_leaf=is_leaf, prefix=f"{dotted}."))
+    places: dict[str, str] = {}  # dotted key -> where the spec gives it, as a TOML key path
+    for path, value in _leaves(tree, is_leaf):
+        key = ".".join(path)
+        place = ".".join(_toml_key(part) for part in (*section.split("."), *path))
+        clash = overlapping_key(key, places)
+        if clash is not None:
+            raise ValueError(
+                f"spec key '{section}.{key}' is given twice ({places[clash]} and {place}); "
+                "give it once"
+            )
+        places[key] = place
+        out[key] = value
     return out
+
+
+def _leaves(
+    tree: dict[str, Any], is_leaf: Any, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in tree.items():
+        if is_leaf(value):
+            yield (*path, key), value
+        else:
+            yield from _leaves(value, is_leaf, (*path, key))
+
+
+def _toml_key(part: str) -> str:
+    """A key as TOML writes it: bare where it can be, quoted otherwise (`"optim.lr"`)."""
+    return part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
+
+
+def _over_section(tree: dict[str, Any], key: str, value: Any) -> Any:
+    """A trial's value for `key` in the base config `tree`. A section-valued axis (`data =
+    [{ val_fraction = 0.1, train_subset = 500 }, ...]`) merges each value over the base's
+    section, key by key, rather than replace it, as `--set data={...}` merges over the file of
+    `dfl train --config`: a section is how a user varies keys together (dotted axes make a
+    product), and replacing would silently drop the base's other keys (its dataset, say)."""
+    current: Any = tree
+    for part in key.split("."):
+        current = current.get(part) if isinstance(current, dict) else None
+    if isinstance(current, dict) and isinstance(value, dict):
+        return merge(current, value)
+    return value
+
+
+def _is_axis(value: Any) -> bool:
+    return not isinstance(value, dict)
 
 
 def _is_distribution(value: Any) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dfl.errors import DflError
 from dfl.sweep.spec import SweepSpec
 from dfl.sweep.study import superseded
 
@@ -38,6 +39,44 @@ class SweepStatus:
     def finished(self) -> bool:
         c = self.counts
         return c["running"] == 0 and c["waiting"] == 0 and c["to_start"] == 0
+
+
+class SweepFailed(DflError):
+    """A sweep that ran to its end with nothing to select: no trial completed (or, in an
+    experiment, a grid point failed). Exit 4, as a reproduction whose experiments ran but
+    failed: the work was done and recorded, its outcome is the failure. `status` is where
+    the sweep stands, each failure's reason in it."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, status: SweepStatus) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def failed_trials(status: SweepStatus) -> list[FrozenTrial]:
+    """The sweep's failures: failed trials that no later trial retries."""
+    retried = superseded(status.trials)
+    return [t for t in status.trials if t.state == TrialState.FAIL and t.number not in retried]
+
+
+def require_a_completed_trial(
+    status: SweepStatus, retry: str = "fix the cause, then rerun with --retry-failed"
+) -> SweepStatus:
+    """`status`, if a trial completed; else `SweepFailed` with the count of failures, the
+    first one's reason and `retry` (a sweep whose every trial failed is no success)."""
+    if status.counts["complete"]:
+        return status
+    failed = failed_trials(status)
+    if failed:
+        first = failed[0]
+        what = (
+            f"{len(failed)} failed, the first: trial {first.number} "
+            f"({format_trial_params(first)}): {reason(first)}"
+        )
+    else:
+        what = f"{status.counts['pruned']} pruned"
+    raise SweepFailed(f"sweep {status.spec.name}: no trial completed ({what}); {retry}", status)
 
 
 def sweep_status(study: optuna.Study, spec: SweepSpec, storage: str) -> SweepStatus:
@@ -108,10 +147,8 @@ def format_status(status: SweepStatus, list_trials: bool = False) -> str:
         lines.append(f"  ETA {format_seconds(status.eta_s)} at {max(c['running'], 1)} worker(s)")
     else:
         lines.append("  ETA: after the first trial finishes")
-    retried = superseded(status.trials)
-    for t in status.trials:
-        if t.state == TrialState.FAIL and t.number not in retried:
-            lines.append(f"  failed: trial {t.number} ({format_trial_params(t)}): {reason(t)}")
+    for t in failed_trials(status):
+        lines.append(f"  failed: trial {t.number} ({format_trial_params(t)}): {reason(t)}")
     if list_trials:
         lines.append(format_table(status))
     return "\n".join(lines)

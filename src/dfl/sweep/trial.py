@@ -176,9 +176,10 @@ class Heartbeat:
                 self.log(f"heartbeat of trial id {self.trial_id} not recorded: {e}")
 
 
-def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOutcome:
+def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOutcome | None:
     """Train the trial and tell the study how it ended. A failure is recorded with its reason
-    and the worker goes on; Ctrl-C puts the trial back in the queue and stops the worker."""
+    and the worker goes on; Ctrl-C puts the trial back in the queue and stops the worker. None:
+    another worker took the trial over (see `_say_taken_over`)."""
     t0 = time.perf_counter()
     params: Params = {}
     run_dir: Path | None = None
@@ -195,13 +196,18 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOu
             ctx.storage.set_trial_state_values(trial_id, TrialState.WAITING)
             ctx.log(f"trial {trial.number} interrupted: back in the queue, its checkpoints kept")
         raise
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _say_taken_over(ctx, trial)
+        return None
     except Exception as e:
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, DflError):
             ctx.log(traceback.format_exc())
         state, value = TrialState.FAIL, None
         if run_dir is not None:  # the epochs before the failure, to see where it went wrong
-            with contextlib.suppress(DflError):  # a damaged metrics.jsonl: the reason says so
+            # A damaged metrics.jsonl: the reason says so. A trial taken over meanwhile: the
+            # `tell` below says so.
+            with contextlib.suppress(DflError, optuna.exceptions.UpdateFinishedTrialError):
                 history = read_history(run_dir)
                 curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in history]
                 trial.set_user_attr("curve", curve)
@@ -215,6 +221,19 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOu
         # the trial and requeued it, and that retry, finding this run done, records it.
         ctx.log(f"trial {trial.number} was requeued meanwhile; its retry records the result")
     return TrialOutcome(trial.number, state, value, params, reason)
+
+
+def _say_taken_over(ctx: WorkerContext, trial: optuna.Trial) -> None:
+    """The study refused this worker's write to its own trial: the worker was silent past the
+    grace period (stopped, suspended, starved), so another worker failed the trial and queued
+    it again. The requeued trial resumes the run directory once this worker lets go of it
+    (`fit` has just stopped at the refused write, and the run lock goes with it), so this
+    worker drops the trial, saying so once, and claims the next."""
+    ctx.log(
+        f"trial {trial.number} was taken over by another worker while this one was silent "
+        f"(over {ctx.spec.grace_period}s without a heartbeat); dropped here, its run continues "
+        "from its checkpoint in the requeued trial"
+    )
 
 
 # Attributes of one attempt: a requeued trial starts with the dead attempt's user attributes

@@ -5,7 +5,9 @@ queued before the workers start and a worker only ever pops a queued trial (the 
 it RUNNING only if it is still WAITING, atomically), so no point runs twice and none is
 skipped. A search asks the sampler for a new trial while the budget lasts. Before each claim a
 worker fails the trials whose workers stopped beating; Optuna's retry callback requeues them
-with the same parameters, hence the same run directory, and the next worker resumes them.
+with the same parameters, hence the same run directory, and the next worker resumes them. A
+worker that was only silent (stopped, then continued) finds its trial taken over at its next
+write to it, drops it and claims the next.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def run_worker(
             trial, trial_id = claimed
             with Heartbeat(ctx.storage, trial_id, spec.heartbeat_interval, log):
                 outcome = run_trial(ctx, trial, trial_id)
+            if outcome is None:  # taken over by another worker: run_trial said so
+                continue
             log(_describe(outcome, spec))
             done.append(outcome)
     log(f"worker {ctx.worker} done: ran {len(done)} trial(s); nothing left to claim")
