@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -137,5 +138,64 @@ def test_a_failed_function_stops_the_other_workers(tmp_path: Path, what: str, er
         assert "this run failed" in str(raised.value)
         assert "sleep_or_fail" in str(raised.value.__cause__)  # the worker's traceback
     else:
-        assert "exited with code 7 while running 'die'" in str(raised.value)
+        assert "died running 'die': its process exited with code 7" in str(raised.value)
     assert not alive(int(pid_file.read_text()))  # the sleeping worker was stopped
+
+
+def killed_raises_or_doubled(what: str) -> str:
+    if what == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel does a process out of memory
+    if what == "raises":
+        raise RuntimeError("no luck\nand a second line")
+    return what * 2
+
+
+@pytest.mark.slow
+def test_with_on_failure_a_dead_or_failed_task_is_its_result_and_the_others_go_on():
+    """One worker: the one that was SIGKILLed gives way to a fresh one, which answers the
+    rest; each failure comes back as a one-line reason."""
+    tasks = {what: (what,) for what in ("killed", "raises", "ok")}
+    got = run_in_workers(
+        killed_raises_or_doubled, tasks, workers=1, pin=False, on_failure=lambda k, r: f"! {r}"
+    )
+    assert got == {
+        "killed": "! its process was killed (signal 9)",
+        "raises": "! RuntimeError: no luck",
+        "ok": "okok",
+    }
+
+
+LAUNCHER = """
+import sys, time
+from pathlib import Path
+from dfl.local_workers import WorkerGroup, run_in_workers
+from test_local_workers import SLEEP, sleep_or_fail
+
+with WorkerGroup() as group:
+    group.start_command(SLEEP, threads=1, log=Path(sys.argv[1]) / "command.log")
+    run_in_workers(sleep_or_fail, {"a": ("sleep", Path(sys.argv[1]) / "worker.pid")}, workers=1)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_launcher_takes_its_workers_with_it(tmp_path: Path):
+    """SIGKILL of the process that started a command and a spawned worker: the kernel sends
+    both SIGTERM (Linux), and they end quietly instead of running on for nobody."""
+    psutil = pytest.importorskip("psutil")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # for this module
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "worker.pid").exists():  # the spawned worker is in its task
+            assert time.monotonic() < deadline and launcher.poll() is None
+            time.sleep(0.05)
+        workers = psutil.Process(launcher.pid).children(recursive=True)
+        assert int((tmp_path / "worker.pid").read_text()) in {w.pid for w in workers}
+        assert any("time.sleep(60)" in " ".join(w.cmdline()) for w in workers)
+    finally:
+        launcher.kill()
+    _, left = psutil.wait_procs(workers, timeout=10)
+    assert left == []
+    assert "Traceback" not in launcher.communicate(timeout=10)[1]

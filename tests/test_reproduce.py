@@ -3,8 +3,13 @@ and the report rebuilt from saved results alone."""
 
 import dataclasses
 import json
+import os
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,7 @@ import pytest
 from conftest import check_page, write_idx_dataset
 from dfl.cli import main
 from dfl.config import build_config
-from dfl.errors import ConfigError
+from dfl.errors import ConfigError, ExperimentsFailed
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.context import Context
 from dfl.experiments.registry import REGISTRY
@@ -218,6 +223,102 @@ def test_a_failed_experiment_fails_the_command_after_the_others_ran(
     monkeypatch.undo()
     assert main(["lab", "conv", *args]) == 0
     assert "Failed:" not in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (RuntimeError("CUDA error: out of memory\nCompile with TORCH_USE_CUDA_DSA"),
+         "RuntimeError: CUDA error: out of memory"),
+        (MemoryError(), "MemoryError"),
+    ],
+)  # fmt: skip
+def test_an_unexpected_exception_is_that_experiments_failure(
+    tmp_path: Path, monkeypatch, error: Exception, reason: str
+):
+    """Not only a DflError: a bug or a failed allocation in one experiment fails that one,
+    with a one-line reason, and the others still run."""
+
+    def broken(ctx, settings):
+        raise error
+
+    monkeypatch.setitem(REGISTRY, "conv", dataclasses.replace(REGISTRY["conv"], run=broken))
+    data = write_idx_dataset(tmp_path / "digits", n_train=64, n_test=16)
+    out = tmp_path / "r"
+    with pytest.raises(ExperimentsFailed) as raised:
+        reproduce(out, "smoke", str(data), only=["conv", "attention"], at_once=1)
+    assert raised.value.failed == {"conv": reason}
+    assert json.loads((out / "attention" / "result.json").read_text())["status"] == "completed"
+    assert f"**Failed:** conv ({reason})" in (out / "report.md").read_text()
+
+
+def start_paused(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """`dfl reproduce --profile smoke` on synthetic data, two experiments at once, each
+    training held still while it writes its epoch-1 checkpoint (to be killed in)."""
+    data = write_idx_dataset(tmp_path / "digits", n_train=2500, n_test=500)
+    command = [sys.executable, "-m", "dfl", "reproduce", "--profile", "smoke",
+               "--dataset", str(data), "--out", str(tmp_path / "r"),
+               "--experiments-at-once", "2", *args]  # fmt: skip
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "1:60"}
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def paused_in(proc: subprocess.Popen, run_dirs: Path) -> int:
+    """The pid of the process held still in an epoch-1 checkpoint under `run_dirs` (its
+    temporary folder is named after it), once there is one."""
+    deadline = time.monotonic() + 120
+    while (tmp := next(run_dirs.rglob(".epoch-0001.tmp-*"), None)) is None:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return int(tmp.name.rpartition("-")[2])
+
+
+@pytest.mark.slow
+def test_an_experiment_whose_process_is_killed_fails_and_the_others_go_on(tmp_path: Path):
+    """SIGKILL of the process running one experiment side by side (as the kernel kills one
+    out of memory): the other finishes, the command exits 4 and the report gives the reason."""
+    psutil = pytest.importorskip("psutil")  # not a dependency of its own (constraints.txt)
+    proc = start_paused(tmp_path, "--only", "conv,sae")
+    try:
+        pid = paused_in(proc, tmp_path / "r" / "sae")
+        assert psutil.Process(pid).ppid() == proc.pid  # sae's own process, not a worker of it
+        os.kill(pid, signal.SIGKILL)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 4, err
+    reason = "its process was killed (signal 9)"
+    assert "dfl: sae failed: " + reason in err
+    # dfl's last line (multiprocessing's resource tracker may warn after it, cleaning up a
+    # semaphore the killed process held)
+    assert "\ndfl: error: 1 experiment failed: sae (the report marks it: " in err
+    out = tmp_path / "r"
+    assert json.loads((out / "conv" / "result.json").read_text())["status"] == "completed"
+    failed = json.loads((out / "sae" / "result.json").read_text())
+    assert (failed["status"], failed["reason"]) == ("failed", reason)
+    assert f"**Failed:** sae ({reason})" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_reproduce_takes_its_processes_with_it(tmp_path: Path):
+    """SIGKILL of `dfl reproduce` while its experiments' processes train, one in itself, one
+    in workers of its own (--jobs 2): every one of them ends, without a traceback, instead of
+    training on for nobody. (A sweep's worker commands: test_local_workers.py.)"""
+    psutil = pytest.importorskip("psutil")
+    proc = start_paused(tmp_path, "--only", "ae,vit", "--jobs", "2")
+    try:
+        assert psutil.Process(paused_in(proc, tmp_path / "r" / "ae")).ppid() == proc.pid
+        run = psutil.Process(paused_in(proc, tmp_path / "r" / "vit"))
+        assert run.parent().ppid() == proc.pid  # a worker of vit's process
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    finally:
+        proc.kill()
+    _, left = psutil.wait_procs(descendants, timeout=30)
+    assert left == []
+    assert "Traceback" not in proc.communicate(timeout=10)[1]
+    for experiment in ("ae", "vit"):  # wound down as on SIGTERM: the next run counts their time
+        assert (tmp_path / "r" / experiment / "spent.json").exists()
 
 
 def test_progress_lines_and_the_lab_table_off_a_terminal(tmp_path: Path, capsys):

@@ -56,3 +56,13 @@ class ExperimentsFailed(DflError):
             f"(the report marks {'them' if many else 'it'}: {report}; rerun the same command to "
             "retry, finished runs are kept)"
         )
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as the one-line reason a report gives: a DflError's message as it is (it
+    says what and how), any other's type first, then its first line ("RuntimeError: CUDA
+    error: out of memory"; a bare "MemoryError")."""
+    if isinstance(e, DflError):
+        return str(e)
+    first = str(e).strip().partition("\n")[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -7,7 +7,9 @@ workers (`dfl sweep`, dfl/sweep/launch.py). Both go through this module, so one 
   `default_workers` (one worker per core on CPU, one on a GPU);
 - the life of the processes: a `WorkerGroup` starts them, sees them end, and stops all of
   them together when its block is left by a failure, Ctrl-C or SIGTERM: the workers get time
-  to put their work back (a sweep worker requeues its trial), then SIGTERM, then SIGKILL.
+  to put their work back (a sweep worker requeues its trial), then SIGTERM, then SIGKILL;
+  and a launcher killed outright (SIGKILL, out of memory) takes its workers with it: on
+  Linux the kernel sends each SIGTERM (`_stops_with`), and they wind down the same way.
 
 A group starts two kinds of process, because the two callers need different things and
 forcing one onto the other would only add code. A sweep worker is a command, `python -m
@@ -26,6 +28,8 @@ command), so its trainings keep the launcher's split instead of recounting the c
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import multiprocessing
 import os
 import signal
@@ -40,7 +44,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from dfl.errors import DflError
+from dfl.errors import DflError, one_line
 
 STOP_WAIT_S = 15.0  # how long workers get to wind down (requeue a trial) before each signal
 POLL_S = 0.05  # how often a wait looks at the workers
@@ -129,10 +133,12 @@ class WorkerGroup:
 
     Use as a context manager. While it is open, SIGTERM to this process raises
     KeyboardInterrupt (in the main thread), so a scheduler's stop goes through the same way out
-    as Ctrl-C. Leaving it normally waits for the workers to end. Leaving it on an exception
-    stops every worker still running: after a Ctrl-C from a terminal they got the same SIGINT
-    and are winding down, so they get `stop_wait_s` first; after SIGTERM or a failure they get
-    SIGTERM at once; then SIGTERM again and, `stop_wait_s` later, SIGKILL."""
+    as Ctrl-C; later ones are ignored until it closes, so that they cannot cut that stop short
+    (a killed launcher's worker gets several: `_stops_with`). Leaving it normally waits for
+    the workers to end. Leaving it on an exception stops every worker still running: after a
+    Ctrl-C from a terminal they got the same SIGINT and are winding down, so they get
+    `stop_wait_s` first; after SIGTERM or a failure they get SIGTERM at once; then SIGTERM
+    again and, `stop_wait_s` later, SIGKILL."""
 
     def __init__(self, stop_wait_s: float = STOP_WAIT_S) -> None:
         self.stop_wait_s = stop_wait_s
@@ -148,7 +154,13 @@ class WorkerGroup:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         log_file = open(log, "a")  # noqa: SIM115 (closed when the group ends)
         self._logs.append(log_file)
-        proc = subprocess.Popen(list(argv), stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=functools.partial(_command_stops_with, os.getpid()),
+        )
         self.workers.append(proc)
         return proc
 
@@ -199,6 +211,7 @@ class WorkerGroup:
         return self
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until __exit__ puts the old one back
         self.sigterm = True
         raise KeyboardInterrupt
 
@@ -243,62 +256,84 @@ def run_in_workers(
     initargs: tuple[Any, ...] = (),
     on_start: Callable[[K], None] = lambda key: None,
     on_result: Callable[[K, R], None] = lambda key, result: None,
+    on_failure: Callable[[K, str], R] | None = None,
     stop_wait_s: float = STOP_WAIT_S,
 ) -> dict[K, R]:
     """`fn(*task)` for every task, in `workers` spawned processes of `threads` intra-op
     threads each (default: cores // workers; with `pin=False` none is set, and the trainings
     in them share the cores by themselves: dfl/core_share.py), a task at a time to whichever
     worker is free, in the tasks' order; each worker first runs `initializer(*initargs)`.
-    Returns the results by the tasks' keys, in their order. The first failure stops the
-    other workers: an exception in `fn` is raised here (its traceback as the cause), a worker
-    that died raises WorkerDied, a Ctrl-C in a worker raises KeyboardInterrupt."""
+    Returns the results by the tasks' keys, in their order.
+    The first failure stops the other workers: an exception in `fn` (or in the set-up) is
+    raised here, its traceback as the cause, and a worker that died raises WorkerDied. With
+    `on_failure` the others go on instead: the failed task's result is `on_failure(key,
+    reason)`, a one-line reason ("RuntimeError: ...", "its process was killed (signal 9)"),
+    and a fresh worker takes a dead one's place. Either way a worker stopped by Ctrl-C or
+    SIGTERM raises KeyboardInterrupt here."""
     if not tasks:
         return {}
     workers = max(1, min(workers, len(tasks)))
     threads = (threads or threads_per_worker(workers)) if pin else None
     todo = deque(tasks.items())
     results: dict[K, R] = {}
+    busy: dict[Connection, tuple[int, Worker, K]] = {}  # a worker's pipe: its index, its task
+
+    def hand_out(conn: Connection, i: int, w: Worker) -> None:
+        """The next task to the free worker `i`, or (none left) the word to stop."""
+        if not todo:
+            conn.send(None)  # it ends by itself
+            return
+        key, args = todo.popleft()
+        conn.send(args)
+        busy[conn] = (i, w, key)
+        on_start(key)
+
+    def done(key: K, result: R) -> None:
+        results[key] = result
+        on_result(key, result)
+
     with WorkerGroup(stop_wait_s) as group:
-        busy: dict[Connection, tuple[int, Worker, K | None]] = {}
-        for i in range(workers):
+
+        def start(i: int) -> None:
             ours, theirs = multiprocessing.get_context("spawn").Pipe()
             w = group.start_function(_serve, theirs, fn, threads, initializer, initargs)
             theirs.close()  # so that the worker's end closing reads as its death here
-            busy[ours] = (i, w, _hand_out(ours, todo, on_start))
+            hand_out(ours, i, w)
+
+        for i in range(workers):
+            start(i)
         while len(results) < len(tasks):
             for conn in wait(list(busy)):
-                i, w, key = busy[conn]
+                i, w, key = busy.pop(conn)
                 try:
                     ok, value = conn.recv()
                 except EOFError:
-                    code = w.wait()
-                    if code == INTERRUPTED:
-                        raise KeyboardInterrupt from None
-                    raise WorkerDied(
-                        f"worker {i} exited with code {code} while running {key!r}"
-                    ) from None
-                if not ok:
+                    reason = _why_it_died(w.wait())
+                    if on_failure is None:
+                        raise WorkerDied(f"worker {i} died running {key!r}: {reason}") from None
+                    done(key, on_failure(key, reason))
+                    if todo:
+                        start(i)  # a fresh worker in its place
+                    continue
+                if ok:
+                    done(key, value)
+                elif on_failure is None:
                     exc, tb = value
                     raise exc from RemoteTraceback(tb)
-                results[key] = value  # type: ignore[index]
-                on_result(key, value)  # type: ignore[arg-type]
-                busy[conn] = (i, w, _hand_out(conn, todo, on_start))
-                if busy[conn][2] is None:  # told to stop: it ends by itself
-                    del busy[conn]
+                else:
+                    done(key, on_failure(key, one_line(value[0])))
+                hand_out(conn, i, w)
     return {k: results[k] for k in tasks}
 
 
-def _hand_out(
-    conn: Connection, todo: deque[tuple[Any, tuple[Any, ...]]], on_start: Callable[[Any], None]
-) -> Any:
-    """Send the next task to a free worker (None: there is none, stop); returns its key."""
-    if not todo:
-        conn.send(None)
-        return None
-    key, args = todo.popleft()
-    conn.send(args)
-    on_start(key)
-    return key
+def _why_it_died(code: int) -> str:
+    """Why a worker ended without answering, from its exit code; a worker stopped by Ctrl-C
+    or SIGTERM raises KeyboardInterrupt instead: that stops everything."""
+    if code == INTERRUPTED:
+        raise KeyboardInterrupt
+    if code < 0:  # a signal: SIGKILL by hand or by the kernel out of memory, a crash in C
+        return f"its process was killed (signal {-code})"
+    return f"its process exited with code {code}"
 
 
 def _serve(
@@ -310,12 +345,15 @@ def _serve(
 ) -> None:
     """A spawned worker: pin the threads (unless None), set up, then answer tasks until told
     to stop.
-    SIGTERM (the group stopping it) ends it like Ctrl-C, so its run unwinds as from a Ctrl-C
-    (as a sweep worker's does), and what it holds is given back."""
-    from dfl.core_share import pin_threads  # here: torch loads in the worker only
-
+    SIGTERM (the group stopping it, or its launcher dying: `_stops_with`) ends it like Ctrl-C,
+    so its run unwinds as from a Ctrl-C (as a sweep worker's does), and what it holds is given
+    back."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if not _stops_with(multiprocessing.parent_process().pid):  # type: ignore[union-attr]
+            return  # the launcher is gone already
+        from dfl.core_share import pin_threads  # here: torch loads in the worker only
+
         if threads is not None:
             pin_threads(threads)
         failed_setup = None  # the answer to every task when the set-up failed
@@ -331,14 +369,49 @@ def _serve(
                 answer = (False, (e, traceback.format_exc()))
             try:
                 conn.send(answer)
+            except ConnectionError:  # the launcher is gone: below
+                raise
             except Exception as e:  # the result or the exception cannot be pickled
                 text = f"{type(e).__name__}: {e} (sending the worker's answer back)"
                 conn.send((False, (DflError(text), traceback.format_exc())))
-    except KeyboardInterrupt:  # Ctrl-C: the launcher got it too and stops the others
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the launcher got it too, or is gone
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # see _interrupt: on its way out now
         sys.exit(INTERRUPTED)
-    except EOFError:  # the launcher is gone
+    except (EOFError, ConnectionError):  # the launcher is gone
         pass
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM, as Ctrl-C, once: a later one (a killed launcher's comes several
+    times, see `_stops_with`) would cut its way out into a traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers end with their launcher
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# prctl(2), None off Linux. Looked up once here: a command calls it between fork and exec,
+# where looking a symbol up could wait forever on a lock another thread held at the fork.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _stops_with(parent: int) -> bool:
+    """Have the kernel send this worker SIGTERM when its launcher `parent` dies, however it
+    dies (SIGKILL included), so that no worker trains on for nobody; on Linux, elsewhere
+    nothing. Whether `parent` is still there: it may have died before the signal was set.
+    The kernel sends it when the *thread* that started the worker ends: a group's workers are
+    started by the thread that then waits for them in the group's block, so that thread ends
+    with the launcher or after the workers. When the launcher dies, the worker passes from
+    each of its dying threads to the next, with a SIGTERM each time (measured: three within
+    a tenth of a second): the handlers here act on the first and ignore the rest."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    return os.getppid() == parent
+
+
+def _command_stops_with(parent: int) -> None:
+    """`_stops_with` for a command, between fork and exec: it never starts if `parent` died."""
+    if not _stops_with(parent):
+        os._exit(INTERRUPTED)

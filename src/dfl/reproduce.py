@@ -4,9 +4,10 @@ Re-running the same command resumes: an experiment whose result.json exists is r
 inside an unfinished experiment every finished training run is reused (runs resume from their
 checkpoints). `dfl report RUN_DIR` rebuilds the report from saved results alone.
 
-An experiment that fails (a `DflError`) does not stop the others: its result records the
-reason, the report marks it failed, and once every selected experiment has run `reproduce`
-raises `ExperimentsFailed` (exit code 4) naming the failed ones.
+An experiment that fails (it raises anything but Ctrl-C or SIGTERM, or its side-by-side
+process dies: killed, out of memory) does not stop the others: its result records the reason,
+the report marks it failed, and once every selected experiment has run `reproduce` raises
+`ExperimentsFailed` (exit code 4) naming the failed ones.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from dfl.atomic import atomic_write_json
 from dfl.data import load_dataset
-from dfl.errors import ConfigError, DflError, ExperimentsFailed
+from dfl.errors import ConfigError, ExperimentsFailed, one_line
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.context import Context
 from dfl.experiments.engine import for_workers, in_worker
@@ -212,6 +214,11 @@ def _side_by_side(
         progress.end(name, record)
         bar.update()
 
+    def failed(name: str, reason: str) -> Record:
+        # Its process could not save the record (it died, or could not set up): saved here.
+        seconds = time.perf_counter() - progress.started[name]
+        return _save(ctx, name, todo[name], env, None, reason, seconds)
+
     return run_in_workers(
         _run_in_lane,
         {n: (n, todo[n], env) for n in longest_first},
@@ -221,6 +228,7 @@ def _side_by_side(
         initargs=(dataclasses.replace(ctx, data=for_workers(ctx.data)),),
         on_start=progress.start,
         on_result=ended,
+        on_failure=failed,
     )
 
 
@@ -260,17 +268,32 @@ def _existing(out: Path, name: str) -> Record | None:
 
 
 def _run_one(ctx: Context, name: str, existing: Record | None, env: dict[str, Any]) -> Record:
-    """Run one experiment and save its record; a `DflError` is recorded as its failure."""
-    out = ctx.out
-    t0, earlier = time.perf_counter(), _spent(out, name) + _upgraded_wall(existing)
+    """Run one experiment and save its record; an exception is recorded as its failure."""
+    t0 = time.perf_counter()
     try:
         result, reason = REGISTRY[name].execute(ctx), ""
-    except DflError as e:  # one experiment failing must not lose the others
-        result, reason = None, str(e)
-    except BaseException:  # Ctrl-C or a crash: the next invocation goes on, and counts this
-        _record_spent(out, name, earlier + time.perf_counter() - t0)
+    except Exception as e:  # one experiment failing (a bug, out of memory) must not lose the others
+        result, reason = None, one_line(e)
+    except BaseException:  # Ctrl-C or SIGTERM: the next invocation goes on, and counts this
+        earlier = _spent(ctx.out, name) + _upgraded_wall(existing)
+        _record_spent(ctx.out, name, earlier + time.perf_counter() - t0)
         raise
-    wall = earlier + time.perf_counter() - t0
+    return _save(ctx, name, existing, env, result, reason, time.perf_counter() - t0)
+
+
+def _save(
+    ctx: Context,
+    name: str,
+    existing: Record | None,
+    env: dict[str, Any],
+    result: BaseModel | None,
+    reason: str,
+    seconds: float,
+) -> Record:
+    """Save how the experiment ended: its result, or (None) its failure and the reason, after
+    `seconds` in this invocation."""
+    out = ctx.out
+    wall = _spent(out, name) + _upgraded_wall(existing) + seconds
     if result is not None:
         _spent_path(out, name).unlink(missing_ok=True)  # counted in wall_s now
     else:

@@ -41,7 +41,7 @@ from dfl.core_share import CoreShare
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, affine, affine_draws, standardize, to_input
 from dfl.device_step import DeviceStep
-from dfl.errors import ConfigError, DflError, TrainingDiverged
+from dfl.errors import ConfigError, DflError, TrainingDiverged, one_line
 from dfl.interrupts import deferred_interrupt
 from dfl.local_workers import available_cores
 from dfl.models.registry import out_of_memory
@@ -802,9 +802,8 @@ def _train_and_record(
     except Exception as e:
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
         if out_of_memory(e):
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             reason = (
-                f"out of memory in epoch {len(trainer.history) + 1} ({first}); lower "
+                f"out of memory in epoch {len(trainer.history) + 1} ({one_line(e)}); lower "
                 "batch_size or the model's size, then resume (the checkpoints are kept)"
             )
         with contextlib.suppress(OSError):

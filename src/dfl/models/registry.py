@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError, validate_call
 from torch import nn
 
-from dfl.errors import ConfigError, DflError
+from dfl.errors import ConfigError, DflError, one_line
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def create(name: str, **args: Any) -> nn.Module:
         if not out_of_memory(e):
             raise
         raise DflError(
-            f"model '{name}' does not fit in memory with these model_args ({_first_line(e)}); "
+            f"model '{name}' does not fit in memory with these model_args ({one_line(e)}); "
             "make it smaller",
             exit_code=1,
         ) from None
@@ -91,9 +91,6 @@ def out_of_memory(e: BaseException) -> bool:
         return True
     return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def names() -> list[str]:
