@@ -1,7 +1,8 @@
 """`dfl`: parse, validate, call. Every command has --help; every user error is one line on
 stderr and a non-zero exit, never a traceback: 2 for bad input (including a run directory
 another process is training), 1 for a full disk or an unwritable directory, 3 for a diverged
-run, 4 for a reproduction with failed experiments, 130 when interrupted."""
+run, 4 for a reproduction with failed experiments or a sweep with no completed trial, 130 when
+interrupted."""
 
 from __future__ import annotations
 
