@@ -450,3 +450,31 @@ def test_a_result_saved_by_another_dfl_is_rerun_not_misread(tmp_path: Path):
         [3, 4],
         [6, 11],
     ]
+
+
+@pytest.mark.slow
+def test_a_second_reproduce_or_report_in_a_busy_directory_is_refused(tmp_path: Path):
+    """Two reproductions in one --out would train the same runs and each write its own
+    reproduce.json; a report written meanwhile could be overwritten by an older one. While a
+    reproduction holds the directory, a second one and `dfl report` are one line, exit 2, and
+    change nothing there."""
+    proc = start_paused(tmp_path, "--only", "sae")
+    out = tmp_path / "r"
+    try:
+        paused_in(proc, out / "sae")
+        manifest = (out / "reproduce.json").read_text()
+        for argv in (
+            ["reproduce", "--profile", "smoke", "--only", "conv", "--out", str(out)],
+            ["report", str(out)],
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "dfl", *argv], capture_output=True, text=True
+            )
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+            assert f"is in use by process {proc.pid}" in done.stderr
+        assert (out / "reproduce.json").read_text() == manifest
+        assert not (out / "conv").exists()
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -37,6 +37,7 @@ from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.experiments.registry import REGISTRY
 from dfl.local_workers import available_cores, run_in_workers
 from dfl.report.build import build_report
+from dfl.run_lock import claim_run_dir
 from dfl.trainer import resolve_device
 
 
@@ -129,30 +130,37 @@ def reproduce(
         raise ConfigError(f"--experiments-at-once must be at least 1 (got {at_once})")
     if profile not in PROFILES and profile not in ALIASES:
         raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"seeds must be at least 1 (got {seeds})")
     profile = canonical(profile)
     resolved = str(resolve_device(device))
     at_once = min(at_once or default_at_once(), len(selected))
-    manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs, at_once)
-    data = load_dataset(dataset, data_dir)
-    default_seeds = PROFILES[profile].seeds
-    manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "reproduce.json", manifest)
-    ctx = Context(
-        out, profile, data, dataset_arg, device, seeds or default_seeds, precision, jobs=jobs
-    )
-
-    t0 = time.perf_counter()
-    try:
-        records = _run_experiments(ctx, selected, manifest["environment"], at_once)
-    finally:  # a Ctrl-C's part counts too
-        manifest["wall_s"] += time.perf_counter() - t0
+    # One reproduction at a time in a directory: two would train the same runs and write one
+    # reproduce.json each (a report may then show neither's failures). A refused start, or
+    # one that fails before reproduce.json is written, leaves the directory as it found it.
+    with claim_run_dir(out, "reproducing it") as claim:
+        manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs, at_once)
+        data = load_dataset(dataset, data_dir)
+        default_seeds = PROFILES[profile].seeds
+        manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
+        out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "reproduce.json", manifest)
-    failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
-    report = build_report(out)
-    if failed:
-        raise ExperimentsFailed(failed, report)
-    return report
+        claim.started = True  # the reproduction's own files from here: kept whatever happens
+        ctx = Context(
+            out, profile, data, dataset_arg, device, seeds or default_seeds, precision, jobs=jobs
+        )
+
+        t0 = time.perf_counter()
+        try:
+            records = _run_experiments(ctx, selected, manifest["environment"], at_once)
+        finally:  # a Ctrl-C's part counts too
+            manifest["wall_s"] += time.perf_counter() - t0
+            atomic_write_json(out / "reproduce.json", manifest)
+        failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
+        report = build_report(out)
+        if failed:
+            raise ExperimentsFailed(failed, report)
+        return report
 
 
 def _run_experiments(

@@ -76,9 +76,10 @@ class Claim:
 
 
 @contextlib.contextmanager
-def claim_run_dir(run_dir: Path) -> Iterator[Claim]:
-    """Hold `run_dir` exclusively for the `with` block (see the module docstring)."""
-    claim = _acquire(run_dir)
+def claim_run_dir(run_dir: Path, doing: str = "training it") -> Iterator[Claim]:
+    """Hold `run_dir` exclusively for the `with` block (see the module docstring); `doing`
+    says what the holder does there, for the message another claim gets."""
+    claim = _acquire(run_dir, doing)
     try:
         yield claim
     except BaseException:
@@ -89,7 +90,7 @@ def claim_run_dir(run_dir: Path) -> Iterator[Claim]:
         claim.release()
 
 
-def _acquire(run_dir: Path) -> Claim:
+def _acquire(run_dir: Path, doing: str) -> Claim:
     for _ in range(ATTEMPTS):
         made = _make_dirs(run_dir)
         lock = run_dir / LOCK_NAME
@@ -107,9 +108,10 @@ def _acquire(run_dir: Path) -> Claim:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
+            then = " (then --resume)" if doing == "training it" else ""
             raise RunDirInUse(
-                f"run directory {run_dir} is in use by {holder}, which is still training it; "
-                "wait for it to finish (then --resume), or choose another --out"
+                f"run directory {run_dir} is in use by {holder}, which is still {doing}; "
+                f"wait for it to finish{then}, or choose another --out"
             ) from None
         if not _is_our_lock(fd, lock):  # given up and removed between our open and our lock
             os.close(fd)

@@ -12,6 +12,7 @@ from dfl.experiments import EXPERIMENTS
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.report.build import build_report, lab_table_markdown
 from dfl.reproduce import default_profile, reproduce
+from dfl.run_lock import claim_run_dir
 
 
 def _at_least_one(text: str) -> int:
@@ -117,6 +118,14 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace) -> int:
     if args.lab_table:
         print(lab_table_markdown(Path(args.run_dir)))
-    else:
-        print(f"report: {build_report(Path(args.run_dir))}")
+        return 0
+    out = Path(args.run_dir)
+    if not (out / "reproduce.json").exists():
+        print(f"report: {build_report(out)}")  # says what is missing, and makes nothing
+        return 0
+    # Not beside a reproduction, nor another report: a report paused mid-way would overwrite a
+    # newer one with what it read before.
+    with claim_run_dir(out, "reproducing it or writing its report") as claim:
+        claim.started = True
+        print(f"report: {build_report(out)}")
     return 0
