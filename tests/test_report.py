@@ -1,7 +1,11 @@
 """The report as a reader meets it: Markdown and HTML from one document, every user string
 escaped, and the HTML checked in a real headless browser."""
 
+import contextlib
+import io
 from pathlib import Path
+
+import pytest
 
 from conftest import check_page
 from dfl.experiments import figures
@@ -74,3 +78,63 @@ def test_json_files_hold_no_bare_nan(tmp_path: Path):
     assert json.loads(path.read_text(), parse_constant=refuse) == {
         "std": None, "runs": [None, 0.5], "n": [1, 2.0]
     }  # fmt: skip
+
+
+DAMAGES = {
+    "reproduce.json not JSON": ("reproduce.json", lambda t: "{bad", "reproduce.json is damaged"),
+    "reproduce.json a list": ("reproduce.json", lambda t: "[1]", "the whole file"),
+    "wall time as text": (
+        "reproduce.json",
+        lambda t: t.replace('"wall_s": ', '"wall_s": "x", "was": '),
+        "wall_s",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def small_reproduction(tmp_path_factory) -> Path:
+    from conftest import write_idx_dataset
+    from dfl.reproduce import reproduce
+
+    root = tmp_path_factory.mktemp("damaged")
+    data = write_idx_dataset(root / "digits", 64, 16)
+    reproduce(root / "r", "smoke", str(data), only=["conv", "attention"], at_once=1)
+    return root
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_reproduce_json_is_one_line_everywhere(damage, small_reproduction, tmp_path):
+    """Hand-edited or cut short: `dfl report` and `dfl reproduce` say which file and how to
+    recover in one line (exit 2), where they gave a JSONDecodeError or a TypeError."""
+    import shutil
+
+    from dfl.cli import main
+
+    out = tmp_path / "r"
+    shutil.copytree(small_reproduction / "r", out)
+    name, damaged, message = DAMAGES[damage]
+    (out / name).write_text(damaged((out / name).read_text()))
+    data = str(small_reproduction / "digits")
+    for argv in (
+        ["report", str(out)],
+        ["reproduce", "--profile", "smoke", "--only", "conv", "--dataset", data, "--out", str(out)],
+    ):
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert main(argv) == 2
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "delete it" in lines[0], lines
+
+
+@pytest.mark.parametrize("text", ["{bad", '{"lab": [1]}', '{"lab": [{"experiment": 3}]}', "[]"])
+def test_a_damaged_results_json_is_one_line_in_the_lab_table(text, small_reproduction, tmp_path):
+    import shutil
+
+    from dfl.cli import main
+
+    out = tmp_path / "r"
+    shutil.copytree(small_reproduction / "r", out)
+    (out / "results.json").write_text(text)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["report", str(out), "--lab-table"]) == 2
+    assert "results.json is missing or damaged" in err.getvalue()
+    assert len(err.getvalue().splitlines()) == 1

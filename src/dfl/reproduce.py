@@ -32,7 +32,13 @@ from dfl.errors import ConfigError, ExperimentsFailed, one_line
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.context import Context
 from dfl.experiments.engine import for_workers, in_worker
-from dfl.experiments.experiment import OlderRecord, Record, load_record, save_record
+from dfl.experiments.experiment import (
+    OlderRecord,
+    Record,
+    load_record,
+    read_manifest,
+    save_record,
+)
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.experiments.registry import REGISTRY
 from dfl.local_workers import available_cores, run_in_workers
@@ -74,10 +80,8 @@ def _manifest(
 ) -> dict:
     """This reproduction's description; refuses an --out made with another profile, data or
     precision (one report, one way of running)."""
-    path = out / "reproduce.json"
-    old: dict[str, Any] = {}
-    if path.exists():
-        old = json.loads(path.read_text())
+    old: dict[str, Any] = read_manifest(out) or {}
+    if old:
         was = (old["profile"], old["dataset"], old.get("environment", {}).get("precision", "fp32"))
         made_by = canonical(was[0])
         same = made_by == profile or (made_by, profile) in UPGRADES
@@ -395,7 +399,11 @@ def _spent(out: Path, name: str) -> float:
     """Seconds earlier, unfinished invocations spent on this experiment (a killed one's are
     lost: at least this many)."""
     path = _spent_path(out, name)
-    return json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+    try:
+        seconds = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):  # damaged, hand-edited
+        return 0.0  # a lower bound of the time spent, as for a killed invocation's
+    return float(seconds) if isinstance(seconds, int | float) else 0.0
 
 
 def _record_spent(out: Path, name: str, seconds: float) -> None:

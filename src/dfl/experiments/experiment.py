@@ -10,6 +10,7 @@ redraws everything without training.
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dfl.atomic import atomic_write_json
+from dfl.errors import DflError
 from dfl.experiments.comparison import Comparison
 from dfl.experiments.context import Canvas, Context
 from dfl.experiments.document import Figure, Section
@@ -126,3 +128,40 @@ def load_record(out: Path, name: str) -> Record | None:
         return Record.model_validate_json(path.read_bytes())
     except ValidationError as e:
         raise OlderRecord(f"{path} was written by another version of dfl") from e
+
+
+class Manifest(BaseModel):
+    """reproduce.json: what a reproduction is (profile, data, environment) and its time on the
+    clock. Read as a dict; this model only checks its shape."""
+
+    model_config = ConfigDict(extra="allow")
+
+    profile: str
+    dataset: str
+    selected: list[str] = []
+    environment: dict[str, Any] = {}
+    started: float = 0.0
+    wall_s: float = 0.0
+    data: str | None = None
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    """reproduce.json as a dict, None when there is none; a damaged or hand-edited one (not
+    JSON, a list, a wall time that is text) is a DflError naming it, not a traceback later."""
+    path = out / "reproduce.json"
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        Manifest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        what = f"{'.'.join(map(str, first['loc'])) or 'the whole file'}: {first['msg']}"
+    except (ValueError, UnicodeDecodeError) as e:  # not JSON, not UTF-8
+        what = str(e).strip().splitlines()[0]
+    else:
+        return raw
+    raise DflError(
+        f"{path} is damaged ({what}); delete it and rerun the same dfl reproduce command "
+        "(finished runs and results are kept; only its time on the clock is lost)"
+    )

@@ -17,7 +17,14 @@ from dfl.experiments import EXPERIMENTS
 from dfl.experiments.comparison import Comparison, Verdict
 from dfl.experiments.context import Canvas
 from dfl.experiments.document import Document, Section, Table
-from dfl.experiments.experiment import Experiment, OlderRecord, Record, Result, load_record
+from dfl.experiments.experiment import (
+    Experiment,
+    OlderRecord,
+    Record,
+    Result,
+    load_record,
+    read_manifest,
+)
 from dfl.experiments.lab_numbers import LAB
 from dfl.experiments.profiles import PROFILES
 from dfl.experiments.registry import REGISTRY
@@ -252,7 +259,7 @@ def build_report(out: Path) -> Path:
             f"{out} holds no reproduction (no reproduce.json); run `dfl reproduce "
             f"--out {out}` first"
         )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(out)
     saved = {name: _saved(out, name) for name in EXPERIMENTS}
 
     canvas = Canvas(out, lambda: load_dataset(manifest.get("data", manifest["dataset"])))
@@ -293,5 +300,11 @@ def build_report(out: Path) -> Path:
 def lab_table_markdown(out: Path) -> str:
     """The comparison table as Markdown, from a reproduction's results.json alone (the
     README's table is this)."""
-    saved = json.loads((Path(out) / "results.json").read_text())
-    return md_table(lab_table(saved["lab"]))
+    path = Path(out) / "results.json"
+    try:  # hand-edited or cut short: any shape at all
+        return md_table(lab_table(json.loads(path.read_text())["lab"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        raise DflError(
+            f"{path} is missing or damaged; `dfl report {out}` writes it again from the "
+            "experiments' results"
+        ) from None
