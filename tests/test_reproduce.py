@@ -478,3 +478,21 @@ def test_a_second_reproduce_or_report_in_a_busy_directory_is_refused(tmp_path: P
     finally:
         proc.kill()
         proc.communicate()
+
+
+@pytest.mark.slow
+def test_a_killed_invocations_time_still_counts(tmp_path: Path):
+    """SIGKILL runs no `finally`: reproduce.json's time on the clock is kept current while the
+    reproduction runs, so the report's time counts the killed invocation too (it counted only
+    the last one)."""
+    from dfl.reproduce import CLOCK_EVERY_S
+
+    proc = start_paused(tmp_path, "--only", "sae")
+    try:
+        paused_in(proc, tmp_path / "r" / "sae")
+        time.sleep(CLOCK_EVERY_S + 2)
+    finally:
+        proc.kill()
+        proc.communicate()
+    wall = json.loads((tmp_path / "r" / "reproduce.json").read_text())["wall_s"]
+    assert wall >= CLOCK_EVERY_S

@@ -12,12 +12,14 @@ the report marks it failed, and once every selected experiment has run `reproduc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -154,17 +156,48 @@ def reproduce(
             out, profile, data, dataset_arg, device, seeds or default_seeds, precision, jobs=jobs
         )
 
-        t0 = time.perf_counter()
-        try:
+        with _OnTheClock(out / "reproduce.json", manifest):
             records = _run_experiments(ctx, selected, manifest["environment"], at_once)
-        finally:  # a Ctrl-C's part counts too
-            manifest["wall_s"] += time.perf_counter() - t0
-            atomic_write_json(out / "reproduce.json", manifest)
         failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
         report = build_report(out)
         if failed:
             raise ExperimentsFailed(failed, report)
         return report
+
+
+CLOCK_EVERY_S = 10.0  # how much of its time a killed invocation can lose from the report's
+
+
+class _OnTheClock:
+    """Keeps reproduce.json's `wall_s` (the time on the clock over every invocation) current
+    while the block runs: every CLOCK_EVERY_S from a thread, and at its end, however it ends.
+    A SIGKILLed invocation, whose `finally` never runs, then still counts but its last seconds."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path, self.manifest = path, manifest
+        self.before, self.t0 = manifest["wall_s"], time.perf_counter()
+        self.done = threading.Event()
+        self.lock = threading.Lock()  # one writer of the file at a time
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _write(self) -> None:
+        with self.lock:
+            self.manifest["wall_s"] = self.before + time.perf_counter() - self.t0
+            atomic_write_json(self.path, self.manifest)
+
+    def _tick(self) -> None:
+        while not self.done.wait(CLOCK_EVERY_S):
+            with contextlib.suppress(OSError):  # a full disk: the final write says so
+                self._write()
+
+    def __enter__(self) -> _OnTheClock:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # a Ctrl-C's part counts too
+        self.done.set()
+        self.thread.join()
+        self._write()
 
 
 def _run_experiments(
