@@ -138,3 +138,16 @@ def test_a_damaged_results_json_is_one_line_in_the_lab_table(text, small_reprodu
         assert main(["report", str(out), "--lab-table"]) == 2
     assert "results.json is missing or damaged" in err.getvalue()
     assert len(err.getvalue().splitlines()) == 1
+
+
+def test_the_out_path_is_quoted_not_read_as_markdown(small_reproduction, tmp_path):
+    """A folder named `my *runs* dir` is shown as code, quoted for a shell (it was pasted
+    raw: Markdown made 'runs' italic and the suggested command split at the spaces)."""
+    import shutil
+
+    from dfl.report.build import build_report
+
+    out = tmp_path / "my *runs* dir"
+    shutil.copytree(small_reproduction / "r", out)
+    build_report(out)
+    assert f"saved under `'{out}'`" in (out / "report.md").read_text()

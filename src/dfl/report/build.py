@@ -4,6 +4,7 @@ report.md, report.html (self-contained) and results.json (every number with prov
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,8 @@ def _headline(
         return text
     if profile == "lab":
         return text + (
-            f" `dfl reproduce --profile every --out {out}` sets the rest, training only what "
+            f" `dfl reproduce --profile every --out {shlex.quote(str(out))}` sets the rest, "
+            "training only what "
             f"this run left out (the whole every profile: {PROFILES['every'].cost})."
         )
     if profile in ("every", "complete", "full"):
@@ -231,7 +233,8 @@ def _summary(entries: list[dict], manifest: dict, saved: dict[str, Saved], out: 
         _headline(entries, manifest, saved, out),
         f"Profile **{manifest['profile']}** on **{manifest['dataset']}** "
         f"({manifest['environment'].get('device', '?')}); {done} of {len(EXPERIMENTS)} "
-        f"experiments have results. Every number below comes from a run saved under {out}; "
+        f"experiments have results. Every number below comes from a run saved under "
+        f"`{shlex.quote(str(out))}`; "
         "`dfl report` rebuilds this page from those saved results without training.",
     ]
     failed = {
