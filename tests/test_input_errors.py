@@ -237,6 +237,18 @@ def test_unwritable_out_exits_1_and_leaves_nothing(unwritable_dir, capsys, digit
     assert list(unwritable_dir.iterdir()) == []
 
 
+@pytest.mark.mnist
+def test_an_unwritable_data_cache_exits_1(unwritable_dir, capsys, monkeypatch, tmp_path):
+    """The data cache is a directory dfl writes, like --out: exit 1, as the README says (it
+    was 2, the code for bad input)."""
+    monkeypatch.setenv("DFL_DATA_DIR", str(unwritable_dir / "cache"))
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "mlp", *TINY, "--epochs", "1", "--out", str(out))
+    assert code == 1
+    assert_one_error(err, "set DFL_DATA_DIR to a writable directory")
+    assert not out.exists()
+
+
 def test_disk_full_when_the_run_directory_is_made(tmp_path, capsys, digits, monkeypatch):
     real_mkdir = os.mkdir
 

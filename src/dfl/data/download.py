@@ -77,7 +77,8 @@ def download_idx_files(
             except OSError as e:
                 raise DataError(
                     f"cannot write {dest_dir / name}: {e.strerror or e} "
-                    "(set DFL_DATA_DIR to a writable directory)"
+                    "(set DFL_DATA_DIR to a writable directory)",
+                    exit_code=1,
                 ) from None
             break
         else:
@@ -99,7 +100,8 @@ def _fetch_verified(
     except OSError as e:
         raise DataError(
             f"cannot write into the data cache {dest_dir}: {e.strerror or e} "
-            "(set DFL_DATA_DIR to a writable directory)"
+            "(set DFL_DATA_DIR to a writable directory)",
+            exit_code=1,
         ) from None
     try:
         md5 = _stream_to(url, tmp, timeout, limit=expected.nbytes + (1 << 20))

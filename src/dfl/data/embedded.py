@@ -173,5 +173,6 @@ def materialize_embedded(
     except OSError as e:
         raise DataError(
             f"cannot write the MNIST cache in {dest_dir}: {e.strerror or e} "
-            "(set DFL_DATA_DIR to a writable directory)"
+            "(set DFL_DATA_DIR to a writable directory)",
+            exit_code=1,  # an unwritable directory, as for --out
         ) from None
