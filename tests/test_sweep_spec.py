@@ -54,6 +54,9 @@ GRID = '[grid]\n"optim.lr" = [0.001, 0.01]\n'
          "high = 0.1, log = true }\n", "log needs low > 0"),
         ('name = "s"\n', "[search]\nn_trials = 0\n[search.space]\nepochs = { choices = [1] }\n",
          "spec key 'search.n_trials'"),
+        ('name = "s"\n', "[grid]\n" + "".join(
+            f'"model_args.{k}" = {list(range(1, 11))}\n' for k in "abcdef"),
+         "the grid has 1,000,000 points (10 x 10 x 10 x 10 x 10 x 10)"),
     ],
 )  # fmt: skip
 def test_spec_errors_name_the_key(tmp_path: Path, head: str, tail: str, message: str):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from dfl.config import TrainConfig, merge, overlapping_key, read_toml, set_dotted
 from dfl.errors import ConfigError
 from dfl.validation import Strict, describe_validation_error
+
+MAX_GRID_POINTS = 10_000  # already days of training for the smallest of the lab's models
 
 # Schedules whose learning rate at epoch e does not depend on the total number of epochs: a
 # shorter run is then exactly the first epochs of a longer one (cosine and onecycle stretch
@@ -155,6 +158,8 @@ class SweepSpec(Strict):
         for key in self.keys:
             if key in SWEEP_CONTROLLED:
                 raise ValueError(f"'{key}' is set by the sweep (selection is on validation only)")
+        if self.grid is not None:
+            self._check_grid_size()
         if self.direction is None:
             if self.metric.endswith("loss"):
                 self.direction = "minimize"
@@ -170,6 +175,18 @@ class SweepSpec(Strict):
                 f"({self.heartbeat_interval}), or live trials would be requeued"
             )
         return self
+
+    def _check_grid_size(self) -> None:
+        """Counted, not expanded: a 10^6-point grid took 4.5 GB and minutes to list (and would
+        queue trials for hours) before anything said it was too big."""
+        sizes = [len(v) for v in self.grid.values()]  # type: ignore[union-attr]
+        points = math.prod(sizes)
+        if points > MAX_GRID_POINTS:
+            shape = " x ".join(map(str, sizes))
+            raise ValueError(
+                f"the grid has {points:,} points ({shape}), more than the {MAX_GRID_POINTS:,} "
+                "a sweep takes: split it into smaller grids, or use [search] with n_trials"
+            )
 
     # --- the space ---------------------------------------------------------------------------
 
