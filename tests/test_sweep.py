@@ -9,6 +9,7 @@ directory of IDX files that every worker loads by path."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import pwd
@@ -29,6 +30,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from conftest import write_idx_dataset
@@ -38,9 +40,9 @@ from dfl.run_dir import read_history, read_status
 from dfl.sweep import study as studies
 from dfl.sweep.launch import run_sweep
 from dfl.sweep.spec import load_spec
-from dfl.sweep.storage import open_storage, storage_url
+from dfl.sweep.storage import ReconnectingStorage, describe_url, open_storage, storage_url
 from dfl.sweep.trial import run_dir_name
-from dfl.sweep.worker import pop_waiting, run_worker
+from dfl.sweep.worker import _fail_stale_trials, pop_waiting, run_worker
 from dfl.trainer import fit
 
 CLI = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
@@ -103,6 +105,61 @@ def _pg_bindir() -> Path | None:
     return Path(found).parent if found else None
 
 
+class Postgres:
+    """A throwaway PostgreSQL server on loopback, in its own directory, that a test can stop
+    and start again; run as `postgres` when we are root (the server refuses root)."""
+
+    def __init__(self, bindir: Path, root: Path, run_as: list[str]) -> None:
+        self.bindir, self.root, self.run_as = bindir, root, run_as
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+        command = [*self.run_as, str(self.bindir / tool), "-D", str(self.root / "data"), *args]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    def init(self) -> subprocess.CompletedProcess:
+        return self._run("initdb", "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def start(self) -> subprocess.CompletedProcess:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return self._run("pg_ctl", "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> subprocess.CompletedProcess:
+        return self._run("pg_ctl", "-m", mode, "-w", "stop")
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[Postgres]:
+    """A new server, removed afterwards; skip saying why when none can be started."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL: set DFL_TEST_POSTGRES_URL or install postgresql (initdb)")
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    # Not under tmp_path: `postgres` must reach it, and pytest's base directory is root's only.
+    root = Path(tempfile.mkdtemp(prefix="dfl-pg-"))
+    if run_as:
+        os.chown(root, user.pw_uid, user.pw_gid)
+    server = Postgres(bindir, root, run_as)
+    try:
+        for step in (server.init, server.start):
+            done = step()
+            if done.returncode != 0:
+                pytest.skip(f"could not start PostgreSQL ({step.__name__}): {done.stderr[-300:]}")
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """$DFL_TEST_POSTGRES_URL (CI starts a server, see .ci/run), else a throwaway server
@@ -110,50 +167,16 @@ def postgres_url() -> Iterator[str]:
     if os.environ.get("DFL_TEST_POSTGRES_URL"):
         yield os.environ["DFL_TEST_POSTGRES_URL"]
         return
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL: set DFL_TEST_POSTGRES_URL or install postgresql (initdb)")
-    run_as: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="dfl-pg-"))
-    if os.geteuid() == 0:  # the server refuses to run as root: run it as `postgres`
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    steps = [
-        [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-        [
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(root / "log"),
-            "-w",
-            "start",
-        ],
-    ]
-    for step in steps:
-        done = subprocess.run(run_as + step, capture_output=True, text=True)
-        if done.returncode != 0:
-            shutil.rmtree(root, ignore_errors=True)
-            pytest.skip(f"could not start PostgreSQL ({' '.join(step[:1])}): {done.stderr[-300:]}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres() as server:
+        yield server.url
+
+
+@pytest.fixture
+def restartable_postgres() -> Iterator[Postgres]:
+    """A server of the test's own, to stop and start (CI's shared one is not the test's to
+    stop)."""
+    with throwaway_postgres() as server:
+        yield server
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +573,161 @@ def test_sigkill_of_one_worker_among_two_the_study_still_completes(
     ]
     assert len(resumed) == 1 and resumed[0].system_attrs["retry_history"]
     assert [r["epoch"] for r in read_history(victim)] == list(range(1, 7))
+
+
+# ---------------------------------------------------------------------------------------------
+# A database server that goes away mid-sweep
+
+
+def sweep_args(spec_path: Path, out: Path, server: Postgres) -> list[str]:
+    return [
+        "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out),
+        "--storage", server.url,
+    ]  # fmt: skip
+
+
+def start_mid_trial(command: list[str], out: Path) -> subprocess.Popen:
+    """Start the sweep `command`; return once a trial is mid-way (every trial holds still 2 s
+    writing its epoch-2 checkpoint, so both workers are training then)."""
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "2:2"}
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        wait_for_mid_trial(out / "trials", proc, epoch=2)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def worker_logs(out: Path) -> list[str]:
+    return [p.read_text() for p in sorted((out / "workers").glob("*.log"))]
+
+
+def test_every_storage_call_that_opens_a_transaction_waits_out_an_outage():
+    """ReconnectingStorage retries RDBStorage's methods by name: one that Optuna adds or
+    renames would go unretried, and a server restart would kill the sweep again there."""
+    opens = {
+        name
+        for name, method in inspect.getmembers(RDBStorage, inspect.isfunction)
+        if "_create_scoped_session(" in inspect.getsource(method)
+    }
+    assert len(opens) > 20
+    assert [n for n in opens if getattr(ReconnectingStorage, n) is getattr(RDBStorage, n)] == []
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_right_after_an_outage_no_trial_is_taken_for_dead(restartable_postgres: Postgres):
+    """Nobody could beat while the server was away, so as it returns every running trial
+    looks stale: a verdict then would fail the live workers' trials. It waits a grace period
+    and a beat from the reconnection, in which live workers beat, then fails a trial whose
+    worker is really gone."""
+    server = restartable_postgres
+    said: list[str] = []
+    url = storage_url(server.url, Path("."))
+    storage = open_storage(url, heartbeat_interval=1, grace_period=2, log=said.append)
+    study = optuna.create_study(storage=storage)
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name(study.study_name))
+    storage.record_heartbeat(trial_id)  # and never again, as a worker that died
+    assert server.stop().returncode == 0
+    time.sleep(3)  # past the grace period
+    restart = threading.Timer(1, server.start)
+    restart.start()
+    try:
+        _fail_stale_trials(study)  # waits for the server
+    finally:
+        restart.join()
+    assert storage.get_trial(trial_id).state == TrialState.RUNNING
+    assert len(said) == 1 and " unreachable (" in said[0], said
+    time.sleep(3)
+    _fail_stale_trials(study)
+    assert storage.get_trial(trial_id).state == TrialState.FAIL
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize(("mode", "away_s"), [("fast", 7), ("immediate", 0)])
+def test_a_database_restart_mid_sweep_is_waited_out(
+    tmp_path: Path, idx_dir: Path, restartable_postgres: Postgres, mode: str, away_s: float
+):
+    """The server stops while both workers train (`fast`: their sessions are ended; or
+    `immediate`: cut) and starts again `away_s` seconds later. The workers and the launcher
+    wait for it, each saying so in one line: exit 0, every point completed once, no trial
+    failed (the heartbeats missed during the outage are not taken for dead workers), no
+    traceback. It was exit 1 with a StorageInternalError and both workers dead, their trials
+    left RUNNING; the immediate stop and start killed a worker."""
+    server = restartable_postgres
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)
+    slow_enough(spec_path, 4)
+    out = tmp_path / "sweep"
+    proc = start_mid_trial([*CLI, *sweep_args(spec_path, out, server)], out)
+    try:
+        assert server.stop(mode).returncode == 0
+        time.sleep(away_s)
+        assert server.start().returncode == 0
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert_each_point_once(trials_of(spec_path, storage_url(server.url, out)), 4)
+    outputs = [stdout + stderr, *worker_logs(out)]
+    assert not any("Traceback" in text for text in outputs), outputs
+    said = [text.count(" unreachable (") for text in outputs]  # launcher, worker, worker
+    if away_s:
+        assert said == [1, 1, 1], outputs
+    else:  # a restart without downtime may pass unnoticed: the pool's pre-ping reconnects
+        assert max(said) <= 1, outputs
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_database_away_past_the_limit_is_one_line_and_the_rerun_completes(
+    tmp_path: Path, idx_dir: Path, restartable_postgres: Postgres
+):
+    """The server stays away past the launcher's limit (lowered to 3 s here; its workers,
+    which it then stops, keep theirs): one line `dfl: error: database ... unreachable for 3 s
+    ...`, exit 1, no traceback, the trials that were training left RUNNING. With the server
+    back, the same command fails those by their silent heartbeats, requeues each once and
+    completes the sweep."""
+    server = restartable_postgres
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)
+    slow_enough(spec_path, 4)
+    out = tmp_path / "sweep"
+    args = sweep_args(spec_path, out, server)
+    impatient = "import dfl.sweep.storage as s; s.OUTAGE_LIMIT_S = 3; " + CLI[-1]
+    proc = start_mid_trial([sys.executable, "-c", impatient, *args], out)
+    try:
+        assert server.stop("fast").returncode == 0
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    assert not any("Traceback" in text for text in [stdout, stderr, *worker_logs(out)])
+    url = storage_url(server.url, out)
+    error = stderr.strip().splitlines()[-1]
+    said = f"dfl: error: database {describe_url(url)} unreachable for 3 s ("
+    assert error.startswith(said), error
+    assert error.endswith(
+        "; rerun the same command once it is back: finished trials are kept, and the ones "
+        "left running are requeued"
+    )
+
+    assert server.start().returncode == 0
+    left = {t.number for t in trials_of(spec_path, url) if t.state == TrialState.RUNNING}
+    assert left  # the trials in training when it gave up
+    again = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr
+    trials = trials_of(spec_path, url)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done) == 4
+    assert {t.number for t in trials if t.state == TrialState.FAIL} == left
+    requeued = [n for t in done for n in t.system_attrs.get("retry_history", [])]
+    assert sorted(requeued) == sorted(left)  # each once
+    assert "Traceback" not in again.stdout + again.stderr
 
 
 @pytest.mark.slow

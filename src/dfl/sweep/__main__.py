@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dfl worker: error: {e}", file=sys.stderr)
             return e.exit_code
         except KeyboardInterrupt:
-            print("dfl worker: interrupted; its trial is back in the queue", file=sys.stderr)
+            print("dfl worker: interrupted; its trial goes back in the queue", file=sys.stderr)
             return 130
 
 

@@ -76,7 +76,7 @@ def run_sweep(
     reuse = check_trials(spec)
     sweep_dir = Path(out) if out is not None else Path("sweeps") / spec.name
     url = storage_url(storage, sweep_dir)
-    store = open_storage(url)
+    store = open_storage(url, log=lambda line: tqdm.write(line, file=progress))
     # Two `dfl sweep` commands started together on one new study must not both queue the
     # grid: creating and queueing happen under a lock in the sweep's directory.
     with file_lock(sweep_dir / "create.lock"):

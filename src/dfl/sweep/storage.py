@@ -11,31 +11,45 @@ Two things about SQLite under concurrent workers, both measured here, not assume
   up to the timeout; WAL lets readers go on while one worker writes.
 PostgreSQL needs neither: Optuna reads the trial `FOR UPDATE`.
 
-The two waits here (`_use_wal`, `open_storage`) are hand-written loops rather than a retry
-library such as tenacity: each is a few lines that retry one named error ("locked", tables
-created twice) until a deadline or a count, and a decorator would say no more while adding
-a dependency (run_lock's ATTEMPTS loop is a race re-check, not a retry with waits).
+A database server can go away for a while (a restart, a failover, a network cut): workers and
+the launcher wait it out, up to OUTAGE_LIMIT_S (`ReconnectingStorage`), and then end on one
+line; the trials they leave RUNNING are requeued by the heartbeat mechanism, as a killed
+worker's are. An SQLite file has no server to lose: its storage is Optuna's own.
+
+The waits here (`_use_wal`, `open_storage`, `ReconnectingStorage`) are hand-written loops
+rather than a retry library such as tenacity: each is a few lines that retry one named kind of
+error ("locked", tables created twice, a lost connection) until a deadline or a count, and a
+decorator would say no more while adding a dependency (run_lock's ATTEMPTS loop is a race
+re-check, not a retry with waits).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import random
 import sqlite3
+import sys
+import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
-from sqlalchemy import event
+from optuna.storages import RDBStorage
+from sqlalchemy import event, exc
 
 from dfl.errors import DflError
 
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a worker waits for another's write before giving up
 MAX_RETRIES = 3  # requeues of a trial whose worker died; a trial that kills workers stops
 OPEN_ATTEMPTS = 4  # tries to open a storage (see open_storage)
+OUTAGE_LIMIT_S = 60.0  # how long a database server may be away before a sweep gives up
+BACKOFF_S = (0.1, 2.0)  # the first and the longest wait between tries while it is away
+CONNECT_TIMEOUT_S = 10  # a server that does not answer at all costs a try this much, no more
 
 
 def storage_url(storage: str | None, sweep_dir: Path) -> str:
@@ -89,10 +103,17 @@ def _use_wal(path: Path) -> None:
 
 
 def open_storage(
-    url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
-) -> optuna.storages.RDBStorage:
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RDBStorage:
     """An RDBStorage; with a heartbeat, a trial whose worker stopped beating for
-    `grace_period` seconds is failed by the next worker that looks, and requeued."""
+    `grace_period` seconds is failed by the next worker that looks, and requeued. A server
+    database's storage rides out the server's outages (`ReconnectingStorage`), saying so on
+    `log` (default: stderr). One that cannot be reached now is an error at once: a sweep
+    starting against a database that is down, or a mistyped URL, should not wait a minute."""
     is_sqlite = url.startswith("sqlite")
     engine_kwargs: dict[str, Any] = {}
     if is_sqlite:
@@ -102,7 +123,9 @@ def open_storage(
         # isolation_level=None: the driver emits no BEGIN of its own; ours follows below.
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}
     else:
-        engine_kwargs["pool_pre_ping"] = True  # a server restart costs a reconnect, not a worker
+        engine_kwargs["pool_pre_ping"] = True  # a connection the server dropped is replaced
+        if url.startswith("postgresql"):  # libpq's, for psycopg 2 and 3 alike
+            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     heartbeat: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -114,11 +137,14 @@ def open_storage(
                     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
                 ),
             }
+    kind: Callable[..., RDBStorage] = (
+        RDBStorage if is_sqlite else functools.partial(ReconnectingStorage, log=log or _say)
+    )
     for attempt in range(OPEN_ATTEMPTS):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+                storage = kind(url, engine_kwargs=engine_kwargs, **heartbeat)
             break
         except ImportError as e:
             raise DflError(
@@ -130,11 +156,20 @@ def open_storage(
             if attempt + 1 < OPEN_ATTEMPTS:
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DflError(f"cannot open study storage {describe_url(url)}: {first}") from None
+            raise DflError(
+                f"cannot open study storage {describe_url(url)}: {_first_line(e)}"
+            ) from None
     if is_sqlite:
         event.listen(storage.engine, "begin", _begin_immediate)
     return storage
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _begin_immediate(connection: Any) -> None:
@@ -148,3 +183,166 @@ def study_id(storage: optuna.storages.RDBStorage, name: str) -> int:
         known = [s.study_name for s in storage.get_all_studies()]
         hint = f" (studies there: {', '.join(known)})" if known else " (it holds no study)"
         raise DflError(f"no study '{name}' in {describe_url(storage.url)}{hint}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Riding out a database server's outage
+
+
+class StorageUnreachable(DflError):
+    """The database server stayed away past OUTAGE_LIMIT_S (or past this thread's patience,
+    see `without_waiting`)."""
+
+    exit_code = 1
+
+
+_outage_lock = threading.Lock()  # one "unreachable" line per outage, whichever thread meets it
+_this_thread = threading.local()  # .patience_s: how long this thread's calls wait out an outage
+
+
+@contextlib.contextmanager
+def without_waiting() -> Iterator[None]:
+    """Storage calls made in this block, by this thread, try once and raise StorageUnreachable
+    rather than wait out an outage: for a heartbeat (its next beat is the retry) and for a
+    worker on its way out (the trial it could not requeue is requeued by the heartbeat
+    mechanism once the server is back)."""
+    before = getattr(_this_thread, "patience_s", None)
+    _this_thread.patience_s = 0.0
+    try:
+        yield
+    finally:
+        _this_thread.patience_s = before
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the errors behind it, as its traceback would show them."""
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether `error`, or an error behind it (RDBStorage raises StorageInternalError from
+    SQLAlchemy's), is about the connection: the server refused it, dropped it, is shutting
+    down or starting up. Deadlocks and statement timeouts are OperationalErrors too, and worth
+    a retry as well; a bad value (DataError) or a bug (ProgrammingError) is not retried."""
+    return any(isinstance(e, (exc.OperationalError, exc.InterfaceError)) for e in _chain(error))
+
+
+class ReconnectingStorage(RDBStorage):
+    """An RDBStorage that waits out its database server's outage for up to OUTAGE_LIMIT_S: a
+    call that fails with a connection error is tried again, waiting BACKOFF_S[0], twice that,
+    and so on up to BACKOFF_S[1], and the outage is logged once, when it begins. (The pool's
+    pre-ping, see open_storage, replaces a connection the server dropped while it was idle;
+    this is for the calls made while the server is away.)
+
+    Is a retry safe? Each retried method is one transaction of its own. If the server went
+    away before the commit, nothing was written and the retry is the call. If it went away
+    after committing but before answering (a window of microseconds per write), the retry
+    meets its own write:
+    - attributes, intermediate values, heartbeats: written again with the same value; a
+      parameter: refused as a duplicate, which RDBStorage ignores; a new study: refused as a
+      duplicate, and `create_study(load_if_exists=True)` loads it. Safe.
+    - claiming a queued trial (WAITING -> RUNNING, `pop_waiting`): the retry finds it RUNNING
+      and the worker claims another. The claimed one has the heartbeat beaten just before the
+      claim and none after, so it is failed and requeued after the grace period, and runs
+      once. Safe (one FAIL record more).
+    - finishing a trial (`tell`): the retry finds it finished; the result is recorded, though
+      the worker logs that the trial "was requeued meanwhile". Safe.
+    - failing a stale trial (`fail_stale_trials`): the retry finds it failed and Optuna skips
+      the requeue: that point stays failed until `dfl sweep --retry-failed`. Not safe.
+    - creating a trial (queueing a grid point, requeueing a stale trial, a search's `ask`):
+      the trial is created twice. Not safe: a grid point queued twice runs twice (in one run
+      directory: the second reads the first's result); a search's extra trial is RUNNING
+      with no heartbeat, so it is never failed and the workers wait for it. Optuna's own
+      retries of trial creation (for deadlocks, up to 5) have the same window."""
+
+    def __init__(self, url: str, *, log: Callable[[str], None], **kwargs: Any) -> None:
+        self._log = log
+        self._down_since: float | None = None  # monotonic time the current outage began
+        self._back_at = -float("inf")  # monotonic time the last one ended
+        super().__init__(url, **kwargs)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        delay = BACKOFF_S[0]
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except Exception as e:
+                if not is_connection_error(e):
+                    raise
+                self._wait_or_give_up(e, delay)
+                delay = min(2 * delay, BACKOFF_S[1])
+                continue
+            if self._down_since is not None:  # looked at without the lock: every call is here
+                self._came_back()
+            return result
+
+    def _wait_or_give_up(self, error: Exception, delay: float) -> None:
+        now = time.monotonic()
+        with _outage_lock:
+            if self._down_since is None:
+                self._down_since = now
+                self._log(
+                    f"database {describe_url(self.url)} unreachable ({_db_message(error)}); "
+                    f"retrying for up to {OUTAGE_LIMIT_S:g} s"
+                )
+            away = now - self._down_since
+        patience = getattr(_this_thread, "patience_s", None)
+        patience = OUTAGE_LIMIT_S if patience is None else patience
+        if away >= patience:
+            raise StorageUnreachable(
+                f"database {describe_url(self.url)} unreachable for {away:.0f} s "
+                f"({_db_message(error)}); rerun the same command once it is back: finished "
+                "trials are kept, and the ones left running are requeued"
+            ) from None
+        # Jittered, so that workers do not all knock at the same instant when it returns.
+        time.sleep(min(delay * random.uniform(0.5, 1.0), patience - away))
+
+    def _came_back(self) -> None:
+        with _outage_lock:
+            if self._down_since is not None:
+                self._down_since, self._back_at = None, time.monotonic()
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # While the server was away nobody could beat, so right after an outage every running
+        # trial looks stale, the live workers' too. Each live worker beats again within half a
+        # second of the server's return (trial.Heartbeat), so no verdict is given until a grace
+        # period and a beat after this process reconnected (this very call may have waited
+        # for it). A worker that died meanwhile still has its trial failed, that much later.
+        stale = self._call(RDBStorage._get_stale_trial_ids, study_id)
+        assert self.heartbeat_interval is not None
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        return stale if time.monotonic() - self._back_at >= grace + self.heartbeat_interval else []
+
+
+def _db_message(error: BaseException) -> str:
+    """The driver's own first line ('connection to server at ... failed: Connection
+    refused'), without SQLAlchemy's and Optuna's wrapping."""
+    dbapi = next((e for e in _chain(error) if isinstance(e, exc.DBAPIError)), None)
+    return _first_line(error if dbapi is None else dbapi.orig)
+
+
+def _reconnecting(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: ReconnectingStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(method, *args, **kwargs)
+
+    return call
+
+
+# RDBStorage's methods that run a transaction each (its other methods, and Optuna's cache in
+# front of it, call these), so each is retried whole; none calls another.
+for _name in (
+    "create_new_study", "delete_study", "get_all_studies", "get_study_id_from_name",
+    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "set_study_user_attr", "set_study_system_attr",
+    "_create_new_trial", "_get_trials", "get_trial", "get_trial_id_from_study_id_trial_number",
+    "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "_get_best_trial_id",
+    "_set_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "record_heartbeat",
+):  # fmt: skip
+    setattr(ReconnectingStorage, _name, _reconnecting(_name))

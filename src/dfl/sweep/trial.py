@@ -39,10 +39,12 @@ from dfl.data import Dataset, load_dataset
 from dfl.errors import DflError
 from dfl.run_dir import RunStatus, read_history
 from dfl.sweep.spec import Params, RunPlan, SweepSpec, decode, encode, run_plan
+from dfl.sweep.storage import StorageUnreachable, without_waiting
 from dfl.trainer import StopRun, build_model, fit
 
 CURVE_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 Log = Callable[[str], None]
+BEAT_RETRY_S = 0.5  # after a beat the database missed, the next try comes this soon
 
 
 @dataclass
@@ -150,7 +152,11 @@ def run_dir_lock(run_dir: Path, log: Log) -> contextlib.AbstractContextManager[N
 
 class Heartbeat:
     """Records the trial's heartbeat every `interval` seconds while the worker lives; a worker
-    that is killed stops beating and, after the grace period, its trial is requeued."""
+    that is killed stops beating and, after the grace period, its trial is requeued. While
+    the database is away a beat tries once (the storage says once that it is away) and the
+    next comes BEAT_RETRY_S later, not a whole interval: the first beat after the server's
+    return is that prompt, which the other workers count on
+    (storage.ReconnectingStorage._get_stale_trial_ids), and stopping never waits on a beat."""
 
     def __init__(
         self, storage: optuna.storages.BaseStorage, trial_id: int, interval: int, log: Log
@@ -169,11 +175,16 @@ class Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as e:  # a database hiccup: try again next beat, never kill the run
-                self.log(f"heartbeat of trial id {self.trial_id} not recorded: {e}")
+        wait = self.interval
+        with without_waiting():
+            while not self._stop.wait(wait):
+                wait = self.interval
+                try:
+                    self.storage.record_heartbeat(self.trial_id)
+                except StorageUnreachable:  # said once by the storage
+                    wait = min(BEAT_RETRY_S, self.interval)
+                except Exception as e:  # a database hiccup: try again next beat, never kill it
+                    self.log(f"heartbeat of trial id {self.trial_id} not recorded: {e}")
 
 
 def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOutcome | None:
@@ -192,13 +203,13 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOu
         with run_dir_lock(run_dir, ctx.log):
             state, value, reason = _train(ctx, trial, trial_id, cfg, plan, run_dir)
     except KeyboardInterrupt:
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            ctx.storage.set_trial_state_values(trial_id, TrialState.WAITING)
-            ctx.log(f"trial {trial.number} interrupted: back in the queue, its checkpoints kept")
+        _requeue(ctx, trial, trial_id)
         raise
     except optuna.exceptions.UpdateFinishedTrialError:
         _say_taken_over(ctx, trial)
         return None
+    except StorageUnreachable:  # not the trial's failure: nothing can be recorded anyway
+        raise
     except Exception as e:
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, DflError):
@@ -221,6 +232,24 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOu
         # the trial and requeued it, and that retry, finding this run done, records it.
         ctx.log(f"trial {trial.number} was requeued meanwhile; its retry records the result")
     return TrialOutcome(trial.number, state, value, params, reason)
+
+
+def _requeue(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> None:
+    """Put an interrupted trial back in the queue. Not waiting for a database that is away:
+    the trial then stays RUNNING, and its heartbeat, stopped with this worker, gets it failed
+    and requeued once the server is back, as a killed worker's trial."""
+    try:
+        with without_waiting():
+            ctx.storage.set_trial_state_values(trial_id, TrialState.WAITING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # taken over meanwhile: the other worker has it
+    except StorageUnreachable:
+        ctx.log(
+            f"trial {trial.number} interrupted while the database is unreachable: requeued "
+            f"once it is back and {ctx.spec.grace_period}s have passed without a heartbeat"
+        )
+        return
+    ctx.log(f"trial {trial.number} interrupted: back in the queue, its checkpoints kept")
 
 
 def _say_taken_over(ctx: WorkerContext, trial: optuna.Trial) -> None:

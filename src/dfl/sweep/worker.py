@@ -8,6 +8,11 @@ worker fails the trials whose workers stopped beating; Optuna's retry callback r
 with the same parameters, hence the same run directory, and the next worker resumes them. A
 worker that was only silent (stopped, then continued) finds its trial taken over at its next
 write to it, drops it and claims the next.
+
+A database server that goes away (restarted, failed over) is waited for, up to a minute: every
+storage call retries (storage.ReconnectingStorage), so a worker mid-trial goes on training
+and reports its epochs once the server is back. Past that, the worker ends on one line, its
+trial left RUNNING for the heartbeat mechanism to requeue when the sweep is run again.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ def run_worker(
         pin_threads(threads)  # the launcher's split of the cores (or --threads) holds
     spec = _stored_spec(name, url)
     storage = open_storage(
-        url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period
+        url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period, log=log
     )
     study, spec = studies.load(name, storage, index)
     sweep_dir = sweep_dir or default_sweep_dir(storage, name)
