@@ -92,7 +92,6 @@ def out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
-
 def names() -> list[str]:
     return sorted(_REGISTRY)
 
