@@ -437,6 +437,27 @@ def test_ctrl_c_in_the_first_second_is_one_line(after_s, tmp_path, digits):
     assert read_status(out)["status"] == "running"  # or during it: --resume continues
 
 
+@pytest.mark.slow
+def test_sigterm_winds_down_like_ctrl_c_and_exits_143(tmp_path, digits):
+    """SIGTERM (a scheduler, `timeout`) ended `dfl train` on the spot (the default action) and
+    `dfl reproduce` with 130; now every command winds down as after Ctrl-C and says which it
+    was as a shell would: 143. The run stays resumable."""
+    out = tmp_path / "run"
+    args = [*DFL, "train", "mlp", "--dataset", str(digits), *TINY, "--epochs", "10000"]
+    proc = subprocess.Popen([*args, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (out / "metrics.jsonl").exists())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.startswith("dfl:")]
+    assert lines == ["dfl: interrupted; run the same command again with --resume to continue"]
+    assert "Traceback" not in err
+    assert read_status(out)["status"] == "running"  # --resume continues it
+
+
 # --- models whose arguments do not fit, and memory ------------------------------------------
 
 MISFITS = {

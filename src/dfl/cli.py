@@ -1,8 +1,8 @@
 """`dfl`: parse, validate, call. Every command has --help; every user error is one line on
 stderr and a non-zero exit, never a traceback: 2 for bad input (including a run directory
 another process is training), 1 for a full disk or an unwritable directory, 3 for a diverged
-run, 4 for a reproduction with failed experiments or a sweep with no completed trial, 130 when
-interrupted."""
+run, 4 for a reproduction with failed experiments or a sweep with no completed trial, 130 after
+Ctrl-C and 143 after SIGTERM (both wind down the same way: dfl/interrupts.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dfl.errors import DflError
-from dfl.interrupts import InterruptOnce, deferred_interrupt
+from dfl.interrupts import (
+    InterruptOnce,
+    SigtermAsInterrupt,
+    deferred_interrupt,
+    interrupted_exit_code,
+)
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -250,7 +255,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace | None = None
-    with InterruptOnce():
+    with InterruptOnce(), SigtermAsInterrupt():
         try:
             # Building the parser imports every command module (torch among them): a Ctrl-C
             # there waits for the imports to finish, then ends the command like any other.
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"dfl: interrupted; run the same command again{again} to continue",
                 file=sys.stderr,
             )
-            return 130
+            return interrupted_exit_code()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ done (`deferred_interrupt`), and after the first one the rest are ignored (`Inte
 
 Both act only where Python handles SIGINT itself, in the main thread: a process started with
 SIGINT ignored (a script's background job) keeps ignoring it.
+
+SIGTERM (a scheduler, `timeout`, a launcher stopping its workers) ends a command the same way,
+once (`SigtermAsInterrupt`); the exit code then says which it was, as a shell would: 130 after
+Ctrl-C, 143 after SIGTERM (`interrupted_exit_code`).
 """
 
 from __future__ import annotations
@@ -66,3 +70,42 @@ def deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if pending:
         previous(signal.SIGINT, None)  # raises KeyboardInterrupt (or does what it does)
+
+
+INTERRUPTED, TERMINATED = 130, 143  # exit codes after SIGINT and SIGTERM: 128 + the signal
+_terminated = False  # whether this process was asked to stop by SIGTERM
+
+
+def note_sigterm() -> None:
+    """Record that the KeyboardInterrupt on its way came from SIGTERM (for the exit code)."""
+    global _terminated
+    _terminated = True
+
+
+def interrupted_exit_code() -> int:
+    return TERMINATED if _terminated else INTERRUPTED
+
+
+class SigtermAsInterrupt:
+    """While active (in the main thread, where SIGTERM has its default action), the first
+    SIGTERM raises KeyboardInterrupt, so the command winds down as after Ctrl-C (checkpoints
+    kept, trials requeued) instead of dying mid-write; later ones are ignored. A block that
+    needs its own handler (a group of workers) sets it inside, calling `note_sigterm`."""
+
+    def __enter__(self) -> SigtermAsInterrupt:
+        global _terminated
+        _terminated = False  # a new command (main() called again, as the tests do)
+        self.previous = signal.getsignal(signal.SIGTERM)
+        self.active = self.previous is signal.SIG_DFL and _in_main_thread()
+        if self.active:
+            signal.signal(signal.SIGTERM, self._fire)
+        return self
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        note_sigterm()
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, self.previous)

@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from dfl.errors import DflError, one_line
+from dfl.interrupts import INTERRUPTED, TERMINATED, note_sigterm
 
 STOP_WAIT_S = 15.0  # how long workers get to wind down (requeue a trial) before each signal
 POLL_S = 0.05  # how often a wait looks at the workers
-INTERRUPTED = 130  # a worker's exit code after a Ctrl-C (128 + SIGINT), as a shell reports it
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
@@ -213,6 +213,7 @@ class WorkerGroup:
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # until __exit__ puts the old one back
         self.sigterm = True
+        note_sigterm()
         raise KeyboardInterrupt
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
@@ -329,7 +330,7 @@ def run_in_workers(
 def _why_it_died(code: int) -> str:
     """Why a worker ended without answering, from its exit code; a worker stopped by Ctrl-C
     or SIGTERM raises KeyboardInterrupt instead: that stops everything."""
-    if code == INTERRUPTED:
+    if code in (INTERRUPTED, TERMINATED):
         raise KeyboardInterrupt
     if code < 0:  # a signal: SIGKILL by hand or by the kernel out of memory, a crash in C
         return f"its process was killed (signal {-code})"

@@ -7,7 +7,7 @@ import sys
 
 from dfl.cli import Parser
 from dfl.errors import DflError
-from dfl.interrupts import InterruptOnce
+from dfl.interrupts import InterruptOnce, SigtermAsInterrupt, interrupted_exit_code
 from dfl.subnormals import flushed_to_zero
 from dfl.sweep.commands import add_worker_arguments
 
@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_worker_arguments(sub.add_parser("worker"))
     args = parser.parse_args(argv)
-    with InterruptOnce():  # a second Ctrl-C cannot cut short putting the trial back
+    # a second Ctrl-C (or SIGTERM) cannot cut short putting the trial back
+    with InterruptOnce(), SigtermAsInterrupt():
         try:
             with flushed_to_zero():  # before torch starts its threads: they inherit it
                 return args.run(args) or 0
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_code
         except KeyboardInterrupt:
             print("dfl worker: interrupted; its trial goes back in the queue", file=sys.stderr)
-            return 130
+            return interrupted_exit_code()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dfl.cli import command
 from dfl.errors import DflError
+from dfl.interrupts import interrupted_exit_code
 
 
 @command("sweep", "run a sweep spec (grid or search) as an Optuna study; `dfl sweep status X`")
@@ -85,7 +86,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         raise DflError(
             "interrupted: running trials are back in the queue with their checkpoints; rerun "
             "the same command to continue",
-            exit_code=130,
+            exit_code=interrupted_exit_code(),
         ) from None
     print(format_status(status, list_trials=args.trials))  # each failure with its reason
     require_a_completed_trial(status)

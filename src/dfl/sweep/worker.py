@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from dfl.interrupts import note_sigterm
 from dfl.sweep import study as studies
 from dfl.sweep.spec import SweepSpec, check_trials
 from dfl.sweep.storage import open_storage, study_id
@@ -183,6 +184,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     trial goes back in the queue with its checkpoints."""
 
     def interrupt(signum: int, frame: Any) -> None:
+        # once: a killed launcher's SIGTERM comes several times, and a second one would cut
+        # the trial's requeue short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        note_sigterm()
         raise KeyboardInterrupt
 
     try:
