@@ -76,6 +76,16 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").read_text() == html
 
+    # A flipped byte in the weights behind a figure: the figure is named missing, with the
+    # reason, where a SafetensorError traceback ended `dfl report`.
+    run = Path(results["numbers"]["cnn"]["selected.test_accuracy"]["run_dir"])
+    weights = run / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-64] ^= 0x10
+    weights.write_bytes(bytes(raw))
+    assert main(["report", str(out)]) == 0
+    assert "is not the file the run wrote" in (out / "report.md").read_text()
+
 
 def test_unrun_experiments_show_as_missing_with_a_reason(tmp_path: Path):
     out = tmp_path / "empty"

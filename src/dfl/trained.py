@@ -87,6 +87,16 @@ def load_trained(run_dir: str | Path) -> Trained:
     return Trained(cfg, model.eval(), run_dir)
 
 
+def final_weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """A finished run's weights as tensors by name (a figure of its filters), checked as
+    `load_trained` checks them: a missing, cut or changed file is an UnloadableRun naming
+    the run, not a SafetensorError."""
+    run_dir = Path(run_dir)
+    weights = _weights(run_dir)
+    _check_unchanged(run_dir)
+    return weights
+
+
 def _check_unchanged(run_dir: Path) -> None:
     """Weights that parse and fit can still have a flipped byte: the sha256 the run recorded
     when it wrote them tells (runs from before it was recorded are not checked)."""

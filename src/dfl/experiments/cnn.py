@@ -21,7 +21,6 @@ from statistics import fmean
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from dfl import models
 from dfl.experiments import figures
@@ -31,9 +30,8 @@ from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import CNN_EXPLORE_PEAK, lab_value
 from dfl.experiments.study import study_sweep
-from dfl.run_dir import WEIGHTS
 from dfl.shapes import model_summary
-from dfl.trained import load_trained
+from dfl.trained import final_weights, load_trained
 from dfl.trainer import RunResult
 
 NAME = "cnn"
@@ -393,7 +391,7 @@ def draw(result: CNNResult, canvas: Canvas) -> list[Figure]:
 
 def _figure_filters(ctx: Canvas, run_dir: Path) -> Figure:
     """The selected CNN's first-layer kernels (seed 0), each scaled to its own range."""
-    weights = load_file(str(run_dir / WEIGHTS))
+    weights = final_weights(run_dir)
     # The first conv: the 4-D weight of the lowest layer index (a file lists keys in its own
     # order, "10.weight" before "4.weight").
     convs = {int(k.split(".")[0]): w for k, w in weights.items() if w.dim() == 4}

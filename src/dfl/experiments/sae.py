@@ -15,15 +15,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from safetensors.torch import load_file
-
 from dfl.experiments import figures
 from dfl.experiments.comparison import Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import lab_value
-from dfl.run_dir import WEIGHTS
+from dfl.trained import final_weights
 from dfl.trainer import RunResult
 
 NAME = "sae"
@@ -411,7 +409,7 @@ def _figure_curves(ctx: Canvas, full: dict) -> Figure:
 
 
 def _figure_features(ctx: Canvas, run_dir) -> Figure:
-    weights = load_file(str(run_dir / WEIGHTS))["encoders.0.0.weight"][:16]  # (16, 784)
+    weights = final_weights(run_dir)["encoders.0.0.weight"][:16]  # (16, 784)
     images = weights.reshape(-1, 28, 28).numpy()
     plot = figures.image_grid(
         ctx.figure_path("sae_features"),
