@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from dfl.data.batches import affine_draws
-from dfl.errors import DflError
+from dfl.errors import DflError, one_line
 
 WARMUP_STEPS = 3  # eager steps before the capture (PyTorch's CUDA graph notes use three)
 
@@ -63,10 +63,9 @@ class DeviceStep:
         self.positions = torch.arange(len(self.sizes), device=device)  # where a step's loss goes
         self.sums: dict[str, torch.Tensor] = {}  # made by the first (eager) step
         d = cfg.data
-        self.augment = bool(d.augment_shift or d.augment_rotate or d.augment_scale)
         self.draws = (
             torch.zeros(len(split), 4 if d.augment_scale else 3, device=device)
-            if self.augment
+            if d.augment_shift or d.augment_rotate or d.augment_scale
             else None
         )
         # A schedule changes the learning rate between steps: the graph reads it from here.
@@ -172,7 +171,7 @@ class DeviceStep:
             # A layer that reads a value back to the host cannot be captured. The failed
             # capture leaves CUDA's random generator mid-capture, so the run cannot go on
             # eagerly either: it stops, resumable without the graph.
-            cause = str(e.__context__ or e).strip().splitlines()[0]
+            cause = one_line(e.__context__ or e)
             raise DflError(
                 f"this model's training step cannot be captured in a CUDA graph ({cause}); "
                 "resume it with --set cuda_graph=false"

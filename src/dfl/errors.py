@@ -66,3 +66,10 @@ def one_line(e: BaseException) -> str:
         return str(e)
     first = str(e).strip().partition("\n")[0]
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: Python's, the CPU allocator's or CUDA's."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)

@@ -41,10 +41,9 @@ from dfl.core_share import CoreShare
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, affine, affine_draws, standardize, to_input
 from dfl.device_step import DeviceStep
-from dfl.errors import ConfigError, DflError, TrainingDiverged, one_line
+from dfl.errors import ConfigError, DflError, TrainingDiverged, one_line, out_of_memory
 from dfl.interrupts import deferred_interrupt
 from dfl.local_workers import available_cores
-from dfl.models.registry import out_of_memory
 from dfl.objectives import Objective, objective_for
 from dfl.run_dir import (
     CHECKPOINTS,
@@ -469,8 +468,16 @@ class Trainer:
             for k, v in batch_sums.items():
                 sums[k] = sums.get(k, 0) + v.detach()
             n += y.shape[0]
-            if (step + 1) % NONFINITE_CHECK_EVERY == 0 or step + 1 == n_batches:
+            if (step + 1) % NONFINITE_CHECK_EVERY == 0:  # and the whole epoch at its end
                 self._check_finite(losses[: step + 1], epoch)
+        return self._epoch_metrics(losses, sums, n, epoch)
+
+    def _epoch_metrics(
+        self, losses: torch.Tensor, sums: dict[str, torch.Tensor], n: int, epoch: int
+    ) -> dict[str, float]:
+        """An epoch's per-sample metrics from its per-step losses and other sums, once its
+        losses are checked finite (what both loops end with)."""
+        self._check_finite(losses, epoch)
         sums["loss"] = losses.sum()
         return self.objective.finish({k: float(v) for k, v in sums.items()}, n)
 
@@ -488,10 +495,7 @@ class Trainer:
             step(size)
             if self.schedule_per_step:
                 self.scheduler.step()  # a float on the host; the step reads it from the device
-        losses, sums, n = step.end_epoch()
-        self._check_finite(losses, epoch)
-        sums["loss"] = losses.sum()
-        return self.objective.finish({k: float(v) for k, v in sums.items()}, n)
+        return self._epoch_metrics(*step.end_epoch(), epoch)
 
     def _check_finite(self, losses: torch.Tensor, epoch: int) -> None:
         bad = (~torch.isfinite(losses)).nonzero()
@@ -800,15 +804,16 @@ def _train_and_record(
         status_of(stop.status, reason=stop.reason, epochs_run=len(trainer.history))
         return RunResult(trainer.run_dir, stop.status, trainer.history, {}, stop.reason)
     except Exception as e:
+        memory = out_of_memory(e)
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
-        if out_of_memory(e):
+        if memory:
             reason = (
                 f"out of memory in epoch {len(trainer.history) + 1} ({one_line(e)}); lower "
                 "batch_size or the model's size, then resume (the checkpoints are kept)"
             )
         with contextlib.suppress(OSError):
             status_of(RunStatus.FAILED, reason=reason)
-        if out_of_memory(e):
+        if memory:
             raise DflError(f"{trainer.run_dir}: {reason}", exit_code=1) from None
         raise
     if result.status == RunStatus.PAUSED:

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ConfigDict, ValidationError, validate_call
 from torch import nn
 
-from dfl.errors import ConfigError, DflError, one_line
+from dfl.errors import ConfigError, DflError, one_line, out_of_memory
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,6 @@ def create(name: str, **args: Any) -> nn.Module:
             "make it smaller",
             exit_code=1,
         ) from None
-
-
-def out_of_memory(e: BaseException) -> bool:
-    """Whether `e` is an allocation that failed: Python's, the CPU allocator's or CUDA's."""
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
 def names() -> list[str]:
