@@ -397,6 +397,31 @@ def test_the_report_rebuilds_from_another_working_directory(tmp_path: Path, monk
     assert "Figures missing" not in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_a_moved_reproduction_reports_and_resumes_in_its_new_place(tmp_path: Path):
+    """Results and run configs name runs by absolute path. Moved, the directory still draws
+    its figures from its own runs and gives commands naming them; a half-done experiment
+    resumes there (a fine-tune's init_from names its pretraining run's new place)."""
+    data = write_idx_dataset(tmp_path / "digits", n_train=2500, n_test=500)
+    args = ["reproduce", "--profile", "smoke", "--dataset", str(data), "--only", "ae,sae"]
+    assert main([*args, "--out", str(tmp_path / "was")]) == 0
+    (tmp_path / "was").rename(tmp_path / "now")
+    now = tmp_path / "now"
+    assert main(["report", str(now)]) == 0
+    for name in ("report.md", "results.json"):
+        text = (now / name).read_text()
+        assert "Figures missing" not in text and str(tmp_path / "was") not in text
+    (now / "sae" / "result.json").unlink()  # as if killed before it ended
+    finetune = json.loads((now / "sae" / "runs" / "full_corrected_seed0_finetune" /
+                           "status.json").read_text())  # fmt: skip
+    assert main([*args, "--out", str(now)]) == 0
+    record = json.loads((now / "sae" / "result.json").read_text())
+    assert record["status"] == "completed" and str(tmp_path / "was") not in json.dumps(record)
+    assert finetune == json.loads((now / "sae" / "runs" / "full_corrected_seed0_finetune" /
+                                   "status.json").read_text())  # kept, not retrained
+    for config in now.rglob("config.toml"):
+        assert str(tmp_path / "was") not in config.read_text()
+
+
 def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
     from dfl.reproduce import _manifest
 

@@ -45,6 +45,7 @@ from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.experiments.registry import REGISTRY
 from dfl.local_workers import available_cores, run_in_workers
 from dfl.report.build import build_report
+from dfl.run_dir import CONFIG, rebase_config
 from dfl.run_lock import claim_run_dir
 from dfl.trainer import resolve_device
 
@@ -101,7 +102,23 @@ def _manifest(
         # on the clock, every invocation in this directory so far (experiments overlap, so
         # their own wall times do not add up to it)
         "wall_s": old.get("wall_s", 0.0),
+        "at": str(out),  # where it is: a later invocation elsewhere finds it was moved
     }
+
+
+def _follow_move(out: Path, was: str | None) -> None:
+    """A reproduction directory moved from `was` to `out`: its runs' configs that name paths
+    inside the old place (init_from) name the new one, so they resume as the same runs."""
+    if not was or was == str(out):
+        return
+    configs = sorted(out.rglob(CONFIG))
+    rebased = [c.parent for c in configs if rebase_config(c.parent, was, str(out))]
+    if rebased:
+        print(
+            f"dfl reproduce: {out} was at {was}; {len(rebased)} run config(s) now name the "
+            "new place",
+            file=sys.stderr,
+        )
 
 
 # A profile that runs everything another does, with the same settings, may continue that
@@ -121,7 +138,8 @@ def reproduce(
     jobs: int = 1,
     at_once: int | None = None,
 ) -> Path:
-    # Absolute: results name their runs by path, and `dfl report` may run from elsewhere
+    # Absolute: results and configs name runs by path, and `dfl report` may run from elsewhere
+    # (a moved directory's paths are renamed when read: experiment.load_record, _follow_move)
     out = Path(out).absolute()
     selected = only or EXPERIMENTS
     unknown = sorted(set(selected) - set(EXPERIMENTS))
@@ -145,7 +163,9 @@ def reproduce(
     # reproduce.json each (a report may then show neither's failures). A refused start, or
     # one that fails before reproduce.json is written, leaves the directory as it found it.
     with claim_run_dir(out, "reproducing it") as claim:
+        was = (read_manifest(out) or {}).get("at")
         manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs, at_once)
+        _follow_move(out, was)
         data = load_dataset(dataset, data_dir)
         default_seeds = PROFILES[profile].seeds
         manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset

@@ -19,7 +19,7 @@ from typing import Any
 
 from dfl import checkpoint
 from dfl.atomic import atomic_write_bytes, atomic_write_json
-from dfl.config import TrainConfig, build_config, read_toml
+from dfl.config import TrainConfig, build_config, dict_to_toml, read_toml
 from dfl.errors import ConfigError, DflError
 
 CONFIG = "config.toml"
@@ -167,6 +167,24 @@ def load_saved_config(run_dir: Path) -> TrainConfig | None:
 # Config keys whose value is a path: `runs/lab/x` and `/home/me/runs/lab/x` run the same
 # (a reproduction started before `reproduce` made --out absolute resumes under the new code).
 PATH_KEYS = (("", "init_from"), ("data", "data_dir"), ("data", "dataset"))
+
+
+def rebase_config(run_dir: Path, was: str, now: str) -> bool:
+    """Rename the paths in the run's config.toml that lie under the directory `was` to lie
+    under `now` (a reproduction directory that moved: a fine-tune's init_from names its
+    pretraining run, which moved with it). Returns whether the file changed."""
+    path = run_dir / CONFIG
+    tree = read_toml(path)
+    changed = False
+    for section, key in PATH_KEYS:
+        holder = tree.get(section, {}) if section else tree
+        value = holder.get(key)
+        if isinstance(value, str) and (value == was or value.startswith(was + "/")):
+            holder[key] = now + value[len(was) :]
+            changed = True
+    if changed:
+        atomic_write_bytes(path, dict_to_toml(tree).encode())
+    return changed
 
 
 def _same_place(a: object, b: object) -> bool:

@@ -100,6 +100,7 @@ class Record(BaseModel):
     wall_s: float = 0.0  # every invocation's part, when it took several to finish
     environment: dict[str, Any] = {}
     result: dict[str, Any] | None = None  # the experiment's Result, as saved
+    at: str = ""  # the reproduction's directory when saved: its paths are read relative to it
 
     def typed(self, experiment: Experiment) -> Result:
         return experiment.result_type.model_validate(self.result)
@@ -112,6 +113,7 @@ def record_path(out: Path, name: str) -> Path:
 def save_record(out: Path, record: Record) -> None:
     path = record_path(out, record.experiment)
     path.parent.mkdir(parents=True, exist_ok=True)
+    record = record.model_copy(update={"at": str(Path(out).absolute())})
     atomic_write_json(path, record.model_dump(mode="json"))
 
 
@@ -125,9 +127,28 @@ def load_record(out: Path, name: str) -> Record | None:
     if not path.exists():
         return None
     try:
-        return Record.model_validate_json(path.read_bytes())
+        record = Record.model_validate_json(path.read_bytes())
     except ValidationError as e:
         raise OlderRecord(f"{path} was written by another version of dfl") from e
+    here = str(Path(out).absolute())
+    if record.at and record.at != here and record.result is not None:
+        record.result = moved(record.result, record.at, here)
+    return record
+
+
+def moved(value: Any, was: str, now: str) -> Any:
+    """`value` (JSON data) with every path under the directory `was` renamed to lie under
+    `now`: a reproduction directory that was moved or copied still names its own runs (in
+    figures, commands and init_from), not the old place's."""
+    if isinstance(value, str):
+        if value == was:
+            return now
+        return value.replace(was + "/", now + "/")  # also inside a command line
+    if isinstance(value, list):
+        return [moved(v, was, now) for v in value]
+    if isinstance(value, dict):
+        return {k: moved(v, was, now) for k, v in value.items()}
+    return value
 
 
 class Manifest(BaseModel):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfl.config import dict_to_toml
 from dfl.experiments.context import Context, overrides_tree
+from dfl.experiments.experiment import moved
 
 if TYPE_CHECKING:
     from dfl.sweep.status import SweepStatus
@@ -57,15 +59,16 @@ def study_sweep(
     for t in status.trials:
         if t.state.name != "COMPLETE":
             continue
+        paths = {k: t.user_attrs.get(k) for k in ("run_dir", "epochs_from", "command")}
+        if paths["run_dir"]:  # named where it is now, should the reproduction have moved
+            paths = moved(paths, str(Path(paths["run_dir"]).parent), str(sweep_dir / "trials"))
         points.append(
             {
                 "params": dict(t.params),
                 "value": t.value,
                 "curve": t.user_attrs.get("curve", []),
                 "wall_s": t.user_attrs.get("wall_s"),
-                "run_dir": t.user_attrs.get("run_dir"),
-                "epochs_from": t.user_attrs.get("epochs_from"),
-                "command": t.user_attrs.get("command"),
+                **paths,
             }
         )
     return points
