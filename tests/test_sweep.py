@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -753,6 +754,44 @@ def test_a_sweep_whose_every_trial_failed_exits_4_naming_the_failures(
         "trial 0 (optim.lr=1e+20): non-finite loss at epoch 1, step "
     )
     assert error.endswith("); fix the cause, then rerun with --retry-failed")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", [200_000, 450_000])
+def test_a_full_disk_under_the_sweep_database_is_one_line_and_a_rerun_completes(
+    tmp_path: Path, idx_dir: Path, limit: int
+):
+    """Writes past `limit` bytes fail (EFBIG, as on a full disk) in a real `dfl sweep` with two
+    workers: at 200 kB the launcher's first writes to study.db fail, at 450 kB the workers'
+    (SQLite's "disk I/O error"). Each process ends with one line naming the database, no
+    traceback anywhere; run again with room, every point completes once (a trial the disk
+    stopped goes back in the queue, or is requeued by its silent heartbeat when even that
+    write failed; none is recorded failed for the disk's sake)."""
+    spec = write_spec(
+        tmp_path / "s.toml",
+        idx_dir,
+        '[grid]\n"optim.lr" = [1e-3, 2e-3, 3e-3, 4e-3]\nseed = [1, 2]\n',
+    )
+    out = tmp_path / "sweep"
+    argv = [*CLI, "sweep", str(spec), "--workers", "2", "--threads", "1", "--out", str(out)]
+
+    def small_files_only() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    full = subprocess.run(argv, preexec_fn=small_files_only, capture_output=True, text=True)
+    logs = "".join(p.read_text() for p in (out / "workers").glob("*.log"))
+    assert full.returncode != 0
+    assert "Traceback" not in full.stderr + logs
+    assert f"cannot write the sweep database {out / 'study.db'} (disk I/O error" in full.stderr
+    again = subprocess.run(argv, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    done = [
+        t
+        for t in trials_of(spec, f"sqlite:///{out / 'study.db'}")
+        if t.state == TrialState.COMPLETE
+    ]
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done) == 8
 
 
 def stop_outside_a_write(pid: int, database: Path) -> None:

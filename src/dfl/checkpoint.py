@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
 from dfl.atomic import atomic_write_json, fsync_dir
-from dfl.errors import DflError
+from dfl.errors import NO_ROOM_WORDS, DflError, DiskFull
 
 KEEP = 2  # the newest checkpoint and the one before it
 
@@ -146,7 +146,8 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     except Exception as e:  # SafetensorError: I/O error, File too large, No space left ...
         if isinstance(e, OSError):
             raise
-        raise DflError(f"cannot write checkpoint {path}: {e}", exit_code=1) from None
+        kind = DiskFull if any(w in str(e) for w in NO_ROOM_WORDS) else DflError
+        raise kind(f"cannot write checkpoint {path}: {e}", exit_code=1) from None
 
 
 def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> str:

@@ -7,6 +7,8 @@ line and exits with `exit_code`; nothing else is allowed to escape as a tracebac
 
 from __future__ import annotations
 
+import errno
+
 
 class DflError(Exception):
     """A problem the user can fix, with a one-line message that says what and how."""
@@ -34,6 +36,22 @@ class ShapeError(DflError):
 class UnloadableRun(DflError):
     """A run directory `load_trained` cannot rebuild a model from: its config.toml or its
     weights are missing or damaged."""
+
+
+class DiskFull(DflError):
+    """No room to write a file: a full disk, a quota, a file-size limit. The machine's problem,
+    not the run's: a sweep puts the trial back in the queue rather than recording it failed,
+    so the same command completes once there is room."""
+
+    exit_code = 1
+
+
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # an OSError's errno for a full disk
+NO_ROOM_WORDS = ("No space left", "Disk quota exceeded", "File too large")  # and its message
+
+
+def disk_full(e: BaseException) -> bool:
+    return isinstance(e, DiskFull) or (isinstance(e, OSError) and e.errno in NO_ROOM)
 
 
 class TrainingDiverged(DflError):

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dfl.errors import DflError
+from dfl.errors import DflError, DiskFull, disk_full
 
 LOCK_NAME = ".lock"
 ATTEMPTS = 5  # the lock file can vanish under us when another claim gives up its directory
@@ -168,9 +168,8 @@ def unwritable(run_dir: Path, e: OSError) -> DflError:
         errno.EDQUOT: "free some space or choose another --out",
         errno.EFBIG: "free some space or choose another --out",
     }.get(e.errno or 0, "choose a directory you can write to with --out")
-    return DflError(
-        f"cannot write to run directory {run_dir}: {e.strerror or e} ({how})", exit_code=1
-    )
+    kind = DiskFull if disk_full(e) else DflError
+    return kind(f"cannot write to run directory {run_dir}: {e.strerror or e} ({how})", exit_code=1)
 
 
 def _is_our_lock(fd: int, lock: Path) -> bool:

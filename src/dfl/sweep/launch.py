@@ -11,6 +11,7 @@ process only watches the study and shows one line per finished trial and a bar.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from pathlib import Path
@@ -169,9 +170,17 @@ def _run_processes(
         monitor.poll()
     for i, p in enumerate(group.workers):
         if p.returncode not in (0, None):
-            monitor.say(
-                f"worker {i} exited with code {p.returncode}: see {logs / f'worker-{i}.log'}"
-            )
+            log = logs / f"worker-{i}.log"
+            monitor.say(f"worker {i} exited with code {p.returncode}: {_why(log)}")
+
+
+def _why(log: Path) -> str:
+    """A worker's own one-line error from its log, or where to look."""
+    with contextlib.suppress(OSError):
+        said = [ln for ln in log.read_text(errors="replace").splitlines() if ": error: " in ln]
+        if said and said[-1].startswith("dfl worker: error: "):
+            return f"{said[-1].removeprefix('dfl worker: error: ')} (log: {log})"
+    return f"see {log}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ PostgreSQL needs neither: Optuna reads the trial `FOR UPDATE`.
 A database server can go away for a while (a restart, a failover, a network cut): workers and
 the launcher wait it out, up to OUTAGE_LIMIT_S (`ReconnectingStorage`), and then end on one
 line; the trials they leave RUNNING are requeued by the heartbeat mechanism, as a killed
-worker's are. An SQLite file has no server to lose: its storage is Optuna's own.
+worker's are. An SQLite file has no server to lose; a write to it that finds no room ends in
+one line too (`SqliteStorage`).
 
 The waits here (`_use_wal`, `open_storage`, `ReconnectingStorage`) are hand-written loops
 rather than a retry library such as tenacity: each is a few lines that retry one named kind of
@@ -42,7 +43,7 @@ import optuna
 from optuna.storages import RDBStorage
 from sqlalchemy import event, exc
 
-from dfl.errors import DflError
+from dfl.errors import DflError, DiskFull
 
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a worker waits for another's write before giving up
 MAX_RETRIES = 3  # requeues of a trial whose worker died; a trial that kills workers stops
@@ -138,7 +139,7 @@ def open_storage(
                 ),
             }
     kind: Callable[..., RDBStorage] = (
-        RDBStorage if is_sqlite else functools.partial(ReconnectingStorage, log=log or _say)
+        SqliteStorage if is_sqlite else functools.partial(ReconnectingStorage, log=log or _say)
     )
     for attempt in range(OPEN_ATTEMPTS):
         try:
@@ -324,18 +325,49 @@ def _db_message(error: BaseException) -> str:
     return _first_line(error if dbapi is None else dbapi.orig)
 
 
-def _reconnecting(name: str) -> Callable[..., Any]:
+def _guarded(name: str) -> Callable[..., Any]:
     method = getattr(RDBStorage, name)
 
     @functools.wraps(method)
-    def call(self: ReconnectingStorage, *args: Any, **kwargs: Any) -> Any:
+    def call(self: ReconnectingStorage | SqliteStorage, *args: Any, **kwargs: Any) -> Any:
         return self._call(method, *args, **kwargs)
 
     return call
 
 
+# ---------------------------------------------------------------------------------------------
+# An SQLite file that cannot be written
+
+
+class SqliteStorage(RDBStorage):
+    """An RDBStorage on an SQLite file whose writes that fail (a full disk or a file-size
+    limit: SQLite says "disk I/O error"; a read-only file) end in one line, not SQLAlchemy's
+    traceback. On a full disk (`DiskFull`) workers put their trial back in the queue, or
+    leave it to the heartbeat when even that write fails, so the same command completes once
+    there is room."""
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            said = next((str(c) for c in _chain(e) if isinstance(c, sqlite3.OperationalError)), "")
+            path = self.url.removeprefix("sqlite:///")
+            if "readonly database" in said:
+                raise DflError(
+                    f"cannot write the sweep database {path} ({said}); make it writable and "
+                    "rerun the same command",
+                    exit_code=1,
+                ) from None
+            if "disk I/O error" in said or "database or disk is full" in said:
+                raise DiskFull(
+                    f"cannot write the sweep database {path} ({said}: is the disk full?); "
+                    "free some space and rerun the same command: finished trials are kept"
+                ) from None
+            raise
+
+
 # RDBStorage's methods that run a transaction each (its other methods, and Optuna's cache in
-# front of it, call these), so each is retried whole; none calls another.
+# front of it, call these), so each is retried or checked whole; none calls another.
 for _name in (
     "create_new_study", "delete_study", "get_all_studies", "get_study_id_from_name",
     "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
@@ -345,4 +377,5 @@ for _name in (
     "_set_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "record_heartbeat",
 ):  # fmt: skip
-    setattr(ReconnectingStorage, _name, _reconnecting(_name))
+    setattr(ReconnectingStorage, _name, _guarded(_name))
+    setattr(SqliteStorage, _name, _guarded(_name))

@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 
 from dfl.config import TrainConfig
 from dfl.data import Dataset, load_dataset
-from dfl.errors import DflError
+from dfl.errors import DflError, DiskFull, disk_full, one_line
 from dfl.run_dir import RunStatus, read_history
 from dfl.sweep.spec import Params, RunPlan, SweepSpec, decode, encode, run_plan
 from dfl.sweep.storage import StorageUnreachable, without_waiting
@@ -211,6 +211,13 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOu
     except StorageUnreachable:  # not the trial's failure: nothing can be recorded anyway
         raise
     except Exception as e:
+        if disk_full(e):
+            # A full disk is not the trial's failure either: back in the queue (when the
+            # database still takes that write), and this worker stops: it could not write
+            # the next one.
+            with contextlib.suppress(DiskFull):
+                _requeue(ctx, trial, trial_id)
+            raise e if isinstance(e, DiskFull) else DiskFull(one_line(e)) from None
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, DflError):
             ctx.log(traceback.format_exc())
