@@ -416,8 +416,9 @@ def test_a_moved_reproduction_reports_and_resumes_in_its_new_place(tmp_path: Pat
     assert main([*args, "--out", str(now)]) == 0
     record = json.loads((now / "sae" / "result.json").read_text())
     assert record["status"] == "completed" and str(tmp_path / "was") not in json.dumps(record)
-    assert finetune == json.loads((now / "sae" / "runs" / "full_corrected_seed0_finetune" /
-                                   "status.json").read_text())  # kept, not retrained
+    assert finetune == json.loads(
+        (now / "sae" / "runs" / "full_corrected_seed0_finetune" / "status.json").read_text()
+    )  # kept, not retrained
     for config in now.rglob("config.toml"):
         assert str(tmp_path / "was") not in config.read_text()
 
@@ -469,6 +470,36 @@ def test_lab_verdicts_and_their_reasons():
     assert [rows[k].verdict for k in ("writeup.acc", "writeup.loss")] == ["reproduced"] * 2
     short = _writeup_compare({**base, "epochs": 2}, [0.99])
     assert short["writeup.acc"].verdict == "not comparable"
+
+
+def test_verdicts_that_are_not_measurements_are_computed_too(monkeypatch):
+    """The convolution's output and size, the attention bug and the AE test MSEs are compared
+    with the lab's table like every other number: change the lab's value and the verdict
+    changes (they were constants: "reproduced", "differs ~10x" whatever was measured)."""
+    from dfl.experiments import attention, conv, lab_numbers
+    from dfl.experiments.ae import test_mse_comparison
+
+    def verdicts() -> list[str]:
+        rows = {**conv.run(None, None).compare, **attention.run(None, None).compare}
+        return [rows[k].verdict for k in ("output", "size", "identical_rows")]
+
+    assert verdicts() == ["reproduced"] * 3
+    lab = {name: list(rows) for name, rows in lab_numbers.LAB.items()}
+    lab["conv"] = [("output", "", "[[3, 4], [6, 12]]"), ("size", "", 3)]
+    lab["attention"] = [("identical_rows", "", "no")]
+    monkeypatch.setattr(lab_numbers, "LAB", lab)
+    assert verdicts() == ["differs"] * 3
+    assert (
+        conv.run(None, None).compare["output"].detail == "differs at [1][1]: ours 11, the lab's 12"
+    )
+
+    # The lab's 0.000227 is a tenth of the true value (its /10,000 slip): ours near 10x that
+    # is explained by it; near the lab's own value it is reproduced; any other ratio is not.
+    ten = test_mse_comparison("test_mse.best", 0.00231)
+    assert (ten.verdict, ten.detail) == ("differs", "differs (10.18x)") and "10,000" in ten.reason
+    assert test_mse_comparison("test_mse.best", 0.00024).verdict == "reproduced"
+    odd = test_mse_comparison("test_mse.best", 0.0010)
+    assert odd.detail == "differs (4.41x)" and "not the lab's known slip" in odd.reason
 
 
 def test_a_result_saved_by_another_dfl_is_rerun_not_misread(tmp_path: Path):

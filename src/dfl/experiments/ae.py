@@ -283,13 +283,22 @@ def _comparisons(
             explain_match=False,
             faithful=fmt(r["val_mse"]),
         )
-    out["test_mse.best"] = Comparison.differs(
-        "~10x", TENFOLD, faithful="= corrected", corrected=mean_std(best_mse)
+    out["test_mse.best"] = test_mse_comparison(
+        "test_mse.best", fmean(best_mse), faithful="= corrected", corrected=mean_std(best_mse)
     )
-    out["test_mse.baseline"] = Comparison.differs(
-        "~10x", TENFOLD, faithful=fmt(baseline.final["test_loss"]), corrected=mean_std(base_mse)
+    out["test_mse.baseline"] = test_mse_comparison(
+        "test_mse.baseline",
+        baseline.final["test_loss"],
+        faithful=fmt(baseline.final["test_loss"]),
+        corrected=mean_std(base_mse),
     )
     return out
+
+
+def test_mse_comparison(key: str, ours: float, **shown: Any) -> Comparison:
+    """A test MSE against the lab's: the ratio measured, put down to the lab's /10,000 slip
+    (its number about a tenth of the true one) only when the ratio is near 10."""
+    return compare(NAME, key, ours, tolerance=0.3, relative=True, slip=(10.0, TENFOLD), **shown)
 
 
 def _spread_note(table: list[dict[str, Any]], point: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 
 from dfl.attention_check import compare_attention, lab_bug_demo
 from dfl.experiments import figures
-from dfl.experiments.comparison import Comparison
+from dfl.experiments.comparison import compare_exact
 from dfl.experiments.context import Canvas, Context
 from dfl.experiments.document import Figure, Section, Table, fmt
 from dfl.experiments.experiment import Experiment, Number, Result
@@ -52,10 +52,12 @@ def run(ctx: Context, settings: None) -> AttentionResult:
             )
         },
         compare={
-            "identical_rows": Comparison.reproduced(
-                "reversed clip bounds set every score to -100; the softmax divided by row "
+            "identical_rows": compare_exact(
+                "attention",
+                "identical_rows",
+                identical,
+                why="reversed clip bounds set every score to -100; the softmax divided by row "
                 "sums without keepdims (wrong axis)",
-                detail="bug reproduced, then fixed",
                 faithful=identical,
                 corrected="no" if not bug["correct"]["identical_rows"] else "yes",
             )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from dfl.conv_arithmetic import convolve2d
-from dfl.experiments.comparison import Comparison
+from dfl.experiments.comparison import compare_exact
 from dfl.experiments.context import Context
 from dfl.experiments.document import Figure, Section, Table
 from dfl.experiments.experiment import Experiment, Number, Result
@@ -34,6 +34,7 @@ def run(ctx: Context, settings: None) -> ConvResult:
     # The formula's corner case, for the report: a stride that does not divide evenly.
     uneven = convolve2d(np.arange(25).reshape(5, 5), np.array(K), stride=2)
     output = str(lab["output"])
+    sizes = [d["output"] for d in lab["dimensions"]]  # per axis; the lab's one number is both
     command = [
         "dfl", "conv", "--input", "2 5 4 1; 3 1 2 0; 4 5 7 1; 1 2 3 4",
         "--kernel", "1 0; 0 1", "--stride", "2", "--explain",
@@ -47,13 +48,18 @@ def run(ctx: Context, settings: None) -> ConvResult:
             )
         },
         compare={
-            "output": Comparison.reproduced(
-                "the write-up's first sentence ('a 1x1 matrix with value 1') is wrong; its "
+            "output": compare_exact(
+                NAME,
+                "output",
+                lab["output"],
+                why="the write-up's first sentence ('a 1x1 matrix with value 1') is wrong; its "
                 "worked result is right",
                 faithful=output,
                 corrected=output,
             ),
-            "size": Comparison.reproduced(faithful=lab["dimensions"][0]["output"]),
+            "size": compare_exact(
+                NAME, "size", sizes[0] if len(set(sizes)) == 1 else sizes, faithful=sizes[0]
+            ),
         },
     )
 
