@@ -21,6 +21,7 @@ from statistics import fmean
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from dfl import models
 from dfl.experiments import figures
@@ -46,23 +47,47 @@ class Settings:
     lab_epochs: int  # the notebook's baseline CNN (the lab: 20)
     explore_epochs: int  # its exploration CNNnet (the lab: 20)
     lab_subset: tuple[int, int]  # random train / test images of the notebook's protocol
+    study_images: tuple[int, int]  # one change at a time: training / validation images
+    study_epochs: int
+    study_seeds: int  # of the unchanged CNN: the spread that tells a change from noise
     sweep_subset: int | None  # the architecture search's training images (None: all)
     sweep_epochs: int
-    trials: int
+    trials: int  # 0: no search and no final stage (beyond the lab: the larger profiles)
     final_subset: int | None
     final_epochs: int
 
 
-# preview trades epochs and data for minutes on 2 CPU cores; lab and full run the notebook's
-# two CNNs on its protocol, lab with the preview's short corrected stages
+# Every profile answers the lab's question with the one-change-at-a-time study; the search and
+# the final stage (the corrected CNN beside the lab's number) are full recipes, in full and
+# complete only (smoke runs them tiny, for the tests).
 PROFILES = {
-    "smoke": Settings(1, 1, (1000, 500), 2000, 1, 2, 2000, 1),
-    "preview": Settings(20, 1, (10000, 2000), 6000, 2, 6, 12000, 3),
-    "lab": Settings(20, 20, (10000, 2000), 6000, 2, 6, 12000, 3),
-    "full": Settings(20, 20, (10000, 2000), None, 6, 24, None, 30),
+    "smoke": Settings(1, 1, (1000, 500), (1000, 500), 1, 2, 2000, 1, 2, 2000, 1),
+    "preview": Settings(20, 1, (10000, 2000), (10000, 2000), 2, 3, 6000, 2, 0, 12000, 3),
+    "lab": Settings(20, 20, (10000, 2000), (10000, 2000), 3, 3, 6000, 2, 0, 12000, 3),
+    "full": Settings(20, 20, (10000, 2000), (10000, 2000), 6, 3, None, 6, 24, None, 30),
 }
 PROFILES["every"] = PROFILES["lab"]
 PROFILES["complete"] = PROFILES["full"]
+
+# What the lab asked to explore, one change at a time from its exploration CNN (cnn_search's
+# defaults: 4 layers of 16 filters doubling, 3x3 kernels, pooling after every second layer,
+# batch norm, ReLU): each value here replaces the default of its argument, the rest unchanged.
+CHANGES: dict[str, list[Any]] = {
+    "depth": [2, 3, 5],
+    "width": [8, 32],
+    "growth": ["constant"],
+    "kernel": [5, 7],
+    "pool": ["first_two", "last_two"],
+    "batchnorm": [False],
+    "activation": ["tanh", "gelu"],
+}
+# Words for the study's table: what each argument is, as the lab named it.
+FACTOR = {
+    "depth": "layers", "width": "first-layer filters", "growth": "filters per layer",
+    "kernel": "kernel size", "pool": "pooling", "batchnorm": "batch norm",
+    "activation": "activation",
+}  # fmt: skip
+
 
 # What the lab asked to explore, as a TPE search space over the `cnn_search` family: depth,
 # filters (16 doubling to 256, or constant), kernel size, pooling placement, batch norm on or
@@ -116,19 +141,28 @@ def _cost(args: dict[str, Any]) -> dict[str, int]:
 
 class CNNResult(Result):
     faithful: dict[str, dict[str, Any]]  # baseline / explore on the notebook's protocol
-    points: list[dict[str, Any]]  # the search's completed architectures
-    best: dict[str, Any]  # the search's best on validation
-    finals: list[dict[str, Any]]  # the final stage's candidates, over seeds
-    chosen: int  # the index in finals of the selected CNN
-    selected: list[float]  # its test accuracy per seed
-    ensemble: float  # the ensemble of its seeds
-    final_epochs: int
-    confusion: list[list[int]]  # the ensemble's on the 10,000 test images
-    wrong: list[dict[str, Any]]  # its most confidently wrong test digits
+    study: dict[str, Any]  # one change at a time: the unchanged CNN's seeds, then each change
+    # The search and the final stage, empty (or None) in the profiles that leave them out:
+    # the search's completed architectures, its best on validation, the final stage's
+    # candidates over seeds, the index of the selected CNN among them, its test accuracy per
+    # seed, the ensemble of its seeds, and the ensemble's confusion matrix on the 10,000 test
+    # images and most confidently wrong digits.
+    points: list[dict[str, Any]] = Field(default_factory=list)
+    best: dict[str, Any] | None = None
+    finals: list[dict[str, Any]] = Field(default_factory=list)
+    chosen: int | None = None
+    selected: list[float] = Field(default_factory=list)
+    ensemble: float | None = None
+    final_epochs: int = 0
+    confusion: list[list[int]] | None = None
+    wrong: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def run(ctx: Context, p: Settings) -> CNNResult:
     faithful = _notebook_stage(ctx, p)
+    study = _study_stage(ctx, p)
+    if not p.trials:
+        return CNNResult(faithful=faithful, study=study, compare=_comparisons(faithful, []))
     points = _search_stage(ctx, p)
     candidates, finals = _final_stage(ctx, p, points)
     chosen = max(range(len(candidates)), key=lambda i: fmean(candidates[i]["val"]))
@@ -137,6 +171,7 @@ def run(ctx: Context, p: Settings) -> CNNResult:
     selected = [r.final["test_accuracy"] for r in runs]
     return CNNResult(
         faithful=faithful,
+        study=study,
         points=points,
         best=max(points, key=lambda q: q["val_accuracy"]),
         finals=candidates,
@@ -154,6 +189,59 @@ def run(ctx: Context, p: Settings) -> CNNResult:
         },
         compare=_comparisons(faithful, selected),
     )
+
+
+def _study_stage(ctx: Context, p: Settings) -> dict[str, Any]:
+    """The lab's exploration CNN and each change of one of its choices (CHANGES), plus the
+    notebook's baseline CNN, on one shared protocol: the same random training and validation
+    images for every run, the notebook's batch and optimiser, a fixed number of epochs, the
+    last epoch's validation accuracy. The unchanged CNN over seeds gives the spread a change
+    must beat to mean anything. The test set is not looked at."""
+    n_train, n_val = p.study_images
+    protocol = {
+        "data.train_subset": n_train + n_val,
+        "data.val_fraction": n_val / (n_train + n_val),
+        "data.subset_seed": 0,  # every run draws the same images
+        "batch_size": 100,
+        "epochs": p.study_epochs,
+        "evaluate_test": False,
+    }
+    runs = {
+        f"study/base/seed{s}": {"model": "cnn_search", "seed": s, **protocol}
+        for s in range(p.study_seeds)
+    }
+    changes = [(arg, value) for arg, values in CHANGES.items() for value in values]
+    for arg, value in changes:
+        runs[f"study/{arg}={value}"] = {
+            "model": "cnn_search", "model_args": {arg: value}, "seed": 0, **protocol
+        }  # fmt: skip
+    runs["study/notebook_baseline"] = {"model": "cnn_lab", "seed": 0, **protocol}
+    done = ctx.train_many(NAME, runs)
+
+    def row(run: RunResult, model: str, args: dict[str, Any]) -> dict[str, Any]:
+        summary = model_summary(models.create(model, **args), (1, 28, 28))
+        return {
+            "val_accuracy": run.final["val_accuracy"],
+            "params": summary.params,
+            "macs": summary.macs,
+            "seconds": sum(h["seconds"] for h in run.history),
+        }
+
+    base_runs = [done[f"study/base/seed{s}"] for s in range(p.study_seeds)]
+    base = row(base_runs[0], "cnn_search", {})
+    base["val_accuracy"] = [r.final["val_accuracy"] for r in base_runs]
+    rows = [
+        {"arg": a, "value": v, **row(done[f"study/{a}={v}"], "cnn_search", {a: v})}
+        for a, v in changes
+    ]
+    notebook = row(done["study/notebook_baseline"], "cnn_lab", {})
+    return {
+        "images": list(p.study_images),
+        "epochs": p.study_epochs,
+        "base": base,
+        "changes": rows,
+        "notebook_baseline": notebook,
+    }
 
 
 NOTEBOOK_CNNS = (("baseline", "cnn_lab"), ("explore", "cnn_explore"))
@@ -276,7 +364,12 @@ def _comparisons(faithful: dict[str, Any], selected: list[float]) -> dict[str, C
             0.005,
         ),
         "acc.explore": _notebook_compare(
-            "acc.explore", explore, "final", LAB_DRAW, 0.004, corrected=mean_std(selected)
+            "acc.explore",
+            explore,
+            "final",
+            LAB_DRAW,
+            0.004,
+            corrected=mean_std(selected) if selected else None,
         ),
     }
     return out
@@ -380,13 +473,58 @@ def _ensemble(ctx: Context, runs: list[RunResult]) -> tuple[float, list, list]:
 
 
 def draw(result: CNNResult, canvas: Canvas) -> list[Figure]:
+    figs = [_figure_lab_curves(canvas, result.faithful), _figure_study(canvas, result.study)]
+    if result.confusion is None:  # no final stage in this profile: no model earned the rest
+        return figs
     return [
-        _figure_lab_curves(canvas, result.faithful),
+        *figs,
         _figure_cost(canvas, result.points),
         _figure_confusion(canvas, result.confusion),
         _figure_wrong(canvas, result.wrong),
         _figure_filters(canvas, Path(result.numbers["selected.test_accuracy"].run_dir)),
     ]
+
+
+def _change_label(change: dict[str, Any]) -> str:
+    """'kernel size 7', 'batch norm off', 'pooling first two': a change as the figure and the
+    table name it."""
+    arg, value = change["arg"], change["value"]
+    shown = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    return f"{FACTOR[arg]} {str(shown).replace('_', ' ')}"
+
+
+def _figure_study(ctx: Canvas, study: dict[str, Any]) -> Figure:
+    base, changes = study["base"], study["changes"]
+    nb = study["notebook_baseline"]
+    points = {
+        "the lab's exploration CNN (each seed)": (
+            [base["macs"]] * len(base["val_accuracy"]),
+            base["val_accuracy"],
+            [""] * len(base["val_accuracy"]),
+        ),
+        "one change": (
+            [c["macs"] for c in changes],
+            [c["val_accuracy"] for c in changes],
+            [_change_label(c) for c in changes],
+        ),
+        "notebook baseline CNN": ([nb["macs"]], [nb["val_accuracy"]], ["notebook baseline"]),
+    }
+    plot = figures.scatter(
+        ctx.figure_path("cnn_study"),
+        {k: (x, y) for k, (x, y, _) in points.items()},
+        "multiply-adds per image",
+        "validation accuracy",
+        "One change at a time: accuracy against cost",
+        logx=True,
+        labels={k: names for k, (_, _, names) in points.items()},
+    )
+    n_train, n_val = study["images"]
+    return Figure.of(
+        plot,
+        f"Validation accuracy ({n_val:,} images) after {_epochs(study['epochs'])} on the same "
+        f"{n_train:,} training images, against multiply-adds per image, for the lab's "
+        "exploration CNN (its seeds show the noise) and each change of one of its choices.",
+    )
 
 
 def _figure_filters(ctx: Canvas, run_dir: Path) -> Figure:
@@ -473,29 +611,111 @@ def _figure_wrong(ctx: Canvas, wrong: list[dict]) -> Figure:
 
 
 def section(result: CNNResult, figs: list[Figure]) -> Section:
+    paragraphs = [_study_discussion(result.study)]
+    tables = [_notebook_table(result.faithful), _study_table(result.study)]
+    if result.finals and result.best is not None and result.chosen is not None:
+        paragraphs.append(_search_paragraph(result))
+        paragraphs.append(_factors(sorted(result.points, key=lambda q: -q["val_accuracy"])))
+        tables += [_search_table(result.points), _final_table(result)]
+    else:
+        paragraphs.append(
+            "The corrected CNN (a search over these choices on all the training images, then "
+            "its best architectures trained with augmentation for 30 epochs over seeds, "
+            "selected on validation and tested once) is the full profile's: "
+            "`dfl reproduce --profile full --only cnn`."
+        )
+    paragraphs.append(
+        "The notebook chose its best epoch on the test set; every choice here uses a "
+        "validation split, and the test set only for the selected model."
+    )
+    return Section(EXPERIMENT.title, QUESTION, paragraphs, tables, figs)
+
+
+def _study_discussion(study: dict[str, Any]) -> str:
+    """What each change did against the unchanged CNN, judged against its seeds' spread: the
+    words come from the numbers (a change inside the spread is called noise)."""
+    base, changes = study["base"], study["changes"]
+    seeds = base["val_accuracy"]
+    mean = fmean(seeds)
+    band = max(max(seeds) - min(seeds), 1 / study["images"][1])  # at least one image
+    helped = [c for c in changes if c["val_accuracy"] - mean > band]
+    hurt = [c for c in changes if mean - c["val_accuracy"] > band]
+    noise = [c for c in changes if c not in helped and c not in hurt]
+
+    def listed(group: list[dict[str, Any]]) -> str:
+        group = sorted(group, key=lambda c: -c["val_accuracy"])
+        return "; ".join(
+            f"{_change_label(c)} ({c['val_accuracy'] - mean:+.4f}, "
+            f"{c['macs'] / base['macs']:.2g}x the multiply-adds)"
+            for c in group
+        )
+
+    best = max(changes, key=lambda c: c["val_accuracy"])
+    nb = study["notebook_baseline"]
+    parts = [
+        f"One change at a time from the lab's exploration CNN ({fmt(mean)} validation accuracy "
+        f"over {len(seeds)} seeds, which span {fmt(min(seeds))}-{fmt(max(seeds))}: a change "
+        f"within {band:.4f} of it is noise here)."
+    ]
+    parts.append(f"Helped: {listed(helped)}." if helped else "No change helped beyond the noise.")
+    parts.append(f"Hurt: {listed(hurt)}." if hurt else "No change hurt beyond the noise.")
+    if noise:
+        parts.append(f"Within the noise: {listed(noise)}.")
+    parts.append(
+        f"The best single change, {_change_label(best)}, reached {fmt(best['val_accuracy'])}; "
+        f"the notebook's baseline CNN {fmt(nb['val_accuracy'])} with "
+        f"{nb['macs'] / base['macs']:.2g}x the multiply-adds. These are {study['epochs']}-epoch "
+        "runs: they rank how fast each choice learns as much as how far it gets."
+    )
+    return " ".join(parts)
+
+
+def _study_table(study: dict[str, Any]) -> Table:
+    base, nb = study["base"], study["notebook_baseline"]
+    first = [
+        ["none (the lab's exploration CNN)", mean_std(base["val_accuracy"]), "",
+         base["params"], base["macs"], f"{base['seconds']:.1f}"],
+    ]  # fmt: skip
+    mean = fmean(base["val_accuracy"])
+    rows = [
+        [_change_label(c), c["val_accuracy"],
+         f"{c['val_accuracy'] - mean:+.4f}", c["params"], c["macs"], f"{c['seconds']:.1f}"]
+        for c in study["changes"]
+    ]  # fmt: skip
+    rows.append(
+        ["the notebook's baseline CNN instead", nb["val_accuracy"],
+         f"{nb['val_accuracy'] - mean:+.4f}", nb["params"], nb["macs"], f"{nb['seconds']:.1f}"]
+    )  # fmt: skip
+    n_train, n_val = study["images"]
+    return Table(
+        ["change", "val accuracy", "vs unchanged", "parameters", "multiply-adds", "seconds"],
+        first + rows,
+        f"One change at a time: {n_train:,} training and {n_val:,} validation images (the same "
+        f"for every run), batch 100, Adam 1e-3, {_epochs(study['epochs'])}, last epoch; seconds "
+        "of training, with other runs beside it",
+    )
+
+
+def _search_paragraph(result: CNNResult) -> str:
     best, finals = result.best, result.finals
+    assert best is not None and result.chosen is not None and result.ensemble is not None
     chosen = finals[result.chosen]
     names = list(dict.fromkeys(c["key"] for c in finals))  # in order, once each
-    points = sorted(result.points, key=lambda q: -q["val_accuracy"])
-    paragraphs = [
-        f"Best in the search: {best['key']} ({fmt(best['val_accuracy'])} validation "
+    return (
+        f"Beyond the lab: a search over the same choices. Best in the search: {best['key']} "
+        f"({fmt(best['val_accuracy'])} validation "
         f"accuracy, {best['params']:,} parameters, {best['macs']:,} multiply-adds per image). "
         f"The final stage trained {len(names)} architecture{'s' if len(names) > 1 else ''} "
         f"from the search's accuracy-cost front ({'; '.join(names)}) at "
         f"{_each(c['arch']['width'] for c in finals)} filters, with head dropout "
-        f"{_each(_dropout(c['arch']) for c in finals)}, for {result.final_epochs} epochs "
+        f"{_each(_dropout(c['arch']) for c in finals)}, for {_epochs(result.final_epochs)} "
         "with random shifts, rotations and zooms "
         f"and a one-cycle schedule. Selected on mean validation accuracy: {chosen['key']} at "
         f"{chosen['arch']['width']} filters, head dropout {_dropout(chosen['arch'])} "
         f"({chosen['params']:,} parameters); its test "
         f"accuracy is {mean_std(result.selected)}, and the ensemble of those seeds reaches "
-        f"{fmt(result.ensemble)}. " + _candidate_spread(finals),
-        _factors(points),
-        "The notebook chose its best epoch on the test set; our selection uses a validation "
-        "split and the test set once.",
-    ]
-    tables = [_notebook_table(result.faithful), _search_table(points), _final_table(result)]
-    return Section(EXPERIMENT.title, QUESTION, paragraphs, tables, figs)
+        f"{fmt(result.ensemble)}. " + _candidate_spread(finals)
+    )
 
 
 def _notebook_table(faithful: dict[str, dict[str, Any]]) -> Table:
@@ -531,21 +751,26 @@ def _search_table(points: list[dict[str, Any]]) -> Table:
 
 
 def _final_table(result: CNNResult) -> Table:
+    assert result.chosen is not None
     chosen = result.finals[result.chosen]
     return Table(
         ["architecture", "filters", "head dropout", "parameters", "multiply-adds",
-         "val accuracy", "test accuracy", ""],
+         "val accuracy", "test accuracy", "selected"],
         [
-            [c["key"], c["arch"]["width"], _dropout(c["arch"]), c["params"],
-             c["macs"], mean_std(c["val"]), mean_std(c["test"]), "chosen" if c is chosen else ""]
+            [c["key"], c["arch"]["width"], f"{_dropout(c['arch']):g}", c["params"],
+             c["macs"], mean_std(c["val"]), mean_std(c["test"]), "yes" if c is chosen else ""]
             for c in result.finals
         ],
         f"The final stage: the search's accuracy-cost front within {FRONT_TOLERANCE} of its "
         f"best validation accuracy, at each width and head dropout, trained for "
-        f"{result.final_epochs} epochs "
+        f"{_epochs(result.final_epochs)} "
         "with shifts, rotations and zooms and a one-cycle schedule, over seeds; chosen on mean "
         "validation accuracy",
     )  # fmt: skip
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _each(values: Iterable[Any]) -> str:

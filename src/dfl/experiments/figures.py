@@ -110,15 +110,20 @@ def scatter(
     ylabel: str,
     title: str = "",
     logx: bool = False,
+    labels: dict[str, Sequence[str]] | None = None,
 ) -> Plot:
-    fig, ax = _subplots(figsize=(7, 4))
+    """Points per series; `labels` names each point of a series beside it."""
+    fig, ax = _subplots(figsize=(8, 5) if labels else (7, 4))
     for name, (xs, ys) in points.items():
         ax.scatter(xs, ys, label=name, s=18)
+        for x, y, text in zip(xs, ys, (labels or {}).get(name, ()), strict=False):
+            if text:
+                ax.annotate(text, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
     if logx:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
 
