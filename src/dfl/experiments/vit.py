@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from dfl import models
 from dfl.experiments import figures
@@ -46,20 +48,27 @@ class Settings:
     other_epochs: int  # the notebook's six other configurations
     other_subset: int | None
     others: tuple[Config, ...]
-    beyond_epochs: int  # the modern ViT
+    beyond_epochs: int  # the modern ViT at its own recipe (0: not in this profile)
     beyond_subset: int | None
+    # The size study: all seven configurations on one shorter shared budget (training and
+    # validation images, epochs), the base one over seeds for the noise; 0 epochs: none (the
+    # profile trains all seven at the lab's protocol)
+    study_images: tuple[int, int] = (10000, 2000)
+    study_epochs: int = 0
+    study_seeds: int = 3
 
 
-# preview: the base config briefly on all data, the others on a subset for 1 epoch; lab: the
-# base config on the lab's protocol (20 epochs, all data); every: all seven. No torch.compile
+# preview: the base config briefly on all data; lab: the base config on the lab's protocol (20
+# epochs, all data); both answer the size question with the size study. every: all seven at
+# the lab's protocol. The modern ViT at its recipe: full and complete. No torch.compile
 # (measured with alternating repeats, benchmarks/RESULTS.md): since the ViTs' token-wise linear
 # layers run through oneDNN (`TokenLinear`), compiling trains both ViTs slower on CPU (notebook
 # 0.78-0.93x, modern 0.69-0.74x).
 PROFILES = {
-    "smoke": Settings(1, 2000, 1, 1000, ((32, 6, 8, 64),), 1, 2000),
-    "preview": Settings(2, None, 1, 6000, OTHERS, 2, 12000),
-    "lab": Settings(20, None, 20, None, (), 2, 12000),
-    "every": Settings(20, None, 20, None, OTHERS, 2, 12000),
+    "smoke": Settings(1, 2000, 1, 1000, ((32, 6, 8, 64),), 1, 2000, (1000, 500), 1, 2),
+    "preview": Settings(2, None, 1, None, (), 0, None, study_epochs=2),
+    "lab": Settings(20, None, 20, None, (), 0, None, study_epochs=4),
+    "every": Settings(20, None, 20, None, OTHERS, 0, None),
     "full": Settings(20, None, 20, None, OTHERS, 60, None),
 }
 PROFILES["complete"] = PROFILES["full"]
@@ -114,38 +123,90 @@ def _beyond_overrides(seed: int, p: Settings) -> Overrides:
 
 class ViTResult(Result):
     rows: list[dict[str, Any]]  # one per notebook configuration: accuracy, curves, cost, run
-    beyond: list[float]  # the modern ViT's test accuracy per seed
-    beyond_epochs: int
-    rollout_from: str  # the modern ViT run the attention maps are drawn from
+    study: list[dict[str, Any]] = Field(default_factory=list)  # the size study, base first
+    study_images: list[int] = Field(default_factory=list)  # its training, validation images
+    beyond: list[float] = Field(default_factory=list)  # the modern ViT's test accuracy per seed
+    beyond_epochs: int = 0
+    rollout_from: str | None = None  # the modern ViT run the attention maps are drawn from
 
 
 def run(ctx: Context, p: Settings) -> ViTResult:
     configs = [BASE, *p.others]
     lab_runs = {f"lab/{_key(cfg)}": _lab_overrides(cfg, p) for cfg in configs}
-    beyond_runs = {f"beyond/seed{s}": _beyond_overrides(s, p) for s in range(ctx.seeds)}
+    study_runs = _study_runs(p) if p.study_epochs else {}
+    beyond_runs = (
+        {f"beyond/seed{s}": _beyond_overrides(s, p) for s in range(ctx.seeds)}
+        if p.beyond_epochs
+        else {}
+    )
     # All of them are independent: with --jobs they train side by side.
-    runs = ctx.train_many(NAME, {**lab_runs, **beyond_runs})
+    runs = ctx.train_many(NAME, {**lab_runs, **study_runs, **beyond_runs})
     rows = [_row(cfg, p, runs[f"lab/{_key(cfg)}"]) for cfg in configs]
-    beyond = [runs[k] for k in beyond_runs]
-    beyond_acc = [r.final["test_accuracy"] for r in beyond]
     numbers = {
         f"lab.{_key(cfg)}.test_accuracy": Number.of(
             row["test_accuracy"], f"ViT {list(cfg)} test accuracy", runs[f"lab/{_key(cfg)}"], NAME
         )
         for cfg, row in zip(configs, rows, strict=True)
     }
-    numbers["beyond.test_accuracy"] = Number.of(
-        beyond_acc, "modern ViT, test accuracy", beyond[0], NAME, seeds=len(beyond)
-    )
+    beyond = [runs[k] for k in beyond_runs]
+    beyond_acc = [r.final["test_accuracy"] for r in beyond]
+    if beyond:
+        numbers["beyond.test_accuracy"] = Number.of(
+            beyond_acc, "modern ViT, test accuracy", beyond[0], NAME, seeds=len(beyond)
+        )
     compare = {f"acc.{_key(tuple(r['config']))}": _config_compare(r) for r in rows}
     return ViTResult(
         rows=rows,
+        study=[_study_row(k, p, runs[k]) for k in study_runs],
+        study_images=list(p.study_images) if study_runs else [],
         beyond=beyond_acc,
         beyond_epochs=p.beyond_epochs,
-        rollout_from=str(beyond[0].run_dir),
+        rollout_from=str(beyond[0].run_dir) if beyond else None,
         numbers=numbers,
         compare={**compare, **_writeup_compare(rows[0], beyond_acc)},
     )
+
+
+def _study_runs(p: Settings) -> dict[str, Overrides]:
+    """The size study: every configuration in the notebook's form and optimiser, on the same
+    training images for a few epochs, read on a validation split; the base over seeds."""
+    n_train, n_val = p.study_images
+    short = {
+        "epochs": p.study_epochs,
+        "data.train_subset": n_train + n_val,
+        "data.val_fraction": n_val / (n_train + n_val),
+        "data.subset_seed": 0,  # every run draws the same images
+        "test_every_epoch": False,
+        "evaluate_test": False,
+    }
+    runs = {
+        f"size/{_key(BASE)}/seed{s}": {**_lab_overrides(BASE, p), **short, "seed": s}
+        for s in range(p.study_seeds)
+    }
+    for cfg in OTHERS:
+        runs[f"size/{_key(cfg)}/seed0"] = {**_lab_overrides(cfg, p), **short}
+    return runs
+
+
+def _study_row(key: str, p: Settings, run: RunResult) -> dict[str, Any]:
+    cfg = tuple(int(v) for v in key.split("/")[1].split("-"))
+    dim, depth, heads, mlp = cfg
+    summary = model_summary(
+        models.create("vit_lab", dim=dim, depth=depth, heads=heads, mlp_dim=mlp), (1, 28, 28)
+    )
+    return {
+        "config": list(cfg),
+        "seed": int(key.rsplit("seed", 1)[1]),
+        "epochs": p.study_epochs,
+        "val_accuracy": run.final["val_accuracy"],
+        "train_accuracy": run.history[-1]["train_accuracy"],
+        "val_accuracy_curve": [h["val_accuracy"] for h in run.history],
+        "train_loss_curve": [h["train_loss"] for h in run.history],
+        "val_loss_curve": [h["val_loss"] for h in run.history],
+        "params": summary.params,
+        "macs": summary.macs,
+        "seconds_per_epoch": sum(h["seconds"] for h in run.history) / len(run.history),
+    }
 
 
 def _row(cfg: Config, p: Settings, run: RunResult) -> dict[str, Any]:
@@ -194,7 +255,7 @@ def _writeup_compare(base: dict[str, Any], beyond_acc: list[float]) -> dict[str,
         f"configuration (64, 6, 8, 128), whose first run printed {acc} / {loss}"
     )
     faithful = {"acc": fmt(base["test_accuracy"]), "loss": fmt(base["test_loss"])}
-    corrected = {"acc": mean_std(beyond_acc), "loss": None}
+    corrected = {"acc": mean_std(beyond_acc) if beyond_acc else None, "loss": None}
     if not _lab_protocol(base):
         shorter = "the base configuration trained shorter or on fewer images"
         return {
@@ -216,10 +277,125 @@ def _writeup_compare(base: dict[str, Any], beyond_acc: list[float]) -> dict[str,
 
 
 def draw(result: ViTResult, canvas: Canvas) -> list[Figure]:
+    figs = [_figure_curves(canvas, result.rows)]
+    if result.study:
+        figs += [_figure_study(canvas, result), _figure_study_curves(canvas, result)]
+    if result.rollout_from:  # drawn only from a modern ViT trained at its own recipe
+        figs.append(_figure_rollout(canvas, Path(result.rollout_from)))
+    return figs
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
+def _by_config(study: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in study:
+        out.setdefault(_key(tuple(r["config"])), []).append(r)
+    return out
+
+
+def _study_discussion(result: ViTResult) -> list[str]:
+    """The lab's four points for the size study, each stated from its measured rows; the base
+    configuration's seeds say how large a difference must be to mean anything."""
+    n_train, n_val = result.study_images
+    groups = _by_config(result.study)
+    base = [r["val_accuracy"] for r in groups[_key(BASE)]]
+    band = max(max(base) - min(base), 1 / n_val)
+    first = {k: rs[0] for k, rs in groups.items()}  # seed 0 of each: one run per size
+    acc = {k: fmean(r["val_accuracy"] for r in rs) for k, rs in groups.items()}
+    ranked = sorted(acc, key=lambda k: -acc[k])
+    above = [k for k in ranked if acc[k] - fmean(base) > band]
+    below = [k for k in ranked if fmean(base) - acc[k] > band]
+    gap = {k: r["train_accuracy"] - r["val_accuracy"] for k, r in first.items()}
+    still = [k for k, r in first.items() if len(c := r["val_accuracy_curve"]) > 1 and c[-1] > c[-2]]
+    early = {k: r["val_accuracy_curve"][0] for k, r in first.items()}
+    per_k = {k: 1000 * r["seconds_per_epoch"] / n_train for k, r in first.items()}
+    macs = {k: r["macs"] for k, r in first.items()}
+    params = {k: r["params"] for k, r in first.items()}
+    cheap, costly = min(macs, key=macs.get), max(macs, key=macs.get)
+    fast, slow = min(per_k, key=per_k.get), max(per_k, key=per_k.get)
+
+    def names(ks: list[str]) -> str:
+        return ", ".join(f"{k} ({fmt(acc[k])}, {params[k]:,} parameters)" for k in ks) or "none"
+
+    epochs = result.study[0]["epochs"]
     return [
-        _figure_curves(canvas, result.rows),
-        _figure_rollout(canvas, Path(result.rollout_from)),
+        f"Size study: the seven configurations (dim-depth-heads-mlp) in the notebook's form and "
+        f"optimiser, {_epochs(epochs)} on the same {n_train:,} "
+        f"training images, read on {n_val:,} validation images: a shared short budget that "
+        "ranks them, not the lab's protocol. The base configuration over "
+        f"{len(base)} seeds spans {fmt(min(base))}-{fmt(max(base))}, so differences under "
+        f"{band:.4f} are noise.",
+        f"Performance: {ranked[0]} is best at {fmt(acc[ranked[0]])} and {ranked[-1]} last at "
+        f"{fmt(acc[ranked[-1]])}. Above the base configuration beyond the noise: "
+        f"{names(above)}; below it: {names(below)}.",
+        f"Overfitting: train accuracy minus validation accuracy at the last epoch runs from "
+        f"{min(gap.values()):+.4f} ({min(gap, key=gap.get)}) to {max(gap.values()):+.4f} "
+        f"({max(gap, key=gap.get)}); at this budget the larger models "
+        + (
+            "fit their training images more than the smaller ones do."
+            if gap[costly] > gap[cheap]
+            else "do not yet fit their training images more than the smaller ones."
+        ),
+        f"Training dynamics: after one epoch validation accuracy ranges from "
+        f"{fmt(min(early.values()))} ({min(early, key=early.get)}) to "
+        f"{fmt(max(early.values()))} ({max(early, key=early.get)}); {len(still)} of "
+        f"{len(first)} were still improving at the last epoch, so a longer budget can reorder "
+        "the close ones.",
+        f"Computational cost: multiply-adds per image from {macs[cheap]:,} ({cheap}) to "
+        f"{macs[costly]:,} ({costly}), {macs[costly] / macs[cheap]:.0f}x; training seconds per "
+        f"1,000 images from {per_k[fast]:.2f} ({fast}) to {per_k[slow]:.2f} ({slow}), "
+        f"{per_k[slow] / per_k[fast]:.1f}x (with other runs beside them). The lab's numbers for "
+        "the six other configurations: `dfl reproduce --profile every`.",
     ]
+
+
+def _figure_study(ctx: Canvas, result: ViTResult) -> Figure:
+    groups = _by_config(result.study)
+    base = groups.pop(_key(BASE))
+    plot = figures.scatter(
+        ctx.figure_path("vit_size_study"),
+        {
+            "base 64-6-8-128 (each seed)": (
+                [r["macs"] for r in base],
+                [r["val_accuracy"] for r in base],
+            ),
+            "other sizes": (
+                [rs[0]["macs"] for rs in groups.values()],
+                [rs[0]["val_accuracy"] for rs in groups.values()],
+            ),
+        },
+        "multiply-adds per image",
+        "validation accuracy",
+        "ViT size study: accuracy against cost",
+        logx=True,
+        labels={"base 64-6-8-128 (each seed)": [""] * len(base), "other sizes": list(groups)},
+    )
+    n_train, n_val = result.study_images
+    return Figure.of(
+        plot,
+        f"Validation accuracy ({n_val:,} images) of each configuration (dim-depth-heads-mlp) "
+        f"after {_epochs(result.study[0]['epochs'])} on the same {n_train:,} training images, "
+        "against multiply-adds per image; the base configuration's seeds show the noise.",
+    )
+
+
+def _figure_study_curves(ctx: Canvas, result: ViTResult) -> Figure:
+    series = {k: rs[0]["val_accuracy_curve"] for k, rs in _by_config(result.study).items()}
+    plot = figures.curves(
+        ctx.figure_path("vit_size_curves"),
+        series,
+        "epoch",
+        "validation accuracy",
+        "ViT size study: validation accuracy per epoch",
+    )
+    return Figure.of(
+        plot,
+        "Validation accuracy per epoch of each configuration in the size study (seed 0): how "
+        "fast each size learns.",
+    )
 
 
 def _discussion(rows: list[dict[str, Any]]) -> list[str]:
@@ -347,24 +523,53 @@ def section(result: ViTResult, figs: list[Figure]) -> Section:
                 r["train_accuracy"],
                 r["params"],
                 r["macs"],
-                r["seconds_per_epoch"],
+                f"{r['seconds_per_epoch']:.1f}",
             ]
             for r in rows
         ],
         "The notebook's configurations on its protocol (Adam 1e-3, ExponentialLR "
         "0.95, batch 128, no validation)",
     )
-    paragraphs = [
-        *_discussion(rows),
+    beyond = (
         f"Beyond the lab: a ViT with 4x4 patches (49 tokens instead of 16), per-head scaling, "
         f"AdamW, a one-cycle schedule and random shifts and rotations, its epoch selected on a "
         f"validation split, reaches {mean_std(result.beyond)} test accuracy after "
-        f"{result.beyond_epochs} epochs.",
+        f"{result.beyond_epochs} epochs."
+        if result.beyond
+        else "Beyond the lab, a modern ViT (4x4 patches, AdamW, a one-cycle schedule, "
+        "augmentation, selected on validation) trained at its own recipe of 60 epochs is the "
+        "full profile's: `dfl reproduce --profile full --only vit`."
+    )
+    tables = [table]
+    if result.study:
+        tables.append(_study_table(result))
+    paragraphs = [
+        *_discussion(rows),
+        *(_study_discussion(result) if result.study else []),
+        beyond,
         f"The write-up's {lab_value(NAME, 'writeup.acc')} / {lab_value(NAME, 'writeup.loss')} "
         "appears in no printed notebook output; the notebook's own base-configuration result "
         f"was {VIT_CONFIGS[BASE]}.",
     ]
-    return Section(EXPERIMENT.title, QUESTION, paragraphs, [table], figs)
+    return Section(EXPERIMENT.title, QUESTION, paragraphs, tables, figs)
+
+
+def _study_table(result: ViTResult) -> Table:
+    groups = _by_config(result.study)
+    n_train, n_val = result.study_images
+    return Table(
+        ["dim-depth-heads-mlp", "val accuracy", "train accuracy", "parameters",
+         "multiply-adds", "s / epoch"],
+        [
+            [k, mean_std([r["val_accuracy"] for r in rs]) if len(rs) > 1 else rs[0]["val_accuracy"],
+             rs[0]["train_accuracy"], rs[0]["params"], rs[0]["macs"],
+             f"{rs[0]['seconds_per_epoch']:.1f}"]
+            for k, rs in groups.items()
+        ],
+        f"Size study (not the lab's protocol): {_epochs(result.study[0]['epochs'])} on the same "
+        f"{n_train:,} training images, the last epoch's accuracy on {n_val:,} validation images; "
+        "the base configuration over seeds",
+    )  # fmt: skip
 
 
 EXPERIMENT = Experiment(
