@@ -59,10 +59,52 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
     assert mean_val[cnn["chosen"]] == max(mean_val)
     assert cnn["selected"] == finals[cnn["chosen"]]["test"]
 
-    # A real browser shows every figure and logs no error (skipped without Chromium).
+    # A real browser shows every figure and logs no error (skipped without Chromium), and the
+    # page never scrolls sideways, on a desktop or a phone: wide tables scroll in their box.
     if shutil.which("chromium"):
-        page = check_page(request.getfixturevalue("browser"), report, tmp_path / "report.png")
-        assert len(page["images"]) >= 10 and not page["broken"] and page["errors"] == []
+        driver = request.getfixturevalue("browser")
+        for width in (1400, 420):
+            driver.set_window_size(width, 900)
+            page = check_page(driver, report, tmp_path / f"report-{width}.png")
+            assert len(page["images"]) >= 10 and not page["broken"] and page["errors"] == []
+            wide = driver.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert wide <= 0, f"the page overflows {width} px by {wide} px"
+        assert (
+            driver.find_element("css selector", "nav a").text
+            == "3.1 Q1 — Autoencoder reconstruction"
+        )
+
+    # No figure has tick labels drawn over each other (matplotlib's own text extents).
+    from dfl.data import load_dataset
+    from dfl.experiments.context import Canvas
+    from dfl.experiments.experiment import load_record
+    from dfl.experiments.figures import overlapping_ticks
+
+    canvas = Canvas(out, lambda: load_dataset(str(data)))
+    for name in EXPERIMENTS:
+        experiment = REGISTRY[name]
+        for figure in experiment.figures(load_record(out, name).typed(experiment), canvas):
+            assert overlapping_ticks(figure.image) == [], (name, figure.path)
+
+    # The lab profile runs neither the CNN's final stage nor the modern ViT: its report shows
+    # no corrected CNN or ViT and no figure of a model that did not earn it, and says once
+    # which command trains them.
+    cnn, vit = REGISTRY["cnn"], REGISTRY["vit"]
+    lean_cnn = load_record(out, "cnn").typed(cnn).model_copy(
+        update={"points": [], "best": None, "finals": [], "chosen": None, "selected": [],
+                "ensemble": None, "confusion": None, "wrong": [], "numbers": {}}
+    )  # fmt: skip
+    drawn = cnn.figures(lean_cnn, canvas)
+    assert [f.path for f in drawn] == ["figures/cnn_lab_curves.png", "figures/cnn_study.png"]
+    assert "--profile full --only cnn" in " ".join(cnn.section(lean_cnn, drawn).paragraphs)
+    lean_vit = load_record(out, "vit").typed(vit).model_copy(
+        update={"beyond": [], "rollout_from": None}
+    )
+    drawn = vit.figures(lean_vit, canvas)
+    assert "figures/vit_rollout.png" not in [f.path for f in drawn]
+    assert "--profile full --only vit" in " ".join(vit.section(lean_vit, drawn).paragraphs)
 
     # Re-running the same command trains nothing again.
     metrics = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}

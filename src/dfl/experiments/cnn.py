@@ -581,20 +581,21 @@ def _figure_cost(ctx: Canvas, points: list[dict]) -> Figure:
 
 
 def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> Figure:
+    errors = [[0 if i == j else n for j, n in enumerate(row)] for i, row in enumerate(confusion)]
     plot = figures.heatmap(
         ctx.figure_path("cnn_confusion"),
-        confusion,
+        errors,
         "predicted digit",
         "true digit",
-        "Ensemble confusion matrix",
+        "Ensemble confusion matrix: its errors",
         annotate=True,
-        log=True,
-        cmap="Blues",
+        cmap="Reds",
     )
     return Figure.of(
         plot,
-        "Confusion matrix of the ensemble on the 10,000 test "
-        "images (counts; colour on a log scale).",
+        "The ensemble's errors on the 10,000 test images: how many of each true digit it "
+        "called each other digit (the correct calls, the diagonal, are left out so the "
+        "colour shows the mistakes).",
     )
 
 

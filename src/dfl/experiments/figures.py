@@ -3,12 +3,14 @@ saved as PNG files under the reproduction's figures/ folder."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dfl.atomic import atomic_file
 
@@ -40,16 +42,25 @@ def curves(
     title: str = "",
     logy: bool = False,
 ) -> Plot:
-    """One line per named series against epoch 1..N."""
+    """One line per named series against epoch 1..N (whole epochs on the axis; a marker on
+    each point of a short series, so one epoch still shows). The legend sits outside the axes,
+    where it covers no line and no label."""
     fig, ax = _subplots(figsize=(7, 4))
+    longest = max((len(ys) for ys in series.values()), default=0)
     for name, ys in series.items():
-        ax.plot(range(1, len(ys) + 1), ys, label=name, linewidth=1.4)
+        marker = "o" if longest <= 12 else None
+        ax.plot(range(1, len(ys) + 1), ys, label=name, linewidth=1.4, marker=marker, ms=3)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    _legend_outside(ax)
     return _save(fig, path)
+
+
+def _legend_outside(ax: Any) -> None:
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def bars(
@@ -61,19 +72,21 @@ def bars(
     errors: dict[str, Sequence[float]] | None = None,
     ylim: tuple[float, float] | None = None,
 ) -> Plot:
-    """Grouped bars: one group per label, one bar per series (with optional error bars)."""
-    fig, ax = _subplots(figsize=(7, 4))
+    """Grouped bars: one group per label, one bar per series (with optional error bars). Long
+    group labels are wrapped onto lines of their own, so neighbours never run together."""
+    fig, ax = _subplots(figsize=(max(7.0, 1.2 * len(groups)), 4))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
     for i, (name, values) in enumerate(series.items()):
         err = (errors or {}).get(name)
         ax.bar(x + i * width, values, width, label=name, yerr=err, capsize=3)
-    ax.set_xticks(x + width * (len(series) - 1) / 2, groups, fontsize=8)
+    wrapped = [textwrap.fill(g, 14) for g in groups]
+    ax.set_xticks(x + width * (len(series) - 1) / 2, wrapped, fontsize=8)
     ax.set(ylabel=ylabel, title=title)
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -123,7 +136,7 @@ def scatter(
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -140,6 +153,9 @@ def heatmap(
     """One matrix as a colour map (a confusion matrix, attention weights), numbers optional."""
     matrix = np.asarray(matrix, dtype=float)
     fig, ax = _subplots(figsize=(5.5, 4.6))
+    if annotate:  # a small matrix: a tick, and a number, on every row and column
+        ax.set_xticks(range(matrix.shape[1]))
+        ax.set_yticks(range(matrix.shape[0]))
     shown = np.log1p(matrix) if log else matrix
     image = ax.imshow(shown, cmap=cmap)
     fig.colorbar(image, ax=ax, fraction=0.046, label="log(1 + count)" if log else None)
@@ -157,3 +173,23 @@ def heatmap(
                 )
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     return _save(fig, path)
+
+
+def overlapping_ticks(fig: Figure) -> list[tuple[str, str]]:
+    """Pairs of tick labels whose drawn boxes overlap (the smear of crowded axis labels), as
+    matplotlib lays them out: empty when every label can be read."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    pairs = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            boxes = [t.get_window_extent(renderer) for t in labels]
+            for i in range(len(labels)):
+                for j in range(i + 1, len(labels)):
+                    if boxes[i].overlaps(boxes[j]):
+                        pairs.append((labels[i].get_text(), labels[j].get_text()))
+    return pairs

@@ -27,8 +27,7 @@ PROFILES = {
             "preview",
             "a first look: every table and figure, epochs cut short; sets 8 of the 38 lab "
             "numbers beside ours, the rest not comparable",
-            "7.0 min measured (two experiments at once); largest process 1.6 GB, all its "
-            "processes together at most 3.4 GB",
+            "not measured",
             2,
             # Measured two at once (the default), so each is longer than it would be alone
             estimate_s={"ae": 128, "sae": 214, "conv": 1, "cnn": 196, "attention": 1, "vit": 253},
@@ -36,24 +35,25 @@ PROFILES = {
         Profile(
             "lab",
             "every experiment at exactly the lab's protocol (one run per number, as the lab) but "
-            "six of the seven ViT configurations, corrected counterparts over 2 seeds: sets 32 "
+            "six of the seven ViT configurations, which a short size study ranks instead; the "
+            "CNN question one change at a time; corrected counterparts over 2 seeds: sets 32 "
             "of the 38 lab numbers beside ours",
-            "17.8 min measured on a fresh clone (two experiments at once); largest process "
-            "1.4 GB, all its processes together at most 3.3 GB",
+            "25.7 min measured on a fresh clone, 2 AMD EPYC cores (two experiments at once); "
+            "largest process 1.4 GB",
             2,
             faithful_seeds=1,
             # Measured two at once (the default), so each is longer than it would be alone
-            estimate_s={"ae": 733, "sae": 194, "conv": 1, "cnn": 289, "attention": 1, "vit": 910},
+            estimate_s={"ae": 783, "sae": 263, "conv": 1, "cnn": 746, "attention": 1, "vit": 1227},
         ),
         Profile(
             "every",
             "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
             "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
-            "76.1 min measured in two parts: the lab profile's 17.8, then 58.2 for the six "
-            "other ViTs with --profile every --jobs 2 --out runs/lab",
+            "the lab profile's time and 58.2 min more for the six other ViTs (measured with "
+            "--jobs 2 continuing a lab reproduction)",
             2,
             faithful_seeds=1,
-            estimate_s={"ae": 733, "sae": 194, "conv": 1, "cnn": 289, "attention": 1, "vit": 4340},
+            estimate_s={"ae": 783, "sae": 263, "conv": 1, "cnn": 746, "attention": 1, "vit": 4340},
         ),
         Profile(
             "complete",

@@ -27,6 +27,16 @@ def md_table(table: Table) -> str:
     return "\n".join(lines)
 
 
+def anchor(title: str) -> str:
+    """A section's id, as GitHub makes them from a heading: '3.2 Q2 — CNN' -> '32-q2--cnn'."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def _md_contents(doc: Document) -> str:
+    titles = [s.title for s in doc.sections] + (["Environment"] if doc.environment else [])
+    return "**Contents:** " + " · ".join(f"[{t}](#{anchor(t)})" for t in titles)
+
+
 def _md_section(s: Section) -> str:
     parts = [f"## {s.title}"]
     if s.question:
@@ -40,7 +50,7 @@ def _md_section(s: Section) -> str:
 
 
 def to_markdown(doc: Document) -> str:
-    parts = [f"# {doc.title}", *doc.summary]
+    parts = [f"# {doc.title}", *doc.summary, _md_contents(doc)]
     parts += [_md_section(s) for s in doc.sections]
     if doc.environment:
         parts += ["## Environment", md_table(doc.environment)]
@@ -50,10 +60,12 @@ def to_markdown(doc: Document) -> str:
 # ----------------------------------------------------------------------------------- HTML
 
 STYLE = """
-body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
+overflow-wrap:anywhere}
 h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #ccc}
 blockquote{color:#555;border-left:4px solid #ccc;margin:1em 0;padding:.2em 1em}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}
+.table{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:1em 0;font-size:13px}
+td,th{overflow-wrap:normal}nav{background:#f7f7f7;padding:.5em 1em}nav a{margin-right:1em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}
 caption{caption-side:top;font-style:italic}code{background:#f3f3f3;padding:0 3px}
@@ -66,11 +78,15 @@ def _html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(_html_cell(v) for v in row) + "</tr>" for row in table.rows)
     caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
-    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # In a box of its own that scrolls sideways: a wide table on a phone moves, not the page
+    return (
+        f'<div class="table"><table>{caption}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def _html_cell(value: object) -> str:
-    text = html.escape(fmt(value))
+    text = _inline(fmt(value))  # a command in a cell reads as code, not between backticks
     if text == "missing":
         return f'<td><span class="missing">{text}</span></td>'
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
@@ -101,7 +117,7 @@ def _html_paragraph(text: str) -> str:
 
 
 def _html_section(s: Section, root: Path) -> str:
-    parts = [f"<section><h2>{html.escape(s.title)}</h2>"]
+    parts = [f'<section id="{anchor(s.title)}"><h2>{html.escape(s.title)}</h2>']
     if s.question:
         parts.append(f"<blockquote>{html.escape(s.question)}</blockquote>")
     if s.missing:
@@ -116,11 +132,19 @@ def _html_section(s: Section, root: Path) -> str:
 def to_html(doc: Document, root: Path) -> str:
     body = [f"<h1>{html.escape(doc.title)}</h1>"]
     body += [_html_paragraph(p) for p in doc.summary]
+    titles = [s.title for s in doc.sections] + (["Environment"] if doc.environment else [])
+    links = "".join(f'<a href="#{anchor(t)}">{html.escape(t)}</a>' for t in titles)
+    body.append(f"<nav>{links}</nav>")
     body += [_html_section(s, root) for s in doc.sections]
     if doc.environment:
-        body += ["<section><h2>Environment</h2>", _html_table(doc.environment), "</section>"]
+        body += [
+            '<section id="environment"><h2>Environment</h2>',
+            _html_table(doc.environment),
+            "</section>",
+        ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(doc.title)}</title><style>{STYLE}</style></head>"
         "<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
