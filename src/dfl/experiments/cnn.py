@@ -25,7 +25,7 @@ from pydantic import Field
 
 from dfl import models
 from dfl.experiments import figures
-from dfl.experiments.comparison import Comparison, compare
+from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
@@ -369,7 +369,7 @@ def _comparisons(faithful: dict[str, Any], selected: list[float]) -> dict[str, C
             "final",
             LAB_DRAW,
             0.004,
-            corrected=mean_std(selected) if selected else None,
+            corrected=mean_std(selected) if selected else FULL_ONLY,
         ),
     }
     return out

@@ -24,6 +24,11 @@ class Verdict(StrEnum):
     MISSING = "missing"  # not measured in this run (the report says what would measure it)
 
 
+# The corrected column where a profile leaves the corrected run out: it is trained only at its
+# own recipe (the full profile's), never shown from a shortened one.
+FULL_ONLY = "full profile"
+
+
 class Comparison(BaseModel):
     """One lab number as we measured it: `faithful` on the lab's protocol, `corrected` on ours
     (None where there is no counterpart), the verdict, its wording and the reason."""

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from dfl import models
 from dfl.experiments import figures
-from dfl.experiments.comparison import Comparison, compare
+from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
@@ -255,7 +255,7 @@ def _writeup_compare(base: dict[str, Any], beyond_acc: list[float]) -> dict[str,
         f"configuration (64, 6, 8, 128), whose first run printed {acc} / {loss}"
     )
     faithful = {"acc": fmt(base["test_accuracy"]), "loss": fmt(base["test_loss"])}
-    corrected = {"acc": mean_std(beyond_acc) if beyond_acc else None, "loss": None}
+    corrected = {"acc": mean_std(beyond_acc) if beyond_acc else FULL_ONLY, "loss": None}
     if not _lab_protocol(base):
         shorter = "the base configuration trained shorter or on fewer images"
         return {
