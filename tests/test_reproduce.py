@@ -99,8 +99,8 @@ def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
     drawn = cnn.figures(lean_cnn, canvas)
     assert [f.path for f in drawn] == ["figures/cnn_lab_curves.png", "figures/cnn_study.png"]
     assert "--profile full --only cnn" in " ".join(cnn.section(lean_cnn, drawn).paragraphs)
-    lean_vit = load_record(out, "vit").typed(vit).model_copy(
-        update={"beyond": [], "rollout_from": None}
+    lean_vit = (
+        load_record(out, "vit").typed(vit).model_copy(update={"beyond": [], "rollout_from": None})
     )
     drawn = vit.figures(lean_vit, canvas)
     assert "figures/vit_rollout.png" not in [f.path for f in drawn]

@@ -68,8 +68,9 @@ def test_summary_leaves_the_model_as_it_was():
 
 
 def test_lab_baseline_exactly():
-    # LAB_SPEC 3.2 Q2: conv(1->16,k3,s2,p1) conv(16->32,k3,s2,p1) conv(32->32,k3,s2,p1)
-    # conv(32->64,k2,s2,p0), each + BN(2C params) + ReLU; Linear(256,100) -> Linear(100,10).
+    # The lab notebook's baseline (3.2 Q2): conv(1->16,k3,s2,p1) conv(16->32,k3,s2,p1)
+    # conv(32->32,k3,s2,p1) conv(32->64,k2,s2,p0), each + BN(2C params) + ReLU;
+    # Linear(256,100) -> Linear(100,10).
     convs = [(1, 16, 3), (16, 32, 3), (32, 32, 3), (32, 64, 2)]
     by_hand = sum(cin * cout * k * k + cout + 2 * cout for cin, cout, k in convs)
     by_hand += 256 * 100 + 100 + 100 * 10 + 10
@@ -84,8 +85,9 @@ def test_lab_baseline_exactly():
 
 
 def test_exploration_model_defaults_exactly():
-    # LAB_SPEC 3.2 Q2 "CNNnet" defaults: filters 16/32/64/128, kernels 3 (padding 1), BN, ReLU,
-    # MaxPool(2) after layers 2 and 4 (28 -> 14 -> 7); head Linear(128*7*7, 128)->ReLU->(128, 10).
+    # The lab notebook's 3.2 Q2 "CNNnet" defaults: filters 16/32/64/128, kernels 3 (padding 1),
+    # BN, ReLU, MaxPool(2) after layers 2 and 4 (28 -> 14 -> 7); head Linear(128*7*7, 128) ->
+    # ReLU -> (128, 10).
     filters = [1, 16, 32, 64, 128]
     by_hand = sum(cin * cout * 9 + cout + 2 * cout for cin, cout in itertools.pairwise(filters))
     by_hand += 128 * 7 * 7 * 128 + 128 + 128 * 10 + 10

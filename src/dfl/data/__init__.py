@@ -1,7 +1,7 @@
 """Datasets: MNIST, Fashion-MNIST or any 28x28 IDX dataset, from a verified source.
 
 `load_dataset` tries a user directory, the cache, the embedded offline copy and the public
-mirrors, in that order (see docs DATA.md), and checks every known file against its sha256.
+mirrors, in that order (see docs/DATA.md), and checks every known file against its sha256.
 """
 
 from __future__ import annotations

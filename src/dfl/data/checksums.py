@@ -1,4 +1,4 @@
-"""What the real files are: sizes and hashes of the known datasets (from docs DATA.md).
+"""What the real files are: sizes and hashes of the known datasets (listed in docs/DATA.md).
 
 The canonical identity of an IDX file is the sha256 of its *decompressed* bytes, so a copy that
 was recompressed (Debian's Fashion-MNIST) or stored uncompressed still verifies. The MD5s of the

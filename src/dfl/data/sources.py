@@ -1,4 +1,4 @@
-"""Where a dataset's four IDX files come from, tried in the order of docs DATA.md.
+"""Where a dataset's four IDX files come from, tried in this order (docs/DATA.md explains each).
 
 1. a directory the user names (`data_dir`), also in the `<root>/MNIST/raw/` layout;
 2. the cache: `$DFL_DATA_DIR`, else `$XDG_CACHE_HOME/dfl`, else `~/.cache/dfl`, one folder per

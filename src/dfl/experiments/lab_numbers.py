@@ -1,6 +1,7 @@
-"""Every number the lab write-up states (and the notebook printed), from LAB_SPEC.md, keyed so
-each experiment can set its own measurement beside it. The report lists all of them, so a
-number we did not measure shows up as missing, never silently absent."""
+"""Every number the lab write-up states (and the notebook printed), as the write-up and the
+notebooks' printed outputs give them, keyed so each experiment can set its own measurement
+beside it. The report lists all of them, so a number we did not measure shows up as missing,
+never silently absent."""
 
 from __future__ import annotations
 
