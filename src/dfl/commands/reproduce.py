@@ -110,7 +110,7 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
         "--lab-table",
         action="store_true",
         help="print the lab's numbers beside ours as a Markdown table, from results.json "
-        "(the README's table), instead of rebuilding the report",
+        "(the table in docs/RESULTS.md), instead of rebuilding the report",
     )
     p.set_defaults(run=run_report)
 

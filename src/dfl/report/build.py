@@ -308,7 +308,7 @@ def build_report(out: Path) -> Path:
 
 def lab_table_markdown(out: Path) -> str:
     """The comparison table as Markdown, from a reproduction's results.json alone (the
-    README's table is this)."""
+    table in docs/RESULTS.md is this)."""
     path = Path(out) / "results.json"
     try:  # hand-edited or cut short: any shape at all
         return md_table(lab_table(json.loads(path.read_text())["lab"]))
