@@ -4,17 +4,20 @@ For every lab model at its lab batch size: training samples/s of dfl's trainer a
 textbook loop (see throughput.py), the same model, optimiser and images, in one process,
 alternating, after a warm-up, over several repeats; their ratio (median, min-max spread); the
 achieved FLOP/s against the matmul peak measured in the same run. Then the studies behind
-dfl's defaults (studies.py), the quick reproduction's wall time and peak memory, and the whole
-as benchmarks/RESULTS.md with the machine it ran on.
+dfl's defaults (studies.py), a reproduction's wall time and peak memory (recorded in
+src/dfl/experiments/profile_costs.json, which --help and the report quote), and the whole as
+benchmarks/RESULTS.md with the machine it ran on.
 
 Usage: python benchmarks/run.py [--repeats 3] [--steps 40] [--models cnn_lab,vit_lab]
-          [--no-reproduce] [--reproduce-out runs/bench-quick] [--results benchmarks/RESULTS.md]
+          [--no-reproduce] [--profile preview] [--reproduce-out DIR]
+          [--results benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import resource
@@ -32,6 +35,7 @@ import studies
 from dfl.allocator import keep_freed_memory
 from dfl.atomic import atomic_file
 from dfl.data import load_dataset
+from dfl.experiments import EXPERIMENTS
 from throughput import (
     CASES,
     Case,
@@ -109,33 +113,55 @@ def versus_textbook(
     return rows
 
 
-def quick_reproduction(out: Path) -> tuple[float, float]:
-    """Wall seconds and peak resident MB of `dfl reproduce --profile quick`, run as a child
+def reproduction(profile: str, out: Path) -> tuple[float, float]:
+    """Wall seconds and peak resident MB of `dfl reproduce --profile PROFILE`, run as a child
     process in a fresh directory. The directory is kept: its report is the one the timing
     belongs to."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     log = out.with_name(out.name + ".log")
-    print(f"running the quick reproduction in {out} (log: {log}) ...", flush=True)
+    print(f"running the {profile} reproduction in {out} (log: {log}) ...", flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        command = [sys.executable, "-m", "dfl", "reproduce", "--profile", "quick", "--out", out]
+        command = [sys.executable, "-m", "dfl", "reproduce", "--profile", profile, "--out", out]
         proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT)
         # This child's own peak: RUSAGE_CHILDREN would also count the threads study's workers.
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
-        raise SystemExit(f"the quick reproduction failed; see {log}")
+        raise SystemExit(f"the {profile} reproduction failed; see {log}")
     return time.perf_counter() - t0, usage.ru_maxrss / 1024
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def record_cost(profile: str, out: Path, wall_s: float, peak_mb: float) -> None:
+    """The measured cost into profile_costs.json, which --help, the report and the progress
+    lines quote: each experiment's own time from its result.json."""
+    from dfl.experiments.experiment import load_record
+    from dfl.experiments.profiles import COSTS
+
+    costs = json.loads(COSTS.read_text())
+    records = {name: load_record(out, name) for name in EXPERIMENTS}
+    costs[profile] = {
+        "wall_s": round(wall_s),
+        "peak_mb": round(peak_mb),
+        "machine": f"{os.cpu_count()} {cpu_name()} cores",
+        "how": f"`make bench`, {datetime.date.today():%Y-%m-%d}",
+        "experiments_s": {n: round(r.wall_s) for n, r in records.items() if r is not None},
+    }
+    with atomic_file(COSTS) as f:
+        f.write((json.dumps(costs, indent=2) + "\n").encode())
+    print(f"recorded the {profile} profile's cost in {COSTS}")
+
+
+def cpu_name() -> str:
     with open("/proc/cpuinfo") as f:
         names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu = names[0] if names else cpu
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def machine() -> str:
     return (
-        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
 
@@ -148,13 +174,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per model")
     parser.add_argument("--steps", type=int, default=40, help="training steps per timing")
     parser.add_argument("--models", help="comma-separated subset of model names")
-    parser.add_argument("--no-reproduce", action="store_true", help="skip the quick profile run")
+    parser.add_argument("--no-reproduce", action="store_true", help="skip the reproduction")
     parser.add_argument(
-        "--reproduce-out", default="runs/bench-quick", help="where the quick profile runs"
+        "--profile",
+        default="preview",
+        help="the profile to reproduce and record in profile_costs.json (default preview)",
     )
+    parser.add_argument("--reproduce-out", help="where it runs (default runs/bench-PROFILE)")
     parser.add_argument(
         "--compare-with",
-        help="a quick reproduction made with --precision fp32: its CNN and ViT accuracies are "
+        help="a reproduction made with --precision fp32: its CNN and ViT accuracies are "
         "set beside this run's",
     )
     parser.add_argument(
@@ -240,16 +269,18 @@ def main() -> None:
     report.text(f"\nMatmul ceilings measured during this run: {ceiling.summary()}.")
     report.text(f"Peak resident memory of this benchmark: {peak_rss:.0f} MB.")
     if not args.no_reproduce:
-        wall, rss = quick_reproduction(Path(args.reproduce_out))
+        out = Path(args.reproduce_out or f"runs/bench-{args.profile}")
+        wall, rss = reproduction(args.profile, out)
+        record_cost(args.profile, out, wall, rss)
         report.text(
-            f"Quick reproduction (`dfl reproduce --profile quick --out {args.reproduce_out}`, "
+            f"Reproduction (`dfl reproduce --profile {args.profile} --out {out}`, "
             f"a fresh directory): {wall / 60:.1f} min wall, peak resident memory {rss:.0f} MB."
         )
         if args.compare_with:
             # 'auto' changes the precision of the CNN runs only: compare those.
-            lines = compare_runs.table(Path(args.compare_with), Path(args.reproduce_out), ["cnn"])
+            lines = compare_runs.table(Path(args.compare_with), out, ["cnn"])
             report.parts.append(
-                f"\n### Quick-profile accuracies: {args.compare_with} against the default "
+                f"\n### {args.profile} accuracies: {args.compare_with} against the default "
                 "precision (this run; auto is bf16 for the CNNs)\n\n" + "\n".join(lines) + "\n"
             )
             print("\n".join(lines))

@@ -1,5 +1,6 @@
 """The command line as a user meets it: help everywhere, one-line errors with exit code 2."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -18,12 +19,52 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_every_command_has_help(capsys):
+def _subparsers(parser):
+    """(name, parser) for every command and sub-command, `sweep status` included."""
+    for action in parser._actions:
+        choices = action.choices if isinstance(action.choices, dict) else {}
+        for name, sub in choices.items():
+            if hasattr(sub, "_actions"):
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_every_command_and_option_has_help(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in sub.choices:
         code, out, _ = run(capsys, name, "--help")
         assert code == 0 and "usage:" in out, name
+    for name, sub in _subparsers(parser):
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue  # each of its commands has help: checked as a command
+            assert action.help, f"dfl {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_reproduce_help_fits_a_screen_and_quotes_the_measured_costs(capsys, monkeypatch):
+    from dfl.experiments import profiles
+
+    code, out, _ = run(capsys, "reproduce", "--help")
+    assert code == 0 and len(out.splitlines()) <= 40
+    assert all(f"  {name} " in out for name in profiles.PROFILES)
+    # The costs come from profile_costs.json: another measurement, another help.
+    measured = {"lab": {"wall_s": 600, "machine": "2 test cores", "how": "a test"}}
+    monkeypatch.setattr(profiles, "measured_costs", lambda: measured)
+    code, out, _ = run(capsys, "reproduce", "--help")
+    assert "10.0 min on 2 test cores" in out and "25.7 min" not in out
+
+
+def test_train_help_ends_with_examples_that_parse(capsys):
+    from dfl.cli import TRAIN_EXAMPLES
+
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0 and out.rstrip().endswith(TRAIN_EXAMPLES.splitlines()[-1])
+    parser = build_parser()
+    for line in TRAIN_EXAMPLES.splitlines()[1:-1]:
+        argv = line.split("  ")[1].split()  # the command, before its comment
+        assert argv[:2] == ["dfl", "train"], line
+        parser.parse_args(argv[1:])  # every flag of every example exists
 
 
 def test_train_on_an_idx_directory(tmp_path: Path, capsys):
@@ -56,7 +97,20 @@ def test_train_on_an_idx_directory(tmp_path: Path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "mlp", "--set", "optim.lrr=0.1"], "config key 'optim.lrr': unknown key"),
+        (
+            ["train", "mlp", "--set", "optim.lrr=0.1"],
+            "'optim.lrr': unknown key (did you mean 'optim.lr'?)",
+        ),
+        (
+            ["train", "mlp", "--set", "enc=64"],
+            "under model_args, and `dfl models MODEL` lists them",
+        ),
+        (
+            ["train", "autoencoder", "--set", "model_args.encoding_dim=3"],
+            "autoencoder takes enc, in_features",
+        ),
+        (["train", "autoencoder", "--set", "model_args.encc=3"], "did you mean 'enc'?"),
+        (["train", "mlp", "--set", "model_args.enc=3", "--print-config"], "mlp takes hidden"),
         (["train", "mlp", "--set", "epochs=-1"], "config key 'epochs'"),
         (["train", "nosuchmodel"], "unknown model 'nosuchmodel'"),
         (["train", "mlp", "--set", "model_args.width=3"], "model_args.width"),
@@ -105,5 +159,15 @@ def test_diverged_run_exits_3(tmp_path: Path, capsys):
 def test_print_config_and_models(capsys):
     code, out, _ = run(capsys, "train", "cnn_lab", "--print-config", "--epochs", "7")
     assert code == 0 and 'model = "cnn_lab"' in out and "epochs = 7" in out
+    # The model's arguments resolved: the defaults, and what --set changed.
+    code, out, _ = run(
+        capsys, "train", "autoencoder", "--print-config", "--set", "model_args.enc=64"
+    )
+    assert "[model_args]\nenc = 64\nin_features = 784\n" in out
     code, out, _ = run(capsys, "models")
     assert code == 0 and "cnn_lab" in out and "autoencoder" in out
+    assert max(map(len, out.splitlines())) <= 100  # wrapped, never cut mid-sentence
+    assert "a final linear to num_classes is added" in out  # the cnn entry's whole summary
+    code, out, _ = run(capsys, "models", "vit")
+    assert code == 0 and "heads=4" in out and "autoencoder" not in out
+    assert "dfl train vit --set model_args." in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,12 +47,12 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default=None,
-        help="mnist (default), fashion-mnist, or a directory of 28x28 IDX files",
+        help="mnist (default), fashion-mnist, or an IDX directory",
     )
     p.add_argument(
         "--data-dir",
         default=None,
-        help="a directory holding the four IDX files (.gz or not); tried first",
+        help="a directory with the four IDX files, tried first",
     )
 
 
@@ -100,7 +101,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the resolved config as TOML and exit without training",
     )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = TRAIN_EXAMPLES
     p.set_defaults(run=run_train)
+
+
+TRAIN_EXAMPLES = """examples:
+  dfl train cnn_lab --epochs 2                    the lab's CNN, 2 epochs
+  dfl train autoencoder --set model_args.enc=64   the lab's autoencoder, code size 64
+  dfl train vit_lab --set model_args.heads=4 --set data.train_subset=5000
+  dfl train --config configs/models/cnn_writeup_fixed.toml   a recipe from configs/
+  dfl train mlp --print-config                    every key, with the model's arguments
+  dfl train --config RUN/config.toml              repeat any run from its directory
+  dfl train --out RUN --resume                    continue an interrupted run
+`dfl models MODEL` lists a model's arguments."""
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:
@@ -130,6 +144,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from dfl.config import build_config, config_to_toml
+    from dfl.models import with_model_defaults
 
     config_file = args.config
     if (
@@ -146,7 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     cfg = build_config(config_file, _train_overrides(args))
     if args.print_config:
-        print(config_to_toml(cfg))
+        print(config_to_toml(with_model_defaults(cfg)))
         return 0
     with deferred_interrupt():  # imports: see dfl/interrupts.py
         from dfl.trainer import fit
@@ -170,23 +185,35 @@ def run_train(args: argparse.Namespace) -> int:
 # dfl models, dfl data info
 
 
-@command("models", "list the registered models with their objective and default arguments")
+@command("models", "list the registered models, or describe one: `dfl models cnn_lab`")
 def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="describe this model: what it is and its arguments")
     p.set_defaults(run=run_models)
 
 
 def run_models(args: argparse.Namespace) -> int:
+    import inspect
+    import shutil
+    import textwrap
+
     from dfl import models
 
-    rows = []
-    for entry in models.entries():
+    width = min(shutil.get_terminal_size().columns, 100)
+    entries = [models.get(args.model)] if args.model else models.entries()
+    name_width = max(len(e.name) for e in entries)
+    for entry in entries:
         n = sum(p.numel() for p in models.create(entry.name).parameters())
         args_text = ", ".join(f"{k}={v}" for k, v in entry.defaults().items())
-        rows.append((entry.name, entry.objective, f"{n:,}", entry.summary, args_text))
-    width = max(len(r[0]) for r in rows)
-    for name, objective, params, summary, args_text in rows:
-        print(f"{name:<{width}}  {objective:<14}  {params:>10} params  {summary}")
-        print(f"{'':<{width}}  args: {args_text}")
+        print(f"{entry.name:<{name_width}}  {entry.objective}, {n:,} parameters by default")
+        about = inspect.getdoc(entry.factory) if args.model else entry.summary
+        for paragraph in (about or "").split("\n\n"):
+            print(textwrap.fill(" ".join(paragraph.split()), width, initial_indent="  ",
+                                subsequent_indent="  "))  # fmt: skip
+        print(textwrap.fill(f"args: {args_text}", width, initial_indent="  ",
+                            subsequent_indent="        "))  # fmt: skip
+    if args.model:
+        first = next(iter(entries[0].defaults()), "ARG")
+        print(f"\nset one: dfl train {args.model} --set model_args.{first}=VALUE")
     return 0
 
 
@@ -269,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         except DflError as e:
             print(f"dfl: error: {e}", file=sys.stderr)
             return e.exit_code
+        except BrokenPipeError:  # `dfl models | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+            return 141  # as a shell reports a command ended by SIGPIPE
         except OSError as e:  # a full disk, an unwritable directory: say which file, lose nothing
             where = f" ({e.filename})" if e.filename else ""
             print(f"dfl: error: {e.strerror or e}{where}", file=sys.stderr)

@@ -308,6 +308,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
+# Where an unknown key's user finds the right one (when no known key is close to it).
+UNKNOWN_KEY_HINT = (
+    " (`dfl train MODEL --print-config` shows every key; a model's arguments go under "
+    "model_args, and `dfl models MODEL` lists them)"
+)
+
+
 def build_config(
     file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -321,7 +328,7 @@ def build_config(
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(e)) from None
+        raise ConfigError(describe_validation_error(e, TrainConfig, UNKNOWN_KEY_HINT)) from None
 
 
 def config_to_toml(config: BaseModel) -> str:

@@ -31,42 +31,59 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
         choices=[*PROFILES, *ALIASES],
-        help="; ".join(f"{p.name}: {p.buys} ({p.cost})" for p in PROFILES.values())
-        + ". Default: complete on a CUDA device, lab elsewhere; quick is preview's old name. "
-        "Costs measured on 2 CPU cores unless they say otherwise",
+        metavar="NAME",
+        help="how much to run (listed below; default: complete on a CUDA device, lab elsewhere)",
     )
     add_data_arguments(p)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        metavar="DEVICE",
+        help="auto (default: cuda, mps, cpu), cpu, cuda or mps",
+    )
     p.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto (default): bf16 for CNNs on CPUs with native bf16, else fp32",
+        metavar="PRECISION",
+        help="auto (default: bf16 for CNNs on CPUs with native bf16, else fp32), fp32, bf16 "
+        "or fp16",
     )
     p.add_argument(
-        "--seeds", type=_at_least_one, help="seeds for mean ± std (default 1/2/3 by profile)"
+        "--seeds", type=_at_least_one, help="seeds behind each mean ± std (default: by profile)"
     )
     p.add_argument(
         "--jobs",
         type=int,
         default=1,
-        help="train independent runs and sweep trials N at a time, in worker processes of "
-        "cores/N threads each (default 1; see the README's 'Scaling out')",
+        metavar="N",
+        help="N runs at a time, in processes of cores/N threads (default 1)",
     )
-    p.add_argument("--out", help="output directory (default runs/PROFILE[-DATASET])")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/PROFILE[-DATASET])")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the list's lines
+    p.epilog = profiles_help()
+
+
+def profiles_help() -> str:
+    """--help's list of profiles, each with its measured cost (from profile_costs.json)."""
+    width = max(map(len, PROFILES))
+    lines = [
+        f"  {p.name:<{width}}  {p.brief}\n  {'':<{width}}  ({p.cost_brief})"
+        for p in PROFILES.values()
+    ]
+    return "profiles (--profile NAME), each with its measured cost:\n" + "\n".join(lines)
 
 
 @command("reproduce", "run every lab experiment (faithful and corrected) and write the report")
 def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p)
-    p.add_argument("--only", help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
+    p.add_argument("--only", metavar="LIST", help=f"a subset of {','.join(EXPERIMENTS)}")
     p.add_argument(
         "--experiments-at-once",
         type=int,
         metavar="N",
-        help="run N experiments side by side, each in its own process, their trainings "
-        "sharing the cores (default 2 on a machine with 2 or more cores; 1: one after "
-        "another in this process, with a progress bar per run)",
+        help="experiments side by side (default 2 with 2+ cores)",
     )
     p.set_defaults(run=run_reproduce)
 

@@ -1,73 +1,119 @@
-"""The ways of running the whole lab: what each buys and what it cost when measured."""
+"""The ways of running the whole lab: what each buys, and what it cost when it was measured.
+
+The costs are data, not prose: profile_costs.json beside this file, which `make bench`
+(benchmarks/run.py) rewrites for the profile it reproduces, so --help, the report and the
+progress lines quote one measurement and never a stale literal."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+COSTS = Path(__file__).with_name("profile_costs.json")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """One way of running the whole lab: what it buys, what it cost when measured (2 CPU
-    cores unless it says otherwise), and how many runs stand behind each number."""
+    """One way of running the whole lab: what it buys and how many runs stand behind each
+    number."""
 
     name: str
-    buys: str  # what a user gets, for --help, the README and the report
-    cost: str  # measured wall time and peak memory, or "not measured yet"
+    brief: str  # one line for --help's list
+    buys: str  # the whole story, for the report and the docs
     seeds: int  # corrected counterparts: mean ± std over this many seeds
     faithful_seeds: int | None = None  # runs per lab-protocol number (None: `seeds`)
-    # Measured seconds per experiment on 2 CPU cores: the progress lines' time left.
-    estimate_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def measured(self) -> dict[str, Any]:
+        return measured_costs().get(self.name, {})
+
+    @property
+    def cost(self) -> str:
+        """What it cost when measured, in words: "25.7 min on 2 AMD EPYC cores (how), ..."."""
+        return cost_text(self.measured)
+
+    @property
+    def cost_brief(self) -> str:
+        """The same in a few words, for --help: "25.7 min on 2 AMD EPYC cores"."""
+        return cost_text(self.measured, brief=True)
+
+    @property
+    def estimate_s(self) -> dict[str, float]:
+        """Measured seconds per experiment: the progress lines' time left."""
+        return self.measured.get("experiments_s", {})
+
+
+@cache
+def measured_costs() -> dict[str, Any]:
+    return json.loads(COSTS.read_text())
+
+
+def cost_text(m: dict[str, Any], brief: bool = False) -> str:
+    if "wall_s" not in m:
+        return m.get("note", "not measured")
+    minutes = f"{m['wall_s'] / 60:.1f} min"
+    if m.get("after"):
+        minutes = (
+            f"{m['after']} + {minutes}"
+            if brief
+            else f"the {m['after']} profile's time and {minutes} more"
+        )
+    if brief:
+        return f"{minutes} on {m['machine']}"
+    peak = f"; largest process {m['peak_mb']:,.0f} MB" if m.get("peak_mb") else ""
+    return f"{minutes} on {m['machine']} ({m['how']}{peak})"
 
 
 PROFILES = {
     p.name: p
     for p in (
-        Profile("smoke", "tiny data and one epoch: for tests, not numbers", "seconds", 1),
+        Profile(
+            "smoke",
+            "tiny data, one epoch: checks that it all runs, not numbers",
+            "tiny data and one epoch: for tests, not numbers",
+            1,
+        ),
         Profile(
             "preview",
+            "every table and figure, epochs cut short; 8 of the 38 lab numbers",
             "a first look: every table and figure, epochs cut short; sets 8 of the 38 lab "
             "numbers beside ours, the rest not comparable",
-            "not measured",
             2,
-            # Measured two at once (the default), so each is longer than it would be alone
-            estimate_s={"ae": 128, "sae": 214, "conv": 1, "cnn": 196, "attention": 1, "vit": 253},
         ),
         Profile(
             "lab",
+            "the lab's protocol, CNNs one change at a time, a ViT size study: 32 of 38",
             "every experiment at exactly the lab's protocol (one run per number, as the lab) but "
             "six of the seven ViT configurations, which a short size study ranks instead; the "
             "CNN question one change at a time; corrected counterparts over 2 seeds: sets 32 "
             "of the 38 lab numbers beside ours",
-            "25.7 min measured on a fresh clone, 2 AMD EPYC cores (two experiments at once); "
-            "largest process 1.4 GB",
             2,
             faithful_seeds=1,
-            # Measured two at once (the default), so each is longer than it would be alone
-            estimate_s={"ae": 783, "sae": 263, "conv": 1, "cnn": 746, "attention": 1, "vit": 1227},
         ),
         Profile(
             "every",
+            "lab, and the six other ViTs at the lab's protocol: all 38 lab numbers",
             "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
             "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
-            "the lab profile's time and 58.2 min more for the six other ViTs (measured with "
-            "--jobs 2 continuing a lab reproduction)",
             2,
             faithful_seeds=1,
-            estimate_s={"ae": 783, "sae": 263, "conv": 1, "cnn": 746, "attention": 1, "vit": 4340},
         ),
         Profile(
             "complete",
+            "every, and the corrected and beyond-the-lab stages at full length",
             "every lab number at the lab's protocol, and the corrected and beyond-the-lab "
             "stages at their full recipes over 2 seeds: the default on a CUDA device",
-            "not measured to its end: past 3.75 min on one NVIDIA H200 (benchmarks/GPU.md)",
             2,
             faithful_seeds=1,
         ),
         Profile(
             "full",
+            "complete, with 3 seeds throughout",
             "the lab's settings for every run, 3 seeds throughout, and the beyond-the-lab stages "
             "at full length",
-            "about 9 hours on 2 CPU cores (the ViT part 11 min on one H200)",
             3,
         ),
     )

@@ -5,8 +5,8 @@ registered once anything under `dfl.models` is imported; each model module impor
 registry itself, which imports no model."""
 
 from dfl.models import autoencoder, cnn, mlp, stacked_autoencoder, vit  # noqa: F401
-from dfl.models.registry import create, entries, get, names, register
+from dfl.models.registry import create, entries, get, names, register, with_model_defaults
 
 list = names
 
-__all__ = ["create", "entries", "get", "list", "names", "register"]
+__all__ = ["create", "entries", "get", "list", "names", "register", "with_model_defaults"]

@@ -12,6 +12,7 @@ is built (pydantic's `validate_call`, strict like every config key: `hidden = [t
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class ModelEntry:
     name: str
     factory: Callable[..., nn.Module]
     objective: str  # "classification" or "reconstruction"
-    summary: str  # first line of the factory's docstring
+    summary: str  # first paragraph of the factory's docstring
 
     def defaults(self) -> dict[str, Any]:
         params = inspect.signature(self.factory).parameters.values()
@@ -47,7 +48,7 @@ def register(name: str, *, objective: str = "classification") -> Callable:
         checked = validate_call(config=ConfigDict(arbitrary_types_allowed=True, strict=True))(
             factory
         )
-        summary = (inspect.getdoc(factory) or "").split("\n")[0]
+        summary = " ".join((inspect.getdoc(factory) or "").split("\n\n")[0].split())
         _REGISTRY[name] = ModelEntry(name, checked, objective, summary)
         return factory
 
@@ -61,6 +62,14 @@ def get(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def unknown_argument(entry: ModelEntry, arg: str) -> str:
+    """ "unknown argument (did you mean 'enc'? it takes enc, in_features)"."""
+    known = list(entry.defaults())
+    close = difflib.get_close_matches(arg, known, n=1)
+    guess = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown argument ({guess}{entry.name} takes {', '.join(known) or 'none'})"
+
+
 def create(name: str, **args: Any) -> nn.Module:
     """Build a registered model; a bad argument is a ConfigError that names it."""
     entry = get(name)
@@ -69,7 +78,11 @@ def create(name: str, **args: Any) -> nn.Module:
     except ValidationError as e:
         bad = "; ".join(
             f"model_args.{'.'.join(str(p) for p in err['loc'])}: "
-            + ("unknown argument" if err["type"] == "unexpected_keyword_argument" else err["msg"])
+            + (
+                unknown_argument(entry, str(err["loc"][-1]))
+                if err["type"] == "unexpected_keyword_argument"
+                else err["msg"]
+            )
             for err in e.errors()
         )
         raise ConfigError(f"model '{name}': {bad}") from None
@@ -91,3 +104,10 @@ def names() -> list[str]:
 
 def entries() -> list[ModelEntry]:
     return [get(n) for n in names()]
+
+
+def with_model_defaults(cfg: Any) -> Any:
+    """`cfg` (a TrainConfig) with every model argument spelled out, defaults included, after
+    checking them the way training will (building the model): what --print-config shows."""
+    create(cfg.model, **cfg.model_args)
+    return cfg.model_copy(update={"model_args": {**get(cfg.model).defaults(), **cfg.model_args}})

@@ -86,8 +86,8 @@ def _left_out(profile: str, n: int) -> str:
     lab, every = PROFILES["lab"], PROFILES["every"]
     return (
         f"{n} of the lab's numbers are not run in profile {profile}. The lab profile "
-        f"(`make reproduce`) sets all but six ViT numbers ({lab.cost}); "
-        f"`dfl reproduce --profile every` sets all of them ({every.cost})."
+        f"(`make reproduce`) sets all but six ViT numbers in {lab.cost}; "
+        f"`dfl reproduce --profile every` sets all of them in {every.cost}."
     )
 
 
@@ -201,15 +201,15 @@ def _headline(
     if profile == "lab":
         return text + (
             f" `dfl reproduce --profile every --out {shlex.quote(str(out))}` sets the rest, "
-            "training only what "
-            f"this run left out (the whole every profile: {PROFILES['every'].cost})."
+            "training only what this run left out (the whole every profile took "
+            f"{PROFILES['every'].cost})."
         )
     if profile in ("every", "complete", "full"):
         return text + " Rerun the same command to resume (finished runs are kept)."
     return text + (
-        f" `make reproduce` (profile lab: {PROFILES['lab'].cost}) sets them at the lab's "
-        f"protocol except six ViT configurations; `dfl reproduce --profile every` sets all "
-        f"{total} ({PROFILES['every'].cost})."
+        f" `make reproduce` (profile lab) sets them at the lab's protocol except six ViT "
+        f"configurations in {PROFILES['lab'].cost}; `dfl reproduce --profile every` sets all "
+        f"{total} in {PROFILES['every'].cost}."
     )
 
 

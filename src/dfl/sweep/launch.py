@@ -65,12 +65,14 @@ def run_sweep(
     out: str | Path | None = None,
     threads: int | None = None,
     retry_failed: bool = False,
-    progress: TextIO = sys.stderr,
+    progress: TextIO | None = None,
 ) -> SweepStatus:
     """Run (or continue) the sweep `spec` (a validated spec, or a spec file) with `workers`
     local worker processes of `threads` intra-op threads each (default: cores // workers);
     `retry_failed` queues the failed trials again first. Returns the sweep's status once the
     workers stop."""
+    # sys.stderr as it is now, not as it was at import (a notebook or a test may replace it)
+    progress = progress or sys.stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
@@ -132,7 +134,8 @@ def dry_run(spec_path: str | Path, out: str | Path | None = None) -> str:
         if reuse:
             runs = count_runs(spec, reuse)
             lines.append(
-                f"  epoch reuse: {runs} runs for {spec.n_trials} trials, each to {reuse} epochs"
+                f"  epoch reuse: {runs} runs for {spec.n_trials} trials, each to "
+                f"{reuse} epoch{'' if reuse == 1 else 's'}"
             )
     else:
         for key, dist in spec.search.space.items():  # type: ignore[union-attr]

@@ -38,7 +38,14 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from dfl.config import TrainConfig, merge, overlapping_key, read_toml, set_dotted
+from dfl.config import (
+    UNKNOWN_KEY_HINT,
+    TrainConfig,
+    merge,
+    overlapping_key,
+    read_toml,
+    set_dotted,
+)
 from dfl.errors import ConfigError
 from dfl.validation import Strict, describe_validation_error
 
@@ -228,7 +235,8 @@ class SweepSpec(Strict):
             return TrainConfig.model_validate(tree)
         except ValidationError as e:
             raise ConfigError(
-                f"trial {format_params(params)}: {describe_validation_error(e)}"
+                f"trial {format_params(params)}: "
+                f"{describe_validation_error(e, TrainConfig, UNKNOWN_KEY_HINT)}"
             ) from None
 
     def dump(self) -> dict[str, Any]:
