@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PROFILE ?=
 JOBS ?= 1
 
-.PHONY: setup test lint format reproduce bench gpu-wheels notebook fashion-mnist postgresql browser clean
+.PHONY: setup test lint format reproduce bench profile-cost gpu-wheels notebook fashion-mnist postgresql browser clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ reproduce: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# One profile's reproduction, timed, its cost recorded where --help and the README read it.
+profile-cost: setup
+	$(BIN)/python benchmarks/profile_cost.py $(or $(PROFILE),lab)
 
 # What benchmarks/gpu.sh needs on a bare CUDA machine that has PyTorch and no network: dfl's
 # other dependencies as wheels for its Python (3.12) in .gpu/deps, the embedded MNIST in

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +31,7 @@ import studies
 from dfl.allocator import keep_freed_memory
 from dfl.atomic import atomic_file
 from dfl.data import load_dataset
-from dfl.experiments import EXPERIMENTS
+from profile_cost import cpu_name, record_cost, reproduction
 from throughput import (
     CASES,
     Case,
@@ -111,52 +107,6 @@ def versus_textbook(
              f"{achieved / 1e9:.1f}", f"{peak / 1e9:.0f}", f"{100 * achieved / peak:.0f}%"]
         )  # fmt: skip
     return rows
-
-
-def reproduction(profile: str, out: Path) -> tuple[float, float]:
-    """Wall seconds and peak resident MB of `dfl reproduce --profile PROFILE`, run as a child
-    process in a fresh directory. The directory is kept: its report is the one the timing
-    belongs to."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    log = out.with_name(out.name + ".log")
-    print(f"running the {profile} reproduction in {out} (log: {log}) ...", flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        command = [sys.executable, "-m", "dfl", "reproduce", "--profile", profile, "--out", out]
-        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT)
-        # This child's own peak: RUSAGE_CHILDREN would also count the threads study's workers.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"the {profile} reproduction failed; see {log}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024
-
-
-def record_cost(profile: str, out: Path, wall_s: float, peak_mb: float) -> None:
-    """The measured cost into profile_costs.json, which --help, the report and the progress
-    lines quote: each experiment's own time from its result.json."""
-    from dfl.experiments.experiment import load_record
-    from dfl.experiments.profiles import COSTS
-
-    costs = json.loads(COSTS.read_text())
-    records = {name: load_record(out, name) for name in EXPERIMENTS}
-    costs[profile] = {
-        "wall_s": round(wall_s),
-        "peak_mb": round(peak_mb),
-        "machine": f"{os.cpu_count()} {cpu_name()} cores",
-        "how": f"`make bench`, {datetime.date.today():%Y-%m-%d}",
-        "experiments_s": {n: round(r.wall_s) for n, r in records.items() if r is not None},
-    }
-    with atomic_file(COSTS) as f:
-        f.write((json.dumps(costs, indent=2) + "\n").encode())
-    print(f"recorded the {profile} profile's cost in {COSTS}")
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def machine() -> str:
@@ -271,7 +221,7 @@ def main() -> None:
     if not args.no_reproduce:
         out = Path(args.reproduce_out or f"runs/bench-{args.profile}")
         wall, rss = reproduction(args.profile, out)
-        record_cost(args.profile, out, wall, rss)
+        record_cost(args.profile, out, wall, rss, "`make bench`")
         report.text(
             f"Reproduction (`dfl reproduce --profile {args.profile} --out {out}`, "
             f"a fresh directory): {wall / 60:.1f} min wall, peak resident memory {rss:.0f} MB."
