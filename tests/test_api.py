@@ -40,6 +40,74 @@ def test_train_load_and_resume(tmp_path: Path, digits):
     assert again.history == run.history  # a finished run is returned as it is
 
 
+def test_status_is_the_same_plain_str_after_train_and_after_load(tmp_path: Path, digits):
+    run = dfl.train("mlp", epochs=1, out=tmp_path / "run", **{"model_args.hidden": [8], **digits})
+    loaded = dfl.load(tmp_path / "run")
+    assert (type(run.status), run.status) == (str, "completed")
+    assert (type(loaded.status), loaded.status) == (type(run.status), run.status)
+    assert repr(loaded.status) == repr(run.status) == "'completed'"  # not <RunStatus...>
+
+
+def test_a_run_reads_as_one_short_line(tmp_path: Path, digits):
+    run = dfl.train("mlp", epochs=2, out=tmp_path / "run", **{"model_args.hidden": [8], **digits})
+    accuracy = run.final["test_accuracy"]
+    expected = (
+        f"Run({str(tmp_path / 'run')!r}, model='mlp', status='completed', epochs=2, "
+        f"test_accuracy={accuracy:.4g})"
+    )
+    assert repr(run) == repr(dfl.load(run.run_dir)) == expected
+    assert "\n" not in repr(run) and "history" not in repr(run)
+
+
+def _shown_by_ipython(obj: object) -> set[str]:
+    """The MIME types a fresh IPython display (no `%matplotlib inline`) shows `obj` as."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(obj)
+    return set(data)
+
+
+def test_figures_show_in_jupyter_without_matplotlib_inline(tmp_path: Path, digits):
+    run = dfl.train("mlp", epochs=1, out=tmp_path / "run", **{"model_args.hidden": [8], **digits})
+    fig = run.plot()
+    assert "image/png" not in _shown_by_ipython(Figure())  # a bare figure: only its text
+    assert "image/png" in _shown_by_ipython(fig)
+    assert fig._repr_png_().startswith(b"\x89PNG")
+    # One epoch: each curve is one point, drawn as a marker (a line of one point is nothing).
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert lines and all(len(line.get_xdata()) == 1 for line in lines)
+    assert all(line.get_marker() not in (None, "", "None") for line in lines)
+    assert [t for t in fig.axes[0].get_xticks() if 0.5 <= t <= 1.5] == [1]  # whole epochs
+
+
+def test_plot_reconstructions_draws_an_autoencoders_digits(tmp_path: Path, digits):
+    ae = dfl.train("autoencoder", epochs=1, out=tmp_path / "ae", **{"model_args.enc": 8, **digits})
+    images = dfl.data.load(digits["data.dataset"]).test_images[:5]
+    fig = ae.plot_reconstructions(images)
+    assert "image/png" in _shown_by_ipython(fig)
+    assert len(fig.axes) == 10 and all(ax.get_images() for ax in fig.axes)  # 2 rows of 5
+    mlp = dfl.train("mlp", epochs=1, out=tmp_path / "mlp", **{"model_args.hidden": [8], **digits})
+    with pytest.raises(dfl.ConfigError, match="is not an autoencoder"):
+        mlp.plot_reconstructions(images)
+
+
+def test_an_early_stop_after_one_epoch_says_1_epoch(tmp_path: Path, digits):
+    run = dfl.train(
+        "mlp",
+        epochs=3,
+        out=tmp_path / "run",
+        **{
+            "model_args.hidden": [8],
+            "data.val_fraction": 0.25,
+            "early_stop.patience": 1,
+            "early_stop.min_delta": 1e9,  # no epoch after the first counts as better
+            **digits,
+        },
+    )
+    said = str(run.reason) + str(run.final)
+    assert "has not improved for 1 epoch (best" in said and "1 epochs" not in said
+
+
 def test_a_config_dict_and_a_train_config_start_the_same_run(tmp_path: Path, digits):
     tree = {"model": "mlp", "epochs": 1, "model_args.hidden": [8], **digits}
     a = dfl.train(tree, out=tmp_path / "a")
@@ -70,7 +138,7 @@ def test_models_and_data(tmp_path: Path, digits):
     assert data.train_images.shape[1:] == (28, 28)
 
 
-def test_lab_run_returns_the_typed_result(tmp_path: Path):
+def test_lab_run_returns_the_typed_result(tmp_path: Path, capsys):
     lab = dfl.lab.run("conv", profile="smoke", out=tmp_path / "r")
     assert lab.result.lab["output"] == [[3, 4], [6, 11]]
     assert {c["key"]: c["verdict"] for c in lab.comparisons} == {
@@ -78,6 +146,12 @@ def test_lab_run_returns_the_typed_result(tmp_path: Path):
         "size": "reproduced",
     }
     assert "| lab number |" in lab._repr_markdown_() and lab.section.paragraphs
+    assert "not results" in lab._repr_markdown_()  # smoke's numbers say they are not results
+    assert repr(lab) == (
+        f"LabRun('conv', profile='smoke', out={str(tmp_path / 'r')!r}, lab_numbers=2, figures=0)"
+    )
+    err = capsys.readouterr().err  # the progress lines, named as the Python call
+    assert "dfl.lab: conv: started" in err and "dfl reproduce" not in err
     with pytest.raises(dfl.ConfigError, match="unknown lab question 'nope'"):
         dfl.lab.run("nope", out=tmp_path / "r")
 

@@ -4,6 +4,7 @@ committed without outputs."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -11,6 +12,13 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+
+# A cell draws when its source plots (`run.plot(...)`, `run.plot_reconstructions(...)`),
+# displays something (`display(figure)`), or reaches for a lab run's figures or a matplotlib
+# figure of its own: each such cell must show at least one image.
+DRAWS = re.compile(r"\.plot\w*\(|\bdisplay\(|\.figures\b|\bFigure\(|\.imshow\(|\bplt\.")
+# What Jupyter prints for a matplotlib figure it cannot draw (no `%matplotlib inline`).
+UNDRAWN = re.compile(r"<(matplotlib\.figure\.)?\w*Figure size \d+(\.\d+)?x\d+")
 
 
 def test_there_is_a_notebook_per_lab_section():
@@ -49,9 +57,54 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path):
     ]
     assert any("| lab number |" in d.get("text/markdown", "") for d in shown)
     assert sum("image/png" in d for d in shown) >= 2
+    _assert_every_drawing_cell_shows_an_image(nb)
     assert (tmp_path / "runs" / "notebooks-smoke" / "report.html").exists()
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     if path.name.startswith("3.1"):  # a misspelled key: the CLI's one line, as a ConfigError
         assert "config key 'optim.lrr': unknown key" in printed
     if path.name.startswith("3.3"):
         assert "ShapeError patch 5 does not divide the 28x28 image" in printed
+
+
+def _assert_every_drawing_cell_shows_an_image(nb: nbformat.NotebookNode) -> None:
+    """Each cell that draws shows an image (image/png), each figure it shows is drawn, and no
+    cell anywhere shows a figure as the text `<Figure size 600x360 with 1 Axes>`."""
+    drawing = [c for c in nb.cells if c.cell_type == "code" and DRAWS.search(c.source)]
+    assert drawing, "no cell draws: the rule below would check nothing"
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for out in cell.outputs:
+            data = out.get("data", {})
+            text = out.get("text", "") + data.get("text/plain", "")
+            assert "image/png" in data or not UNDRAWN.search(text), (
+                f"a figure shown as text, not drawn: {text[:80]!r} in cell {cell.source[:60]!r}"
+            )
+    for cell in drawing:
+        rich = [o.get("data", {}) for o in cell.outputs if "data" in o]
+        images = [d for d in rich if "image/png" in d]
+        assert images, f"a cell that draws shows no image: {cell.source[:60]!r}"
+        # Every figure it shows is an image (the comparison table, Markdown, is no figure).
+        assert all("image/png" in d or "text/markdown" in d for d in rich), cell.source[:60]
+        assert all(d["image/png"] for d in images), cell.source[:60]  # no empty PNG
+
+
+def test_the_drawing_rule_catches_a_figure_jupyter_could_not_draw():
+    """The check above fails on what a bare matplotlib figure shows without `%matplotlib
+    inline`, and passes the same cell once it carries its image."""
+    cell = nbformat.v4.new_code_cell("run.plot()")
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    text = {"text/plain": "<Figure size 600x360 with 1 Axes>"}
+    cell.outputs = [nbformat.v4.new_output("execute_result", data=text, execution_count=1)]
+    with pytest.raises(AssertionError, match="a figure shown as text"):
+        _assert_every_drawing_cell_shows_an_image(nb)
+    cell.outputs = []
+    with pytest.raises(AssertionError, match="a cell that draws shows no image"):
+        _assert_every_drawing_cell_shows_an_image(nb)
+    png = {**text, "image/png": "iVBORw0KGgo="}
+    cell.outputs = [nbformat.v4.new_output("execute_result", data=png, execution_count=1)]
+    _assert_every_drawing_cell_shows_an_image(nb)
+    printed = nbformat.v4.new_output("stream", name="stdout", text="<Figure size 800x200>\n")
+    cell.outputs.append(printed)  # print(fig): the figure's text, never drawn
+    with pytest.raises(AssertionError, match="a figure shown as text"):
+        _assert_every_drawing_cell_shows_an_image(nb)

@@ -12,10 +12,14 @@ raised as `DflError` subclasses with the CLI's one-line message (a notebook sees
 from __future__ import annotations
 
 import functools
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dfl.config import TrainConfig, UserKeys, build_config, merge, set_dotted
 from dfl.errors import ConfigError, UnloadableRun
@@ -33,17 +37,58 @@ NAMED = {
 }
 
 
-@dataclass(frozen=True)
+class InlineFigure(Figure):
+    """A matplotlib figure that Jupyter shows as an image by itself: every figure dfl hands to
+    a user is one (`Run.plot`, `Run.plot_reconstructions`, the lab's figures, drawn by
+    dfl.experiments.figures).
+
+    Why: dfl draws outside pyplot (no global state, nothing to close, no display needed), and
+    IPython only knows how to show a bare `matplotlib.figure.Figure` once `%matplotlib inline`
+    (or a pyplot import under the inline backend) has registered a formatter for it; before
+    that, a cell that returns one shows the text `<Figure size 600x360 with 1 Axes>` and no
+    image. `_repr_png_` is the method IPython's display looks for on any object, so this one
+    shows with or without the magic (with it, IPython's own formatter draws the figure instead:
+    one image either way)."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # fits every label
+        return buf.getvalue()
+
+
+@dataclass(frozen=True, repr=False)
 class Run:
     """A training run as its directory holds it: the config it trained with, its status
     (completed, paused, failed, pruned, running), one record per epoch and its final metrics."""
 
     run_dir: Path
     config: TrainConfig
+    # A plain str ("completed"), whether the run came from `train` or from `load`: the trainer
+    # and status.json's reader give a RunStatus, which is turned into its value here.
     status: str
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # why it failed or stopped early
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", str(self.status))  # RunStatus -> its str value
+
+    def __repr__(self) -> str:
+        """One line: `Run('runs/train/mlp-...', model='mlp', status='completed', epochs=2,
+        test_accuracy=0.9712)` (the config, history and final metrics are its attributes)."""
+        parts = [
+            repr(str(self.run_dir)),
+            f"model={self.config.model!r}",
+            f"status={self.status!r}",
+            f"epochs={len(self.history)}",
+        ]
+        metric = next((k for k in ("test_accuracy", "test_loss") if k in self.final), None)
+        if metric is not None and isinstance(self.final[metric], int | float):
+            parts.append(f"{metric}={self.final[metric]:.4g}")
+        if self.reason:
+            reason = self.reason if len(self.reason) <= 60 else self.reason[:59] + "…"
+            parts.append(f"reason={reason!r}")
+        return f"Run({', '.join(parts)})"
 
     @functools.cached_property
     def trained(self) -> Any:
@@ -58,11 +103,12 @@ class Run:
         """The trained `torch.nn.Module`, on the CPU in eval mode."""
         return self.trained.model
 
-    def plot(self, metrics: list[str] | None = None) -> Any:
+    def plot(self, metrics: list[str] | None = None) -> InlineFigure:
         """A matplotlib figure of the per-epoch curves (default: every loss and accuracy the
-        run recorded), losses and accuracies on their own axes."""
-        from matplotlib.figure import Figure
-
+        run recorded), losses and accuracies on their own axes. Each epoch is a marker on a
+        short run, so a one-epoch run shows its one point."""
+        if not self.history:
+            raise ConfigError(f"{self.run_dir} has no finished epoch yet: nothing to plot")
         recorded = [k for k in self.history[0] if k.endswith(("_loss", "_accuracy"))]
         metrics = metrics or recorded
         unknown = sorted(set(metrics) - set(recorded))
@@ -71,12 +117,44 @@ class Run:
                 f"{self.run_dir} recorded no {', '.join(unknown)} (it has {', '.join(recorded)})"
             )
         kinds = [k for k in ("_loss", "_accuracy") if any(m.endswith(k) for m in metrics)]
-        fig = Figure(figsize=(6 * len(kinds), 3.6))
+        epochs = [h["epoch"] for h in self.history]
+        marker = "o" if len(epochs) <= 30 else None
+        fig = InlineFigure(figsize=(6 * len(kinds), 3.6))
         for ax, kind in zip(fig.subplots(1, len(kinds), squeeze=False)[0], kinds, strict=True):
             for m in (m for m in metrics if m.endswith(kind)):
-                ax.plot([h["epoch"] for h in self.history], [h[m] for h in self.history], label=m)
+                ax.plot(epochs, [h[m] for h in self.history], label=m, marker=marker, ms=4)
             ax.set(xlabel="epoch", ylabel=kind.strip("_"), title=self.run_dir.name)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
+            if len(epochs) == 1:  # one point: an axis around it, not matplotlib's ±5%
+                ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+            ax.grid(alpha=0.3)
             ax.legend()
+        return fig
+
+    def plot_reconstructions(self, images: Any) -> InlineFigure:
+        """An autoencoder run's reconstructions: `images` (uint8 (N, H, W), a tensor or an
+        array: a few test digits) on the top row, the model's outputs for them
+        (`run.trained.predict`) below."""
+        import torch
+
+        images = torch.as_tensor(images)
+        if len(images) == 0:
+            raise ConfigError("plot_reconstructions takes at least one image (got none)")
+        rebuilt = self.trained.predict(images)
+        if tuple(rebuilt.shape) != (len(images), 1, *images.shape[1:]):
+            raise ConfigError(
+                f"{self.run_dir} is not an autoencoder: model '{self.config.model}' maps "
+                f"{tuple(images.shape)} images to outputs of shape {tuple(rebuilt.shape)}"
+            )
+        n = len(images)
+        fig = InlineFigure(figsize=(max(n, 2), 2.2))
+        axes = fig.subplots(2, n, squeeze=False)
+        rows = (("input", images.numpy()), ("reconstruction", rebuilt[:, 0].numpy()))
+        for row, (label, shown) in enumerate(rows):
+            for ax, image in zip(axes[row], shown, strict=True):
+                ax.imshow(image, cmap="gray")
+                ax.axis("off")
+            axes[row][0].set_title(label, fontsize=8, loc="left")
         return fig
 
 

@@ -169,13 +169,14 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = fit(cfg, out, resume=args.resume, log=lambda s: print(s, file=sys.stderr))
     f = result.final
+    n = f.get("epochs_run", 0)
     summary = [
         f"{k} {f[k]:.6g}"
         for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
         if k in f
     ]
     print(
-        f"{result.status}: {'  '.join(summary)}  ({f.get('epochs_run', 0)} epochs, "
+        f"{result.status}: {'  '.join(summary)}  ({n} epoch{'' if n == 1 else 's'}, "
         f"{f.get('params', 0):,} parameters) -> {out}"
     )
     return 0

@@ -45,9 +45,24 @@ class LabRun:
     figures: list[Figure]
     section: Section
 
+    def __repr__(self) -> str:  # one line; the table is _repr_markdown_'s, the rest attributes
+        return (
+            f"LabRun({self.name!r}, profile={self.profile!r}, out={str(self.out)!r}, "
+            f"lab_numbers={len(self.comparisons)}, figures={len(self.figures)})"
+        )
+
     def _repr_markdown_(self) -> str:  # Jupyter: the comparison table
         title = f"**{self.section.title}** (profile {self.profile}, {self.out})\n\n"
+        if self.profile == "smoke":  # chance-level numbers must not pass for results
+            title += f"*{SMOKE_NOTE}*\n\n"
         return title + md_table(lab_table(self.comparisons))
+
+
+SMOKE_NOTE = (
+    "Profile smoke: tiny data and one epoch, to check that everything runs. These numbers are "
+    "not results (a classifier may sit at chance, about 0.1); the profile lab gives the lab's "
+    "protocol and numbers that mean something."
+)
 
 
 def run(
@@ -69,7 +84,9 @@ def run(
     if name not in REGISTRY:
         raise ConfigError(f"unknown lab question '{name}' (choose from {', '.join(EXPERIMENTS)})")
     out = Path(out) if out is not None else Path("runs") / canonical(profile)
-    reproduce(out, profile, dataset, data_dir, device, seeds, [name], precision, jobs)
+    reproduce(
+        out, profile, dataset, data_dir, device, seeds, [name], precision, jobs, said_as="dfl.lab"
+    )
     experiment = REGISTRY[name]
     record = load_record(out, name)
     assert record is not None and record.status == "completed"  # reproduce raised otherwise

@@ -106,7 +106,7 @@ def _manifest(
     }
 
 
-def _follow_move(out: Path, was: str | None) -> None:
+def _follow_move(out: Path, was: str | None, said_as: str = "dfl reproduce") -> None:
     """A reproduction directory moved from `was` to `out`: its runs' configs that name paths
     inside the old place (init_from) name the new one, so they resume as the same runs."""
     if not was or was == str(out):
@@ -115,8 +115,7 @@ def _follow_move(out: Path, was: str | None) -> None:
     rebased = [c.parent for c in configs if rebase_config(c.parent, was, str(out))]
     if rebased:
         print(
-            f"dfl reproduce: {out} was at {was}; {len(rebased)} run config(s) now name the "
-            "new place",
+            f"{said_as}: {out} was at {was}; {len(rebased)} run config(s) now name the new place",
             file=sys.stderr,
         )
 
@@ -137,7 +136,10 @@ def reproduce(
     precision: str = "auto",
     jobs: int = 1,
     at_once: int | None = None,
+    said_as: str = "dfl reproduce",
 ) -> Path:
+    # `said_as` prefixes the progress lines: the command's name for the CLI, "dfl.lab" for
+    # dfl.lab.run from Python (where "dfl reproduce:" names a command nobody typed).
     # Absolute: results and configs name runs by path, and `dfl report` may run from elsewhere
     # (a moved directory's paths are renamed when read: experiment.load_record, _follow_move)
     out = Path(out).absolute()
@@ -165,7 +167,7 @@ def reproduce(
     with claim_run_dir(out, "reproducing it") as claim:
         was = (read_manifest(out) or {}).get("at")
         manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs, at_once)
-        _follow_move(out, was)
+        _follow_move(out, was, said_as)
         data = load_dataset(dataset, data_dir)
         default_seeds = PROFILES[profile].seeds
         manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
@@ -177,7 +179,7 @@ def reproduce(
         )
 
         with _OnTheClock(out / "reproduce.json", manifest):
-            records = _run_experiments(ctx, selected, manifest["environment"], at_once)
+            records = _run_experiments(ctx, selected, manifest["environment"], at_once, said_as)
         failed = {n: r.reason for n, r in records.items() if r.status == "failed"}
         report = build_report(out)
         if failed:
@@ -221,13 +223,17 @@ class _OnTheClock:
 
 
 def _run_experiments(
-    ctx: Context, selected: list[str], env: dict[str, Any], at_once: int
+    ctx: Context,
+    selected: list[str],
+    env: dict[str, Any],
+    at_once: int,
+    said_as: str = "dfl reproduce",
 ) -> dict[str, Record]:
     """Run the selected experiments that have not finished yet; their records by name."""
     out, profile = ctx.out, ctx.profile
     todo: dict[str, Record | None] = {}  # the experiments left to run, with their old records
     bar = tqdm(total=len(selected), desc="reproduce", unit="experiment", disable=None)
-    progress = Progress(PROFILES[profile], selected, bar.disable or at_once > 1, at_once)
+    progress = Progress(PROFILES[profile], selected, bar.disable or at_once > 1, at_once, said_as)
     with bar:
         for name in selected:
             existing = _existing(out, name)
@@ -395,7 +401,15 @@ class Progress:
     estimate of the time left for the whole profile, when stderr is not a terminal (a log, CI,
     nohup) or when experiments run side by side; otherwise the progress bars say it."""
 
-    def __init__(self, profile: Any, selected: list[str], enabled: bool, at_once: int) -> None:
+    def __init__(
+        self,
+        profile: Any,
+        selected: list[str],
+        enabled: bool,
+        at_once: int,
+        said_as: str = "dfl reproduce",
+    ) -> None:
+        self.said_as = said_as  # each line's prefix: "dfl reproduce", or "dfl.lab" from Python
         self.estimate = {n: profile.estimate_s.get(n, 60.0) for n in selected}
         self.left = list(selected)
         self.enabled, self.at_once, self.t0 = enabled, at_once, time.perf_counter()
@@ -437,7 +451,7 @@ class Progress:
         if self.enabled:
             elapsed = _minutes(time.perf_counter() - self.t0)
             left = f"about {_minutes(self.time_left())} left" if self.left else "done"
-            tqdm.write(f"dfl reproduce: {what} (elapsed {elapsed}, {left})", file=sys.stderr)
+            tqdm.write(f"{self.said_as}: {what} (elapsed {elapsed}, {left})", file=sys.stderr)
 
 
 def _minutes(seconds: float) -> str:

@@ -629,7 +629,8 @@ class Trainer:
         if patience and record["epoch"] - self.best["epoch"] >= patience:
             return (
                 f"early stop at epoch {record['epoch']}: {metric} has not improved for "
-                f"{patience} epochs (best {self.best['value']:.6g} at epoch {self.best['epoch']})"
+                f"{patience} epoch{'' if patience == 1 else 's'} "
+                f"(best {self.best['value']:.6g} at epoch {self.best['epoch']})"
             )
         return None
 

@@ -18,7 +18,7 @@ from typing import Any
 from dfl.experiments import figures
 from dfl.experiments.comparison import Comparison, compare
 from dfl.experiments.context import Canvas, Context
-from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
+from dfl.experiments.document import Figure, Section, Table, epochs, fmt, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import AE_GRID, lab_value
 from dfl.experiments.study import study_sweep
@@ -270,7 +270,7 @@ def _comparisons(
             continue
         key = f"val_mse.b{r['batch']}.e{r['enc']}.ep{r['lab_epochs']}"
         if r["epochs"] != r["lab_epochs"]:
-            why = f"this profile trains {r['epochs']} epochs, the lab {r['lab_epochs']}"
+            why = f"this profile trains {epochs(r['epochs'])}, the lab {r['lab_epochs']}"
             out[key] = Comparison.not_comparable(why, faithful=fmt(r["val_mse"]))
             continue
         out[key] = compare(
@@ -389,7 +389,7 @@ def section(result: AEResult, figs: list[Figure]) -> Section:
     printed = {k: float(lab_value(NAME, f"test_mse.{k}")) for k in ("best", "baseline")}
     paragraphs = [
         f"Selected on validation: batch {best['batch']}, encoding size {best['enc']}, "
-        f"{best['epochs']} epochs (validation MSE {fmt(best['val_mse'])}). The encoding size "
+        f"{epochs(best['epochs'])} (validation MSE {fmt(best['val_mse'])}). The encoding size "
         "dominates: each doubling of the code cuts the error by a large factor, while batch "
         "size and the last epochs matter little.",
         f"The lab reported test losses of {printed['best']:.6f} (selected) and "

@@ -28,6 +28,7 @@ from dfl.experiments import figures
 from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
+from dfl.experiments.document import epochs as _epochs
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import CNN_EXPLORE_PEAK, lab_value
 from dfl.experiments.study import study_sweep
@@ -381,7 +382,7 @@ def _notebook_compare(
     shown = {"faithful": mean_std(runs[which]), "corrected": corrected}
     if runs["epochs"] != 20:
         return Comparison.not_comparable(
-            f"{runs['epochs']} epochs in this profile, the lab 20", **shown
+            f"{_epochs(runs['epochs'])} in this profile, the lab 20", **shown
         )
     return compare(NAME, key, fmean(runs[which]), tolerance=tolerance, why=why, **shown)
 
@@ -768,10 +769,6 @@ def _final_table(result: CNNResult) -> Table:
         "with shifts, rotations and zooms and a one-cycle schedule, over seeds; chosen on mean "
         "validation accuracy",
     )  # fmt: skip
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _each(values: Iterable[Any]) -> str:

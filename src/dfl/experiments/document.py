@@ -75,6 +75,11 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def epochs(n: int) -> str:
+    """ "1 epoch", "20 epochs": a count of epochs as a sentence says it."""
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def mean_std(values: list[float]) -> str:
     """ "0.9812 ± 0.0011 (n=3)" — the spread a reader needs to judge a difference."""
     values = [v for v in values if v is not None and math.isfinite(v)]

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from dfl.api import InlineFigure
 from dfl.atomic import atomic_file
 
 
@@ -22,8 +23,9 @@ class Plot(NamedTuple):
 
 def _subplots(*grid: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
     """A figure of its own, outside pyplot's global state: nothing to close, no display
-    needed, and a notebook shows it when it is returned."""
-    fig = Figure(figsize=figsize)
+    needed, and a notebook shows it when it is returned (an `InlineFigure`: Jupyter shows it
+    as an image without `%matplotlib inline`, see dfl.api)."""
+    fig = InlineFigure(figsize=figsize)
     return fig, fig.subplots(*grid, **kw)
 
 
@@ -49,9 +51,12 @@ def curves(
     longest = max((len(ys) for ys in series.values()), default=0)
     for name, ys in series.items():
         marker = "o" if longest <= 12 else None
-        ax.plot(range(1, len(ys) + 1), ys, label=name, linewidth=1.4, marker=marker, ms=3)
+        ms = 3 if longest > 1 else 6  # a lone point is all there is: big enough to see
+        ax.plot(range(1, len(ys) + 1), ys, label=name, linewidth=1.4, marker=marker, ms=ms)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if longest == 1:  # one epoch: an axis around it, not matplotlib's ±5% of fractions
+        ax.set_xlim(0.5, 1.5)
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)

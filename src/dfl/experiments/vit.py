@@ -23,6 +23,7 @@ from dfl.experiments import figures
 from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
+from dfl.experiments.document import epochs as _epochs
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import VIT_BASE_FIRST_RUN, VIT_CONFIGS, lab_value
 from dfl.models.vit import attention_rollout
@@ -240,7 +241,7 @@ def _config_compare(row: dict[str, Any]) -> Comparison:
     shown = {"faithful": fmt(row["test_accuracy"])}
     if not _lab_protocol(row):
         images = f" on {row['subset']:,} images" if row["subset"] else ""
-        return Comparison.not_comparable(f"{row['epochs']} epoch(s){images}", **shown)
+        return Comparison.not_comparable(f"{_epochs(row['epochs'])}{images}", **shown)
     key = f"acc.{_key(tuple(row['config']))}"
     return compare(NAME, key, row["test_accuracy"], tolerance=0.005, **shown)
 
@@ -283,10 +284,6 @@ def draw(result: ViTResult, canvas: Canvas) -> list[Figure]:
     if result.rollout_from:  # drawn only from a modern ViT trained at its own recipe
         figs.append(_figure_rollout(canvas, Path(result.rollout_from)))
     return figs
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _by_config(study: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -534,7 +531,7 @@ def section(result: ViTResult, figs: list[Figure]) -> Section:
         f"Beyond the lab: a ViT with 4x4 patches (49 tokens instead of 16), per-head scaling, "
         f"AdamW, a one-cycle schedule and random shifts and rotations, its epoch selected on a "
         f"validation split, reaches {mean_std(result.beyond)} test accuracy after "
-        f"{result.beyond_epochs} epochs."
+        f"{_epochs(result.beyond_epochs)}."
         if result.beyond
         else "Beyond the lab, a modern ViT (4x4 patches, AdamW, a one-cycle schedule, "
         "augmentation, selected on validation) trained at its own recipe of 60 epochs is the "
