@@ -604,3 +604,22 @@ def test_a_killed_invocations_time_still_counts(tmp_path: Path):
         proc.communicate()
     wall = json.loads((tmp_path / "r" / "reproduce.json").read_text())["wall_s"]
     assert wall >= CLOCK_EVERY_S
+
+
+@pytest.mark.parametrize(("asked", "faithful"), [("auto", "fp32"), ("bf16", "bf16")])
+def test_the_lab_protocol_trains_in_the_labs_precision(tmp_path: Path, tiny_data, asked, faithful):
+    """The notebook CNNs on the lab's protocol run in fp32, as the lab trained them, where
+    `auto` would pick bf16 on a CPU that has it; a precision the user asks for is kept."""
+    from dfl.experiments import cnn
+
+    ctx = Context(tmp_path, "smoke", tiny_data, "synthetic", "cpu", precision=asked)
+    asked_runs: dict = {}
+
+    def capture(experiment, runs):
+        asked_runs.update(runs)
+        raise StopIteration  # the configs are all this test needs
+
+    ctx.train_many = capture
+    with pytest.raises(StopIteration):
+        cnn._notebook_stage(ctx, cnn.PROFILES["smoke"])
+    assert {ctx.config(o).precision for o in asked_runs.values()} == {faithful}

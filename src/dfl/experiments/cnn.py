@@ -257,6 +257,7 @@ def _notebook_stage(ctx: Context, p: Settings) -> dict[str, Any]:
         "data.val_fraction": 0.0,
         "batch_size": 100,
         "test_every_epoch": True,
+        **ctx.lab_precision(),
     }
     epochs = {"baseline": p.lab_epochs, "explore": p.explore_epochs}
     name = {
@@ -733,7 +734,8 @@ def _notebook_table(faithful: dict[str, dict[str, Any]]) -> Table:
             [label[k], f["epochs"], mean_std(f["final"]), mean_std(f["peak"]), printed[k]]
             for k, f in faithful.items()
         ],
-        "Notebook protocol: random 10,000 train / 2,000 test images",
+        "Notebook protocol: random 10,000 train / 2,000 test images, in fp32 as the lab "
+        "trained (unless --precision says otherwise)",
     )
 
 

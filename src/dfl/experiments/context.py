@@ -76,6 +76,12 @@ class Context:
         """Runs per lab-protocol number: one in the lab profiles, as the lab ran them."""
         return PROFILES[self.profile].faithful_seeds or self.seeds
 
+    def lab_precision(self) -> Overrides:
+        """The lab's precision (fp32, as it trained on its GPU) for a run on the lab's protocol,
+        unless the user chose one: `auto` would train CNNs in bf16 on CPUs with native bf16,
+        which is a speed choice for our own recipes, not part of the lab's protocol."""
+        return {"precision": "fp32"} if self.precision == "auto" else {}
+
     def smoke_cap(self) -> Overrides:
         """Overrides that keep a full-data run small in the smoke profile (none otherwise)."""
         return {"data.train_subset": 2000} if self.profile == "smoke" else {}
