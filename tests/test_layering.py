@@ -47,9 +47,22 @@ def imports() -> list[tuple[str, str]]:
         name = ".".join(parts).removesuffix(".__init__")
         if name == "dfl":  # the package's lazy exports (dfl.train, dfl.lab) sit above all
             continue
+        package = parts if path.name == "__init__.py" else parts[:-1]
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
+            if isinstance(node, ast.ImportFrom) and node.level:  # `from .idx import ...`
+                base = ".".join(package[: len(package) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+                pairs += (
+                    [(name, module)]
+                    if node.module
+                    else [(name, f"{base}.{a.name}") for a in node.names]
+                )
+            elif isinstance(node, ast.Import):
                 pairs += [(name, a.name) for a in node.names if a.name.startswith("dfl.")]
+            elif isinstance(node, ast.ImportFrom) and node.module == "dfl":
+                # `from dfl import models`: each name is a module, or the package's lazy
+                # exports (`__version__`), which sit at the bottom
+                pairs += [(name, f"dfl.{a.name}") for a in node.names if a.name != "__version__"]
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dfl."):
                 pairs.append((name, node.module))
     return pairs
@@ -65,3 +78,5 @@ def test_the_package_is_read_as_expected():
     pairs = set(imports())
     assert ("dfl.report.build", "dfl.experiments.registry") in pairs
     assert ("dfl.trainer", "dfl.run_dir") in pairs
+    assert ("dfl.trainer", "dfl.checkpoint") in pairs  # `from dfl import checkpoint`
+    assert ("dfl.data.dataset", "dfl.data.idx") in pairs  # `from .idx import ...`

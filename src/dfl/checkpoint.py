@@ -43,7 +43,7 @@ class _Best(BaseModel):
 
 
 class CheckpointState(BaseModel):
-    """The shape of `state.json` as the trainer writes it (train.py `Trainer._checkpoint`):
+    """The shape of `state.json` as the trainer writes it (trainer.py `Trainer._checkpoint`):
     a file that parses but has another shape (`"epoch": "four"`, a list, no `history`) is
     damaged like one whose hash does not match, and the previous checkpoint is used."""
 

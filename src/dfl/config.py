@@ -102,7 +102,7 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0.0)  # max global gradient norm
     drop_last: bool = False  # the lab's loaders keep the last partial batch
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda > mps > cpu
-    # bf16/fp16 run the forward in autocast; auto: bf16 where measured to pay (train.py)
+    # bf16/fp16 run the forward in autocast; auto: bf16 where measured to pay (trainer.py)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # torch.compile the training step's model: its compile time (tens of seconds) pays back
     # only on long runs; benchmarks/RESULTS.md has the measured break-even.

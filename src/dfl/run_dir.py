@@ -1,5 +1,5 @@
 """A run directory's bookkeeping: the files a run leaves besides its checkpoints, how they are
-written and read back, and the check that a resume is the same run (train.py's loop writes
+written and read back, and the check that a resume is the same run (trainer.py's loop writes
 them; sweeps, reports and `load_trained` read them).
 
     config.toml        the resolved config: `dfl train --config RUN/config.toml` repeats the run
