@@ -10,7 +10,7 @@ traces (DIR/trace-*.json). benchmarks/gpu.sh runs all three on a GPU machine.
 - steps: the trainer's own epoch (`Trainer.train_epoch`) on real MNIST, timed after a warm
   epoch (the graph's capture and cuDNN's autotuning happen there), for the lab models at their
   lab batch sizes: the per-step loop (`cuda_graph = false`), the step replayed from a CUDA graph
-  (`dfl/device_step.py`, the default on CUDA), and, for the autoencoder, torch.compile's
+  (`dfl/training/device_step.py`, the default on CUDA), and, for the autoencoder, torch.compile's
   "reduce-overhead" mode (inductor's kernels in CUDA graphs) in the per-step loop.
 - profile: a few steps of the autoencoder at batch 16 and the notebook ViT at batch 128 under
   torch.profiler, eager and graphed: the host's time a step against the GPU kernels' time a step.
@@ -37,7 +37,7 @@ import torch
 
 from dfl.config import build_config
 from dfl.data import load_dataset
-from dfl.trainer import Trainer
+from dfl.training.trainer import Trainer
 
 NOWHERE = Path(tempfile.gettempdir()) / "dfl-gpu-bench-unused"
 DEVICE = "cuda"  # --device cpu: a dry run of this script where there is no GPU

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from dfl.atomic import atomic_file
 from dfl.experiments import EXPERIMENTS
+from dfl.runtime.atomic import atomic_file
 
 
 def reproduction(profile: str, out: Path) -> tuple[float, float]:

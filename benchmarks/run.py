@@ -28,9 +28,9 @@ import torch
 
 import compare_runs
 import studies
-from dfl.allocator import keep_freed_memory
-from dfl.atomic import atomic_file
 from dfl.data import load_dataset
+from dfl.runtime.allocator import keep_freed_memory
+from dfl.runtime.atomic import atomic_file
 from profile_cost import cpu_name, record_cost, reproduction
 from throughput import (
     CASES,
@@ -199,7 +199,7 @@ def main() -> None:
     if around and keep_freed_memory():
         report.table(
             "Memory allocator: glibc's malloc as the system sets it up, and tuned by dfl "
-            "(dfl/allocator.py); each timing a fresh process",
+            "(dfl/runtime/allocator.py); each timing a fresh process",
             ["model", "batch", "textbook, system malloc", "textbook, tuned", "gain",
              "dfl, system malloc", "dfl, tuned", "gain", "dfl tuned / textbook system"],
             studies.allocator(around, args.steps, args.repeats),

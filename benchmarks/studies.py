@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from dfl.allocator import OPT_OUT
-from dfl.core_share import OPT_OUT as CORE_SHARE_OPT_OUT
 from dfl.data import load_dataset
 from dfl.data.dataset import Dataset
+from dfl.runtime.allocator import OPT_OUT
+from dfl.runtime.core_share import OPT_OUT as CORE_SHARE_OPT_OUT
 from throughput import (
     Case,
     Ceiling,
@@ -135,7 +135,7 @@ def _both_loops(case: Case, steps: int, tuned: bool, results) -> None:
 
 
 def allocator(cases: list[Case], steps: int, repeats: int) -> list[list[Any]]:
-    """glibc's malloc as the system sets it up against dfl's tuning (dfl/allocator.py), for both
+    """glibc's malloc as the system sets it up against dfl's tuning (runtime/allocator.py), for both
     loops. The tuning is process-wide and cannot be undone, so each timing is a fresh process;
     the two settings alternate `repeats` times and the medians are compared. (Everywhere else
     in the benchmark both loops run with the tuning, so their ratio leaves its gain out.)"""
@@ -190,7 +190,7 @@ def _two_runs(model: str, epochs: int, side_by_side: bool, share: bool) -> float
 
 def concurrency(models: list[str], epochs: int, repeats: int) -> list[list[Any]]:
     """Two trainings at once on this machine against the same two one after the other, with
-    dfl's core sharing (dfl/core_share.py) and without it (each run one thread per core,
+    dfl's core sharing (dfl/runtime/core_share.py) and without it (each run one thread per core,
     spinning against the other's). Wall seconds of whole processes (start-up, data, training),
     medians of `repeats`, the four arrangements alternating."""
     rows = []

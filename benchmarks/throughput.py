@@ -24,9 +24,9 @@ from torch.utils.data import Dataset as TorchDataset
 from dfl import models
 from dfl.config import build_config
 from dfl.data.dataset import Dataset
+from dfl.labtools.shapes import model_summary
 from dfl.objectives import OBJECTIVES
-from dfl.shapes import model_summary
-from dfl.trainer import Trainer
+from dfl.training.trainer import Trainer
 
 
 @dataclass(frozen=True)

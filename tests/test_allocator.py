@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 # as in a training step: page faults of each step after a warm-up.
 STEPS = """
 import json, resource, torch
-from dfl.allocator import keep_freed_memory
+from dfl.runtime.allocator import keep_freed_memory
 applied = keep_freed_memory()
 x = torch.rand(100, 16, 14, 14)
 faults = []

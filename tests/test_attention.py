@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfl.attention_check import compare_attention, lab_bug_demo, random_problem
 from dfl.cli import main
 from dfl.errors import ConfigError
+from dfl.labtools.attention_check import compare_attention, lab_bug_demo, random_problem
 from dfl.models.attention import (
     MultiHeadSelfAttention,
     attention_numpy,

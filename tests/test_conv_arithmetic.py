@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from dfl.cli import main
-from dfl.conv_arithmetic import convolve2d, format_result, parse_matrix, read_matrix_file
 from dfl.errors import DflError
+from dfl.labtools.conv_arithmetic import convolve2d, format_result, parse_matrix, read_matrix_file
 
 LAB_INPUT = "2 5 4 1; 3 1 2 0; 4 5 7 1; 1 2 3 4"
 LAB_KERNEL = "1 0; 0 1"

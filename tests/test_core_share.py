@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfl import core_share
-from dfl.core_share import CoreShare
+from dfl.runtime import core_share
+from dfl.runtime.core_share import CoreShare
 
 HOLD = (
-    "import sys, time; from pathlib import Path; from dfl.core_share import CoreShare; "
+    "import sys, time; from pathlib import Path; from dfl.runtime.core_share import CoreShare; "
     "share = CoreShare(4, Path(sys.argv[1])); print(share.threads, flush=True); time.sleep(60)"
 )
 
@@ -114,11 +114,11 @@ def test_a_deterministic_run_keeps_its_threads_beside_another_training(
     """The same deterministic config gives the same numbers whatever else runs: its thread
     count does not follow the other trainings alive (a sharing run's does)."""
     from dfl.config import build_config
-    from dfl.trainer import fit
+    from dfl.training.trainer import fit
 
     monkeypatch.setattr(core_share, "RECHECK_S", 0.0)
     monkeypatch.setattr(core_share, "default_directory", lambda: tmp_path / "places")
-    monkeypatch.setattr("dfl.trainer.available_cores", lambda: 2)
+    monkeypatch.setattr("dfl.training.trainer.available_cores", lambda: 2)
     monkeypatch.delenv("DFL_SHARE_CORES")
     (tmp_path / "places").mkdir()
     torch.set_num_threads(2)

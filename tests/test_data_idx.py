@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfl.atomic import atomic_file, atomic_write_bytes
 from dfl.data.idx import idx_bytes, read_idx, sha256_hex, write_idx
 from dfl.errors import DataError
+from dfl.runtime.atomic import atomic_file, atomic_write_bytes
 
 DTYPES = ["u1", "i1", ">i2", ">i4", ">f4", ">f8", "<i4", "<f8"]
 

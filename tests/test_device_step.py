@@ -1,4 +1,4 @@
-"""The device step (dfl/device_step.py) computes what the trainer's per-step loop computes.
+"""The device step (dfl/training/device_step.py) computes what the trainer's per-step loop computes.
 
 On CUDA it is replayed from a graph (tests/test_gpu.py); here it runs eagerly on the CPU, where
 everything but the replay can be checked: the batch picked by the device counter, the epoch's
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from dfl.config import build_config
-from dfl.device_step import DeviceStep
-from dfl.trainer import Trainer
+from dfl.training.device_step import DeviceStep
+from dfl.training.trainer import Trainer
 
 CASES = {
     "autoencoder": {"model": "autoencoder", "batch_size": 48},

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import write_idx_dataset
-from dfl import checkpoint
 from dfl.cli import main
 from dfl.config import build_config, set_dotted
 from dfl.errors import ConfigError
+from dfl.training import checkpoint
 
 DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
 TIMING = ("seconds", "samples_per_s")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dfl.config import build_config
-from dfl.trainer import Trainer
+from dfl.training.trainer import Trainer
 from test_faults import (
     final_status,
     history,

@@ -24,8 +24,8 @@ from dfl import cli
 from dfl.cli import main
 from dfl.config import build_config, parse_overrides
 from dfl.data.idx import write_idx
-from dfl.run_dir import read_status
-from dfl.trainer import fit
+from dfl.training.run_dir import read_status
+from dfl.training.trainer import fit
 
 DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
 TINY = ["--set", "model_args.hidden=[16]", "--device", "cpu", "--threads", "1"]
@@ -569,7 +569,7 @@ def test_damaged_final_weights_are_named_not_loaded(tmp_path, digits):
     """A flipped byte in model.safetensors' tensor data still parses; the sha256 the run
     recorded when it finished tells."""
     from dfl.errors import UnloadableRun
-    from dfl.trained import load_trained
+    from dfl.training.trained import load_trained
 
     cfg = build_config(overrides={"model": "mlp", "epochs": 1, "device": "cpu", "threads": 1,
                                   "data": {"dataset": str(digits)}})  # fmt: skip

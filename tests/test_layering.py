@@ -12,14 +12,12 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "dfl"
 # Lowest first. A module may import its own layer and those below; a name matches a module
 # and everything under it, the longest name winning (dfl.sweep.commands is a command).
 LAYERS = [
-    "dfl.errors dfl.validation dfl.atomic dfl.interrupts dfl.subnormals dfl.allocator "
-    "dfl.core_share dfl.run_lock dfl.local_workers",
+    "dfl.errors dfl.validation dfl.runtime",
     "dfl.data",
     "dfl.models",
     "dfl.objectives",
     "dfl.config",  # a run's description: which model and objective, checked against both
-    "dfl.checkpoint dfl.run_dir dfl.device_step dfl.trainer dfl.trained dfl.shapes "
-    "dfl.conv_arithmetic dfl.attention_check dfl.api",
+    "dfl.training dfl.labtools dfl.api",
     "dfl.sweep",
     "dfl.experiments",
     "dfl.report",
@@ -39,8 +37,15 @@ def layer(module: str) -> int:
     return max(found)[1]
 
 
+def is_module(name: str) -> bool:
+    path = SRC.joinpath(*name.split(".")[1:])
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
 def imports() -> list[tuple[str, str]]:
-    """(importer, imported) for every dfl import in src/dfl, deferred ones included."""
+    """(importer, imported) for every dfl import in src/dfl, deferred ones included, in every
+    form: `import dfl.x`, `from dfl.x import y`, `from dfl import x` (x a module) and relative
+    imports (`from .idx import ...`)."""
     pairs = []
     for path in SRC.rglob("*.py"):
         parts = ("dfl", *path.relative_to(SRC).with_suffix("").parts)
@@ -49,22 +54,23 @@ def imports() -> list[tuple[str, str]]:
             continue
         package = parts if path.name == "__init__.py" else parts[:-1]
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:  # `from .idx import ...`
-                base = ".".join(package[: len(package) - node.level + 1])
-                module = f"{base}.{node.module}" if node.module else base
-                pairs += (
-                    [(name, module)]
-                    if node.module
-                    else [(name, f"{base}.{a.name}") for a in node.names]
-                )
-            elif isinstance(node, ast.Import):
+            if isinstance(node, ast.Import):
                 pairs += [(name, a.name) for a in node.names if a.name.startswith("dfl.")]
-            elif isinstance(node, ast.ImportFrom) and node.module == "dfl":
-                # `from dfl import models`: each name is a module, or the package's lazy
-                # exports (`__version__`), which sit at the bottom
-                pairs += [(name, f"dfl.{a.name}") for a in node.names if a.name != "__version__"]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dfl."):
-                pairs.append((name, node.module))
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:
+                    base = ".".join(package[: len(package) - node.level + 1])
+                    module = f"{base}.{module}" if module else base
+                if module != "dfl" and not module.startswith("dfl."):
+                    continue
+                if module != "dfl":
+                    pairs.append((name, module))
+                # `from dfl.training import checkpoint`: the module named, not only its package
+                pairs += [
+                    (name, f"{module}.{a.name}")
+                    for a in node.names
+                    if is_module(f"{module}.{a.name}")
+                ]
     return pairs
 
 
@@ -77,6 +83,7 @@ def test_the_package_is_read_as_expected():
     """The test above must see the real graph: known edges are in it."""
     pairs = set(imports())
     assert ("dfl.report.build", "dfl.experiments.registry") in pairs
-    assert ("dfl.trainer", "dfl.run_dir") in pairs
-    assert ("dfl.trainer", "dfl.checkpoint") in pairs  # `from dfl import checkpoint`
+    assert ("dfl.training.trainer", "dfl.training.run_dir") in pairs
+    assert ("dfl.training.trainer", "dfl.models") in pairs  # `from dfl import models`
+    assert ("dfl.training.trainer", "dfl.training.checkpoint") in pairs  # from a package
     assert ("dfl.data.dataset", "dfl.data.idx") in pairs  # `from .idx import ...`

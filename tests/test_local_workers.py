@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dfl.local_workers import (
+from dfl.runtime.local_workers import (
     WorkerDied,
     WorkerGroup,
     default_workers,
@@ -168,7 +168,7 @@ def test_with_on_failure_a_dead_or_failed_task_is_its_result_and_the_others_go_o
 LAUNCHER = """
 import sys, time
 from pathlib import Path
-from dfl.local_workers import WorkerGroup, run_in_workers
+from dfl.runtime.local_workers import WorkerGroup, run_in_workers
 from test_local_workers import SLEEP, sleep_or_fail
 
 with WorkerGroup() as group:

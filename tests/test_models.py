@@ -142,9 +142,9 @@ def test_token_linear_is_nn_linear_through_onednn(shape, bias, monkeypatch):
     """Same outputs and gradients as nn.Linear (to rounding), for any leading dimensions and
     for an input that is not contiguous; the same state dict and multiply-add count. The
     detour is taken here whatever this machine's CPU (it is only taken on AMD by default)."""
+    from dfl.labtools.shapes import model_summary
     from dfl.models import token_linear
     from dfl.models.token_linear import TokenLinear
-    from dfl.shapes import model_summary
 
     monkeypatch.setattr(token_linear, "CONV_PATH", torch.backends.mkldnn.is_available())
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # oneDNN's side of PyTorch's rule

@@ -67,7 +67,7 @@ def test_json_files_hold_no_bare_nan(tmp_path: Path):
     reads a bare NaN, but it is not JSON and other readers refuse it."""
     import json
 
-    from dfl.atomic import atomic_write_json
+    from dfl.runtime.atomic import atomic_write_json
 
     path = tmp_path / "results.json"
     atomic_write_json(path, {"std": float("nan"), "runs": [float("inf"), 0.5], "n": (1, 2.0)})

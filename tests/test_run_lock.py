@@ -17,8 +17,8 @@ import pytest
 from conftest import write_idx_dataset
 from dfl.cli import main
 from dfl.errors import DflError
-from dfl.run_dir import read_history, read_status
-from dfl.run_lock import LOCK_NAME, RunDirInUse, claim_run_dir
+from dfl.runtime.run_lock import LOCK_NAME, RunDirInUse, claim_run_dir
+from dfl.training.run_dir import read_history, read_status
 
 DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
 OPTIONS = ["--device", "cpu", "--threads", "1", "--set", "model_args.hidden=[16]"]

@@ -13,7 +13,7 @@ from torch import nn
 from dfl import models
 from dfl.cli import main
 from dfl.errors import ShapeError
-from dfl.shapes import model_from_spec, model_summary
+from dfl.labtools.shapes import model_from_spec, model_summary
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 CANDIDATE = str(CONFIGS / "cnn_writeup_candidate.toml")

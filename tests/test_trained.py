@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from conftest import make_dataset
-from dfl import checkpoint, models
+from dfl import models
 from dfl.config import build_config, parse_overrides
 from dfl.data.batches import to_input
 from dfl.errors import DflError, UnloadableRun
-from dfl.run_dir import WEIGHTS, RunStatus
-from dfl.trained import Trained, load_trained
-from dfl.trainer import StopRun, Trainer, fit
+from dfl.training import checkpoint
+from dfl.training.run_dir import WEIGHTS, RunStatus
+from dfl.training.trained import Trained, load_trained
+from dfl.training.trainer import StopRun, Trainer, fit
 
 CNN = {"depth": 2, "width": 4}
 VIT = {"dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "mlp_dim": 32}  # dropout 0.1: eval

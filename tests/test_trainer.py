@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_dataset
-from dfl import checkpoint, models
+from dfl import models
 from dfl.config import build_config, parse_overrides
 from dfl.errors import ConfigError, DflError, TrainingDiverged
-from dfl.run_dir import WEIGHTS, RunStatus, read_history, read_status
-from dfl.trainer import StopRun, fit, native_bf16, resolve_precision
+from dfl.training import checkpoint
+from dfl.training.run_dir import WEIGHTS, RunStatus, read_history, read_status
+from dfl.training.trainer import StopRun, fit, native_bf16, resolve_precision
 
 
 def config(*pairs: str):
@@ -207,7 +208,7 @@ def test_epoch_train_loss_is_the_per_pixel_mean_over_every_training_image(
     divides by the sample count. With a learning rate of 1e-12 the weights stay put, so it
     must equal the plain per-pixel MSE over the whole training split."""
     from dfl.data.batches import to_input
-    from dfl.trainer import Trainer
+    from dfl.training.trainer import Trainer
 
     cfg = config('model="autoencoder"', "model_args={enc=8}", 'optim.name="sgd"', "optim.lr=1e-12")
     t = Trainer(cfg, tmp_path, tiny_data)
@@ -288,7 +289,7 @@ def test_every_model_resumes_identically(tmp_path: Path, model: str, precision: 
 
 
 def test_training_flushes_subnormals_and_gives_ieee_back(tmp_path: Path, tiny_data):
-    from dfl.subnormals import flushing
+    from dfl.runtime.subnormals import flushing
 
     assert not flushing()
     flushed = []
@@ -306,7 +307,7 @@ def test_a_path_spelled_another_way_is_the_same_config(tmp_path, monkeypatch):
     """init_from as `runs/x` and as `/abs/runs/x` name one file: the run resumes (a
     reproduction made before --out became absolute continues); another file is refused."""
     from dfl.config import config_to_toml
-    from dfl.run_dir import CONFIG, check_same_config
+    from dfl.training.run_dir import CONFIG, check_same_config
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "a").mkdir(parents=True)

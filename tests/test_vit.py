@@ -16,7 +16,7 @@ from dfl.models import attention as attention_module
 from dfl.models import vit as vit_module
 from dfl.models.attention import MultiHeadSelfAttention
 from dfl.models.vit import ViT, attention_rollout, to_patches
-from dfl.trainer import fit
+from dfl.training.trainer import fit
 
 SMALL = {"dim": 16, "depth": 2, "heads": 2, "mlp_dim": 32}  # keeps each case well under a second
 

@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from dfl.config import TrainConfig, UserKeys, build_config, merge, set_dotted
 from dfl.errors import ConfigError, UnloadableRun
-from dfl.run_dir import CONFIG, load_saved_config, read_history, read_status
+from dfl.training.run_dir import CONFIG, load_saved_config, read_history, read_status
 
 # The common overrides by name, as the CLI's flags name them (dfl train --lr ...).
 NAMED = {
@@ -92,9 +92,9 @@ class Run:
 
     @functools.cached_property
     def trained(self) -> Any:
-        """The model with its trained weights and its input pipeline (`dfl.trained.Trained`):
+        """The model with its trained weights and its input pipeline (`Trained`):
         `run.trained.predict(images)`."""
-        from dfl.trained import load_trained
+        from dfl.training.trained import load_trained
 
         return load_trained(self.run_dir)
 
@@ -181,7 +181,7 @@ def train(
     Raises `ConfigError` for a bad key or value (naming the key), `DataError` for data that
     cannot be read, `TrainingDiverged` for a NaN loss, and other `DflError`s with one-line
     messages."""
-    from dfl.trainer import fit
+    from dfl.training.trainer import fit
 
     config_file, tree = _starting_point(model_or_config)
     cfg = build_config(config_file, merge(tree, _overrides(overrides)))

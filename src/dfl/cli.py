@@ -2,7 +2,7 @@
 stderr and a non-zero exit, never a traceback: 2 for bad input (including a run directory
 another process is training), 1 for a full disk or an unwritable directory, 3 for a diverged
 run, 4 for a reproduction with failed experiments or a sweep with no completed trial, 130 after
-Ctrl-C and 143 after SIGTERM (both wind down the same way: dfl/interrupts.py)."""
+Ctrl-C and 143 after SIGTERM (both wind down the same way: dfl/runtime/interrupts.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dfl.errors import DflError
-from dfl.interrupts import (
+from dfl.runtime.interrupts import (
     InterruptOnce,
     SigtermAsInterrupt,
     deferred_interrupt,
@@ -163,8 +163,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_toml(with_model_defaults(cfg)))
         return 0
-    with deferred_interrupt():  # imports: see dfl/interrupts.py
-        from dfl.trainer import fit
+    with deferred_interrupt():  # imports: see dfl/runtime/interrupts.py
+        from dfl.training.trainer import fit
 
     out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = fit(cfg, out, resume=args.resume, log=lambda s: print(s, file=sys.stderr))
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             # there waits for the imports to finish, then ends the command like any other.
             with deferred_interrupt():
                 parser = build_parser()
-                from dfl.subnormals import flushed_to_zero
+                from dfl.runtime.subnormals import flushed_to_zero
             args = parser.parse_args(argv)
             _check_paths(args)
             with flushed_to_zero():  # before torch starts its threads: they inherit it

@@ -107,7 +107,7 @@ class TrainConfig(Strict):
     # torch.compile the training step's model: its compile time (tens of seconds) pays back
     # only on long runs; benchmarks/RESULTS.md has the measured break-even.
     compile: bool = False
-    # On CUDA, replay the training step from a CUDA graph (dfl/device_step.py): the lab's small
+    # On CUDA, replay the training step from a CUDA graph (training/device_step.py): the lab's small
     # models are otherwise bound by the host launching their kernels. Ignored elsewhere.
     cuda_graph: bool = True
     seed: Seed = 0

@@ -28,7 +28,6 @@ import torch
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from dfl.atomic import atomic_write_json
 from dfl.data import load_dataset
 from dfl.errors import ConfigError, ExperimentsFailed, one_line
 from dfl.experiments import EXPERIMENTS
@@ -43,11 +42,12 @@ from dfl.experiments.experiment import (
 )
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.experiments.registry import REGISTRY
-from dfl.local_workers import available_cores, run_in_workers
 from dfl.report.build import build_report
-from dfl.run_dir import CONFIG, rebase_config
-from dfl.run_lock import claim_run_dir
-from dfl.trainer import resolve_device
+from dfl.runtime.atomic import atomic_write_json
+from dfl.runtime.local_workers import available_cores, run_in_workers
+from dfl.runtime.run_lock import claim_run_dir
+from dfl.training.run_dir import CONFIG, rebase_config
+from dfl.training.trainer import resolve_device
 
 
 def environment(device: str, precision: str, jobs: int = 1, at_once: int = 1) -> dict[str, Any]:
@@ -262,7 +262,7 @@ def default_profile(device: str) -> str:
 
 def default_at_once() -> int:
     """Two experiments at once on a machine with two or more cores: each of them trains with
-    the cores the other leaves (dfl/core_share.py), so the small models' runs, which use a
+    the cores the other leaves (dfl/runtime/core_share.py), so the small models' runs, which use a
     second thread poorly, keep both cores busy."""
     return min(2, available_cores())
 

@@ -1,12 +1,12 @@
 """`dfl attention`: argparse wiring and the text it prints; the numbers come from
-`dfl.attention_check`."""
+`dfl.labtools.attention_check`."""
 
 from __future__ import annotations
 
 import argparse
 
-from dfl.attention_check import TOLERANCE, compare_attention, lab_bug_demo
 from dfl.cli import command
+from dfl.labtools.attention_check import TOLERANCE, compare_attention, lab_bug_demo
 
 
 def positive_int(text: str) -> int:

@@ -1,4 +1,4 @@
-"""`dfl conv`: argparse wiring and output; the arithmetic is in `dfl.conv_arithmetic`."""
+"""`dfl conv`: argparse wiring and output; the arithmetic is in `dfl.labtools.conv_arithmetic`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import argparse
 import json
 
 from dfl.cli import command
-from dfl.conv_arithmetic import Pair, convolve2d, format_result, parse_matrix, read_matrix_file
+from dfl.labtools.conv_arithmetic import (
+    Pair,
+    convolve2d,
+    format_result,
+    parse_matrix,
+    read_matrix_file,
+)
 
 
 def _int_pair(text: str) -> int | Pair:

@@ -12,7 +12,7 @@ from dfl.experiments import EXPERIMENTS
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.report.build import build_report, lab_table_markdown
 from dfl.reproduce import default_profile, reproduce
-from dfl.run_lock import claim_run_dir
+from dfl.runtime.run_lock import claim_run_dir
 
 
 def _at_least_one(text: str) -> int:

@@ -1,4 +1,4 @@
-"""`dfl shapes SPEC|MODEL`: argparse wiring and output; the work is in `dfl.shapes`."""
+"""`dfl shapes SPEC|MODEL`: argparse wiring and output; the work is in `dfl.labtools.shapes`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 from dfl.cli import add_override_argument, command
 from dfl.errors import ShapeError
+from dfl.labtools.shapes import DEFAULT_INPUT, format_summary, model_from_spec, model_summary
 from dfl.models.layers import Shape
-from dfl.shapes import DEFAULT_INPUT, format_summary, model_from_spec, model_summary
 
 
 def _input_shape(text: str) -> Shape:

@@ -17,8 +17,8 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from dfl.atomic import atomic_write_bytes, temp_path_in
 from dfl.errors import DataError
+from dfl.runtime.atomic import atomic_write_bytes, temp_path_in
 
 from .checksums import Checksum
 from .idx import read_raw_bytes, sha256_hex

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dfl.atomic import atomic_write_bytes
 from dfl.errors import DataError
+from dfl.runtime.atomic import atomic_write_bytes
 
 from . import checksums
 from .cache import cache_root

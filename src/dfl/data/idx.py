@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dfl.atomic import atomic_write_bytes
 from dfl.errors import DataError
+from dfl.runtime.atomic import atomic_write_bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
 

@@ -22,8 +22,8 @@ from dfl.experiments.document import Figure, Section, Table, epochs, fmt, mean_s
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import AE_GRID, lab_value
 from dfl.experiments.study import study_sweep
-from dfl.trained import load_trained
-from dfl.trainer import RunResult
+from dfl.training.trained import load_trained
+from dfl.training.trainer import RunResult
 
 NAME = "ae"
 QUESTION = (

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from dfl.attention_check import compare_attention, lab_bug_demo
 from dfl.experiments import figures
 from dfl.experiments.comparison import compare_exact
 from dfl.experiments.context import Canvas, Context
 from dfl.experiments.document import Figure, Section, Table, fmt
 from dfl.experiments.experiment import Experiment, Number, Result
+from dfl.labtools.attention_check import compare_attention, lab_bug_demo
 
 NAME = "attention"
 QUESTION = (

@@ -32,9 +32,9 @@ from dfl.experiments.document import epochs as _epochs
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import CNN_EXPLORE_PEAK, lab_value
 from dfl.experiments.study import study_sweep
-from dfl.shapes import model_summary
-from dfl.trained import final_weights, load_trained
-from dfl.trainer import RunResult
+from dfl.labtools.shapes import model_summary
+from dfl.training.trained import final_weights, load_trained
+from dfl.training.trainer import RunResult
 
 NAME = "cnn"
 QUESTION = (

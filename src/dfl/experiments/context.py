@@ -20,7 +20,7 @@ from typing import Any
 from dfl.config import TrainConfig, build_config, merge, set_dotted
 from dfl.data import Dataset
 from dfl.experiments.profiles import PROFILES
-from dfl.trainer import RunResult, fit
+from dfl.training.trainer import RunResult, fit
 
 # One run's config overrides: dotted keys ("optim.lr", "model_args.enc") or nested sections
 # ("data": {...}) to values, as data.

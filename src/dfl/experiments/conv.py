@@ -1,5 +1,5 @@
 """Lab 3.2 Q1: convolution arithmetic. No training: the lab's matrix, kernel and stride through
-`dfl.conv_arithmetic` (whose result equals torch's conv2d, a tested property)."""
+`dfl.labtools.conv_arithmetic` (whose result equals torch's conv2d, a tested property)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from dfl.conv_arithmetic import convolve2d
 from dfl.experiments.comparison import compare_exact
 from dfl.experiments.context import Context
 from dfl.experiments.document import Figure, Section, Table
 from dfl.experiments.experiment import Experiment, Number, Result
+from dfl.labtools.conv_arithmetic import convolve2d
 
 NAME = "conv"
 QUESTION = (

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from dfl.config import TrainConfig
 from dfl.data import Dataset
-from dfl.local_workers import run_in_workers
-from dfl.trainer import RunResult, fit
+from dfl.runtime.local_workers import run_in_workers
+from dfl.training.trainer import RunResult, fit
 
 Plan = tuple[TrainConfig, Path]  # a run's config and its directory
 
@@ -43,7 +43,7 @@ def train_all(
 def _side_by_side(
     plans: dict[str, Plan], data: Dataset, jobs: int, bar: tqdm
 ) -> dict[str, RunResult]:
-    """The plans in `jobs` spawned workers of cores // jobs threads each (dfl/local_workers.py:
+    """The plans in `jobs` spawned workers of cores // jobs threads each (runtime/local_workers.py:
     the split, and a failed run, Ctrl-C or SIGTERM stopping the other workers; their runs
     resume from their checkpoints next time)."""
     return run_in_workers(
@@ -69,7 +69,7 @@ def for_workers(data: Dataset) -> Dataset:
 def in_worker(data: Dataset) -> Dataset:
     """A worker's set-up, after run_in_workers pinned its threads (or not): the dataset that
     `for_workers` sent, as tensors again."""
-    torch.set_flush_denormal(True)  # before its thread pool starts: see dfl/subnormals.py
+    torch.set_flush_denormal(True)  # before its thread pool starts: see dfl/runtime/subnormals.py
     return dataclasses.replace(data, **{k: torch.from_numpy(getattr(data, k)) for k in _TENSORS})
 
 

@@ -19,12 +19,12 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dfl.atomic import atomic_write_json
 from dfl.errors import DflError
 from dfl.experiments.comparison import Comparison
 from dfl.experiments.context import Canvas, Context
 from dfl.experiments.document import Figure, Section
-from dfl.trainer import RunResult
+from dfl.runtime.atomic import atomic_write_json
+from dfl.training.trainer import RunResult
 
 
 class Number(BaseModel):

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from dfl.api import InlineFigure
-from dfl.atomic import atomic_file
+from dfl.runtime.atomic import atomic_file
 
 
 class Plot(NamedTuple):

@@ -21,8 +21,8 @@ from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import lab_value
-from dfl.trained import final_weights
-from dfl.trainer import RunResult
+from dfl.training.trained import final_weights
+from dfl.training.trainer import RunResult
 
 NAME = "sae"
 QUESTION = (

@@ -26,10 +26,10 @@ from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
 from dfl.experiments.document import epochs as _epochs
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import VIT_BASE_FIRST_RUN, VIT_CONFIGS, lab_value
+from dfl.labtools.shapes import model_summary
 from dfl.models.vit import attention_rollout
-from dfl.shapes import model_summary
-from dfl.trained import load_trained
-from dfl.trainer import RunResult
+from dfl.training.trained import load_trained
+from dfl.training.trainer import RunResult
 
 NAME = "vit"
 QUESTION = (

@@ -11,7 +11,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dfl.atomic import atomic_write_bytes, atomic_write_json
 from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.experiments import EXPERIMENTS
@@ -30,6 +29,7 @@ from dfl.experiments.lab_numbers import LAB
 from dfl.experiments.profiles import PROFILES
 from dfl.experiments.registry import REGISTRY
 from dfl.report.render import md_table, to_html, to_markdown
+from dfl.runtime.atomic import atomic_write_bytes, atomic_write_json
 
 RERUN = "rerun the reproduce command to resume (finished runs are kept)"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dfl.cli import command
 from dfl.errors import DflError
-from dfl.interrupts import interrupted_exit_code
+from dfl.runtime.interrupts import interrupted_exit_code
 
 
 @command("sweep", "run a sweep spec (grid or search) as an Optuna study; `dfl sweep status X`")

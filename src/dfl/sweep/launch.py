@@ -4,7 +4,7 @@ cut off mid-run is requeued and resumes from its checkpoint.
 
 Local workers are processes (`python -m dfl.sweep worker ...`, the same loop `dfl worker`
 runs on another machine), each with cores // N intra-op threads so workers x threads = cores;
-how many, and how they are started and stopped, is dfl/local_workers.py's, shared with an
+how many, and how they are started and stopped, is dfl/runtime/local_workers.py's, shared with an
 experiment's runs side by side. Worker output goes to SWEEP_DIR/workers/worker-I.log; this
 process only watches the study and shows one line per finished trial and a bar.
 """
@@ -21,8 +21,8 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from dfl import local_workers
 from dfl.errors import DflError
+from dfl.runtime import local_workers
 from dfl.sweep import study as studies
 from dfl.sweep.spec import SweepSpec, check_trials, format_params, load_spec, run_plan
 from dfl.sweep.status import (
@@ -39,7 +39,7 @@ POLL_S = 1.0  # how often the progress display reads the study
 
 
 def default_workers(spec: SweepSpec, cores: int, reuse_epochs: int | None) -> int:
-    """The local workers when --workers is not given: dfl/local_workers.py's policy (one
+    """The local workers when --workers is not given: dfl/runtime/local_workers.py's policy (one
     single-threaded worker per core on CPU, one on a GPU machine, never more than runs)."""
     import torch
 
@@ -159,7 +159,7 @@ def _run_processes(
 ) -> None:
     """Run `n` worker commands until they end; one that fails leaves the others working (the
     study is still there for them), while Ctrl-C or SIGTERM stops them all: they requeue their
-    trials (dfl/local_workers.py's WorkerGroup: the same stop as an experiment's workers)."""
+    trials (runtime/local_workers.py's WorkerGroup: the same stop as an experiment's workers)."""
     with local_workers.WorkerGroup() as group:
         for i in range(n):
             command = [

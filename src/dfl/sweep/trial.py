@@ -37,10 +37,10 @@ from optuna.trial import TrialState
 from dfl.config import TrainConfig
 from dfl.data import Dataset, load_dataset
 from dfl.errors import DflError, DiskFull, disk_full, one_line
-from dfl.run_dir import RunStatus, read_history
 from dfl.sweep.spec import Params, RunPlan, SweepSpec, decode, encode, run_plan
 from dfl.sweep.storage import StorageUnreachable, without_waiting
-from dfl.trainer import StopRun, build_model, fit
+from dfl.training.run_dir import RunStatus, read_history
+from dfl.training.trainer import StopRun, build_model, fit
 
 CURVE_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 Log = Callable[[str], None]

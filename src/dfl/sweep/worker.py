@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dfl.interrupts import note_sigterm
+from dfl.runtime.interrupts import note_sigterm
 from dfl.sweep import study as studies
 from dfl.sweep.spec import SweepSpec, check_trials
 from dfl.sweep.storage import open_storage, study_id
@@ -58,7 +58,7 @@ def run_worker(
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
-        from dfl.core_share import pin_threads
+        from dfl.runtime.core_share import pin_threads
 
         pin_threads(threads)  # the launcher's split of the cores (or --threads) holds
     spec = _stored_spec(name, url)

@@ -47,7 +47,7 @@ WARMUP_STEPS = 3  # eager steps before the capture (PyTorch's CUDA graph notes u
 
 class DeviceStep:
     def __init__(self, trainer: Any, capture: bool) -> None:
-        """`trainer`: the `dfl.trainer.Trainer` whose model, optimiser, schedule, objective and
+        """`trainer`: the `Trainer` whose model, optimiser, schedule, objective and
         splits the step uses (not imported here: the trainer imports this module)."""
         self.t, self.capture = trainer, capture
         cfg, split, device = trainer.cfg, trainer.splits["train"], trainer.device

@@ -33,19 +33,22 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from dfl import checkpoint, models
-from dfl.allocator import keep_freed_memory
-from dfl.atomic import atomic_write_bytes
+from dfl import models
 from dfl.config import TrainConfig, config_to_toml
-from dfl.core_share import CoreShare
 from dfl.data import Dataset, load_dataset, random_subset, train_val_split
 from dfl.data.batches import Split, affine, affine_draws, standardize, to_input
-from dfl.device_step import DeviceStep
 from dfl.errors import ConfigError, DflError, TrainingDiverged, one_line, out_of_memory
-from dfl.interrupts import deferred_interrupt
-from dfl.local_workers import available_cores
 from dfl.objectives import Objective, objective_for
-from dfl.run_dir import (
+from dfl.runtime.allocator import keep_freed_memory
+from dfl.runtime.atomic import atomic_write_bytes
+from dfl.runtime.core_share import CoreShare
+from dfl.runtime.interrupts import deferred_interrupt
+from dfl.runtime.local_workers import available_cores
+from dfl.runtime.run_lock import claim_run_dir, unwritable
+from dfl.runtime.subnormals import flushed_to_zero
+from dfl.training import checkpoint
+from dfl.training.device_step import DeviceStep
+from dfl.training.run_dir import (
     CHECKPOINTS,
     CONFIG,
     STATUS,
@@ -60,8 +63,6 @@ from dfl.run_dir import (
     write_metrics,
     write_status,
 )
-from dfl.run_lock import claim_run_dir, unwritable
-from dfl.subnormals import flushed_to_zero
 
 Callback = Callable[[dict[str, Any]], None]
 NONFINITE_CHECK_EVERY = 25  # steps between checks: each check waits for the device
@@ -328,7 +329,7 @@ class Trainer:
         self.cores: CoreShare | None = None  # this run's share of the cores, while it trains
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
-            keep_freed_memory()  # no page faults for reused activations: dfl/allocator.py
+            keep_freed_memory()  # no page faults for reused activations: dfl/runtime/allocator.py
         elif self.device.type == "cuda":  # cuDNN times its algorithms once per shape
             torch.backends.cudnn.benchmark = not cfg.deterministic
         seed_everything(cfg.seed, cfg.deterministic)
@@ -366,7 +367,7 @@ class Trainer:
         self._check_labels()
 
     def _device_step(self) -> DeviceStep | None:
-        """On CUDA the step is replayed from a graph (dfl/device_step.py), unless the config
+        """On CUDA the step is replayed from a graph (device_step.py), unless the config
         turns that off or needs the host every step: fp16's loss scaler decides on the host
         whether to skip a step, and a compiled model brings its own graphs."""
         cfg = self.cfg
@@ -540,7 +541,9 @@ class Trainer:
             threads = torch.get_num_threads()
         self.cores = CoreShare.join(available_cores(), threads) if on_cpu else None
         try:
-            with flushed_to_zero():  # Adam's moments of always-zero pixels: dfl/subnormals.py
+            with (
+                flushed_to_zero()
+            ):  # Adam's moments of always-zero pixels: dfl/runtime/subnormals.py
                 return self._run(epoch_bar, until_epoch)
         finally:
             if self.cores is not None:
@@ -747,7 +750,7 @@ def fit(
 ) -> RunResult:
     """Train `cfg` in `run_dir`. With `resume`, a completed run is returned as it is and an
     unfinished one continues from its newest checkpoint, ending as an uninterrupted run would.
-    The run holds `run_dir` exclusively while it lives (dfl/run_lock.py); a run that cannot
+    The run holds `run_dir` exclusively while it lives (dfl/runtime/run_lock.py); a run that cannot
     start leaves nothing behind: no directory it created, no file it wrote."""
     if isinstance(run_dir, str) and not run_dir.strip():
         raise DflError("the run directory is empty (give a directory with --out)")

@@ -23,8 +23,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
-from dfl.atomic import atomic_write_json, fsync_dir
 from dfl.errors import NO_ROOM_WORDS, DflError, DiskFull
+from dfl.runtime.atomic import atomic_write_json, fsync_dir
 
 KEEP = 2  # the newest checkpoint and the one before it
 

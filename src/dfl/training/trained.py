@@ -16,11 +16,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from dfl import checkpoint, models
+from dfl import models
 from dfl.config import TrainConfig
 from dfl.data.batches import standardize, to_input
 from dfl.errors import DflError, UnloadableRun
-from dfl.run_dir import (
+from dfl.training import checkpoint
+from dfl.training.run_dir import (
     CHECKPOINTS,
     CONFIG,
     WEIGHTS,
@@ -28,7 +29,7 @@ from dfl.run_dir import (
     load_saved_config,
     read_status,
 )
-from dfl.trainer import build_model
+from dfl.training.trainer import build_model
 
 PREDICT_CHUNK = 1000  # images per forward in `predict`
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from dfl.errors import DflError, one_line
-from dfl.interrupts import INTERRUPTED, TERMINATED, note_sigterm
+from dfl.runtime.interrupts import INTERRUPTED, TERMINATED, note_sigterm
 
 STOP_WAIT_S = 15.0  # how long workers get to wind down (requeue a trial) before each signal
 POLL_S = 0.05  # how often a wait looks at the workers
@@ -262,7 +262,7 @@ def run_in_workers(
 ) -> dict[K, R]:
     """`fn(*task)` for every task, in `workers` spawned processes of `threads` intra-op
     threads each (default: cores // workers; with `pin=False` none is set, and the trainings
-    in them share the cores by themselves: dfl/core_share.py), a task at a time to whichever
+    in them share the cores by themselves: dfl/runtime/core_share.py), a task at a time to whichever
     worker is free, in the tasks' order; each worker first runs `initializer(*initargs)`.
     Returns the results by the tasks' keys, in their order.
     The first failure stops the other workers: an exception in `fn` (or in the set-up) is
@@ -353,7 +353,7 @@ def _serve(
     try:
         if not _stops_with(multiprocessing.parent_process().pid):  # type: ignore[union-attr]
             return  # the launcher is gone already
-        from dfl.core_share import pin_threads  # here: torch loads in the worker only
+        from dfl.runtime.core_share import pin_threads  # here: torch loads in the worker only
 
         if threads is not None:
             pin_threads(threads)

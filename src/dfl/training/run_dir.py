@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dfl import checkpoint
-from dfl.atomic import atomic_write_bytes, atomic_write_json
 from dfl.config import TrainConfig, build_config, dict_to_toml, read_toml
 from dfl.errors import ConfigError, DflError
+from dfl.runtime.atomic import atomic_write_bytes, atomic_write_json
+from dfl.training import checkpoint
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
