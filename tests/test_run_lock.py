@@ -6,39 +6,29 @@ release of the lock lets `--resume` continue the run."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import write_idx_dataset
+from conftest import DFL, wait_for
 from dfl.cli import main
 from dfl.errors import DflError
 from dfl.runtime.run_lock import LOCK_NAME, RunDirInUse, claim_run_dir
+from dfl.sweep.trial import run_dir_lock
 from dfl.training.run_dir import read_history, read_status
 
-DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
 OPTIONS = ["--device", "cpu", "--threads", "1", "--set", "model_args.hidden=[16]"]
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return write_idx_dataset(tmp_path_factory.mktemp("lock") / "digits", 256, 64)
 
 
 def train_args(digits: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "mlp", "--dataset", str(digits), "--epochs", "3", *OPTIONS, *extra,
             "--out", str(out)]  # fmt: skip
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out waiting for the process"
-        time.sleep(0.05)
 
 
 def cli(capsys, *argv: str) -> tuple[int, str]:
@@ -170,3 +160,164 @@ def test_a_lock_file_without_a_pid_still_names_the_problem(tmp_path):
         os.ftruncate(claim.fd, 0)  # the holder got the lock but has not written its pid yet
         with pytest.raises(RunDirInUse, match="in use by another process"), claim_run_dir(out):
             pass
+
+
+# A process that takes the run directory's lock by refusing or by waiting, says "held", and
+# lets go when a line comes on its stdin.
+HOLDER = """
+import sys
+from pathlib import Path
+from dfl.runtime.run_lock import claim_run_dir
+
+def say(line):
+    print(line, flush=True)
+
+out, how = Path(sys.argv[1]), sys.argv[2]
+waiting = lambda holder: say("waiting for " + holder)
+with claim_run_dir(out, wait=how == "wait", on_wait=waiting) as claim:
+    claim.started = True
+    say("held")
+    sys.stdin.readline()
+say("released")
+"""
+
+
+def hold(out: Path, how: str) -> subprocess.Popen:
+    argv = [sys.executable, "-c", HOLDER, str(out), how]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+
+
+def line_of(proc: subprocess.Popen, timeout: float = 30.0) -> str:
+    """The next line `proc` prints, or a failure after `timeout` (never a hung test)."""
+    got = b""
+    end = time.monotonic() + timeout
+    while not got.endswith(b"\n"):
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, end - time.monotonic()))
+        assert ready, f"no line from process {proc.pid} in {timeout}s (so far {got!r})"
+        byte = os.read(proc.stdout.fileno(), 1)
+        assert byte, f"process {proc.pid} ended (so far {got!r}, exit {proc.wait()})"
+        got += byte
+    return got.decode().rstrip("\n")
+
+
+def let_go(proc: subprocess.Popen) -> None:
+    proc.stdin.write(b"\n")
+    proc.stdin.flush()
+
+
+def test_a_waiting_holder_refuses_a_refusing_claim_and_waiters_take_turns(tmp_path):
+    """One lock, two ways of taking it: held by waiting, a refusing claim is refused with the
+    usual one line; a second waiter waits (a timed one gives up, naming the holder), and takes
+    the lock when the holder lets go."""
+    out = tmp_path / "run"
+    procs = [hold(out, "wait")]
+    try:
+        first = procs[0]
+        assert line_of(first) == "held"
+        with pytest.raises(RunDirInUse) as refused, claim_run_dir(out):
+            pass
+        assert str(refused.value) == (
+            f"run directory {out} is in use by process {first.pid}, which is still training "
+            "it; wait for it to finish (then --resume), or choose another --out"
+        )
+        procs.append(second := hold(out, "wait"))
+        assert line_of(second) == f"waiting for process {first.pid}"
+        seen = []
+        t0 = time.monotonic()
+        with (
+            pytest.raises(RunDirInUse, match=f"by process {first.pid}, .* after 0.3s of waiting"),
+            claim_run_dir(out, wait=True, timeout=0.3, on_wait=seen.append),
+        ):
+            pass
+        assert seen == [f"process {first.pid}"] and time.monotonic() - t0 >= 0.3
+        let_go(first)
+        assert line_of(first) == "released"
+        assert line_of(second) == "held"  # the waiter proceeds once the holder lets go
+        assert (out / LOCK_NAME).read_text().split()[0] == str(second.pid)
+        with (
+            pytest.raises(RunDirInUse, match=f"in use by process {second.pid}"),
+            claim_run_dir(out),
+        ):
+            pass
+        let_go(second)
+        assert [p.wait(timeout=30) for p in procs] == [0, 0]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert out.is_dir() and not (out / LOCK_NAME).exists()
+
+
+def test_a_refusing_holder_makes_a_waiting_claim_wait_until_it_lets_go(tmp_path):
+    out = tmp_path / "run"
+    holder = hold(out, "refuse")
+    try:
+        assert line_of(holder) == "held"
+        told = []
+
+        def on_wait(who: str) -> None:  # now waiting: the holder may let go
+            told.append(who)
+            let_go(holder)
+
+        with claim_run_dir(out, wait=True, timeout=60, on_wait=on_wait) as claim:
+            claim.started = True
+            assert told == [f"process {holder.pid}"]
+            assert (out / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+            assert line_of(holder) == "released"
+            argv = [sys.executable, "-c", HOLDER, str(out), "refuse"]  # and now, vice versa
+            other = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert other.returncode == 1 and other.stdout == ""
+            assert f"RunDirInUse: run directory {out} is in use by process {os.getpid()}," in (
+                other.stderr
+            )
+        assert holder.wait(timeout=30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+
+
+def test_a_trial_waits_for_a_run_there_and_its_fit_joins_the_trials_lock(tmp_path):
+    """A sweep trial takes the run directory's lock by waiting (not a lock of its own, which
+    a `dfl train` there would not see); `fit`'s claim inside the trial joins it; any other
+    claim, even in the same process, is still refused."""
+    out = tmp_path / "trials" / "point"
+    said, results = [], []
+    waiting, held, done = threading.Event(), threading.Event(), threading.Event()
+
+    def log(line: str) -> None:
+        said.append(line)
+        waiting.set()
+
+    def trial() -> None:
+        try:
+            with run_dir_lock(out, log) as outer:
+                with claim_run_dir(out) as inner:  # what `fit` does inside the trial
+                    inner.started = True
+                    results.append(inner is outer)
+                held.set()
+                assert done.wait(30)
+        except BaseException as e:
+            results.append(e)
+        finally:
+            held.set()
+
+    worker = threading.Thread(target=trial)
+    with claim_run_dir(out) as claim:  # a `dfl train` (here: this thread) holds it first
+        claim.started = True
+        worker.start()
+        assert waiting.wait(30)
+        assert said == [f"waiting for point: process {os.getpid()} is training it"]
+        assert not held.is_set()
+    try:
+        assert held.wait(30) and results == [True]
+        with (  # a claim outside the trial's block (this thread's): refused, not joined
+            pytest.raises(RunDirInUse, match=f"in use by process {os.getpid()}"),
+            claim_run_dir(out),
+        ):
+            pass
+    finally:
+        done.set()
+        worker.join(30)
+    assert results == [True] and not (out / LOCK_NAME).exists()

@@ -1,18 +1,37 @@
-"""One process per run directory, for the life of the run.
+"""One lock per run directory, for the life of the run, taken by refusing or by waiting.
 
 `fit` claims its run directory before it reads or writes anything there: it creates the
-directory if needed and takes an exclusive `flock` on `RUN_DIR/.lock`, which holds the
-holder's pid. A second `dfl train` (or `--resume`, or a sweep worker) on a directory that is
-being trained is refused at once, naming that pid, instead of two runs writing one directory
-or deleting each other's half-written checkpoints. The kernel drops the lock when its holder
-dies, even by SIGKILL, so a killed run's stale `.lock` never blocks its `--resume`.
+directory if needed and takes an exclusive lock on `RUN_DIR/.lock`, which holds the holder's
+pid. A second `dfl train` (or `--resume`, or `dfl reproduce`) on a directory that is being
+trained is refused at once, naming that pid, instead of two runs writing one directory or
+deleting each other's half-written checkpoints. A sweep trial takes the same lock by waiting
+(`wait=True`): two workers whose points share one longer run take turns in it, and a worker
+whose directory a `dfl train` holds waits for it rather than failing the trial. The kernel
+drops the lock when its holder dies, even by SIGKILL, so a killed run's stale `.lock` never
+blocks its `--resume`.
 
-Why `fcntl.flock` and not the `filelock` library: this is the one call we need (filelock's
-Unix lock is the same `flock`), we want the holder's pid in the file for the message, and a
-non-blocking attempt is one flag. flock, unlike `fcntl.lockf`, belongs to the open file, so
-it also keeps two claims in one process apart; and it is independent of the sweep's own
-`lockf` on `RUN_DIR.lock`. The lock file is opened close-on-exec, so processes a run starts
-do not inherit (and keep) the lock.
+Refusing and waiting are two ways of taking one lock, and this module is the only place that
+takes it: on Linux an `flock` and a `lockf` (POSIX record) lock on the same file do not see
+each other, so a directory locked one way by the trainer and another way by the sweep (as it
+once was) is not locked at all between the two. The one mechanism is `fcntl.flock`:
+
+- it belongs to the open file, not to the process, so two claims in one process exclude each
+  other too (`lockf`'s would both succeed), and the holder reading its own lock file, or any
+  other code opening and closing it, cannot drop it (closing any descriptor of a file drops
+  all of that process's `lockf` locks on it);
+- the lock file is opened close-on-exec, so processes a run starts do not inherit (and keep)
+  the lock; the kernel releases it when its last descriptor closes;
+- on NFS, Linux carries it to the server as a whole-file lock, so workers on several machines
+  sharing a sweep directory exclude each other as well (the lock file names the host).
+
+Not the `filelock` library: its Unix lock is the same `flock`, but it waits by polling where a
+claim without a timeout waits in the kernel, it has no hook for a "waiting for ..." line, and
+we want the holder's pid in the file for the message. A claim with a timeout polls.
+
+A claim made with `reentrant=True` (a sweep trial's) is joined by a claim of the same directory
+made inside its block by the same thread (`fit`'s own): the inner claim gets the outer one
+instead of refusing its own holder. Without it, a second claim in one process is refused like
+any other.
 
 A run that cannot start (a bad config, bad data, a full disk) gives the directory back as it
 found it: one this claim created is removed, a file it wrote into an existing one is removed,
@@ -22,12 +41,14 @@ while the lock is still held, so nobody else can be using them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +56,7 @@ from dfl.errors import DflError, DiskFull, disk_full
 
 LOCK_NAME = ".lock"
 ATTEMPTS = 5  # the lock file can vanish under us when another claim gives up its directory
+POLL_S = (0.05, 0.5)  # a claim with a timeout tries this often, from the first to the second
 
 
 class RunDirInUse(DflError):
@@ -75,11 +97,39 @@ class Claim:
         os.close(self.fd)
 
 
+# The reentrant claims this thread holds (see the module docstring): a new thread starts empty.
+_joinable: contextvars.ContextVar[tuple[Claim, ...]] = contextvars.ContextVar(
+    "dfl_run_lock_joinable", default=()
+)
+
+
 @contextlib.contextmanager
-def claim_run_dir(run_dir: Path, doing: str = "training it") -> Iterator[Claim]:
-    """Hold `run_dir` exclusively for the `with` block (see the module docstring); `doing`
-    says what the holder does there, for the message another claim gets."""
-    claim = _acquire(run_dir, doing)
+def claim_run_dir(
+    run_dir: Path,
+    doing: str = "training it",
+    *,
+    wait: bool = False,
+    timeout: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
+    reentrant: bool = False,
+) -> Iterator[Claim]:
+    """Hold `run_dir` exclusively for the `with` block (see the module docstring).
+
+    Held by another process (or another claim in this one), the claim is refused at once with
+    `RunDirInUse`; `doing` says what the holder does there, for that message. With `wait` it
+    waits instead, until the holder lets go or, given a `timeout` in seconds, until that has
+    passed (then `RunDirInUse`, saying how long it waited); `on_wait` is called once, with the
+    holder ("process PID"), before it starts waiting. With `reentrant`, a claim of `run_dir`
+    made inside the block by this thread joins this one (see the module docstring): it gets
+    this `Claim`, and giving back and releasing stay with this block."""
+    if timeout is not None and not wait:
+        raise ValueError("a timeout is for a claim that waits (wait=True)")
+    held = _joined(run_dir)
+    if held is not None:
+        yield held
+        return
+    claim = _acquire(run_dir, doing, wait, timeout, on_wait)
+    token = _joinable.set((*_joinable.get(), claim)) if reentrant else None
     try:
         yield claim
     except BaseException:
@@ -87,34 +137,74 @@ def claim_run_dir(run_dir: Path, doing: str = "training it") -> Iterator[Claim]:
             claim.give_back()
         raise
     finally:
+        if token is not None:
+            _joinable.reset(token)
         claim.release()
 
 
-def _acquire(run_dir: Path, doing: str) -> Claim:
-    for _ in range(ATTEMPTS):
+@contextlib.contextmanager
+def file_lock(lock_path: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold a plain lock file (not a run directory: a sweep's `create.lock`), waiting for it;
+    `on_wait` runs once if another holds it. The same `flock` as a claim, released by the
+    kernel if the holder is killed; the file stays (nothing removes it, so no retries)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if not _lock(fd, None, block=False):
+            on_wait()
+            _lock(fd, None)
+        yield
+    finally:
+        os.close(fd)  # the last descriptor of the open file: the lock goes with it
+
+
+def _joined(run_dir: Path) -> Claim | None:
+    """The reentrant claim of this thread that holds `run_dir`, if any."""
+    lock = Path(run_dir) / LOCK_NAME
+    return next((c for c in _joinable.get() if _is_our_lock(c.fd, lock)), None)
+
+
+def _acquire(
+    run_dir: Path,
+    doing: str,
+    wait: bool,
+    timeout: float | None,
+    on_wait: Callable[[str], None] | None,
+) -> Claim:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    told = False
+    vanished = 0  # lock files removed between our open and our lock, without our waiting
+    while vanished < ATTEMPTS:
         made = _make_dirs(run_dir)
         lock = run_dir / LOCK_NAME
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:  # another claim removed the directory it had made
+            vanished += 1
             continue
         except NotADirectoryError:
             raise DflError(f"{run_dir} is a file, not a directory; choose another --out") from None
         except OSError as e:
             _remove_dirs(made)
             raise unwritable(run_dir, e) from None
+        waited = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
+            if not _lock(fd, None, block=False):
+                holder = _holder(fd)
+                if not wait:
+                    raise _in_use(run_dir, holder, doing)
+                if on_wait is not None and not told:
+                    on_wait(holder)
+                    told = True
+                if not _lock(fd, deadline):
+                    raise _in_use(run_dir, _holder(fd), doing, waited=timeout)
+                waited = True
+        except BaseException:  # refused, timed out, or interrupted while waiting
             os.close(fd)
-            then = " (then --resume)" if doing == "training it" else ""
-            raise RunDirInUse(
-                f"run directory {run_dir} is in use by {holder}, which is still {doing}; "
-                f"wait for it to finish{then}, or choose another --out"
-            ) from None
+            raise
         if not _is_our_lock(fd, lock):  # given up and removed between our open and our lock
             os.close(fd)
+            vanished += 0 if waited else 1  # after a wait: the holder gave up, try again
             continue
         claim = Claim(run_dir, fd, made)
         try:
@@ -126,6 +216,34 @@ def _acquire(run_dir: Path, doing: str) -> Claim:
             raise unwritable(run_dir, e) from None
         return claim
     raise DflError(f"cannot lock run directory {run_dir}: it keeps disappearing; try again")
+
+
+def _lock(fd: int, deadline: float | None, block: bool = True) -> bool:
+    """Take the exclusive flock on `fd`: without `block`, only if it is free now; else by
+    waiting in the kernel, or, with a `deadline` (time.monotonic()), by polling until then.
+    False: not taken."""
+    delay = POLL_S[0]
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block and deadline is None else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            if not block or deadline is None:
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, POLL_S[1])
+
+
+def _in_use(run_dir: Path, holder: str, doing: str, waited: float | None = None) -> RunDirInUse:
+    then = " (then --resume)" if doing == "training it" else ""
+    after = "" if waited is None else f" after {waited:g}s of waiting"
+    return RunDirInUse(
+        f"run directory {run_dir} is in use by {holder}, which is still {doing}{after}; "
+        f"wait for it to finish{then}, or choose another --out"
+    )
 
 
 def _make_dirs(run_dir: Path) -> list[Path]:

@@ -4,7 +4,9 @@ The run directory is named by the trial's parameters, not its number, so a trial
 after its worker died finds the dead worker's checkpoints and resumes (`fit(resume=True)`).
 With epoch reuse, the grid points that differ only in epochs share one directory trained to
 the longest epochs; a shorter point pauses the run after its epochs (or reads the curve of a
-run that went further). A file lock keeps two workers out of one directory.
+run that went further). The run directory's one lock (dfl/runtime/run_lock.py), taken by
+waiting, keeps two workers out of one directory: the second waits its turn, as it does for a
+`dfl train` training there.
 
 What a trial records as user attributes: its config, per-epoch curve, final metrics, wall
 time, parameter count, run directory and the command that reproduces it; `epochs_from` when it
@@ -15,7 +17,6 @@ when it failed or was pruned.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,13 @@ from optuna.trial import TrialState
 from dfl.config import TrainConfig
 from dfl.data import Dataset, load_dataset
 from dfl.errors import DflError, DiskFull, disk_full, one_line
+from dfl.runtime.run_lock import Claim, claim_run_dir
+from dfl.runtime.run_lock import file_lock as file_lock  # launch.py's create.lock
 from dfl.sweep.spec import Params, RunPlan, SweepSpec, decode, encode, run_plan
 from dfl.sweep.storage import StorageUnreachable, without_waiting
+from dfl.training.run import fit
 from dfl.training.run_dir import RunStatus, read_history
-from dfl.training.trainer import StopRun, build_model, fit
+from dfl.training.trainer import StopRun, build_model
 
 CURVE_KEYS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 Log = Callable[[str], None]
@@ -120,33 +124,15 @@ def _slug(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-@contextlib.contextmanager
-def file_lock(lock_path: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """Hold a POSIX lock on `lock_path` (released by the kernel if the holder is killed);
-    `on_wait` runs once if another process holds it.
-
-    Not the `filelock` library (installed with torch): its Unix lock is the same kernel call
-    (flock), but it waits by polling where this waits in the kernel, and it has no hook for the
-    "waiting for ..." line; a dependency for ten lines over one call does not pay (run_lock.py
-    says the same of its flock)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            on_wait()
-            fcntl.lockf(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(f, fcntl.LOCK_UN)
-
-
-def run_dir_lock(run_dir: Path, log: Log) -> contextlib.AbstractContextManager[None]:
-    """Hold `RUN_DIR.lock`: one worker trains a run directory at a time."""
-    return file_lock(
-        run_dir.with_name(run_dir.name + ".lock"),
-        lambda: log(f"waiting for {run_dir.name}: another worker is training it"),
+def run_dir_lock(run_dir: Path, log: Log) -> contextlib.AbstractContextManager[Claim]:
+    """Hold `run_dir` for the trial: one worker (or `dfl train`) in a run directory at a time.
+    The run directory's own lock, taken by waiting (saying once whom for); `fit`'s claim of
+    the directory inside the block joins it (reentrant) rather than refusing the trial."""
+    return claim_run_dir(
+        run_dir,
+        wait=True,
+        on_wait=lambda holder: log(f"waiting for {run_dir.name}: {holder} is training it"),
+        reentrant=True,
     )
 
 
