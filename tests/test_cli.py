@@ -6,17 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_idx_dataset
-from dfl.cli import build_parser, main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own exits (--help, bad flags)
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run, write_idx_dataset
+from dfl.cli import build_parser
 
 
 def _subparsers(parser):
@@ -29,12 +20,14 @@ def _subparsers(parser):
                 yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
 
 
-def test_every_command_and_option_has_help(capsys):
+def test_every_command_and_option_has_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal: a standard one
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in sub.choices:
         code, out, _ = run(capsys, name, "--help")
         assert code == 0 and "usage:" in out, name
+        assert max(map(len, out.splitlines())) <= 80, name
     for name, sub in _subparsers(parser):
         for action in sub._actions:
             if isinstance(action, argparse._SubParsersAction):
@@ -89,6 +82,10 @@ def test_train_on_an_idx_directory(tmp_path: Path, capsys):
     assert out.startswith("completed: test_accuracy")
     status = json.loads((out_dir / "status.json").read_text())
     assert status["final"]["epochs_run"] == 2
+    # Every file of the run readable like ordinary data (safetensors alone creates 0600).
+    assert {p.name: p.stat().st_mode & 0o777 for p in out_dir.iterdir() if p.is_file()} == {
+        p.name: 0o644 for p in out_dir.iterdir() if p.is_file()
+    }
     # The saved config repeats the run; --resume reuses the finished one.
     code, out, _ = run(capsys, "train", "--resume", "--out", str(out_dir))
     assert code == 0 and "completed" in out
@@ -111,6 +108,23 @@ def test_train_on_an_idx_directory(tmp_path: Path, capsys):
         ),
         (["train", "autoencoder", "--set", "model_args.encc=3"], "did you mean 'enc'?"),
         (["train", "mlp", "--set", "model_args.enc=3", "--print-config"], "mlp takes hidden"),
+        (["train", "autoencoder", "--set", "enc=64"], "did you mean 'model_args.enc'?"),
+        (
+            ["train", "cnn", "--set", 'model_args.layers=[{type="conv",out=4,kernal=3}]'],
+            "conv has no key 'kernal' (did you mean 'kernel'?",
+        ),
+        (
+            ["train", "cnn", "--set", 'model_args.layers=[{type="convv",out=4}]'],
+            "unknown layer type 'convv' (did you mean 'conv'?",
+        ),
+        (
+            ["train", "cnn", "--set", 'model_args.layers=[{type="conv",out=4},{type="relu"}]'],
+            "(the final linear to num_classes, added because the list does not end in one)",
+        ),
+        (
+            ["train", "cnn_explore", "--set", "model_args.pool_after=[7]"],
+            "pool_after [7] names no conv",
+        ),
         (["train", "mlp", "--set", "epochs=-1"], "config key 'epochs'"),
         (["train", "nosuchmodel"], "unknown model 'nosuchmodel'"),
         (["train", "mlp", "--set", "model_args.width=3"], "model_args.width"),
@@ -164,6 +178,7 @@ def test_print_config_and_models(capsys):
         capsys, "train", "autoencoder", "--print-config", "--set", "model_args.enc=64"
     )
     assert "[model_args]\nenc = 64\nin_features = 784\n" in out
+    assert "[data]\n# data_dir =  (not set)\n# train_subset =  (not set)\n" in out  # every key
     code, out, _ = run(capsys, "models")
     assert code == 0 and "cnn_lab" in out and "autoencoder" in out
     assert max(map(len, out.splitlines())) <= 100  # wrapped, never cut mid-sentence

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from dfl.errors import ConfigError
-from dfl.validation import Strict, describe_validation_error
+from dfl.validation import Strict, describe_item
 
 # The widest seed every consumer takes as it is: numpy's legacy RandomState (TPE's sampler,
 # `np.random.seed`) wants 0 <= seed < 2**32; torch takes more, Python's `random` anything.
@@ -328,13 +328,37 @@ def build_config(
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(e, TrainConfig, UNKNOWN_KEY_HINT)) from None
+        parts = [_describe(item, tree.get("model")) for item in e.errors()]
+        raise ConfigError("; ".join(parts)) from None
 
 
-def config_to_toml(config: BaseModel) -> str:
+def _describe(item: Any, model: Any) -> str:
+    """One error; a model argument given as a top-level key (`--set enc=64`) is pointed to
+    model_args."""
+    loc = item["loc"]
+    if item["type"] == "extra_forbidden" and len(loc) == 1 and isinstance(model, str):
+        from dfl.models import registry  # here: config stays importable without torch
+
+        if model in registry.names() and loc[0] in registry.get(model).defaults():
+            return f"config key '{loc[0]}': unknown key (did you mean 'model_args.{loc[0]}'?)"
+    return describe_item(item, TrainConfig, UNKNOWN_KEY_HINT)
+
+
+def config_to_toml(config: BaseModel, show_unset: bool = False) -> str:
     """Write a config as TOML (tomllib reads; tomli-w writes, escaping every string and key).
-    None values are left out, which reads back as the default None."""
-    return dict_to_toml(config.model_dump(mode="json"))
+    None values are left out, which reads back as the default None; `show_unset` lists them as
+    comments (`# train_subset =  (not set)`), so --print-config shows every key there is."""
+    tree = config.model_dump(mode="json")
+    if not show_unset:
+        return dict_to_toml(tree)
+    unset = lambda d: [f"# {k} =  (not set)" for k, v in d.items() if v is None]  # noqa: E731
+    top = {k: v for k, v in tree.items() if not isinstance(v, dict)}
+    chunks = [dict_to_toml(top) + "\n".join(unset(top))]
+    for name, section in tree.items():
+        if isinstance(section, dict):
+            header, _, rest = dict_to_toml({name: section}).partition("\n")
+            chunks.append("\n".join([header, *unset(section), rest]).rstrip("\n"))
+    return "\n\n".join(c.strip("\n") for c in chunks) + "\n"
 
 
 def dict_to_toml(tree: dict[str, Any]) -> str:

@@ -410,6 +410,9 @@ class Progress:
         said_as: str = "dfl reproduce",
     ) -> None:
         self.said_as = said_as  # each line's prefix: "dfl reproduce", or "dfl.lab" from Python
+        # Seconds per experiment as measured (profile_costs.json); a profile never measured
+        # says no time left rather than a guess
+        self.measured = bool(profile.estimate_s)
         self.estimate = {n: profile.estimate_s.get(n, 60.0) for n in selected}
         self.left = list(selected)
         self.enabled, self.at_once, self.t0 = enabled, at_once, time.perf_counter()
@@ -451,6 +454,8 @@ class Progress:
         if self.enabled:
             elapsed = _minutes(time.perf_counter() - self.t0)
             left = f"about {_minutes(self.time_left())} left" if self.left else "done"
+            if self.left and not self.measured:
+                left = "no measured time to estimate what is left"
             tqdm.write(f"{self.said_as}: {what} (elapsed {elapsed}, {left})", file=sys.stderr)
 
 

@@ -5,6 +5,7 @@ share them, and imports nothing of dfl."""
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -23,18 +24,22 @@ def describe_validation_error(
     """One line naming every bad key: "config key 'optim.lr': Input should be greater than 0".
     An unknown key names the closest known one when `model` (the validated class) has one,
     else `hint`: where the keys are listed."""
-    parts = []
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key" + (_closest(model, item["loc"], prefix) or hint)
-        elif item["type"] == "value_error":
-            pass  # our own validators' messages say what they got
-        elif "input" in item and item["type"] not in ("missing",):
-            msg = f"{msg} (got {item['input']!r})"
-        parts.append(f"config key '{prefix}{key}': {msg}")
-    return "; ".join(parts)
+    return "; ".join(describe_item(item, model, hint, prefix) for item in error.errors())
+
+
+def describe_item(
+    item: Any, model: type[BaseModel] | None = None, hint: str = "", prefix: str = ""
+) -> str:
+    """One of a ValidationError's errors, as describe_validation_error says it."""
+    key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+    msg = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "extra_forbidden":
+        msg = "unknown key" + (_closest(model, item["loc"], prefix) or hint)
+    elif item["type"] == "value_error":
+        pass  # our own validators' messages say what they got
+    elif "input" in item and item["type"] not in ("missing",):
+        msg = f"{msg} (got {item['input']!r})"
+    return f"config key '{prefix}{key}': {msg}"
 
 
 def _closest(model: type[BaseModel] | None, loc: tuple, prefix: str) -> str:

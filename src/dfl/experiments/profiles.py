@@ -78,14 +78,14 @@ PROFILES = {
         ),
         Profile(
             "preview",
-            "every table and figure, epochs cut short; 8 of the 38 lab numbers",
+            "every table and figure, epochs cut short: 8 of the 38 lab numbers",
             "a first look: every table and figure, epochs cut short; sets 8 of the 38 lab "
             "numbers beside ours, the rest not comparable",
             2,
         ),
         Profile(
             "lab",
-            "the lab's protocol, CNNs one change at a time, a ViT size study: 32 of 38",
+            "the lab's protocol; CNNs one change at a time; ViT size study: 32/38",
             "every experiment at exactly the lab's protocol (one run per number, as the lab) but "
             "six of the seven ViT configurations, which a short size study ranks instead; the "
             "CNN question one change at a time; corrected counterparts over 2 seeds: sets 32 "
@@ -95,7 +95,7 @@ PROFILES = {
         ),
         Profile(
             "every",
-            "lab, and the six other ViTs at the lab's protocol: all 38 lab numbers",
+            "lab, and the six other ViTs at the lab's protocol: all 38 numbers",
             "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
             "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
             2,

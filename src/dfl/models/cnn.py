@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from dfl.errors import ShapeError
 from dfl.models.layers import build_layers
 from dfl.models.registry import register
 
@@ -47,6 +48,12 @@ def explore_layers(
     dropout before each of the head's two linears (the notebook had none)."""
     if len(kernels) != len(filters):
         raise ValueError(f"{len(filters)} filters but {len(kernels)} kernels: give one per layer")
+    outside = [i for i in pool_after if not 1 <= i <= len(filters)]
+    if outside:
+        raise ValueError(
+            f"pool_after {outside} names no conv: the {len(filters)} convs are numbered 1 to "
+            f"{len(filters)}"
+        )
     layers: list[dict] = []
     for i, (out, kernel) in enumerate(zip(filters, kernels, strict=True), start=1):
         layers.append({"type": "conv", "out": out, "kernel": kernel, "padding": "same"})
@@ -134,10 +141,25 @@ def cnn_search(
 
 @register("cnn")
 def cnn(*, layers: list[dict] = [], num_classes: int = 10) -> nn.Module:  # noqa: B006
-    """Any CNN given as a layer list (conv, batchnorm, relu/..., maxpool/avgpool, dropout,
-    flatten, linear); a final linear to num_classes is added when the list does not end in one."""
+    """Any CNN, given as a layer list; an empty list is the notebook's baseline (cnn_lab's
+    layers), and a final linear to num_classes is added when the list does not end in one.
+
+    Layer types and their keys: conv (out, kernel=3, stride=1, padding=0 or "same",
+    dilation=1, bias=true), batchnorm, relu / leaky_relu / tanh / gelu / sigmoid, maxpool /
+    avgpool (kernel=2, stride=kernel), dropout (p=0.5), flatten, linear (out, in_features
+    inferred). From the command line: --set 'model_args.layers=[{type="conv", out=16,
+    padding="same"}, {type="relu"}, {type="maxpool"}, {type="flatten"}]'; check it with
+    `dfl shapes cnn --set ...` before training."""
     if not layers:
-        layers = lab_baseline_layers(num_classes)
-    elif layers[-1].get("type") != "linear":
+        return build_layers(lab_baseline_layers(num_classes))[0]
+    added = layers[-1].get("type") != "linear"
+    if added:
         layers = [*layers, {"type": "linear", "out": num_classes}]
-    return build_layers(layers)[0]
+    try:
+        return build_layers(layers)[0]
+    except ShapeError as e:
+        if added and str(e).startswith(f"layer {len(layers) - 1} (linear)"):
+            raise ShapeError(
+                f"{e} (the final linear to num_classes, added because the list does not end in one)"
+            ) from None
+        raise

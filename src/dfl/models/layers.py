@@ -8,14 +8,16 @@ map) is a `ShapeError` naming the layer's index and kind, before anything trains
 
 from __future__ import annotations
 
+import difflib
 import math
+import typing
 from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 from torch import nn
 
 from dfl.errors import ConfigError, ShapeError
-from dfl.validation import Strict, describe_validation_error
+from dfl.validation import Strict, describe_item
 
 Shape = tuple[int, ...]  # per sample: (C, H, W) for maps, (F,) for vectors
 
@@ -144,7 +146,39 @@ def parse_layers(raw: list[dict]) -> list[_Layer]:
     try:
         return _SPECS.validate_python(raw)
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(e, prefix="layers.")) from None
+        raise ConfigError(_describe(e)) from None
+
+
+KINDS: dict[str, type[_Layer]] = {
+    kind: cls
+    for cls in (Conv, Pool, BatchNorm, Activation, Dropout, Flatten, Linear)
+    for kind in typing.get_args(cls.model_fields["type"].annotation)
+}
+
+
+def _describe(error: ValidationError) -> str:
+    """One line for a bad layer list; an unknown layer type or key names the closest known."""
+    parts = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        if item["type"] == "union_tag_invalid":  # loc: [index]
+            kind = str(item["input"].get("type") if isinstance(item["input"], dict) else "")
+            close = difflib.get_close_matches(kind, list(KINDS), n=1)
+            guess = f"did you mean '{close[0]}'? " if close else ""
+            parts.append(
+                f"layers.{loc[0]}: unknown layer type '{kind}' ({guess}types: {', '.join(KINDS)})"
+            )
+        elif item["type"] == "extra_forbidden" and len(loc) == 3:  # loc: [index, type, key]
+            fields = [f for f in KINDS[loc[1]].model_fields if f != "type"]
+            close = difflib.get_close_matches(loc[2], fields, n=1)
+            guess = f"did you mean '{close[0]}'? " if close else ""
+            known = ", ".join(fields) or "no keys"
+            parts.append(
+                f"layers.{loc[0]}: {loc[1]} has no key '{loc[2]}' ({guess}it takes {known})"
+            )
+        else:
+            parts.append(describe_item(item, prefix="layers."))
+    return "; ".join(parts)
 
 
 def build_layers(

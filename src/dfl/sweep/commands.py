@@ -13,8 +13,8 @@ from dfl.runtime.interrupts import interrupted_exit_code
 @command("sweep", "run a sweep spec (grid or search) as an Optuna study; `dfl sweep status X`")
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.usage = (
-        "dfl sweep SPEC [--workers N] [--threads T] [--storage URL] [--out DIR] [--dry-run]\n"
-        "                [--retry-failed]\n"
+        "dfl sweep SPEC [--workers N] [--threads T] [--storage URL] [--out DIR]\n"
+        "                [--dry-run] [--retry-failed]\n"
         "       dfl sweep status SPEC|STUDY [--storage URL] [--out DIR] [--trials]"
     )
     p.add_argument(
