@@ -1,13 +1,43 @@
-"""Shared fixtures: a small learnable synthetic dataset, so most tests need no real MNIST."""
+"""Shared fixtures and helpers: a small learnable synthetic dataset (so most tests need no
+real MNIST), the `digits` IDX directory, `dfl` as a command (`DFL`, in a fresh process) and as
+a call (`run`, in this one), and `wait_for` to poll a real process."""
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from dfl.data import Dataset
+
+# `dfl` in a fresh interpreter, as a user starts it, for the tests that kill, pause or limit a
+# real process (this interpreter and the checkout under test, whatever `dfl` is on the PATH).
+DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`dfl ARGV` in this process: its exit code (argparse's own exits, such as --help and bad
+    flags, included), then what it printed to stdout and to stderr."""
+    from dfl.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0) -> None:
+    """Poll `condition` every 20 ms until it holds; fail after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting for the process"
+        time.sleep(0.02)
 
 
 def synthetic_digits(n: int, seed: int, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +101,13 @@ def write_idx_dataset(root: Path, n_train: int = 256, n_test: int = 64) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte", x.numpy())
         write_idx(root / f"{prefix}-labels-idx1-ubyte", y.numpy().astype("uint8"))
     return root
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic digits as an IDX directory (256 training and 64 test images), written once
+    for the session: the tests read it, none writes into it."""
+    return write_idx_dataset(tmp_path_factory.mktemp("digits") / "digits")
 
 
 CHROMIUM_FLAGS = [  # headless, as root, and no background traffic on a closed network

@@ -31,17 +31,27 @@ print(json.dumps({"applied": applied, "faults": faults[5:]}))
 """
 
 
-def _run(**env: str) -> tuple[bool, float]:
+# The same steps in a run: a training's tuning comes from its run_context, on CPU.
+IN_A_RUN = STEPS.replace(
+    "applied = keep_freed_memory()",
+    "from dfl.runtime import run_context\n"
+    "with run_context('cpu') as ctx:\n"
+    "    applied = ctx.malloc_tuned",
+)
+
+
+def _run(code: str = STEPS, **env: str) -> tuple[bool, float]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", STEPS], env={**environ, **env}, capture_output=True, check=True
+        [sys.executable, "-c", code], env={**environ, **env}, capture_output=True, check=True
     )
     result = json.loads(out.stdout)
     return result["applied"], statistics.median(result["faults"])
 
 
-def test_tuned_malloc_reuses_freed_activations_without_page_faults():
-    applied, faults = _run()
+@pytest.mark.parametrize("code", [STEPS, IN_A_RUN], ids=["direct", "run_context"])
+def test_tuned_malloc_reuses_freed_activations_without_page_faults(code):
+    applied, faults = _run(code)
     assert applied
     assert faults == 0
 

@@ -10,12 +10,12 @@ import pytest
 from matplotlib.figure import Figure
 
 import dfl
-from conftest import write_idx_dataset
 
 
 @pytest.fixture
-def digits(tmp_path: Path) -> dict[str, str]:
-    return {"data.dataset": str(write_idx_dataset(tmp_path / "digits"))}
+def digits(digits: Path) -> dict[str, str]:
+    """conftest's digits, as the keyword `dfl.train` takes."""
+    return {"data.dataset": str(digits)}
 
 
 def test_import_dfl_loads_no_torch():

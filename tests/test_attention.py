@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfl.cli import main
+from conftest import run
 from dfl.errors import ConfigError
 from dfl.labtools.attention_check import compare_attention, lab_bug_demo, random_problem
 from dfl.models.attention import (
@@ -151,15 +151,6 @@ def test_compare_attention_reports_agreement_and_shapes():
         "weights": [2, 6, 6],
         "output": [6, 6],
     }
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own exits (bad flags)
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_prints_the_table_and_the_lab_bug(capsys):

@@ -114,11 +114,11 @@ def test_a_deterministic_run_keeps_its_threads_beside_another_training(
     """The same deterministic config gives the same numbers whatever else runs: its thread
     count does not follow the other trainings alive (a sharing run's does)."""
     from dfl.config import build_config
-    from dfl.training.trainer import fit
+    from dfl.training.run import fit
 
     monkeypatch.setattr(core_share, "RECHECK_S", 0.0)
     monkeypatch.setattr(core_share, "default_directory", lambda: tmp_path / "places")
-    monkeypatch.setattr("dfl.training.trainer.available_cores", lambda: 2)
+    monkeypatch.setattr("dfl.runtime.context.available_cores", lambda: 2)
     monkeypatch.delenv("DFL_SHARE_CORES")
     (tmp_path / "places").mkdir()
     torch.set_num_threads(2)

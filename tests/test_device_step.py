@@ -43,10 +43,10 @@ def _history(cfg_tree: dict, tmp_path, data, name: str, device_step: bool) -> li
     if device_step:
         trainer.device_step = DeviceStep(trainer, capture=False)
     (tmp_path / name).mkdir()
-    result = trainer.run(epoch_bar=False)
+    trainer.run(epoch_bar=False)
     return [
         {k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}
-        for r in result.history
+        for r in trainer.history
     ]
 
 

@@ -61,7 +61,7 @@ def _train(tmp_path, data, name: str, precision: str, graph: bool, **extra) -> T
     run_dir = tmp_path / f"{name}-{precision}-{'graph' if graph else 'eager'}"
     trainer = Trainer(build_config(overrides=tree), run_dir, data)
     run_dir.mkdir()
-    trainer.result = trainer.run(epoch_bar=False)
+    trainer.run(epoch_bar=False)
     return trainer
 
 
@@ -70,14 +70,14 @@ def _train(tmp_path, data, name: str, precision: str, graph: bool, **extra) -> T
 def test_every_family_trains_from_a_cuda_graph(tmp_path, tiny_data, name, precision):
     graphed = _train(tmp_path, tiny_data, name, precision, graph=True)
     assert graphed.device_step is not None and graphed.device_step.graph is not None
-    history_g = graphed.result.history
+    history_g = graphed.history
     first, last = history_g[0]["train_loss"], history_g[-1]["train_loss"]
     assert math.isfinite(last) and last < first  # it learned
     # The same run stepping eagerly through the per-step loop: the same numbers up to the
     # order of a few sums (exactly, in practice: the same kernels on the same values).
     eager = _train(tmp_path, tiny_data, name, precision, graph=False)
     assert eager.device_step is None
-    for g, e in zip(history_g, eager.result.history, strict=True):
+    for g, e in zip(history_g, eager.history, strict=True):
         for key in ("train_loss", "val_loss", "val_accuracy"):
             if key in e:
                 assert g[key] == pytest.approx(e[key], rel=1e-4, abs=1e-6), (key, g, e)

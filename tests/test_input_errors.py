@@ -19,25 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import synthetic_digits, write_idx_dataset
+from conftest import DFL, run, synthetic_digits, wait_for, write_idx_dataset
 from dfl import cli
-from dfl.cli import main
 from dfl.config import build_config, parse_overrides
 from dfl.data.idx import write_idx
+from dfl.training.run import fit
 from dfl.training.run_dir import read_status
-from dfl.training.trainer import fit
 
-DFL = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
 TINY = ["--set", "model_args.hidden=[16]", "--device", "cpu", "--threads", "1"]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own exits
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def tiny_options(argv: list[str]) -> list[str]:
@@ -55,11 +44,6 @@ def assert_one_error(err: str, message: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("dfl: error:"), err
     assert message in lines[0], err
     assert "Traceback" not in err
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return write_idx_dataset(tmp_path_factory.mktemp("input-errors") / "digits", 256, 64)
 
 
 @pytest.fixture(scope="module")
@@ -383,13 +367,6 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out waiting for the process"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_ctrl_c_to_the_process_group_under_timeout(tmp_path, digits):
     """`timeout` passes the group's SIGINT on to dfl, which so gets it twice: one line, then
@@ -494,7 +471,6 @@ def test_model_arguments_that_do_not_fit_are_one_line(case, tmp_path, capsys, di
 UNDER_A_CAP = """
 import resource, sys
 import torch
-from dfl.cli import main
 size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1])
 cap = (size + 600_000) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

@@ -141,12 +141,11 @@ def test_cnn_final_stage_takes_the_accuracy_cost_front_near_the_best():
 def test_token_linear_is_nn_linear_through_onednn(shape, bias, monkeypatch):
     """Same outputs and gradients as nn.Linear (to rounding), for any leading dimensions and
     for an input that is not contiguous; the same state dict and multiply-add count. The
-    detour is taken here whatever this machine's CPU (it is only taken on AMD by default)."""
+    detour is taken here whatever this machine's CPU (`dfl.runtime.cpu_swaps` puts it in a
+    model only on AMD CPUs)."""
     from dfl.labtools.shapes import model_summary
-    from dfl.models import token_linear
-    from dfl.models.token_linear import TokenLinear
+    from dfl.runtime.onednn import TokenLinear
 
-    monkeypatch.setattr(token_linear, "CONV_PATH", torch.backends.mkldnn.is_available())
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # oneDNN's side of PyTorch's rule
     torch.manual_seed(0)
     ours, theirs = TokenLinear(12, 6, bias=bias), torch.nn.Linear(12, 6, bias=bias)
@@ -166,9 +165,10 @@ def test_token_linear_is_nn_linear_through_onednn(shape, bias, monkeypatch):
     assert model_summary(ours, (7, 12)).macs == model_summary(theirs, (7, 12)).macs == 7 * 12 * 6
 
 
-def test_token_linear_follows_bf16_autocast_like_nn_linear():
-    from dfl.models.token_linear import TokenLinear
+def test_token_linear_follows_bf16_autocast_like_nn_linear(monkeypatch):
+    from dfl.runtime.onednn import TokenLinear
 
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the detour, not nn.Linear's path
     x = torch.randn(4, 5, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert TokenLinear(8, 3)(x).dtype == torch.nn.Linear(8, 3)(x).dtype == torch.bfloat16

@@ -6,7 +6,7 @@ import pytest
 
 from dfl.config import build_config, parse_overrides
 from dfl.data import load_dataset
-from dfl.training.trainer import fit
+from dfl.training.run import fit
 
 pytestmark = pytest.mark.mnist
 

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from dfl.config import build_config, parse_overrides
 from dfl.errors import ConfigError
+from dfl.training.run import fit
 from dfl.training.run_dir import WEIGHTS
-from dfl.training.trainer import fit
 
 
 def phase(*pairs: str):

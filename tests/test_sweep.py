@@ -34,6 +34,7 @@ import torch
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from conftest import DFL as CLI
 from conftest import write_idx_dataset
 from dfl import cli
 from dfl.config import build_config
@@ -43,11 +44,8 @@ from dfl.sweep.spec import load_spec
 from dfl.sweep.storage import ReconnectingStorage, describe_url, open_storage, storage_url
 from dfl.sweep.trial import run_dir_name
 from dfl.sweep.worker import _fail_stale_trials, pop_waiting, run_worker
+from dfl.training.run import fit
 from dfl.training.run_dir import read_history, read_status
-from dfl.training.trainer import fit
-
-CLI = [sys.executable, "-c", "import sys; from dfl.cli import main; sys.exit(main())"]
-
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: an IDX dataset on disk, specs, a PostgreSQL server

@@ -18,9 +18,10 @@ from dfl.config import build_config, parse_overrides
 from dfl.data.batches import to_input
 from dfl.errors import DflError, UnloadableRun
 from dfl.training import checkpoint
+from dfl.training.run import fit
 from dfl.training.run_dir import WEIGHTS, RunStatus
 from dfl.training.trained import Trained, load_trained
-from dfl.training.trainer import StopRun, Trainer, fit
+from dfl.training.trainer import StopRun, Trainer
 
 CNN = {"depth": 2, "width": 4}
 VIT = {"dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "mlp_dim": 32}  # dropout 0.1: eval

@@ -13,8 +13,9 @@ from dfl import models
 from dfl.config import build_config, parse_overrides
 from dfl.errors import ConfigError, DflError, TrainingDiverged
 from dfl.training import checkpoint
+from dfl.training.run import fit
 from dfl.training.run_dir import WEIGHTS, RunStatus, read_history, read_status
-from dfl.training.trainer import StopRun, fit, native_bf16, resolve_precision
+from dfl.training.trainer import StopRun, native_bf16, resolve_precision
 
 
 def config(*pairs: str):
@@ -129,7 +130,7 @@ def test_run_status_is_the_plain_string_status_json_holds(tmp_path: Path, tiny_d
     """RunStatus equals, prints and serialises as its value: status.json's text is what it
     was when the status was a bare string, and code comparing with strings keeps working."""
     result = fit(config("epochs=1"), tmp_path / "r", dataset=tiny_data)
-    assert result.status is RunStatus.COMPLETED and result.status == "completed"
+    assert type(result.status) is str and result.status == RunStatus.COMPLETED == "completed"
     assert f"{result.status}" == str(result.status) == "completed"
     assert (tmp_path / "r" / "status.json").read_text().startswith('{\n "status": "completed",\n')
     assert read_status(tmp_path / "r")["status"] is RunStatus.COMPLETED
@@ -170,7 +171,11 @@ def test_custom_class_count_reaches_the_model(tmp_path: Path):
 
 def test_bf16_autocast_runs_on_cpu(tmp_path: Path, tiny_data):
     result = fit(config('precision="bf16"', "epochs=1"), tmp_path / "bf", dataset=tiny_data)
-    assert torch.isfinite(torch.tensor(result.final["test_loss"]))
+    fp32 = fit(config("epochs=1"), tmp_path / "fp32", dataset=tiny_data)
+    assert result.final["precision"] == "bf16"
+    # bf16 rounds the matmuls, yet trains to fp32's loss (measured 1.9052 against 1.9062,
+    # seeds 0-2 within 0.2%); an untrained model is at ln 10 = 2.30.
+    assert result.final["test_loss"] == pytest.approx(fp32.final["test_loss"], rel=0.01)
 
 
 def test_checkpoint_interval_saves_the_last_epoch_only(tmp_path: Path, tiny_data):

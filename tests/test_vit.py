@@ -16,7 +16,7 @@ from dfl.models import attention as attention_module
 from dfl.models import vit as vit_module
 from dfl.models.attention import MultiHeadSelfAttention
 from dfl.models.vit import ViT, attention_rollout, to_patches
-from dfl.training.trainer import fit
+from dfl.training.run import fit
 
 SMALL = {"dim": 16, "depth": 2, "heads": 2, "mlp_dim": 32}  # keeps each case well under a second
 
@@ -128,16 +128,25 @@ def test_rollout_of_uniform_attention_is_flat():
     torch.testing.assert_close(maps, torch.full_like(maps, maps[0, 0, 0].item()))
 
 
-def test_trainer_runs_the_notebook_vit(tmp_path: Path, tiny_data):
+def test_trainer_learns_with_the_notebook_vit(tmp_path: Path, tiny_data):
+    """A one-block notebook ViT learns the synthetic digits in a few epochs (a second or two):
+    measured 1.00 test accuracy at seeds 0-3 (0.92-1.00 at seeds 0-5 after 4 epochs), where
+    chance is 0.10. Standardised inputs get it off the loss plateau of an untrained attention
+    (about ln 10) within an epoch or two; on raw pixels seeds differed by whole epochs."""
     overrides = [
         'model="vit_lab"',
-        "model_args={dim=16, depth=1, heads=2, mlp_dim=16}",
-        "epochs=1",
-        "batch_size=64",
+        "model_args={dim=32, depth=1, heads=4, mlp_dim=32}",
+        "epochs=5",
+        "batch_size=32",
+        "optim.lr=3e-3",
+        "data.normalize=true",
         'device="cpu"',
     ]
     result = fit(build_config(overrides=parse_overrides(overrides)), tmp_path, dataset=tiny_data)
-    assert result.status == "completed" and 0 <= result.final["test_accuracy"] <= 1
+    assert result.status == "completed"
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < 0.5 * losses[0], losses  # measured 2.31 -> 0.03
+    assert result.final["test_accuracy"] >= 0.8  # measured 1.00
 
 
 @pytest.mark.parametrize("name", ["vit_lab", "vit"])

@@ -107,13 +107,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 TRAIN_EXAMPLES = """examples:
-  dfl train cnn_lab --epochs 2                    the lab's CNN, 2 epochs
-  dfl train autoencoder --set model_args.enc=64   the lab's autoencoder, code size 64
-  dfl train vit_lab --set model_args.heads=4 --set data.train_subset=5000
-  dfl train --config configs/models/cnn_writeup_fixed.toml   a recipe from configs/
-  dfl train mlp --print-config                    every key, with the model's arguments
-  dfl train --config RUN/config.toml              repeat any run from its directory
-  dfl train --out RUN --resume                    continue an interrupted run
+  dfl train cnn_lab --epochs 2                   the lab's CNN, 2 epochs
+  dfl train cnn_lab --epochs 1 --set data.train_subset=2000   a try in seconds
+  dfl train autoencoder --set model_args.enc=64  the lab's AE, code size 64
+  dfl train vit_lab --set model_args.heads=4     the notebook's ViT with 4 heads
+  dfl train --config configs/models/cnn_writeup_fixed.toml    a config file
+  dfl train mlp --print-config                   every key and model argument
+  dfl train --config RUN/config.toml             repeat a run from its folder
+  dfl train --out RUN --resume                   continue an interrupted run
 `dfl models MODEL` lists a model's arguments."""
 
 
@@ -161,10 +162,10 @@ def run_train(args: argparse.Namespace) -> int:
         )
     cfg = build_config(config_file, _train_overrides(args))
     if args.print_config:
-        print(config_to_toml(with_model_defaults(cfg)))
+        print(config_to_toml(with_model_defaults(cfg), show_unset=True))
         return 0
     with deferred_interrupt():  # imports: see dfl/runtime/interrupts.py
-        from dfl.training.trainer import fit
+        from dfl.training.run import fit
 
     out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = fit(cfg, out, resume=args.resume, log=lambda s: print(s, file=sys.stderr))
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             # there waits for the imports to finish, then ends the command like any other.
             with deferred_interrupt():
                 parser = build_parser()
-                from dfl.runtime.subnormals import flushed_to_zero
+                from dfl.runtime import flushed_to_zero
             args = parser.parse_args(argv)
             _check_paths(args)
             with flushed_to_zero():  # before torch starts its threads: they inherit it

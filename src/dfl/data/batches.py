@@ -69,6 +69,24 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
     return x.sub_(MNIST_MEAN).div_(MNIST_STD)
 
 
+def model_input(
+    images: torch.Tensor,
+    normalize: bool,
+    channels_last: bool = False,
+    augment: tuple[torch.Tensor, int, float, float] | None = None,
+) -> torch.Tensor:
+    """uint8 (B, H, W) images -> the float (B, 1, H, W) batch a model takes: the one input
+    pipeline of training, evaluation and `load_trained`. Pixels / 255 (`to_input`); augmented
+    when `augment` gives (draws, shift, rotate, scale) (`affine`: training only); standardised
+    after that when `normalize` (data.normalize); channels-last when the model's convolutions
+    run in that layout (the trainer's, see trainer.py)."""
+    x = to_input(images)
+    if augment is not None:
+        x = affine(x, *augment)
+    x = standardize(x) if normalize else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def affine_draws(b: int, scale: float, generator: torch.Generator) -> torch.Tensor:
     """`random_affine`'s random numbers for a batch of `b`, in [-1, 1]: angle, x shift, y shift
     and, with zoom, scale. From the CPU generator, so every device draws the same."""

@@ -22,8 +22,8 @@ from dfl.experiments.document import Figure, Section, Table, epochs, fmt, mean_s
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import AE_GRID, lab_value
 from dfl.experiments.study import study_sweep
+from dfl.training.run import Run
 from dfl.training.trained import load_trained
-from dfl.training.trainer import RunResult
 
 NAME = "ae"
 QUESTION = (
@@ -121,16 +121,16 @@ def run(ctx: Context, p: Settings) -> AEResult:
     )
 
 
-def _per_seed(runs: list[RunResult], label: str) -> Number:
+def _per_seed(runs: list[Run], label: str) -> Number:
     values = [r.final["test_loss"] for r in runs]
     return Number.of(values, label, runs[0], NAME, seeds=len(runs))
 
 
-def _baseline(ctx: Context, p: Settings) -> tuple[RunResult, list[RunResult]]:
+def _baseline(ctx: Context, p: Settings) -> tuple[Run, list[Run]]:
     """The notebook's baseline, on its protocol (no validation, a random 10,000 training
     images), tested on its 1,000 random test images (faithful) and on all 10,000 (corrected)."""
 
-    def baseline_run(test_subset: int | None, seed: int) -> RunResult:
+    def baseline_run(test_subset: int | None, seed: int) -> Run:
         test = {"data.test_subset": test_subset} if test_subset else {}
         return ctx.train(
             NAME,
@@ -193,7 +193,7 @@ def _grid(ctx: Context, p: Settings) -> list[dict[str, Any]]:
     return table
 
 
-def _selected(ctx: Context, p: Settings, best: dict[str, Any]) -> list[RunResult]:
+def _selected(ctx: Context, p: Settings, best: dict[str, Any]) -> list[Run]:
     """The selected config, trained again per seed and tested once on all 10,000 images."""
     recipe = {
         "model": "autoencoder",
@@ -262,7 +262,7 @@ def _deep(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[str, An
 
 
 def _comparisons(
-    grid: list[dict[str, Any]], baseline: RunResult, best_mse: list[float], base_mse: list[float]
+    grid: list[dict[str, Any]], baseline: Run, best_mse: list[float], base_mse: list[float]
 ) -> dict[str, Comparison]:
     out = {}
     for r in grid:

@@ -33,8 +33,8 @@ from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import CNN_EXPLORE_PEAK, lab_value
 from dfl.experiments.study import study_sweep
 from dfl.labtools.shapes import model_summary
+from dfl.training.run import Run
 from dfl.training.trained import final_weights, load_trained
-from dfl.training.trainer import RunResult
 
 NAME = "cnn"
 QUESTION = (
@@ -219,7 +219,7 @@ def _study_stage(ctx: Context, p: Settings) -> dict[str, Any]:
     runs["study/notebook_baseline"] = {"model": "cnn_lab", "seed": 0, **protocol}
     done = ctx.train_many(NAME, runs)
 
-    def row(run: RunResult, model: str, args: dict[str, Any]) -> dict[str, Any]:
+    def row(run: Run, model: str, args: dict[str, Any]) -> dict[str, Any]:
         summary = model_summary(models.create(model, **args), (1, 28, 28))
         return {
             "val_accuracy": run.final["val_accuracy"],
@@ -328,7 +328,7 @@ def _search_stage(ctx: Context, p: Settings) -> list[dict[str, Any]]:
 
 def _final_stage(
     ctx: Context, p: Settings, points: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[list[RunResult]]]:
+) -> tuple[list[dict[str, Any]], list[list[Run]]]:
     """Each architecture on the search's accuracy-cost front, at each final width and head
     dropout, with augmentation, over seeds (their restored best validation epochs)."""
     candidates = [
@@ -450,7 +450,7 @@ def _test_accuracy(ctx: Context, run_dir: Path) -> float:
 
 
 @torch.no_grad()
-def _ensemble(ctx: Context, runs: list[RunResult]) -> tuple[float, list, list]:
+def _ensemble(ctx: Context, runs: list[Run]) -> tuple[float, list, list]:
     """Average the seeds' softmax outputs on the full test set; confusion matrix and the most
     confidently wrong digits of the ensemble."""
     probs = sum(_test_probabilities(ctx, r.run_dir) for r in runs)

@@ -20,7 +20,7 @@ from typing import Any
 from dfl.config import TrainConfig, build_config, merge, set_dotted
 from dfl.data import Dataset
 from dfl.experiments.profiles import PROFILES
-from dfl.training.trainer import RunResult, fit
+from dfl.training.run import Run, fit
 
 # One run's config overrides: dotted keys ("optim.lr", "model_args.enc") or nested sections
 # ("data": {...}) to values, as data.
@@ -102,7 +102,7 @@ class Context:
         tree = overrides_tree(self.common(), self.base_overrides, overrides)
         return build_config(overrides=tree)
 
-    def train(self, experiment: str, key: str, overrides: Overrides, **fit_args: Any) -> RunResult:
+    def train(self, experiment: str, key: str, overrides: Overrides, **fit_args: Any) -> Run:
         """One training run, reused when it already finished (reproduce resumes)."""
         cfg = self.config(overrides)
         return fit(
@@ -114,7 +114,7 @@ class Context:
             **fit_args,
         )
 
-    def train_many(self, experiment: str, runs: dict[str, Overrides]) -> dict[str, RunResult]:
+    def train_many(self, experiment: str, runs: dict[str, Overrides]) -> dict[str, Run]:
         """Independent runs, keyed by run name (the result of each under its name). With
         `jobs` > 1 they train side by side (dfl.experiments.engine); results are the same
         either way up to rounding."""

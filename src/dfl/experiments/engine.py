@@ -11,6 +11,7 @@ numbers identical, the bf16 CNN's within seed noise).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -19,15 +20,14 @@ from tqdm.auto import tqdm
 
 from dfl.config import TrainConfig
 from dfl.data import Dataset
+from dfl.runtime import flushed_to_zero
 from dfl.runtime.local_workers import run_in_workers
-from dfl.training.trainer import RunResult, fit
+from dfl.training.run import Run, fit
 
 Plan = tuple[TrainConfig, Path]  # a run's config and its directory
 
 
-def train_all(
-    plans: dict[str, Plan], data: Dataset, *, jobs: int, desc: str
-) -> dict[str, RunResult]:
+def train_all(plans: dict[str, Plan], data: Dataset, *, jobs: int, desc: str) -> dict[str, Run]:
     """Train every plan (each resumed, or reused when it finished); results by the same keys."""
     bar = tqdm(total=len(plans), desc=desc, unit="run", disable=None)
     with bar:
@@ -40,9 +40,7 @@ def train_all(
         return _side_by_side(plans, data, jobs, bar)
 
 
-def _side_by_side(
-    plans: dict[str, Plan], data: Dataset, jobs: int, bar: tqdm
-) -> dict[str, RunResult]:
+def _side_by_side(plans: dict[str, Plan], data: Dataset, jobs: int, bar: tqdm) -> dict[str, Run]:
     """The plans in `jobs` spawned workers of cores // jobs threads each (runtime/local_workers.py:
     the split, and a failed run, Ctrl-C or SIGTERM stopping the other workers; their runs
     resume from their checkpoints next time)."""
@@ -66,10 +64,15 @@ def for_workers(data: Dataset) -> Dataset:
     return dataclasses.replace(data, **{k: getattr(data, k).numpy() for k in _TENSORS})
 
 
+_WORKER_LIFE = contextlib.ExitStack()  # what a worker process holds until it ends
+
+
 def in_worker(data: Dataset) -> Dataset:
     """A worker's set-up, after run_in_workers pinned its threads (or not): the dataset that
     `for_workers` sent, as tensors again."""
-    torch.set_flush_denormal(True)  # before its thread pool starts: see dfl/runtime/subnormals.py
+    # before its thread pool starts, which inherits it (dfl/runtime/subnormals.py); held for
+    # the worker's life: the process ends with its pool
+    _WORKER_LIFE.enter_context(flushed_to_zero())
     return dataclasses.replace(data, **{k: torch.from_numpy(getattr(data, k)) for k in _TENSORS})
 
 
@@ -78,5 +81,5 @@ def _start_worker(data: Dataset) -> None:
     _WORKER_DATA = in_worker(data)
 
 
-def _fit_in_worker(cfg: TrainConfig, run_dir: Path) -> RunResult:
+def _fit_in_worker(cfg: TrainConfig, run_dir: Path) -> Run:
     return fit(cfg, run_dir, dataset=_WORKER_DATA, resume=True, epoch_bar=False)

@@ -24,7 +24,7 @@ from dfl.experiments.comparison import Comparison
 from dfl.experiments.context import Canvas, Context
 from dfl.experiments.document import Figure, Section
 from dfl.runtime.atomic import atomic_write_json
-from dfl.training.trainer import RunResult
+from dfl.training.run import Run
 
 
 class Number(BaseModel):
@@ -40,7 +40,7 @@ class Number(BaseModel):
     seeds: int | None = None
 
     @classmethod
-    def of(cls, value: Any, label: str, source: RunResult, experiment: str, **extra: Any) -> Number:
+    def of(cls, value: Any, label: str, source: Run, experiment: str, **extra: Any) -> Number:
         cfg_path = source.run_dir / "config.toml"
         again = ["dfl", "train", "--config", str(cfg_path), "--out", f"{source.run_dir}-again"]
         return cls(

@@ -12,8 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dfl.api import InlineFigure
 from dfl.runtime.atomic import atomic_file
+from dfl.training.inline_figure import InlineFigure
 
 
 class Plot(NamedTuple):
@@ -24,7 +24,7 @@ class Plot(NamedTuple):
 def _subplots(*grid: int, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
     """A figure of its own, outside pyplot's global state: nothing to close, no display
     needed, and a notebook shows it when it is returned (an `InlineFigure`: Jupyter shows it
-    as an image without `%matplotlib inline`, see dfl.api)."""
+    as an image without `%matplotlib inline`, see dfl.training.inline_figure)."""
     fig = InlineFigure(figsize=figsize)
     return fig, fig.subplots(*grid, **kw)
 

@@ -21,8 +21,8 @@ from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import lab_value
+from dfl.training.run import Run
 from dfl.training.trained import final_weights
-from dfl.training.trainer import RunResult
 
 NAME = "sae"
 QUESTION = (
@@ -159,8 +159,8 @@ def _data_args(ctx: Context, protocol: str, seed: int, phase: int) -> Overrides:
 class VariantRuns:
     """One variant's runs for one seed, and what the report keeps of them."""
 
-    finetune: RunResult
-    random_init: RunResult
+    finetune: Run
+    random_init: Run
     summary: dict[str, Any]
 
 
@@ -221,7 +221,7 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> VariantRu
 
 def _pretrain(
     ctx: Context, v: Variant, protocol: str, seed: int, base: Overrides, root: str
-) -> tuple[RunResult, float]:
+) -> tuple[Run, float]:
     """Greedy layer-wise pretraining: layer k rebuilds its input, every other part frozen.
     Returns the last layer's run and the first layer's final reconstruction MSE."""
     layers = len(v.sizes) - 1

@@ -28,8 +28,8 @@ from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import VIT_BASE_FIRST_RUN, VIT_CONFIGS, lab_value
 from dfl.labtools.shapes import model_summary
 from dfl.models.vit import attention_rollout
+from dfl.training.run import Run
 from dfl.training.trained import load_trained
-from dfl.training.trainer import RunResult
 
 NAME = "vit"
 QUESTION = (
@@ -189,7 +189,7 @@ def _study_runs(p: Settings) -> dict[str, Overrides]:
     return runs
 
 
-def _study_row(key: str, p: Settings, run: RunResult) -> dict[str, Any]:
+def _study_row(key: str, p: Settings, run: Run) -> dict[str, Any]:
     cfg = tuple(int(v) for v in key.split("/")[1].split("-"))
     dim, depth, heads, mlp = cfg
     summary = model_summary(
@@ -210,7 +210,7 @@ def _study_row(key: str, p: Settings, run: RunResult) -> dict[str, Any]:
     }
 
 
-def _row(cfg: Config, p: Settings, run: RunResult) -> dict[str, Any]:
+def _row(cfg: Config, p: Settings, run: Run) -> dict[str, Any]:
     """One notebook configuration's measurements: accuracy, loss curves and cost."""
     dim, depth, heads, mlp = cfg
     epochs, subset = _epochs_subset(cfg, p)

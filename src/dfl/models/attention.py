@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dfl.errors import ConfigError
-from dfl.models.token_linear import TokenLinear
+from dfl.models.token_linear import token_wise
 
 # ---------------------------------------------------------------------------------------------
 # NumPy
@@ -245,8 +245,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.heads, self.dim_head = heads, dim_head
         self.scale = dim_head**-0.5 if scale is None else scale
         self.attn_dropout = attn_dropout
-        self.to_qkv = TokenLinear(dim, 3 * inner, bias=qkv_bias)
-        self.to_out = nn.Sequential(TokenLinear(inner, dim), nn.Dropout(dropout))
+        self.to_qkv = token_wise(nn.Linear(dim, 3 * inner, bias=qkv_bias))
+        self.to_out = nn.Sequential(token_wise(nn.Linear(inner, dim)), nn.Dropout(dropout))
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v (B, h, n, dim_head) from x (B, n, dim)."""

@@ -20,7 +20,7 @@ from torch import nn
 from dfl.errors import ShapeError
 from dfl.models.attention import MultiHeadSelfAttention
 from dfl.models.registry import register
-from dfl.models.token_linear import TokenLinear
+from dfl.models.token_linear import token_wise
 
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]  # a dropout rate, checked at the registry
 
@@ -44,10 +44,10 @@ class Block(nn.Module):
         self.norm1, self.attn = nn.LayerNorm(dim), attn
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            TokenLinear(dim, mlp_dim),
+            token_wise(nn.Linear(dim, mlp_dim)),
             nn.GELU(),
             nn.Dropout(dropout),
-            TokenLinear(mlp_dim, dim),
+            token_wise(nn.Linear(mlp_dim, dim)),
             nn.Dropout(dropout),
         )
 
@@ -98,7 +98,7 @@ class ViT(nn.Module):
         self.image_size, self.patch, self.pool = image_size, patch, pool
         self.grid = image_size // patch
         tokens = self.grid**2 + (pool == "cls")  # 16 patches + class token for the notebook
-        self.embed = TokenLinear(channels * patch * patch, dim)
+        self.embed = token_wise(nn.Linear(channels * patch * patch, dim))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim)) if pool == "cls" else None
         self.pos_embedding = nn.Parameter(torch.randn(1, tokens, dim))
         self.emb_dropout = nn.Dropout(emb_dropout)

@@ -17,7 +17,7 @@ dfl.sweep worker ...` with OMP/MKL_NUM_THREADS set and its output in a log file:
 command `dfl worker` runs on other machines, and its results go through the Optuna study, so
 nothing has to come back but an exit code (`start_command`). An experiment's runs need the
 dataset, which travels in memory to a spawned function (no file to write, no second load) and
-their RunResults must come back: `run_in_workers` hands tasks one at a time to spawned
+their Runs must come back: `run_in_workers` hands tasks one at a time to spawned
 processes over pipes and collects the results by key (`start_function` underneath). Spawned,
 not forked: CUDA cannot be forked. Both kinds are handles with Popen's methods in one group,
 so how they are stopped is written once, with public APIs only.

@@ -8,10 +8,12 @@ grid (batch 16, enc 128, one thread) an epoch took 14.3 s instead of 4.4 s, with
 validation losses are unchanged).
 
 The setting lives in each thread's floating-point control register, and a new thread inherits
-its creator's. So the commands turn it on before torch starts its thread pool (`dfl` and its
-sweep workers), and every training turns it on for its own thread as well (a notebook's pool
-may be older than the run). It is turned back off afterwards where it was off, so a process
-that goes on (a notebook, a test session) keeps IEEE arithmetic outside dfl's work.
+its creator's. So the processes turn it on at their entry points, before torch starts its
+thread pool (`dfl`, its sweep workers, the experiments' worker processes), and every training
+turns it on for its own thread as well, in its run_context (a notebook's pool may be older
+than the run). All of them with `flushed_to_zero`. It is turned back off afterwards where it
+was off, so a process that goes on (a notebook, a test session) keeps IEEE arithmetic outside
+dfl's work.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import sys
 
 from dfl.cli import Parser
 from dfl.errors import DflError
+from dfl.runtime import flushed_to_zero
 from dfl.runtime.interrupts import InterruptOnce, SigtermAsInterrupt, interrupted_exit_code
-from dfl.runtime.subnormals import flushed_to_zero
 from dfl.sweep.commands import add_worker_arguments
 
 

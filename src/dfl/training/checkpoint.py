@@ -22,9 +22,11 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from dfl.errors import NO_ROOM_WORDS, DflError, DiskFull
 from dfl.runtime.atomic import atomic_write_json, fsync_dir
+from dfl.training.best import Best
 
 KEEP = 2  # the newest checkpoint and the one before it
 
@@ -43,7 +45,7 @@ class _Best(BaseModel):
 
 
 class CheckpointState(BaseModel):
-    """The shape of `state.json` as the trainer writes it (trainer.py `Trainer._checkpoint`):
+    """The shape of `state.json` as `save_training` writes it:
     a file that parses but has another shape (`"epoch": "four"`, a list, no `history`) is
     damaged like one whose hash does not match, and the previous checkpoint is used."""
 
@@ -98,6 +100,99 @@ def optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
         "state": {int(k): v for k, v in state["state"].items()},
         "param_groups": state["param_groups"],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# A training run's state: what a resume needs to go on exactly as the run would have
+
+
+def save_training(
+    root: Path,
+    epoch: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    shuffle: torch.Generator,
+    device: torch.device,
+    history: list[dict[str, Any]],
+    best: Best,
+) -> Path:
+    """Checkpoint `epoch` of a run under `root` (`save`): the model's and the best epoch's
+    weights, the optimiser, schedule and loss scaler, the global, shuffling and CUDA random
+    generators' states, and the history."""
+    tensors = prefixed(MODEL, model.state_dict())
+    if best.weights is not None:
+        tensors.update(prefixed(BEST, best.weights))
+    tensors[RNG_TORCH] = torch.get_rng_state()
+    tensors[RNG_SHUFFLE] = shuffle.get_state()
+    if device.type == "cuda":
+        tensors[RNG_CUDA] = torch.cuda.get_rng_state(device)
+    state = {
+        "history": history,
+        "best": {"value": best.value, "epoch": best.epoch},
+        "optimizer": split_state(OPTIMIZER, optimizer.state_dict(), tensors),
+        "scheduler": scheduler.state_dict() if scheduler else None,
+        "scaler": scaler.state_dict(),
+    }
+    return save(root, epoch, tensors, state)
+
+
+def restore_training(
+    root: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    shuffle: torch.Generator,
+    device: torch.device,
+    best: Best,
+) -> tuple[int, list[dict[str, Any]]] | None:
+    """`save_training` undone from the newest intact checkpoint under `root`: every object
+    given is set to its saved state (`best` included). Returns (its epoch, its history), or
+    None when there is no checkpoint (a fresh start)."""
+    found = load_latest(root)
+    if found is None:
+        return None
+    tensors, state = found
+    model.load_state_dict(unprefixed(MODEL, tensors))
+    best.value, best.epoch = state["best"]["value"], state["best"]["epoch"]
+    best.weights = unprefixed(BEST, tensors) or None
+    optimizer.load_state_dict(optimizer_state_from_json(join_state(state["optimizer"], tensors)))
+    _match_parameter_layouts(optimizer)
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(tensors[RNG_TORCH])
+    shuffle.set_state(tensors[RNG_SHUFFLE])
+    if RNG_CUDA in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors[RNG_CUDA], device)
+    return int(state["epoch"]), state["history"]
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each restored moment the memory layout of its parameter. Checkpoints store tensors
+    contiguous (safetensors has no strides), so a channels-last conv weight's Adam moments or
+    SGD momentum come back in the standard layout; the fused optimisers walk parameter, grad
+    and state as flat memory and would then pair element i of one with element j of the other
+    (a resumed CNN drifted from the uninterrupted run from its first step). `empty_like` keeps
+    the parameter's strides; the values are copied element by element by index."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
 
 
 def _shape_problem(error: ValidationError) -> str:
@@ -157,6 +252,7 @@ def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> str:
     try:
         _save_tensors(weights, tmp)
         digest = _sha256(tmp)
+        os.chmod(tmp, 0o644)  # safetensors creates 0600; the weights are ordinary data
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

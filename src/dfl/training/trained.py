@@ -18,7 +18,7 @@ from torch import nn
 
 from dfl import models
 from dfl.config import TrainConfig
-from dfl.data.batches import standardize, to_input
+from dfl.data.batches import model_input
 from dfl.errors import DflError, UnloadableRun
 from dfl.training import checkpoint
 from dfl.training.run_dir import (
@@ -48,9 +48,9 @@ class Trained:
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W) images -> the float (B, 1, H, W) the model takes, as the trainer's
         evaluation makes them: pixels / 255, then standardised with MNIST's statistics when
-        the run had `data.normalize` (augmentation is training's only)."""
-        x = to_input(images)
-        return standardize(x) if self.config.data.normalize else x
+        the run had `data.normalize` (augmentation is training's only): the trainer's own
+        pipeline, `model_input`."""
+        return model_input(images, self.config.data.normalize)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

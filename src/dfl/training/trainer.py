@@ -9,21 +9,20 @@ figure saver). Everything a run produces lands in its run directory:
     checkpoints/    the last two checkpoints, written atomically (see checkpoint.py)
     model.safetensors  the final weights (the best validation epoch's with restore_best)
 
-How those files are written and read back is run_dir.py's; the checkpoint's key format is
-checkpoint.py's.
+How those files are written and read back is run_dir.py's; what a checkpoint saves and a
+resume sets is checkpoint.py's; the best epoch and early stopping are best.py's. `fit`, which
+claims the run directory, runs a `Trainer` and records how it ended, is run.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,34 +33,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dfl import models
-from dfl.config import TrainConfig, config_to_toml
-from dfl.data import Dataset, load_dataset, random_subset, train_val_split
-from dfl.data.batches import Split, affine, affine_draws, standardize, to_input
-from dfl.errors import ConfigError, DflError, TrainingDiverged, one_line, out_of_memory
+from dfl.config import TrainConfig
+from dfl.data import Dataset, random_subset, train_val_split
+from dfl.data.batches import Split, affine_draws, model_input
+from dfl.errors import ConfigError, TrainingDiverged
 from dfl.objectives import Objective, objective_for
-from dfl.runtime.allocator import keep_freed_memory
-from dfl.runtime.atomic import atomic_write_bytes
-from dfl.runtime.core_share import CoreShare
-from dfl.runtime.interrupts import deferred_interrupt
-from dfl.runtime.local_workers import available_cores
-from dfl.runtime.run_lock import claim_run_dir, unwritable
-from dfl.runtime.subnormals import flushed_to_zero
+from dfl.runtime.context import RunContext, run_context
+from dfl.runtime.onednn import cpu_swaps
 from dfl.training import checkpoint
+from dfl.training.best import Best
 from dfl.training.device_step import DeviceStep
 from dfl.training.run_dir import (
     CHECKPOINTS,
-    CONFIG,
-    STATUS,
     WEIGHTS,
-    DamagedHistory,
     RunStatus,
-    check_same_config,
-    finished_history,
-    read_history,
-    read_status,
-    refuse_foreign_files,
     write_metrics,
-    write_status,
 )
 
 Callback = Callable[[dict[str, Any]], None]
@@ -74,15 +60,6 @@ class StopRun(Exception):
     def __init__(self, status: RunStatus | str, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = RunStatus(status), reason
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    status: RunStatus
-    history: list[dict[str, Any]] = field(default_factory=list)
-    final: dict[str, Any] = field(default_factory=dict)
-    reason: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +183,12 @@ def check_splits(cfg: TrainConfig, splits: dict[str, Split], n_train: int) -> No
         )
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Objective]:
+def build_model(
+    cfg: TrainConfig, num_classes: int, device: torch.device | None = None
+) -> tuple[nn.Module, Objective]:
+    """The run's model and objective. With the `device` it will train on, the runtime may run
+    some of its layers another way there (dfl.runtime.cpu_swaps: the ViTs' token-wise linears
+    through oneDNN on AMD CPUs), with the same parameters and state dict keys."""
     entry = models.get(cfg.model)
     args = dict(cfg.model_args)
     if "num_classes" in entry.defaults() and "num_classes" not in args:
@@ -215,6 +197,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Objectiv
     if cfg.init_from:
         load_weights(model, Path(cfg.init_from) / WEIGHTS)
     freeze(model, cfg.freeze)
+    if device is not None:
+        cpu_swaps(model, device)
     objective = objective_for(
         entry.objective if cfg.objective == "auto" else cfg.objective, cfg.layer
     )
@@ -290,26 +274,60 @@ def build_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimiser state restored from a checkpoint
+# The loop's checks, and its compiled module
 
 
-def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give each restored moment the memory layout of its parameter. Checkpoints store tensors
-    contiguous (safetensors has no strides), so a channels-last conv weight's Adam moments or
-    SGD momentum come back in the standard layout; the fused optimisers walk parameter, grad
-    and state as flat memory and would then pair element i of one with element j of the other
-    (a resumed CNN drifted from the uninterrupted run from its first step). `empty_like` keeps
-    the parameter's strides; the values are copied element by element by index."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if (
-                    isinstance(value, torch.Tensor)
-                    and value.shape == param.shape
-                    and value.stride() != param.stride()
-                ):
-                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+def compiled(model: nn.Module) -> nn.Module:
+    """`model` through torch.compile, sharing its parameters. A machine without a C++ compiler
+    (or a model dynamo cannot trace) then trains eagerly, with torch's warning, instead of
+    failing mid-epoch."""
+    from torch import _dynamo
+
+    _dynamo.config.suppress_errors = True
+    return torch.compile(model)
+
+
+def check_labels(cfg: TrainConfig, splits: dict[str, Split], outputs: int) -> None:
+    """A classifier needs an output for every label in the data: cross-entropy would fail on
+    the first batch holding a label beyond its `outputs` (an IndexError mid-epoch)."""
+    top = max(int(split.labels.max()) for split in splits.values())
+    if top >= outputs:
+        given = cfg.model_args.get("num_classes")
+        fix = (
+            f"model_args.num_classes is {given}: set it to at least {top + 1}, or leave it "
+            "out to read it from the labels"
+            if given is not None
+            else f"give the model at least {top + 1} outputs"
+        )
+        raise ConfigError(
+            f"the data has labels up to {top} ({top + 1} classes) but model '{cfg.model}' "
+            f"has {outputs} outputs; {fix}"
+        )
+
+
+def replays_graphs(cfg: TrainConfig, device: torch.device, precision: str) -> bool:
+    """On CUDA the step is replayed from a graph (device_step.py), unless the config turns
+    that off or needs the host every step: fp16's loss scaler decides on the host whether to
+    skip a step, and a compiled model brings its own graphs."""
+    return device.type == "cuda" and cfg.cuda_graph and precision != "fp16" and not cfg.compile
+
+
+def progress(items: Iterable, desc: str, unit: str = "batch", **bar: Any) -> tqdm:
+    """A progress bar on stderr, hidden where stderr is no terminal (`disable=None`): an
+    epoch's batches by default, gone when the epoch ends; `bar`: other tqdm arguments."""
+    bar = {"leave": False, "disable": None, **bar}
+    return tqdm(items, desc=desc, unit=unit, file=sys.stderr, **bar)
+
+
+def check_finite(losses: torch.Tensor, epoch: int, lr: float) -> None:
+    """The epoch's per-step losses so far are finite, or the run diverged at the first that
+    is not (`lr`: the configured learning rate, for the message)."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        raise TrainingDiverged(
+            f"non-finite loss at epoch {epoch}, step {int(bad[0]) + 1} "
+            f"(lower the learning rate, now {lr:g}, or set grad_clip)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,15 +344,13 @@ class Trainer:
         log: Callable[[str], None] | None = None,
     ):
         self.cfg, self.run_dir, self.callbacks, self.log = cfg, run_dir, list(callbacks), log
-        self.cores: CoreShare | None = None  # this run's share of the cores, while it trains
+        self.runtime = RunContext()  # the process's tuning while it trains: run()
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # no page faults for reused activations: dfl/runtime/allocator.py
-        elif self.device.type == "cuda":  # cuDNN times its algorithms once per shape
+        if self.device.type == "cuda":  # cuDNN times its algorithms once per shape
             torch.backends.cudnn.benchmark = not cfg.deterministic
         seed_everything(cfg.seed, cfg.deterministic)
         self.splits = prepare_splits(cfg, data, self.device)
-        self.model, self.objective = build_model(cfg, data.num_classes)
+        self.model, self.objective = build_model(cfg, data.num_classes, self.device)
         self.model.to(self.device)
         self.precision = resolve_precision(cfg.precision, self.device, self.model)
         self.autocast = autocast_for(self.precision, self.device)
@@ -345,90 +361,45 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         # Training steps run through the compiled module; it shares the model's parameters,
         # so checkpoints and evaluation keep using the plain one.
-        self.train_model = self.model
-        if cfg.compile:
-            # A machine without a C++ compiler (or a model dynamo cannot trace) then trains
-            # eagerly, with torch's warning, instead of failing mid-epoch.
-            from torch import _dynamo
-
-            _dynamo.config.suppress_errors = True
-            self.train_model = torch.compile(self.model)
+        self.train_model = compiled(self.model) if cfg.compile else self.model
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg, trainable, self.device)
         steps = self.splits["train"].num_batches(cfg.batch_size, cfg.drop_last)
         self.scheduler, self.schedule_per_step = build_schedule(cfg, self.optimizer, steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
-        self.device_step = self._device_step()
+        graphed = replays_graphs(cfg, self.device, self.precision)
+        self.device_step = DeviceStep(self, capture=True) if graphed else None
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"value": None, "epoch": None, "weights": None}
+        self.final: dict[str, Any] = {}  # what `run` ends with: status.json's final metrics
+        self.best = Best.of(cfg, self.objective, validated="val" in self.splits)
         self._saved_at = time.monotonic()
-        self._check_early_stop()
         self._check_labels()
-
-    def _device_step(self) -> DeviceStep | None:
-        """On CUDA the step is replayed from a graph (device_step.py), unless the config
-        turns that off or needs the host every step: fp16's loss scaler decides on the host
-        whether to skip a step, and a compiled model brings its own graphs."""
-        cfg = self.cfg
-        if self.device.type != "cuda" or not cfg.cuda_graph:
-            return None
-        if self.precision == "fp16" or cfg.compile:
-            return None
-        return DeviceStep(self, capture=True)
-
-    def _check_early_stop(self) -> None:
-        # early_stop.metric itself is checked with the config (TrainConfig).
-        if self.cfg.restore_best and "val" not in self.splits:
-            raise ConfigError("restore_best needs a validation split (set data.val_fraction > 0)")
 
     @torch.no_grad()
     def _check_labels(self) -> None:
-        """A classifier needs an output for every label in the data: cross-entropy would
-        fail on the first batch holding a label beyond them (an IndexError mid-epoch)."""
+        """A classifier's outputs, counted on one image, cover the data's labels."""
         if self.objective.name != "classification":
             return
-        top = max(int(split.labels.max()) for split in self.splits.values())
         self.model.eval()
         with self.autocast:
             outputs = self.model(self._inputs(self.splits["train"].images[:1], False)).shape[-1]
         self.model.train()
-        if top >= outputs:
-            given = self.cfg.model_args.get("num_classes")
-            fix = (
-                f"model_args.num_classes is {given}: set it to at least {top + 1}, or leave it "
-                "out to read it from the labels"
-                if given is not None
-                else f"give the model at least {top + 1} outputs"
-            )
-            raise ConfigError(
-                f"the data has labels up to {top} ({top + 1} classes) but model '{self.cfg.model}' "
-                f"has {outputs} outputs; {fix}"
-            )
-
-    @property
-    def select_metric(self) -> tuple[str, str]:
-        """The metric that picks the best epoch: early stopping's, else the objective's."""
-        es = self.cfg.early_stop
-        if es.patience:
-            return es.metric, es.mode
-        return self.objective.select_metric, self.objective.select_mode
+        check_labels(self.cfg, self.splits, outputs)
 
     # --- one epoch --------------------------------------------------------------------------
 
     def _inputs(
         self, images: torch.Tensor, train: bool, draws: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """A batch as the model takes it; training batches augmented with `draws`, or with
-        draws made here from the run's generator."""
-        d = self.cfg.data
-        x = to_input(images)
+        """A batch as the model takes it (`model_input`); training batches augmented with
+        `draws`, or with draws made here from the run's generator."""
+        d, augment = self.cfg.data, None
         if train and (d.augment_shift or d.augment_rotate or d.augment_scale):
             if draws is None:
-                draws = affine_draws(x.shape[0], d.augment_scale, self.shuffle)
-            x = affine(x, draws, d.augment_shift, d.augment_rotate, d.augment_scale)
-        x = standardize(x) if d.normalize else x
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+                draws = affine_draws(images.shape[0], d.augment_scale, self.shuffle)
+            augment = (draws, d.augment_shift, d.augment_rotate, d.augment_scale)
+        return model_input(images, d.normalize, self.channels_last, augment)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         if self.device_step is not None:
@@ -441,18 +412,9 @@ class Trainer:
         losses = torch.zeros(n_batches, device=self.device)
         sums: dict[str, torch.Tensor] = {}
         n = 0
-        bar = tqdm(
-            split.batches(cfg.batch_size, generator=self.shuffle, drop_last=cfg.drop_last),
-            total=n_batches,
-            desc=f"epoch {epoch}",
-            leave=False,
-            disable=None,
-            unit="batch",
-            file=sys.stderr,
-        )
-        for step, (images, y) in enumerate(bar):
-            if self.cores is not None:
-                self.cores.rebalance()  # a clock read; counts the other trainings once a second
+        batches = split.batches(cfg.batch_size, generator=self.shuffle, drop_last=cfg.drop_last)
+        for step, (images, y) in enumerate(progress(batches, f"epoch {epoch}", total=n_batches)):
+            self.runtime.tick()  # a clock read; counts the other trainings once a second
             x = self._inputs(images, train=True)
             with self.autocast:
                 loss, batch_sums = self.objective.step(self.train_model, x, y)
@@ -470,7 +432,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0) + v.detach()
             n += y.shape[0]
             if (step + 1) % NONFINITE_CHECK_EVERY == 0:  # and the whole epoch at its end
-                self._check_finite(losses[: step + 1], epoch)
+                check_finite(losses[: step + 1], epoch, cfg.optim.lr)
         return self._epoch_metrics(losses, sums, n, epoch)
 
     def _epoch_metrics(
@@ -478,7 +440,7 @@ class Trainer:
     ) -> dict[str, float]:
         """An epoch's per-sample metrics from its per-step losses and other sums, once its
         losses are checked finite (what both loops end with)."""
-        self._check_finite(losses, epoch)
+        check_finite(losses, epoch, self.cfg.optim.lr)
         sums["loss"] = losses.sum()
         return self.objective.finish({k: float(v) for k, v in sums.items()}, n)
 
@@ -488,24 +450,11 @@ class Trainer:
         step = self.device_step
         self.model.train()
         step.start_epoch(self.shuffle)
-        bar = tqdm(
-            step.sizes, desc=f"epoch {epoch}", leave=False, disable=None, unit="batch",
-            file=sys.stderr,
-        )  # fmt: skip
-        for size in bar:
+        for size in progress(step.sizes, f"epoch {epoch}"):
             step(size)
             if self.schedule_per_step:
                 self.scheduler.step()  # a float on the host; the step reads it from the device
         return self._epoch_metrics(*step.end_epoch(), epoch)
-
-    def _check_finite(self, losses: torch.Tensor, epoch: int) -> None:
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            step = int(bad[0]) + 1
-            raise TrainingDiverged(
-                f"non-finite loss at epoch {epoch}, step {step} "
-                f"(lower the learning rate, now {self.cfg.optim.lr:g}, or set grad_clip)"
-            )
 
     @torch.no_grad()
     def evaluate(self, name: str) -> dict[str, float]:
@@ -524,48 +473,31 @@ class Trainer:
 
     # --- the run ----------------------------------------------------------------------------
 
-    def run(self, epoch_bar: bool = True, until_epoch: int | None = None) -> RunResult:
+    def run(self, epoch_bar: bool = True, until_epoch: int | None = None) -> RunStatus:
         """Train to the configured epochs, or pause after `until_epoch` (a sweep reading a
         shorter-epoch grid point off a longer run); a paused run resumes like a killed one.
         On CPU the run shares the cores with the other dfl trainings alive on the machine:
         with no thread count chosen it takes its share, with one (or `deterministic`) it keeps
-        it and the others count it (core_share.py)."""
-        on_cpu = self.device.type == "cpu"
-        threads_before = torch.get_num_threads()  # the caller's, given back at the end
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        # A deterministic run keeps the threads it starts with: a share that moved with the
-        # other trainings alive would change the order of its sums, and so its numbers.
-        threads = self.cfg.threads
-        if threads is None and self.cfg.deterministic:
-            threads = torch.get_num_threads()
-        self.cores = CoreShare.join(available_cores(), threads) if on_cpu else None
-        try:
-            with (
-                flushed_to_zero()
-            ):  # Adam's moments of always-zero pixels: dfl/runtime/subnormals.py
+        it and the others count it. The process is tuned for the run, and given back as it
+        was, by dfl/runtime/context.py (flush-to-zero, malloc, threads)."""
+        cfg = self.cfg
+        with run_context(self.device, threads=cfg.threads, deterministic=cfg.deterministic) as rt:
+            self.runtime = rt
+            try:
                 return self._run(epoch_bar, until_epoch)
-        finally:
-            if self.cores is not None:
-                self.cores.close()
-                self.cores = None
-            torch.set_num_threads(threads_before)
+            finally:
+                self.runtime = RunContext()  # idle: train_epoch outside run() ticks nothing
 
-    def _run(self, epoch_bar: bool, until_epoch: int | None) -> RunResult:
+    def _run(self, epoch_bar: bool, until_epoch: int | None) -> RunStatus:
         last_epoch = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
         start_epoch = self._restore() + 1
         if start_epoch > 1:  # the checkpoint's history is the truth: repair a damaged file
             write_metrics(self.run_dir, self.history)
         t_run = time.perf_counter()
-        bar = tqdm(
-            range(start_epoch, last_epoch + 1),
-            initial=start_epoch - 1,
-            total=self.cfg.epochs,
-            desc=self.run_dir.name,
-            unit="epoch",
-            disable=None if epoch_bar else True,
-            file=sys.stderr,
-        )
+        bar = progress(
+            range(start_epoch, last_epoch + 1), self.run_dir.name, "epoch", leave=True,
+            disable=None if epoch_bar else True, initial=start_epoch - 1, total=self.cfg.epochs,
+        )  # fmt: skip
         stopped = None
         for epoch in bar:
             t0 = time.perf_counter()
@@ -581,7 +513,7 @@ class Trainer:
             if self.scheduler is not None and not self.schedule_per_step:
                 self.scheduler.step()
             self.history.append(record)
-            stopped = self._track_best(record)
+            stopped = self.best.update(record, self.model)
             bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in record.items() if k.startswith(("train_", "val_"))}
             )
@@ -602,117 +534,56 @@ class Trainer:
                 break
         bar.close()
         if last_epoch < self.cfg.epochs and not stopped:
-            return RunResult(
-                self.run_dir, RunStatus.PAUSED, self.history, {"epochs_run": len(self.history)}
-            )
-        final = self._final(time.perf_counter() - t_run, stopped)
-        return RunResult(self.run_dir, RunStatus.COMPLETED, self.history, final)
-
-    def _track_best(self, record: dict[str, Any]) -> str | None:
-        """Remember the best epoch; returns a reason when early stopping ends the run."""
-        metric, mode = self.select_metric
-        value = record.get(metric)
-        if value is None:
-            if self.cfg.early_stop.patience:
-                raise ConfigError(
-                    f"early_stop.metric '{metric}' is not measured "
-                    f"(measured: {', '.join(sorted(record))})"
-                )
-            return None
-        best = self.best["value"]
-        delta = self.cfg.early_stop.min_delta
-        better = best is None or (value < best - delta if mode == "min" else value > best + delta)
-        if better:
-            self.best.update(value=value, epoch=record["epoch"])
-            if self.cfg.early_stop.patience or self.cfg.restore_best:  # restored before testing
-                self.best["weights"] = {
-                    k: v.detach().clone() for k, v in self.model.state_dict().items()
-                }
-        patience = self.cfg.early_stop.patience
-        if patience and record["epoch"] - self.best["epoch"] >= patience:
-            return (
-                f"early stop at epoch {record['epoch']}: {metric} has not improved for "
-                f"{patience} epoch{'' if patience == 1 else 's'} "
-                f"(best {self.best['value']:.6g} at epoch {self.best['epoch']})"
-            )
-        return None
+            self.final = {"epochs_run": len(self.history)}
+            return RunStatus.PAUSED
+        self.final = self._final(time.perf_counter() - t_run, stopped)
+        return RunStatus.COMPLETED
 
     def _final(self, wall: float, stopped: str | None) -> dict[str, Any]:
+        """A completed run's final metrics, with its selected weights saved and tested."""
         final: dict[str, Any] = {
             "epochs_run": len(self.history),
             "params": sum(p.numel() for p in self.model.parameters()),
-            "best_epoch": self.best["epoch"],
-            "select_metric": self.select_metric[0],
-            "best_value": self.best["value"],
+            **self.best.summary(),
             "wall_s": round(wall, 3),
             "device": str(self.device),
             "precision": self.precision,
         }
         if stopped:
             final["early_stopped"] = stopped
-        restored = self.best["weights"] is not None  # selection on validation: test that epoch
-        if restored:
-            self.model.load_state_dict(self.best["weights"])
-        if self.history:
-            tested = self.history[self.best["epoch"] - 1] if restored else self.history[-1]
-            final.update({k: v for k, v in tested.items() if k.startswith("val_")})
-        final["weights_sha256"] = checkpoint.save_weights(
-            self.run_dir / WEIGHTS, self.model.state_dict()
-        )
+        final.update(self.best.restore(self.model, self.history))  # the tested epoch's val_
+        weights = self.model.state_dict()
+        final["weights_sha256"] = checkpoint.save_weights(self.run_dir / WEIGHTS, weights)
         if self.cfg.evaluate_test:
             final.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
         return final
 
     # --- checkpoints ------------------------------------------------------------------------
 
+    def _resumable(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the history, as checkpoint.py's functions take it."""
+        return {
+            "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+            "scaler": self.scaler, "shuffle": self.shuffle, "device": self.device,
+            "best": self.best,
+        }  # fmt: skip
+
     def _checkpoint(self, epoch: int) -> None:
         self._saved_at = time.monotonic()
         write_metrics(self.run_dir, self.history)
-        if not self.cfg.checkpoint:
-            return
-        tensors = checkpoint.prefixed(checkpoint.MODEL, self.model.state_dict())
-        if self.best["weights"] is not None:
-            tensors.update(checkpoint.prefixed(checkpoint.BEST, self.best["weights"]))
-        tensors[checkpoint.RNG_TORCH] = torch.get_rng_state()
-        tensors[checkpoint.RNG_SHUFFLE] = self.shuffle.get_state()
-        if self.device.type == "cuda":
-            tensors[checkpoint.RNG_CUDA] = torch.cuda.get_rng_state(self.device)
-        optimizer = checkpoint.split_state(
-            checkpoint.OPTIMIZER, self.optimizer.state_dict(), tensors
-        )
-        state = {
-            "history": self.history,
-            "best": {"value": self.best["value"], "epoch": self.best["epoch"]},
-            "optimizer": optimizer,
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "scaler": self.scaler.state_dict(),
-        }
-        checkpoint.save(self.run_dir / CHECKPOINTS, epoch, tensors, state)
+        if self.cfg.checkpoint:
+            root = self.run_dir / CHECKPOINTS
+            checkpoint.save_training(root, epoch, history=self.history, **self._resumable())
 
     def _restore(self) -> int:
         """Load the newest intact checkpoint; returns its epoch (0 when starting fresh)."""
-        found = checkpoint.load_latest(self.run_dir / CHECKPOINTS)
+        found = checkpoint.restore_training(self.run_dir / CHECKPOINTS, **self._resumable())
         if found is None:
             return 0
-        tensors, state = found
-        self.model.load_state_dict(checkpoint.unprefixed(checkpoint.MODEL, tensors))
-        best = checkpoint.unprefixed(checkpoint.BEST, tensors)
-        self.best = {**state["best"], "weights": best or None}
-        self.optimizer.load_state_dict(
-            checkpoint.optimizer_state_from_json(checkpoint.join_state(state["optimizer"], tensors))
-        )
-        _match_parameter_layouts(self.optimizer)
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(tensors[checkpoint.RNG_TORCH])
-        self.shuffle.set_state(tensors[checkpoint.RNG_SHUFFLE])
-        if checkpoint.RNG_CUDA in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors[checkpoint.RNG_CUDA], self.device)
-        self.history = state["history"]
+        epoch, self.history = found
         if self.log:
-            self.log(f"resumed {self.run_dir} from epoch {state['epoch']}")
-        return int(state["epoch"])
+            self.log(f"resumed {self.run_dir} from epoch {epoch}")
+        return epoch
 
 
 def _format_record(record: dict[str, Any]) -> str:
@@ -722,106 +593,3 @@ def _format_record(record: dict[str, Any]) -> str:
             parts.append(f"{key} {record[key]:.5g}")
     parts.append(f"{record['seconds']:.1f}s ({record['samples_per_s']:.0f}/s)")
     return "  ".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# A run, start to end
-
-
-def _same_precision(old: str, new: str, cfg: TrainConfig) -> bool:
-    """'auto' is the same as what it resolves to for this model and device, so a run made
-    with fp32 (the default before 'auto') resumes under 'auto' where auto picks fp32 too."""
-    if old == new or "auto" not in (old, new):
-        return old == new
-    model, device = models.create(cfg.model, **cfg.model_args), resolve_device(cfg.device)
-    return resolve_precision(old, device, model) == resolve_precision(new, device, model)
-
-
-def fit(
-    cfg: TrainConfig,
-    run_dir: str | Path,
-    *,
-    dataset: Dataset | None = None,
-    resume: bool = False,
-    callbacks: Iterable[Callback] = (),
-    log: Callable[[str], None] | None = None,
-    epoch_bar: bool = True,
-    until_epoch: int | None = None,
-) -> RunResult:
-    """Train `cfg` in `run_dir`. With `resume`, a completed run is returned as it is and an
-    unfinished one continues from its newest checkpoint, ending as an uninterrupted run would.
-    The run holds `run_dir` exclusively while it lives (dfl/runtime/run_lock.py); a run that cannot
-    start leaves nothing behind: no directory it created, no file it wrote."""
-    if isinstance(run_dir, str) and not run_dir.strip():
-        raise DflError("the run directory is empty (give a directory with --out)")
-    run_dir = Path(run_dir)
-    with claim_run_dir(run_dir) as claim:
-        status = read_status(run_dir)
-        if status is None:
-            refuse_foreign_files(run_dir)
-        if status is not None and not resume:
-            raise DflError(
-                f"{run_dir} already holds a run ({status['status']}); pass --resume to "
-                "continue or reuse it, or choose another --out"
-            )
-        if status is not None:
-            check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
-            if status["status"] == RunStatus.COMPLETED:
-                history = finished_history(run_dir)
-                return RunResult(run_dir, status["status"], history, status.get("final", {}))
-            if until_epoch:
-                with contextlib.suppress(DamagedHistory):  # the checkpoint holds the curve
-                    history = read_history(run_dir)
-                    if len(history) >= until_epoch:
-                        final = status.get("final", {})
-                        return RunResult(run_dir, status["status"], history, final)
-        # Everything that can be wrong with the config or the data fails here, before
-        # anything is written into the run directory.
-        data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
-        if status is not None and status.get("data", data.fingerprint) != data.fingerprint:
-            raise DflError(
-                f"{run_dir} was trained on other data (fingerprint {status['data']}, this data "
-                f"{data.fingerprint}): resume it on the data it started with, or use another --out"
-            )
-        with deferred_interrupt():  # torch imports torch._dynamo for the first optimiser
-            trainer = Trainer(cfg, run_dir, data, callbacks, log)
-        try:
-            for name in (CONFIG, STATUS):
-                claim.new_file(run_dir / name)
-            atomic_write_bytes(run_dir / CONFIG, config_to_toml(cfg).encode())
-            status_of = functools.partial(write_status, run_dir, data=data.fingerprint)
-            status_of(RunStatus.RUNNING, pid=os.getpid(), started=time.time())
-        except OSError as e:
-            raise unwritable(run_dir, e) from None
-        claim.started = True
-        return _train_and_record(trainer, status_of, epoch_bar, until_epoch)
-
-
-def _train_and_record(
-    trainer: Trainer, status_of: Callable[..., None], epoch_bar: bool, until_epoch: int | None
-) -> RunResult:
-    """Train, and record in status.json (through `status_of`, which adds the data's
-    fingerprint) how the run ended."""
-    try:
-        result = trainer.run(epoch_bar, until_epoch)
-    except StopRun as stop:
-        status_of(stop.status, reason=stop.reason, epochs_run=len(trainer.history))
-        return RunResult(trainer.run_dir, stop.status, trainer.history, {}, stop.reason)
-    except Exception as e:
-        memory = out_of_memory(e)
-        reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
-        if memory:
-            reason = (
-                f"out of memory in epoch {len(trainer.history) + 1} ({one_line(e)}); lower "
-                "batch_size or the model's size, then resume (the checkpoints are kept)"
-            )
-        with contextlib.suppress(OSError):
-            status_of(RunStatus.FAILED, reason=reason)
-        if memory:
-            raise DflError(f"{trainer.run_dir}: {reason}", exit_code=1) from None
-        raise
-    if result.status == RunStatus.PAUSED:
-        status_of(RunStatus.PAUSED, epochs_run=len(result.history))
-    else:
-        status_of(RunStatus.COMPLETED, final=result.final)
-    return result

@@ -1,0 +1,256 @@
+"""A training run, start to end, and the one type that describes one: `fit` trains a config in
+its run directory (trainer.py's loop, run_dir.py's files) and returns a `Run`, the same `Run`
+that `dfl.train` and `dfl.load` return (dfl.api) and that sweeps, experiments and the CLI read.
+
+A module apart from the trainer: a `Run` loads its trained model (trained.py), which is built
+as the trainer builds it, so the trainer cannot import this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfl import models
+from dfl.config import TrainConfig, config_to_toml
+from dfl.data import Dataset, load_dataset
+from dfl.errors import ConfigError, DflError, one_line, out_of_memory
+from dfl.runtime.atomic import atomic_write_bytes
+from dfl.runtime.interrupts import deferred_interrupt
+from dfl.runtime.run_lock import claim_run_dir, unwritable
+from dfl.training.run_dir import (
+    CONFIG,
+    STATUS,
+    DamagedHistory,
+    RunStatus,
+    check_same_config,
+    finished_history,
+    read_history,
+    read_status,
+    refuse_foreign_files,
+    write_status,
+)
+from dfl.training.trainer import (
+    Callback,
+    StopRun,
+    Trainer,
+    resolve_device,
+    resolve_precision,
+)
+
+if TYPE_CHECKING:
+    from dfl.training.inline_figure import InlineFigure
+
+
+@dataclass(frozen=True, repr=False)
+class Run:
+    """A training run as its directory holds it: the config it trained with, its status
+    (completed, paused, failed, pruned, running), one record per epoch and its final metrics."""
+
+    run_dir: Path
+    config: TrainConfig
+    # A plain str ("completed"), whether the run came from `fit` or from `load`: the trainer
+    # and status.json's reader give a RunStatus, which is turned into its value here.
+    status: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why it failed or stopped early
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", str(self.status))  # RunStatus -> its str value
+
+    def __repr__(self) -> str:
+        """One line: `Run('runs/train/mlp-...', model='mlp', status='completed', epochs=2,
+        test_accuracy=0.9712)` (the config, history and final metrics are its attributes)."""
+        parts = [
+            repr(str(self.run_dir)),
+            f"model={self.config.model!r}",
+            f"status={self.status!r}",
+            f"epochs={len(self.history)}",
+        ]
+        metric = next((k for k in ("test_accuracy", "test_loss") if k in self.final), None)
+        if metric is not None and isinstance(self.final[metric], int | float):
+            parts.append(f"{metric}={self.final[metric]:.4g}")
+        if self.reason:
+            reason = self.reason if len(self.reason) <= 60 else self.reason[:59] + "…"
+            parts.append(f"reason={reason!r}")
+        return f"Run({', '.join(parts)})"
+
+    @functools.cached_property
+    def trained(self) -> Any:
+        """The model with its trained weights and its input pipeline (`Trained`):
+        `run.trained.predict(images)`."""
+        from dfl.training.trained import load_trained
+
+        return load_trained(self.run_dir)
+
+    @property
+    def model(self) -> Any:
+        """The trained `torch.nn.Module`, on the CPU in eval mode."""
+        return self.trained.model
+
+    def plot(self, metrics: list[str] | None = None) -> InlineFigure:
+        """A matplotlib figure of the per-epoch curves (default: every loss and accuracy the
+        run recorded), losses and accuracies on their own axes. Each epoch is a marker on a
+        short run, so a one-epoch run shows its one point."""
+        from matplotlib.ticker import MaxNLocator
+
+        from dfl.training.inline_figure import InlineFigure
+
+        if not self.history:
+            raise ConfigError(f"{self.run_dir} has no finished epoch yet: nothing to plot")
+        recorded = [k for k in self.history[0] if k.endswith(("_loss", "_accuracy"))]
+        metrics = metrics or recorded
+        unknown = sorted(set(metrics) - set(recorded))
+        if unknown:
+            raise ConfigError(
+                f"{self.run_dir} recorded no {', '.join(unknown)} (it has {', '.join(recorded)})"
+            )
+        kinds = [k for k in ("_loss", "_accuracy") if any(m.endswith(k) for m in metrics)]
+        epochs = [h["epoch"] for h in self.history]
+        marker = "o" if len(epochs) <= 30 else None
+        fig = InlineFigure(figsize=(6 * len(kinds), 3.6))
+        for ax, kind in zip(fig.subplots(1, len(kinds), squeeze=False)[0], kinds, strict=True):
+            for m in (m for m in metrics if m.endswith(kind)):
+                ax.plot(epochs, [h[m] for h in self.history], label=m, marker=marker, ms=4)
+            ax.set(xlabel="epoch", ylabel=kind.strip("_"), title=self.run_dir.name)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
+            if len(epochs) == 1:  # one point: an axis around it, not matplotlib's ±5%
+                ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        return fig
+
+    def plot_reconstructions(self, images: Any) -> InlineFigure:
+        """An autoencoder run's reconstructions: `images` (uint8 (N, H, W), a tensor or an
+        array: a few test digits) on the top row, the model's outputs for them
+        (`run.trained.predict`) below."""
+        import torch
+
+        from dfl.training.inline_figure import InlineFigure
+
+        images = torch.as_tensor(images)
+        if len(images) == 0:
+            raise ConfigError("plot_reconstructions takes at least one image (got none)")
+        rebuilt = self.trained.predict(images)
+        if tuple(rebuilt.shape) != (len(images), 1, *images.shape[1:]):
+            raise ConfigError(
+                f"{self.run_dir} is not an autoencoder: model '{self.config.model}' maps "
+                f"{tuple(images.shape)} images to outputs of shape {tuple(rebuilt.shape)}"
+            )
+        n = len(images)
+        fig = InlineFigure(figsize=(max(n, 2), 2.2))
+        axes = fig.subplots(2, n, squeeze=False)
+        rows = (("input", images.numpy()), ("reconstruction", rebuilt[:, 0].numpy()))
+        for row, (label, shown) in enumerate(rows):
+            for ax, image in zip(axes[row], shown, strict=True):
+                ax.imshow(image, cmap="gray")
+                ax.axis("off")
+            axes[row][0].set_title(label, fontsize=8, loc="left")
+        return fig
+
+
+def _same_precision(old: str, new: str, cfg: TrainConfig) -> bool:
+    """'auto' is the same as what it resolves to for this model and device, so a run made
+    with fp32 (the default before 'auto') resumes under 'auto' where auto picks fp32 too."""
+    if old == new or "auto" not in (old, new):
+        return old == new
+    model, device = models.create(cfg.model, **cfg.model_args), resolve_device(cfg.device)
+    return resolve_precision(old, device, model) == resolve_precision(new, device, model)
+
+
+def fit(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    callbacks: Iterable[Callback] = (),
+    log: Callable[[str], None] | None = None,
+    epoch_bar: bool = True,
+    until_epoch: int | None = None,
+) -> Run:
+    """Train `cfg` in `run_dir`. With `resume`, a completed run is returned as it is and an
+    unfinished one continues from its newest checkpoint, ending as an uninterrupted run would.
+    The run holds `run_dir` exclusively while it lives (dfl/runtime/run_lock.py); a run that cannot
+    start leaves nothing behind: no directory it created, no file it wrote."""
+    if isinstance(run_dir, str) and not run_dir.strip():
+        raise DflError("the run directory is empty (give a directory with --out)")
+    run_dir = Path(run_dir)
+    with claim_run_dir(run_dir) as claim:
+        status = read_status(run_dir)
+        if status is None:
+            refuse_foreign_files(run_dir)
+        if status is not None and not resume:
+            raise DflError(
+                f"{run_dir} already holds a run ({status['status']}); pass --resume to "
+                "continue or reuse it, or choose another --out"
+            )
+        if status is not None:
+            check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
+            if status["status"] == RunStatus.COMPLETED:
+                history = finished_history(run_dir)
+                return Run(run_dir, cfg, status["status"], history, status.get("final", {}))
+            if until_epoch:
+                with contextlib.suppress(DamagedHistory):  # the checkpoint holds the curve
+                    history = read_history(run_dir)
+                    if len(history) >= until_epoch:
+                        final = status.get("final", {})
+                        return Run(run_dir, cfg, status["status"], history, final)
+        # Everything that can be wrong with the config or the data fails here, before
+        # anything is written into the run directory.
+        data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        if status is not None and status.get("data", data.fingerprint) != data.fingerprint:
+            raise DflError(
+                f"{run_dir} was trained on other data (fingerprint {status['data']}, this data "
+                f"{data.fingerprint}): resume it on the data it started with, or use another --out"
+            )
+        with deferred_interrupt():  # torch imports torch._dynamo for the first optimiser
+            trainer = Trainer(cfg, run_dir, data, callbacks, log)
+        try:
+            for name in (CONFIG, STATUS):
+                claim.new_file(run_dir / name)
+            atomic_write_bytes(run_dir / CONFIG, config_to_toml(cfg).encode())
+            status_of = functools.partial(write_status, run_dir, data=data.fingerprint)
+            status_of(RunStatus.RUNNING, pid=os.getpid(), started=time.time())
+        except OSError as e:
+            raise unwritable(run_dir, e) from None
+        claim.started = True
+        return _train_and_record(trainer, status_of, epoch_bar, until_epoch)
+
+
+def _train_and_record(
+    trainer: Trainer, status_of: Callable[..., None], epoch_bar: bool, until_epoch: int | None
+) -> Run:
+    """Train, and record in status.json (through `status_of`, which adds the data's
+    fingerprint) how the run ended."""
+    run = functools.partial(Run, trainer.run_dir, trainer.cfg)
+    try:
+        status = trainer.run(epoch_bar, until_epoch)
+    except StopRun as stop:
+        status_of(stop.status, reason=stop.reason, epochs_run=len(trainer.history))
+        return run(stop.status, trainer.history, {}, stop.reason)
+    except Exception as e:
+        memory = out_of_memory(e)
+        reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
+        if memory:
+            reason = (
+                f"out of memory in epoch {len(trainer.history) + 1} ({one_line(e)}); lower "
+                "batch_size or the model's size, then resume (the checkpoints are kept)"
+            )
+        with contextlib.suppress(OSError):
+            status_of(RunStatus.FAILED, reason=reason)
+        if memory:
+            raise DflError(f"{trainer.run_dir}: {reason}", exit_code=1) from None
+        raise
+    if status == RunStatus.PAUSED:
+        status_of(RunStatus.PAUSED, epochs_run=len(trainer.history))
+    else:
+        status_of(RunStatus.COMPLETED, final=trainer.final)
+    return run(status, trainer.history, trainer.final)
