@@ -63,8 +63,8 @@ class Settings:
 # epochs, all data); both answer the size question with the size study. every: all seven at
 # the lab's protocol. The modern ViT at its recipe: full and complete. No torch.compile
 # (measured with alternating repeats, benchmarks/RESULTS.md): since the ViTs' token-wise linear
-# layers run through oneDNN on AMD CPUs (the runtime's `TokenLinear` swap), compiling trains both ViTs slower on CPU (notebook
-# 0.78-0.93x, modern 0.69-0.74x).
+# layers run through oneDNN on AMD CPUs (the runtime's `TokenLinear` swap), compiling trains
+# both ViTs slower on CPU (notebook 0.78-0.93x, modern 0.69-0.74x).
 PROFILES = {
     "smoke": Settings(1, 2000, 1, 1000, ((32, 6, 8, 64),), 1, 2000, (1000, 500), 1, 2),
     "preview": Settings(2, None, 1, None, (), 0, None, study_epochs=2),
