@@ -471,6 +471,7 @@ def test_model_arguments_that_do_not_fit_are_one_line(case, tmp_path, capsys, di
 UNDER_A_CAP = """
 import resource, sys
 import torch
+from dfl.cli import main
 size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1])
 cap = (size + 600_000) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
