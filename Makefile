@@ -12,7 +12,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 PROFILE ?=
 JOBS ?= 1
 
-.PHONY: setup test lint format reproduce bench profile-cost gpu-wheels notebook fashion-mnist postgresql browser clean
+.PHONY: setup test test-fast lint format reproduce bench profile-cost gpu-wheels notebook fashion-mnist postgresql browser clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ format: setup
 
 test: lint
 	$(BIN)/pytest -q
+
+# The inner loop: lint, then every test not marked `slow` (real processes, trainings of more
+# than a few seconds) or `mnist` (the real data). `make test`, which CI runs, runs them all.
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow and not mnist"
 
 reproduce: setup
 	$(BIN)/dfl reproduce $(if $(PROFILE),--profile $(PROFILE)) --jobs $(JOBS)

@@ -25,8 +25,17 @@ from dfl.report.build import build_report
 from dfl.reproduce import reproduce
 
 
+@pytest.fixture
+def shared_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Experiments side by side (two at once on 2 cores) share the cores as they do for a user
+    (dfl/runtime/core_share.py), where conftest pins each training to the threads it starts
+    with: two experiments' trainings at a thread per core each spin against each other (this
+    test took 457 s so, on busy cores). For tests that compare no number across runs."""
+    monkeypatch.setenv("DFL_SHARE_CORES", "1")
+
+
 @pytest.mark.slow
-def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request):
+def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request, shared_cores):
     data = write_idx_dataset(tmp_path / "digits", n_train=3000, n_test=600)
     out = tmp_path / "repro"
     report = reproduce(out, "smoke", str(data), device="cpu", seeds=1)
@@ -215,16 +224,31 @@ def test_an_interrupted_experiment_records_its_time(tmp_path: Path, monkeypatch)
     assert not (out / "conv" / "result.json").exists()  # nothing half-written
 
 
+@pytest.fixture(scope="module")
+def ae_and_sae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One smoke reproduction of ae and sae (side by side, sharing the cores), which the three
+    tests below read instead of training their own: made by `dfl reproduce --out was` run in a
+    directory whose name has a quote, a backslash and a space, on a dataset there too. Returns
+    that directory. The last of the three moves `was`: keep it last."""
+    root = tmp_path_factory.mktemp("ae-sae") / 'q"uo\\te dir'
+    data = write_idx_dataset(root / "digits", n_train=2500, n_test=500)
+    with pytest.MonkeyPatch.context() as env:  # what conftest's fixtures set for a test
+        env.setenv("DFL_DATA_DIR", str(tmp_path_factory.getbasetemp() / "dfl-cache"))
+        env.setenv("DFL_SHARE_CORES", "1")  # as `shared_cores`
+        env.chdir(root)
+        argv = ["reproduce", "--profile", "smoke", "--dataset", str(data), "--device", "cpu",
+                "--only", "ae,sae", "--out", "was"]  # fmt: skip
+        assert main(argv) == 0
+    return root
+
+
 @pytest.mark.slow
-def test_quotes_and_backslashes_in_paths_travel_as_data(tmp_path: Path):
+def test_quotes_and_backslashes_in_paths_travel_as_data(ae_and_sae: Path):
     """Values reach the configs as data: an --out and a dataset path with a quote, a backslash
     and a space give the runs exactly those paths (the autoencoder's probe starts from a grid
     run's directory by init_from, its sweep trials read the dataset path), and the commands
     that repeat a run name them quoted."""
-    root = tmp_path / 'q"uo\\te dir'
-    data = write_idx_dataset(root / "digits", n_train=2500, n_test=500)
-    out = root / "repro"
-    reproduce(out, "smoke", str(data), device="cpu", seeds=1, only=["ae"])
+    data, out = ae_and_sae / "digits", ae_and_sae / "was"
 
     record = json.loads((out / "ae" / "result.json").read_text())
     assert record["status"] == "completed", record.get("reason")
@@ -311,7 +335,9 @@ def start_paused(tmp_path: Path, *args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "dfl", "reproduce", "--profile", "smoke",
                "--dataset", str(data), "--out", str(tmp_path / "r"),
                "--experiments-at-once", "2", *args]  # fmt: skip
-    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "1:60"}
+    # Side by side, the trainings share the cores (as `shared_cores`): nothing here compares
+    # numbers, and each at a thread per core they would spin against each other.
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "1:60", "DFL_SHARE_CORES": "1"}
     return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -373,6 +399,7 @@ def test_a_killed_reproduce_takes_its_processes_with_it(tmp_path: Path):
         assert (tmp_path / "r" / experiment / "spent.json").exists()
 
 
+@pytest.mark.slow
 def test_progress_lines_and_the_lab_table_off_a_terminal(tmp_path: Path, capsys):
     """Output to a log gets a line per experiment start and end with the time left; every lab
     number lands in results.json with one of the four verdicts and a reason, and the report's
@@ -403,6 +430,7 @@ def test_progress_lines_and_the_lab_table_off_a_terminal(tmp_path: Path, capsys)
     assert table.count("\n| ") == 38 + 1  # a header and one row per lab number
 
 
+@pytest.mark.slow
 def test_experiments_side_by_side_in_their_own_processes(tmp_path: Path, capsys):
     """Two at once (the default on 2+ cores): both finish in spawned processes, a line says
     when each starts and ends (their own bars are off), and the report's time is the clock's,
@@ -425,44 +453,47 @@ def test_experiments_side_by_side_in_their_own_processes(tmp_path: Path, capsys)
     assert "min on the clock for its experiments" in (out / "report.md").read_text()
 
 
-def test_the_report_rebuilds_from_another_working_directory(tmp_path: Path, monkeypatch):
+@pytest.mark.slow
+def test_the_report_rebuilds_from_another_working_directory(
+    ae_and_sae: Path, tmp_path, monkeypatch
+):
     """Results name their runs by absolute path, so `dfl report DIR` redraws the figures (the
-    stacked autoencoder's read saved weights) wherever it runs from."""
-    data = write_idx_dataset(tmp_path / "digits", n_train=2500, n_test=500)
+    stacked autoencoder's read saved weights) wherever it runs from: the reproduction was made
+    with a relative `--out was`, and is reported here from another directory."""
     monkeypatch.chdir(tmp_path)
-    assert main(["reproduce", "--profile", "smoke", "--dataset", str(data), "--out", "r",
-                 "--only", "sae"]) == 0  # fmt: skip
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    assert main(["report", str(tmp_path / "r")]) == 0
-    assert "Figures missing" not in (tmp_path / "r" / "report.md").read_text()
+    assert main(["report", str(ae_and_sae / "was")]) == 0
+    assert "Figures missing" not in (ae_and_sae / "was" / "report.md").read_text()
 
 
-def test_a_moved_reproduction_reports_and_resumes_in_its_new_place(tmp_path: Path):
+@pytest.mark.slow
+def test_a_moved_reproduction_reports_and_resumes_in_its_new_place(ae_and_sae: Path, shared_cores):
     """Results and run configs name runs by absolute path. Moved, the directory still draws
     its figures from its own runs and gives commands naming them; a half-done experiment
     resumes there (a fine-tune's init_from names its pretraining run's new place)."""
-    data = write_idx_dataset(tmp_path / "digits", n_train=2500, n_test=500)
-    args = ["reproduce", "--profile", "smoke", "--dataset", str(data), "--only", "ae,sae"]
-    assert main([*args, "--out", str(tmp_path / "was")]) == 0
-    (tmp_path / "was").rename(tmp_path / "now")
-    now = tmp_path / "now"
+    root = ae_and_sae
+    args = ["reproduce", "--profile", "smoke", "--dataset", str(root / "digits"),
+            "--device", "cpu", "--only", "ae,sae"]  # fmt: skip
+    # The old place as each file spells it: JSON and TOML escape the quote and the backslash
+    # in the directory's name, not what follows them.
+    was = "te dir/was"
+    assert was in (root / "was" / "results.json").read_text()  # as made, it names its place
+    (root / "was").rename(root / "now")
+    now = root / "now"
     assert main(["report", str(now)]) == 0
     for name in ("report.md", "results.json"):
         text = (now / name).read_text()
-        assert "Figures missing" not in text and str(tmp_path / "was") not in text
+        assert "Figures missing" not in text and was not in text
     (now / "sae" / "result.json").unlink()  # as if killed before it ended
     finetune = json.loads((now / "sae" / "runs" / "full_corrected_seed0_finetune" /
                            "status.json").read_text())  # fmt: skip
     assert main([*args, "--out", str(now)]) == 0
     record = json.loads((now / "sae" / "result.json").read_text())
-    assert record["status"] == "completed" and str(tmp_path / "was") not in json.dumps(record)
+    assert record["status"] == "completed" and was not in json.dumps(record)
     assert finetune == json.loads(
         (now / "sae" / "runs" / "full_corrected_seed0_finetune" / "status.json").read_text()
     )  # kept, not retrained
-    for config in now.rglob("config.toml"):
-        assert str(tmp_path / "was") not in config.read_text()
+    configs = list(now.rglob("config.toml"))
+    assert configs and not [c for c in configs if was in c.read_text()]
 
 
 def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
