@@ -87,6 +87,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="default: auto (bf16 for CNNs on CPUs with native bf16, else fp32)",
     )
     p.add_argument("--seed", type=int, help="seed for init, shuffling and augmentation")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="train these seeds (0,1,2), each in --out/seedN, as one fused model where it pays",
+    )
+    p.add_argument(
+        "--fuse",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="with --seeds: train them as one model (auto: where measured to pay)",
+    )
     p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     add_data_arguments(p)
@@ -116,6 +127,18 @@ TRAIN_EXAMPLES = """examples:
   dfl train --config RUN/config.toml             repeat a run from its folder
   dfl train --out RUN --resume                   continue an interrupted run
 `dfl models MODEL` lists a model's arguments."""
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of seeds"
+        ) from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"'{text}' names a seed twice")
+    return seeds
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:
@@ -148,13 +171,12 @@ def run_train(args: argparse.Namespace) -> int:
     from dfl.models import with_model_defaults
 
     config_file = args.config
-    if (
-        args.resume
-        and args.out
-        and config_file is None
-        and (Path(args.out) / "config.toml").exists()
-    ):
-        config_file = Path(args.out) / "config.toml"  # resume with the run's own config
+    if args.resume and args.out and config_file is None:
+        # Resume with the run's own config (with --seeds, the first seed's: the seed is set
+        # for each run below).
+        own = Path(args.out) / (f"seed{args.seeds[0]}" if args.seeds else "") / "config.toml"
+        if own.exists():
+            config_file = own
     if config_file is None and args.model is None:
         raise DflError(
             "name a model (`dfl train cnn_lab`) or give --config FILE; "
@@ -165,10 +187,24 @@ def run_train(args: argparse.Namespace) -> int:
         print(config_to_toml(with_model_defaults(cfg), show_unset=True))
         return 0
     with deferred_interrupt():  # imports: see dfl/runtime/interrupts.py
-        from dfl.training.run import fit
+        from dfl.training.run import fit, fit_group
 
     out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = fit(cfg, out, resume=args.resume, log=lambda s: print(s, file=sys.stderr))
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    if args.seeds is None:
+        _print_result(fit(cfg, out, resume=args.resume, log=log), out)
+        return 0
+    if args.seed is not None:
+        raise DflError("give --seed or --seeds, not both")
+    cfgs = [cfg.model_copy(update={"seed": seed}) for seed in args.seeds]
+    dirs = [out / f"seed{seed}" for seed in args.seeds]
+    runs = fit_group(cfgs, dirs, fuse=args.fuse, resume=args.resume, log=log)
+    for run, run_dir in zip(runs, dirs, strict=True):
+        _print_result(run, run_dir)
+    return 0
+
+
+def _print_result(result, out: Path) -> None:
     f = result.final
     n = f.get("epochs_run", 0)
     summary = [
@@ -180,7 +216,6 @@ def run_train(args: argparse.Namespace) -> int:
         f"{result.status}: {'  '.join(summary)}  ({n} epoch{'' if n == 1 else 's'}, "
         f"{f.get('params', 0):,} parameters) -> {out}"
     )
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,19 @@ class Objective:
     metrics: ClassVar[tuple[str, ...]] = ("loss",)  # what `finish` returns for an epoch
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
+        return self.loss(self.outputs(model, x), x, y)
+
+    # A step in two parts, so that runs trained as one (dfl/training/fused.py) can compute the
+    # outputs of all their models at once and each run's loss from its own slice.
+
+    def outputs(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """What the model computes for the loss."""
+        return model(x)
+
+    def loss(
+        self, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Sums]:
+        """The batch's mean loss to backpropagate, and its sums (see the module docstring)."""
         raise NotImplementedError
 
     @staticmethod
@@ -37,16 +50,19 @@ class Objective:
 class Classification(Objective):
     metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")
 
-    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
-        logits = model(x)  # (B, classes)
+    def loss(
+        self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Sums]:
+        # logits: (B, classes)
         loss = F.cross_entropy(logits.float(), y)
         correct = (logits.argmax(dim=1) == y).sum()
         return loss, {"loss": loss.detach() * y.shape[0], "correct": correct}
 
 
 class Reconstruction(Objective):
-    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
-        recon = model(x)
+    def loss(
+        self, recon: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Sums]:
         loss = F.mse_loss(recon.float(), x)  # mean over every pixel of the batch
         return loss, {"loss": loss.detach() * x.shape[0]}  # per-pixel MSE x samples
 
@@ -58,8 +74,11 @@ class LayerwisePretraining(Objective):
 
     layer: int = 0
 
-    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
-        target, recon = model.reconstruct_layer(x, self.layer)
+    def outputs(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.reconstruct_layer(x, self.layer)
+
+    def loss(self, out: tuple, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Sums]:
+        target, recon = out
         loss = F.mse_loss(recon.float(), target)
         return loss, {"loss": loss.detach() * x.shape[0]}
 

@@ -14,6 +14,10 @@ from dfl.models.registry import register
 class DenseAutoencoder(nn.Module):
     """Linear(784, enc) -> ReLU -> Linear(enc, 784) -> sigmoid, on flattened pixels in [0, 1]."""
 
+    # Its code calls its layers and shape-agnostic ops only, so the stacked copies of several
+    # runs (dfl/training/stacked.py) run it on (runs, batch, ...) inputs.
+    stackable = True
+
     def __init__(self, enc: int, in_features: int = 784) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(in_features, enc), nn.ReLU())
@@ -58,6 +62,8 @@ def autoencoder_deep(*, enc: int = 32, hidden: list[int] = [512, 256]) -> nn.Mod
 class LinearProbe(nn.Module):
     """A trained encoder (frozen by the run's `freeze = ["encoder"]`) and a linear classifier
     on its codes: how much class information the code keeps."""
+
+    stackable = True  # as DenseAutoencoder
 
     def __init__(self, encoder: nn.Module, enc: int, num_classes: int) -> None:
         super().__init__()

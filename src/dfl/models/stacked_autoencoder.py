@@ -20,6 +20,10 @@ class StackedAutoencoder(nn.Module):
     classifier Linear(top, classes) on logits. Layer k's parameters are `encoders.k` and
     `decoders.k`, which is what the layer-wise phases freeze and train by name."""
 
+    # Its code calls its layers and shape-agnostic ops only, so the stacked copies of several
+    # runs (dfl/training/stacked.py) run it on (runs, batch, ...) inputs.
+    stackable = True
+
     def __init__(self, sizes: list[int], num_classes: int) -> None:
         super().__init__()
         pairs = list(itertools.pairwise(sizes))
@@ -29,7 +33,7 @@ class StackedAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor, layers: int | None = None) -> torch.Tensor:
         """The code after the first `layers` encoders (all of them by default)."""
-        h = x.flatten(1)  # (B, 784)
+        h = x.flatten(-3)  # images (..., 1, 28, 28) -> (..., 784)
         for encoder in self.encoders[:layers]:
             h = encoder(h)
         return h

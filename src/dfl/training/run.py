@@ -180,63 +180,148 @@ def fit(
     unfinished one continues from its newest checkpoint, ending as an uninterrupted run would.
     The run holds `run_dir` exclusively while it lives (dfl/runtime/run_lock.py); a run that cannot
     start leaves nothing behind: no directory it created, no file it wrote."""
+    run_dir = _run_dir(run_dir)
+    with claim_run_dir(run_dir) as claim:
+        ready = _start(cfg, run_dir, claim, dataset, resume, callbacks, log, until_epoch)
+        if isinstance(ready, Run):
+            return ready
+        trainer, status_of = ready
+        try:
+            outcome: Outcome = trainer.run(epoch_bar, until_epoch)
+        except Exception as e:
+            outcome = e
+        return _record(trainer, status_of, outcome)
+
+
+def fit_group(
+    cfgs: list[TrainConfig],
+    run_dirs: list[str | Path],
+    *,
+    fuse: str = "auto",
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+    epoch_bar: bool = True,
+) -> list[Run]:
+    """Train each config in its run directory, as `fit` would one by one; runs that differ
+    only in their seed train as one fused model (dfl/training/fused.py) with `fuse` "on", or
+    with "auto" where that was measured to pay. Every run is recorded however the others end;
+    the first that failed then raises its error."""
+    from dfl.training.fused import fuse_blocker, fuse_pays, train_fused
+
+    run_dirs = [_run_dir(d) for d in run_dirs]
+    if len(set(run_dirs)) != len(run_dirs):
+        raise DflError("two runs of the group share a run directory")
+    blocker = fuse_blocker(cfgs)
+    if fuse == "on" and blocker:
+        raise ConfigError(f"--fuse on: these runs cannot train as one: {blocker}")
+    with contextlib.ExitStack() as claims:
+        if dataset is None:
+            dataset = load_dataset(cfgs[0].data.dataset, cfgs[0].data.data_dir)
+        ready = []
+        for cfg, run_dir in zip(cfgs, run_dirs, strict=True):
+            claim = claims.enter_context(claim_run_dir(run_dir))
+            ready.append(_start(cfg, run_dir, claim, dataset, resume, (), log, None))
+        pending = [r for r in ready if not isinstance(r, Run)]
+        trainers = [trainer for trainer, _ in pending]
+        fused = len(trainers) > 1 and not blocker
+        if fused and fuse == "auto":
+            fused = fuse_pays(trainers[0])
+        if fused:
+            if log:
+                log(f"training {len(trainers)} runs as one fused model")
+            outcomes = train_fused(trainers, epoch_bar)
+        else:
+            outcomes = []
+            for trainer in trainers:
+                try:
+                    outcomes.append(trainer.run(epoch_bar))
+                except Exception as e:
+                    outcomes.append(e)
+        done, errors = [], []
+        for (trainer, status_of), outcome in zip(pending, outcomes, strict=True):
+            try:
+                done.append(_record(trainer, status_of, outcome))
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        finished = iter(done)
+        return [r if isinstance(r, Run) else next(finished) for r in ready]
+
+
+def _run_dir(run_dir: str | Path) -> Path:
     if isinstance(run_dir, str) and not run_dir.strip():
         raise DflError("the run directory is empty (give a directory with --out)")
-    run_dir = Path(run_dir)
-    with claim_run_dir(run_dir) as claim:
-        status = read_status(run_dir)
-        if status is None:
-            refuse_foreign_files(run_dir)
-        if status is not None and not resume:
-            raise DflError(
-                f"{run_dir} already holds a run ({status['status']}); pass --resume to "
-                "continue or reuse it, or choose another --out"
-            )
-        if status is not None:
-            check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
-            if status["status"] == RunStatus.COMPLETED:
-                history = finished_history(run_dir)
-                return Run(run_dir, cfg, status["status"], history, status.get("final", {}))
-            if until_epoch:
-                with contextlib.suppress(DamagedHistory):  # the checkpoint holds the curve
-                    history = read_history(run_dir)
-                    if len(history) >= until_epoch:
-                        final = status.get("final", {})
-                        return Run(run_dir, cfg, status["status"], history, final)
-        # Everything that can be wrong with the config or the data fails here, before
-        # anything is written into the run directory.
-        data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
-        if status is not None and status.get("data", data.fingerprint) != data.fingerprint:
-            raise DflError(
-                f"{run_dir} was trained on other data (fingerprint {status['data']}, this data "
-                f"{data.fingerprint}): resume it on the data it started with, or use another --out"
-            )
-        with deferred_interrupt():  # torch imports torch._dynamo for the first optimiser
-            trainer = Trainer(cfg, run_dir, data, callbacks, log)
-        try:
-            for name in (CONFIG, STATUS):
-                claim.new_file(run_dir / name)
-            atomic_write_bytes(run_dir / CONFIG, config_to_toml(cfg).encode())
-            status_of = functools.partial(write_status, run_dir, data=data.fingerprint)
-            status_of(RunStatus.RUNNING, pid=os.getpid(), started=time.time())
-        except OSError as e:
-            raise unwritable(run_dir, e) from None
-        claim.started = True
-        return _train_and_record(trainer, status_of, epoch_bar, until_epoch)
+    return Path(run_dir)
 
 
-def _train_and_record(
-    trainer: Trainer, status_of: Callable[..., None], epoch_bar: bool, until_epoch: int | None
-) -> Run:
-    """Train, and record in status.json (through `status_of`, which adds the data's
-    fingerprint) how the run ended."""
-    run = functools.partial(Run, trainer.run_dir, trainer.cfg)
+def _start(
+    cfg: TrainConfig,
+    run_dir: Path,
+    claim: Any,
+    dataset: Dataset | None,
+    resume: bool,
+    callbacks: Iterable[Callback],
+    log: Callable[[str], None] | None,
+    until_epoch: int | None,
+) -> Run | tuple[Trainer, Callable[..., None]]:
+    """Check `run_dir` (held by `claim`) against `cfg`, and either return the run it already
+    holds (a completed one resumed, or one paused at or past `until_epoch`) or build its
+    `Trainer` and mark it running; returns the trainer and its status writer."""
+    status = read_status(run_dir)
+    if status is None:
+        refuse_foreign_files(run_dir)
+    if status is not None and not resume:
+        raise DflError(
+            f"{run_dir} already holds a run ({status['status']}); pass --resume to "
+            "continue or reuse it, or choose another --out"
+        )
+    if status is not None:
+        check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
+        if status["status"] == RunStatus.COMPLETED:
+            history = finished_history(run_dir)
+            return Run(run_dir, cfg, status["status"], history, status.get("final", {}))
+        if until_epoch:
+            with contextlib.suppress(DamagedHistory):  # the checkpoint holds the curve
+                history = read_history(run_dir)
+                if len(history) >= until_epoch:
+                    return Run(run_dir, cfg, status["status"], history, status.get("final", {}))
+    # Everything that can be wrong with the config or the data fails here, before
+    # anything is written into the run directory.
+    data = dataset if dataset is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    if status is not None and status.get("data", data.fingerprint) != data.fingerprint:
+        raise DflError(
+            f"{run_dir} was trained on other data (fingerprint {status['data']}, this data "
+            f"{data.fingerprint}): resume it on the data it started with, or use another --out"
+        )
+    with deferred_interrupt():  # torch imports torch._dynamo for the first optimiser
+        trainer = Trainer(cfg, run_dir, data, callbacks, log)
     try:
-        status = trainer.run(epoch_bar, until_epoch)
-    except StopRun as stop:
-        status_of(stop.status, reason=stop.reason, epochs_run=len(trainer.history))
-        return run(stop.status, trainer.history, {}, stop.reason)
-    except Exception as e:
+        for name in (CONFIG, STATUS):
+            claim.new_file(run_dir / name)
+        atomic_write_bytes(run_dir / CONFIG, config_to_toml(cfg).encode())
+        status_of = functools.partial(write_status, run_dir, data=data.fingerprint)
+        status_of(RunStatus.RUNNING, pid=os.getpid(), started=time.time())
+    except OSError as e:
+        raise unwritable(run_dir, e) from None
+    claim.started = True
+    return trainer, status_of
+
+
+Outcome = RunStatus | BaseException
+
+
+def _record(trainer: Trainer, status_of: Callable[..., None], outcome: Outcome) -> Run:
+    """Record in status.json (through `status_of`, which adds the data's fingerprint) how the
+    run ended: `outcome` is its status, or the exception that ended it (raised on, after
+    recording, unless it was a StopRun)."""
+    run = functools.partial(Run, trainer.run_dir, trainer.cfg)
+    if isinstance(outcome, StopRun):
+        status_of(outcome.status, reason=outcome.reason, epochs_run=len(trainer.history))
+        return run(outcome.status, trainer.history, {}, outcome.reason)
+    if isinstance(outcome, BaseException):
+        e = outcome
         memory = out_of_memory(e)
         reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
         if memory:
@@ -248,9 +333,9 @@ def _train_and_record(
             status_of(RunStatus.FAILED, reason=reason)
         if memory:
             raise DflError(f"{trainer.run_dir}: {reason}", exit_code=1) from None
-        raise
-    if status == RunStatus.PAUSED:
+        raise e
+    if outcome == RunStatus.PAUSED:
         status_of(RunStatus.PAUSED, epochs_run=len(trainer.history))
     else:
         status_of(RunStatus.COMPLETED, final=trainer.final)
-    return run(status, trainer.history, trainer.final)
+    return run(outcome, trainer.history, trainer.final)

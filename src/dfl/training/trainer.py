@@ -134,6 +134,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def global_rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the generator dropout draws from on `device`."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def set_global_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
 def prepare_splits(cfg: TrainConfig, data: Dataset, device: torch.device) -> dict[str, Split]:
     """train / val / test on the device. Faithful runs draw the lab's random subsets first;
     the validation split is carved out of (the subset of) the training images, seeded by
@@ -375,6 +387,9 @@ class Trainer:
         self.best = Best.of(cfg, self.objective, validated="val" in self.splits)
         self._saved_at = time.monotonic()
         self._check_labels()
+        # Dropout draws from the global generator, which the seed set before the model's init
+        # drew from it: where it stands now is where this run's training starts.
+        self._built_rng = global_rng_state(self.device)
 
     @torch.no_grad()
     def _check_labels(self) -> None:
@@ -489,10 +504,11 @@ class Trainer:
                 self.runtime = RunContext()  # idle: train_epoch outside run() ticks nothing
 
     def _run(self, epoch_bar: bool, until_epoch: int | None) -> RunStatus:
+        return self.train_from(self.begin(), epoch_bar, until_epoch)
+
+    def train_from(self, start_epoch: int, epoch_bar: bool, until_epoch: int | None) -> RunStatus:
+        """The epochs from `start_epoch` (`begin`'s) on, to the end or to `until_epoch`."""
         last_epoch = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
-        start_epoch = self._restore() + 1
-        if start_epoch > 1:  # the checkpoint's history is the truth: repair a damaged file
-            write_metrics(self.run_dir, self.history)
         t_run = time.perf_counter()
         bar = progress(
             range(start_epoch, last_epoch + 1), self.run_dir.name, "epoch", leave=True,
@@ -500,43 +516,69 @@ class Trainer:
         )  # fmt: skip
         stopped = None
         for epoch in bar:
-            t0 = time.perf_counter()
-            record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-            record.update({f"train_{k}": v for k, v in self.train_epoch(epoch).items()})
-            seconds = time.perf_counter() - t0
-            if "val" in self.splits:
-                record.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
-            if self.cfg.test_every_epoch:
-                record.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
-            record["seconds"] = round(seconds, 4)
-            record["samples_per_s"] = round(len(self.splits["train"]) / seconds, 1)
-            if self.scheduler is not None and not self.schedule_per_step:
-                self.scheduler.step()
-            self.history.append(record)
-            stopped = self.best.update(record, self.model)
-            bar.set_postfix(
-                {k: f"{v:.4g}" for k, v in record.items() if k.startswith(("train_", "val_"))}
-            )
-            if self.log:
-                self.log(_format_record(record))
-            try:
-                for callback in self.callbacks:
-                    callback(record)
-            except StopRun:
-                self._checkpoint(epoch)  # a pruned trial can still be inspected or resumed
-                raise
-            # Every epoch by default; with an interval, only when it has passed, and always at
-            # the last epoch of this call (a pause, an early stop or the end).
-            due = time.monotonic() - self._saved_at >= self.cfg.checkpoint_interval_s
-            if due or stopped or epoch == last_epoch:
-                self._checkpoint(epoch)
+            lr, t0 = self.optimizer.param_groups[0]["lr"], time.perf_counter()
+            train = self.train_epoch(epoch)
+            stopped = self.end_epoch(epoch, lr, train, time.perf_counter() - t0, last_epoch)
+            shown = {k: v for k, v in self.history[-1].items() if k.startswith(("train_", "val_"))}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
             if stopped:
                 break
         bar.close()
+        return self.finish(time.perf_counter() - t_run, stopped, last_epoch)
+
+    # The loop's three parts, which a group of runs trained as one (fused.py) calls for each of
+    # its runs around its own training epochs.
+
+    def begin(self) -> int:
+        """The epoch to train first: 1, or the one after the newest intact checkpoint's. The
+        global generator is set as the run left it (other runs may have been built since)."""
+        set_global_rng_state(self.device, self._built_rng)
+        start_epoch = self._restore() + 1
+        if start_epoch > 1:  # the checkpoint's history is the truth: repair a damaged file
+            write_metrics(self.run_dir, self.history)
+        return start_epoch
+
+    def end_epoch(
+        self, epoch: int, lr: float, train: dict[str, float], seconds: float, last_epoch: int
+    ) -> str | None:
+        """Record epoch `epoch`, trained at `lr` (its first step's) in `seconds` with training
+        metrics `train`: evaluate, step the epoch's schedule, track the best epoch, call the
+        callbacks (a StopRun from one passes on, checkpointed first) and checkpoint when due.
+        Returns why the run stops early, or None."""
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        record.update({f"train_{k}": v for k, v in train.items()})
+        if "val" in self.splits:
+            record.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+        if self.cfg.test_every_epoch:
+            record.update({f"test_{k}": v for k, v in self.evaluate("test").items()})
+        record["seconds"] = round(seconds, 4)
+        record["samples_per_s"] = round(len(self.splits["train"]) / seconds, 1)
+        if self.scheduler is not None and not self.schedule_per_step:
+            self.scheduler.step()
+        self.history.append(record)
+        stopped = self.best.update(record, self.model)
+        if self.log:
+            self.log(_format_record(record))
+        try:
+            for callback in self.callbacks:
+                callback(record)
+        except StopRun:
+            self._checkpoint(epoch)  # a pruned trial can still be inspected or resumed
+            raise
+        # Every epoch by default; with an interval, only when it has passed, and always at
+        # the last epoch of this call (a pause, an early stop or the end).
+        due = time.monotonic() - self._saved_at >= self.cfg.checkpoint_interval_s
+        if due or stopped or epoch == last_epoch:
+            self._checkpoint(epoch)
+        return stopped
+
+    def finish(self, wall: float, stopped: str | None, last_epoch: int) -> RunStatus:
+        """How the run ends once its epochs are trained: paused (`last_epoch` is short of the
+        config's epochs), or completed with its final metrics."""
         if last_epoch < self.cfg.epochs and not stopped:
             self.final = {"epochs_run": len(self.history)}
             return RunStatus.PAUSED
-        self.final = self._final(time.perf_counter() - t_run, stopped)
+        self.final = self._final(wall, stopped)
         return RunStatus.COMPLETED
 
     def _final(self, wall: float, stopped: str | None) -> dict[str, Any]:

@@ -1,0 +1,420 @@
+"""Runs of one architecture trained as one model.
+
+The lab's models are small, so a training step is mostly overhead: a few kernels too small to
+fill the machine, each paying its dispatch. Runs that differ only in their seed (an
+experiment's seeds, a sweep point's repeats) have the same shapes, so R of them can take one
+step together: their parameters stacked (R, ...) and the model's step mapped over them with
+torch.func.vmap, R overhead-bound steps become one step with R times the arithmetic (linears
+become batched matmuls, convolutions grouped ones, BatchNorm keeps R sets of statistics).
+
+Each run keeps everything it would have alone, because each is still a `Trainer`: its data
+order and augmentation (its own generator), its schedule, best epoch, early stop, callbacks,
+checkpoints and run directory. Only its training step is shared. Dropout draws its masks from
+the run's own generator, with the draws it would have made alone, so a fused run is the run
+trained alone up to rounding (the batched kernels sum in another order); its checkpoints are
+a lone run's, so `dfl train --config RUN/config.toml --resume` can finish it alone.
+
+The group moves the runs' state into the stacked tensors when it starts (`_gather`) and back
+into each run's own model and optimiser after every epoch (`_scatter`), where the runs
+evaluate, checkpoint and decide whether to stop: a run that stops leaves the group, and the
+others go on as a smaller group.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from dfl.config import TrainConfig
+from dfl.data.batches import affine_draws
+from dfl.runtime.context import run_context
+from dfl.runtime.onednn import TokenLinear
+from dfl.training.run_dir import RunStatus
+from dfl.training.stacked import stacked_twin
+from dfl.training.trainer import (
+    Trainer,
+    build_optimizer,
+    check_finite,
+    global_rng_state,
+    progress,
+    set_global_rng_state,
+)
+
+# Config keys that may differ between the runs of one group: everything else shapes the step.
+PER_RUN_KEYS = {"seed"}
+
+
+def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
+    """Why these runs cannot train as one group, or None when they can."""
+    first = cfgs[0].model_dump(exclude=PER_RUN_KEYS)
+    if any(c.model_dump(exclude=PER_RUN_KEYS) != first for c in cfgs[1:]):
+        return "the runs differ in more than their seed"
+    cfg = cfgs[0]
+    if cfg.compile:
+        return "compile = true (a compiled model brings its own graphs)"
+    if cfg.precision == "fp16":
+        return "precision fp16 (its loss scaler decides on the host, a run at a time)"
+    if cfg.model_args.get("attn_dropout"):
+        return "attn_dropout > 0 (drawn inside PyTorch's fused attention kernel)"
+    return None
+
+
+# Where `fuse = "auto"` trains runs as one: on a CPU, models the group stacks (stacked.py) at
+# batch sizes up to this. Measured by benchmarks/fused.py (3 seeds as one against one after
+# another, samples/s, AMD EPYC, 1 and 2 threads): the autoencoder (enc 32) at batch 16
+# 1.30-1.37x, at 64 1.09-1.15x; the MLP and the stacked autoencoder at 64 0.71-0.92x (their
+# larger products gain nothing from batching, and the batched ones cost copies). The models
+# fused through vmap trained slower than alone at every size (the notebook CNN 0.39x, the
+# notebook ViT 0.87x). Not measured on a GPU, so auto trains runs alone there.
+FUSE_MAX_BATCH = 32
+
+
+def fuse_pays(trainer: Trainer) -> bool:
+    """Whether `fuse = "auto"` trains runs like `trainer`'s as one (see FUSE_MAX_BATCH)."""
+    return (
+        trainer.device.type == "cpu"
+        and trainer.cfg.batch_size <= FUSE_MAX_BATCH
+        and stacked_twin(trainer.model, _run_dropout) is not None
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout with each run's own generator
+
+
+_generators: list[torch.Generator] | None = None  # the group's, one per run, while it steps
+
+
+@contextmanager
+def _drawing_from(generators: list[torch.Generator]) -> Iterator[None]:
+    global _generators
+    _generators = generators
+    try:
+        yield
+    finally:
+        _generators = None
+
+
+def _noise_like(x: torch.Tensor, feature: bool) -> torch.Tensor:
+    """An empty tensor for dropout's mask, shaped as PyTorch's own CPU dropout makes it: the
+    input's shape, or (N, C, 1, 1) for channel dropout. Contiguous, as a lone run's input to
+    dropout is (a stacked run's may be a transposed view), since the draws fill it in memory
+    order."""
+    if feature:
+        return x.new_empty((x.shape[0], x.shape[1], *[1] * (x.dim() - 2)))
+    return x.new_empty(x.shape)
+
+
+def _run_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """nn.Dropout of stacked runs (R, ...), each run's mask from its own generator."""
+    return _RunsDropout.apply(x, p, False)[0]
+
+
+class _RunsDropout(torch.autograd.Function):
+    """Dropout over stacked runs (R, ...): run r's mask is drawn from run r's generator with
+    the same calls PyTorch's CPU dropout makes (an empty tensor, bernoulli_(1 - p), div_ by
+    1 - p), so each run gets the mask it would have drawn alone. vmap (which cannot give each
+    slice a generator of its own) hands this Function the whole stack: see `vmap`."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, p: float, feature: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if _generators is None or len(_generators) != x.shape[0]:
+            raise RuntimeError("run dropout outside a fused group's step")
+        masks = torch.stack(
+            [
+                _noise_like(x[r], feature).bernoulli_(1 - p, generator=g)
+                for r, g in enumerate(_generators)
+            ]
+        ).div_(1 - p)
+        return x * masks, masks
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple:
+        (masks,) = ctx.saved_tensors
+        return grad * masks, None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, x: torch.Tensor, p: float, feature: bool) -> tuple:
+        stacked = x.movedim(in_dims[0], 0).contiguous()  # run r's activations: stacked[r]
+        return _RunsDropout.apply(stacked, p, feature), (0, 0)
+
+
+class RunDropout(nn.Module):
+    """nn.Dropout / nn.Dropout2d in a fused group's model."""
+
+    def __init__(self, p: float, feature: bool) -> None:
+        super().__init__()
+        self.p, self.feature = p, feature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return _RunsDropout.apply(x, self.p, self.feature)[0]
+
+
+def _stateless_twin(model: nn.Module) -> nn.Module:
+    """The architecture the group maps over: `model` on the meta device (the stacked tensors
+    are its parameters), with the runtime's layer swaps undone (a plain matmul maps over runs
+    as a batched one) and dropout drawing from each run's generator."""
+    twin = copy.deepcopy(model).to("meta")
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, TokenLinear):
+            module.__class__ = nn.Linear
+        if isinstance(module, nn.Dropout | nn.Dropout2d):
+            parent, _, attr = name.rpartition(".")
+            owner = twin.get_submodule(parent) if parent else twin
+            setattr(owner, attr, RunDropout(module.p, isinstance(module, nn.Dropout2d)))
+    return twin
+
+
+class _Step(nn.Module):
+    """The objective's step on the model, as one module for functional_call."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.model, self.objective = _stateless_twin(trainer.model), trainer.objective
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self.objective.step(self.model, x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# The group
+
+
+class FusedGroup:
+    """Trainers (one per run, same config but the seed, at the same epoch) stepping as one."""
+
+    def __init__(self, trainers: list[Trainer], rng_states: list[torch.Tensor]) -> None:
+        """`rng_states`: each run's global generator state (`global_rng_state`), from which
+        its dropout draws."""
+        self.trainers = trainers
+        lead = trainers[0]
+        self.cfg, self.device, self.objective = lead.cfg, lead.device, lead.objective
+        # Dense models as stacked layers (stacked.py), the others mapped with vmap.
+        self.stacked = stacked_twin(lead.model, _run_dropout)
+        self.mapped = None if self.stacked else _Step(lead)
+        self.trainable = [n for n, p in lead.model.named_parameters() if p.requires_grad]
+        self.generators = [torch.Generator(self.device).set_state(s) for s in rng_states]
+        self._gather()
+
+    # --- moving state in and out --------------------------------------------------------
+
+    def _gather(self) -> None:
+        """The runs' parameters, buffers and optimiser moments, stacked (R, ...)."""
+        models = [t.model for t in self.trainers]
+        self.params, self.buffers = stack_module_state(models)
+        if self.stacked:
+            self.stacked.load(self.params)
+        for name, p in self.params.items():
+            p.requires_grad_(name in self.trainable)
+        trainable = [self.params[n] for n in self.trainable]
+        self.optimizer = build_optimizer(self.cfg, trainable, self.device)
+        own = [dict(t.model.named_parameters()) for t in self.trainers]
+        for name, stacked in zip(self.trainable, trainable, strict=True):
+            states = [
+                t.optimizer.state.get(o[name], {}) for t, o in zip(self.trainers, own, strict=True)
+            ]
+            if states[0]:
+                self.optimizer.state[stacked] = {  # moments laid out as their parameter
+                    k: torch.empty_like(stacked).copy_(torch.stack([s[k] for s in states]))
+                    if v.dim()
+                    else v.clone()
+                    for k, v in states[0].items()
+                }
+        self.follow_schedule()
+
+    def scatter(self) -> list[torch.Tensor]:
+        """Each run's slice back into its own model and optimiser; returns each run's
+        generator state."""
+        with torch.no_grad():
+            for r, t in enumerate(self.trainers):
+                own = dict(t.model.named_parameters())
+                for name, stacked in self.params.items():
+                    own[name].copy_(stacked[r])
+                for name, buffer in t.model.named_buffers():
+                    buffer.copy_(self.buffers[name][r])
+                for name in self.trainable:
+                    stacked_state = self.optimizer.state.get(self.params[name])
+                    if stacked_state:
+                        mine = own[name]
+                        t.optimizer.state[mine] = {
+                            k: torch.empty_like(mine).copy_(v[r]) if v.dim() else v.clone()
+                            for k, v in stacked_state.items()
+                        }
+        return [g.get_state() for g in self.generators]
+
+    def follow_schedule(self) -> None:
+        """The group's optimiser takes the schedule's current values (learning rate, and the
+        momentum one-cycle moves) from the runs' own optimisers, which all hold the same."""
+        mine = self.optimizer.param_groups[0]
+        theirs = self.trainers[0].optimizer.param_groups[0]
+        for key in ("lr", "betas", "momentum"):
+            if key in mine:
+                mine[key] = theirs[key]
+
+    # --- one epoch ------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> list[dict[str, float]]:
+        """One epoch of every run; returns each run's training metrics (a run whose loss went
+        non-finite gets its TrainingDiverged instead)."""
+        cfg, runs = self.cfg, self.trainers
+        self.follow_schedule()  # the epoch's schedule step, taken by each run
+        (self.stacked or self.mapped).train()
+        for t in runs:
+            t.model.train()
+        split = runs[0].splits["train"]
+        n_batches = split.num_batches(cfg.batch_size, cfg.drop_last)
+        losses = torch.zeros(len(runs), n_batches, device=self.device)
+        sums: dict[str, torch.Tensor] = {}
+        batches = [
+            t.splits["train"].batches(cfg.batch_size, generator=t.shuffle, drop_last=cfg.drop_last)
+            for t in runs
+        ]
+        step_all = self._stacked_step if self.stacked else vmap(self._one_run, randomness="error")
+        n = 0
+        with _drawing_from(self.generators):
+            for step in progress(range(n_batches), f"epoch {epoch} ({len(runs)} runs as one)"):
+                runs[0].runtime.tick()
+                drawn = [next(b) for b in batches]
+                x, y = self._inputs(drawn)
+                with runs[0].autocast:
+                    loss, batch_sums = step_all(self.params, self.buffers, x, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                if cfg.grad_clip:
+                    self._clip_each_run(cfg.grad_clip)
+                self.optimizer.step()
+                if runs[0].schedule_per_step:
+                    for t in runs:
+                        t.scheduler.step()
+                    self.follow_schedule()
+                losses[:, step] = batch_sums.pop("loss")
+                for k, v in batch_sums.items():
+                    sums[k] = sums.get(k, 0) + v.detach()
+                n += y.shape[1]
+        # Checked once, at the end: a run whose loss went non-finite harms no other (each has
+        # its own slice of every tensor), and it fails here with the step it went at.
+        results: list[dict[str, float] | Exception] = []
+        for r in range(len(runs)):
+            try:
+                check_finite(losses[r], epoch, cfg.optim.lr)
+                mine = {"loss": losses[r].sum(), **{k: v[r] for k, v in sums.items()}}
+                results.append(runs[r].objective.finish({k: float(v) for k, v in mine.items()}, n))
+            except Exception as e:
+                results.append(e)
+        return results
+
+    def _inputs(self, drawn: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
+        """The runs' batches as one (R, B, ...) input and (R, B) labels, made by one call of
+        the input pipeline; augmented with each run's draws from its own generator."""
+        lead, d = self.trainers[0], self.cfg.data
+        images = torch.cat([images for images, _ in drawn])
+        draws = None
+        if d.augment_shift or d.augment_rotate or d.augment_scale:
+            draws = torch.cat(
+                [
+                    affine_draws(len(i), d.augment_scale, t.shuffle)
+                    for (i, _), t in zip(drawn, self.trainers, strict=True)
+                ]
+            )
+        x = lead._inputs(images, train=True, draws=draws)
+        return x.unflatten(0, (len(drawn), -1)), torch.stack([labels for _, labels in drawn])
+
+    def _one_run(self, params, buffers, x, y):
+        """One run's step: the model with this run's slice of the stacked tensors."""
+        named = {f"model.{k}": v for k, v in params.items()}
+        named.update({f"model.{k}": v for k, v in buffers.items()})
+        return functional_call(self.mapped, named, (x, y))
+
+    def _stacked_step(self, params, buffers, x, y):
+        """Every run's step: the stacked model's outputs, each run's loss from its slice."""
+        out = self.objective.outputs(self.stacked, x)
+        return vmap(self.objective.loss)(out, x, y)
+
+    def _clip_each_run(self, max_norm: float) -> None:
+        """clip_grad_norm_ for each run: run r's gradients scaled by its own total norm."""
+        grads = [p.grad for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
+        norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (R,)
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+
+
+Outcome = RunStatus | BaseException
+
+
+def train_fused(
+    trainers: list[Trainer], epoch_bar: bool = True, until_epoch: int | None = None
+) -> list[Outcome]:
+    """Train the runs of `trainers` (see `fuse_blocker`) as one group to the configured
+    epochs, or to `until_epoch`; returns how each ended: its status, or the exception that
+    ended it (a StopRun, a TrainingDiverged)."""
+    lead, outcome = trainers[0], {}
+    cfg, device = lead.cfg, lead.device
+    last_epoch = min(cfg.epochs, until_epoch or cfg.epochs)
+    with run_context(device, threads=cfg.threads, deterministic=cfg.deterministic) as rt:
+        rng, starts = {}, {}
+        for i, t in enumerate(trainers):
+            t.runtime = rt
+            starts[i] = t.begin()
+            rng[i] = global_rng_state(device)  # as `begin` left it for this run
+        if len(set(starts.values())) > 1:  # resumed from different epochs: each goes alone
+            for i, t in enumerate(trainers):
+                set_global_rng_state(device, rng[i])
+                outcome[i] = _alone(t, epoch_bar, until_epoch, starts[i])
+            return [outcome[i] for i in range(len(trainers))]
+        active = list(range(len(trainers)))
+        t_run = time.perf_counter()
+        bar = progress(
+            range(starts[0], last_epoch + 1), f"{len(trainers)} runs as one", "epoch",
+            leave=True, disable=None if epoch_bar else True, initial=starts[0] - 1,
+            total=cfg.epochs,
+        )  # fmt: skip
+        group = FusedGroup(trainers, [rng[i] for i in active])
+        for epoch in bar:
+            group.follow_schedule()
+            lr, t0 = group.optimizer.param_groups[0]["lr"], time.perf_counter()
+            metrics = group.train_epoch(epoch)
+            seconds = time.perf_counter() - t0
+            for i, state in zip(active, group.scatter(), strict=True):
+                rng[i] = state
+            for i, train in zip(active, metrics, strict=True):
+                set_global_rng_state(device, rng[i])  # what its checkpoint saves
+                try:
+                    if isinstance(train, BaseException):
+                        raise train
+                    stopped = trainers[i].end_epoch(epoch, lr, train, seconds, last_epoch)
+                    if stopped:
+                        wall = time.perf_counter() - t_run
+                        outcome[i] = trainers[i].finish(wall, stopped, last_epoch)
+                except Exception as e:  # StopRun included: this run ends, the others go on
+                    outcome[i] = e
+            if any(i in outcome for i in active):
+                active = [i for i in active if i not in outcome]
+                if not active:
+                    break
+                group = FusedGroup([trainers[i] for i in active], [rng[i] for i in active])
+        bar.close()
+        for i in active:
+            outcome[i] = trainers[i].finish(time.perf_counter() - t_run, None, last_epoch)
+    return [outcome[i] for i in range(len(trainers))]
+
+
+def _alone(trainer: Trainer, epoch_bar: bool, until_epoch: int | None, start: int) -> Outcome:
+    try:
+        return trainer.train_from(start, epoch_bar, until_epoch)
+    except Exception as e:
+        return e
