@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -285,7 +286,10 @@ class FusedGroup:
         ]
         step_all = self._stacked_step if self.stacked else vmap(self._one_run, randomness="error")
         n = 0
-        with _drawing_from(self.generators):
+        with _drawing_from(self.generators), warnings.catch_warnings():
+            # vmap runs PyTorch's fused CPU attention a slice at a time, and says so each step;
+            # the cost is measured (FUSE_MAX_BATCH), so auto never takes this path on a CPU.
+            warnings.filterwarnings("ignore", "There is a performance drop because we have not")
             for step in progress(range(n_batches), f"epoch {epoch} ({len(runs)} runs as one)"):
                 runs[0].runtime.tick()
                 drawn = [next(b) for b in batches]
