@@ -3,9 +3,10 @@
 The lab's models are small, so a training step is mostly overhead: a few kernels too small to
 fill the machine, each paying its dispatch. Runs that differ only in their seed (an
 experiment's seeds, a sweep point's repeats) have the same shapes, so R of them can take one
-step together: their parameters stacked (R, ...) and the model's step mapped over them with
-torch.func.vmap, R overhead-bound steps become one step with R times the arithmetic (linears
-become batched matmuls, convolutions grouped ones, BatchNorm keeps R sets of statistics).
+step together, their parameters stacked (R, ...): R overhead-bound steps become one step with
+R times the arithmetic. Dense models run as stacked layers (stacked.py: linears as batched
+matmuls); any other model's step is mapped over the runs with torch.func.vmap (convolutions
+grouped, BatchNorm with R sets of statistics).
 
 Each run keeps everything it would have alone, because each is still a `Trainer`: its data
 order and augmentation (its own generator), its schedule, best epoch, early stop, callbacks,
@@ -15,7 +16,7 @@ trained alone up to rounding (the batched kernels sum in another order); its che
 a lone run's, so `dfl train --config RUN/config.toml --resume` can finish it alone.
 
 The group moves the runs' state into the stacked tensors when it starts (`_gather`) and back
-into each run's own model and optimiser after every epoch (`_scatter`), where the runs
+into each run's own model and optimiser after every epoch (`scatter`), where the runs
 evaluate, checkpoint and decide whether to stop: a run that stops leaves the group, and the
 others go on as a smaller group.
 """
@@ -25,9 +26,6 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,9 +35,10 @@ from dfl.config import TrainConfig
 from dfl.data.batches import affine_draws
 from dfl.runtime.context import run_context
 from dfl.runtime.onednn import TokenLinear
-from dfl.training.run_dir import RunStatus
-from dfl.training.stacked import stacked_twin
+from dfl.training.run_dropout import RunDropout, drawing_from
+from dfl.training.stacked import can_stack, replace_module, stacked_twin
 from dfl.training.trainer import (
+    Outcome,
     Trainer,
     build_optimizer,
     check_finite,
@@ -69,11 +68,11 @@ def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
 
 # Where `fuse = "auto"` trains runs as one: on a CPU, models the group stacks (stacked.py) at
 # batch sizes up to this. Measured by benchmarks/fused.py (3 seeds as one against one after
-# another, samples/s, AMD EPYC, 1 and 2 threads): the autoencoder (enc 32) at batch 16
-# 1.30-1.37x, at 64 1.09-1.15x; the MLP and the stacked autoencoder at 64 0.71-0.92x (their
-# larger products gain nothing from batching, and the batched ones cost copies). The models
-# fused through vmap trained slower than alone at every size (the notebook CNN 0.39x, the
-# notebook ViT 0.87x). Not measured on a GPU, so auto trains runs alone there.
+# another, samples/s, AMD EPYC, 1 / 2 threads; docs/SPEED.md has the table): the autoencoder
+# (enc 32) at batch 16 1.24-1.27x / 1.36-1.50x, at 64 1.01-1.07x / 1.07-1.29x; the MLP and the
+# stacked autoencoder at 64 0.70-0.91x at 1 thread (their larger products gain nothing from
+# batching). The models fused through vmap trained slower than alone (the notebook CNN 0.39x,
+# the notebook ViT 0.87x). Not measured on a GPU, so auto trains runs alone there.
 FUSE_MAX_BATCH = 32
 
 
@@ -82,87 +81,8 @@ def fuse_pays(trainer: Trainer) -> bool:
     return (
         trainer.device.type == "cpu"
         and trainer.cfg.batch_size <= FUSE_MAX_BATCH
-        and stacked_twin(trainer.model, _run_dropout) is not None
+        and can_stack(trainer.model)
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Dropout with each run's own generator
-
-
-_generators: list[torch.Generator] | None = None  # the group's, one per run, while it steps
-
-
-@contextmanager
-def _drawing_from(generators: list[torch.Generator]) -> Iterator[None]:
-    global _generators
-    _generators = generators
-    try:
-        yield
-    finally:
-        _generators = None
-
-
-def _noise_like(x: torch.Tensor, feature: bool) -> torch.Tensor:
-    """An empty tensor for dropout's mask, shaped as PyTorch's own CPU dropout makes it: the
-    input's shape, or (N, C, 1, 1) for channel dropout. Contiguous, as a lone run's input to
-    dropout is (a stacked run's may be a transposed view), since the draws fill it in memory
-    order."""
-    if feature:
-        return x.new_empty((x.shape[0], x.shape[1], *[1] * (x.dim() - 2)))
-    return x.new_empty(x.shape)
-
-
-def _run_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """nn.Dropout of stacked runs (R, ...), each run's mask from its own generator."""
-    return _RunsDropout.apply(x, p, False)[0]
-
-
-class _RunsDropout(torch.autograd.Function):
-    """Dropout over stacked runs (R, ...): run r's mask is drawn from run r's generator with
-    the same calls PyTorch's CPU dropout makes (an empty tensor, bernoulli_(1 - p), div_ by
-    1 - p), so each run gets the mask it would have drawn alone. vmap (which cannot give each
-    slice a generator of its own) hands this Function the whole stack: see `vmap`."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, p: float, feature: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if _generators is None or len(_generators) != x.shape[0]:
-            raise RuntimeError("run dropout outside a fused group's step")
-        masks = torch.stack(
-            [
-                _noise_like(x[r], feature).bernoulli_(1 - p, generator=g)
-                for r, g in enumerate(_generators)
-            ]
-        ).div_(1 - p)
-        return x * masks, masks
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        ctx.save_for_backward(output[1])
-        ctx.mark_non_differentiable(output[1])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple:
-        (masks,) = ctx.saved_tensors
-        return grad * masks, None, None
-
-    @staticmethod
-    def vmap(info: Any, in_dims: tuple, x: torch.Tensor, p: float, feature: bool) -> tuple:
-        stacked = x.movedim(in_dims[0], 0).contiguous()  # run r's activations: stacked[r]
-        return _RunsDropout.apply(stacked, p, feature), (0, 0)
-
-
-class RunDropout(nn.Module):
-    """nn.Dropout / nn.Dropout2d in a fused group's model."""
-
-    def __init__(self, p: float, feature: bool) -> None:
-        super().__init__()
-        self.p, self.feature = p, feature
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        return _RunsDropout.apply(x, self.p, self.feature)[0]
 
 
 def _stateless_twin(model: nn.Module) -> nn.Module:
@@ -174,9 +94,7 @@ def _stateless_twin(model: nn.Module) -> nn.Module:
         if isinstance(module, TokenLinear):
             module.__class__ = nn.Linear
         if isinstance(module, nn.Dropout | nn.Dropout2d):
-            parent, _, attr = name.rpartition(".")
-            owner = twin.get_submodule(parent) if parent else twin
-            setattr(owner, attr, RunDropout(module.p, isinstance(module, nn.Dropout2d)))
+            replace_module(twin, name, RunDropout(module.p, isinstance(module, nn.Dropout2d)))
     return twin
 
 
@@ -205,7 +123,7 @@ class FusedGroup:
         lead = trainers[0]
         self.cfg, self.device, self.objective = lead.cfg, lead.device, lead.objective
         # Dense models as stacked layers (stacked.py), the others mapped with vmap.
-        self.stacked = stacked_twin(lead.model, _run_dropout)
+        self.stacked = stacked_twin(lead.model) if can_stack(lead.model) else None
         self.mapped = None if self.stacked else _Step(lead)
         self.trainable = [n for n, p in lead.model.named_parameters() if p.requires_grad]
         self.generators = [torch.Generator(self.device).set_state(s) for s in rng_states]
@@ -286,7 +204,7 @@ class FusedGroup:
         ]
         step_all = self._stacked_step if self.stacked else vmap(self._one_run, randomness="error")
         n = 0
-        with _drawing_from(self.generators), warnings.catch_warnings():
+        with drawing_from(self.generators), warnings.catch_warnings():
             # vmap runs PyTorch's fused CPU attention a slice at a time, and says so each step;
             # the cost is measured (FUSE_MAX_BATCH), so auto never takes this path on a CPU.
             warnings.filterwarnings("ignore", "There is a performance drop because we have not")
@@ -357,9 +275,6 @@ class FusedGroup:
             g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
 
 
-Outcome = RunStatus | BaseException
-
-
 def train_fused(
     trainers: list[Trainer], epoch_bar: bool = True, until_epoch: int | None = None
 ) -> list[Outcome]:
@@ -389,8 +304,8 @@ def train_fused(
         )  # fmt: skip
         group = FusedGroup(trainers, [rng[i] for i in active])
         for epoch in bar:
-            group.follow_schedule()
-            lr, t0 = group.optimizer.param_groups[0]["lr"], time.perf_counter()
+            lr = trainers[active[0]].optimizer.param_groups[0]["lr"]  # its first step's
+            t0 = time.perf_counter()
             metrics = group.train_epoch(epoch)
             seconds = time.perf_counter() - t0
             for i, state in zip(active, group.scatter(), strict=True):

@@ -38,6 +38,7 @@ from dfl.training.run_dir import (
 )
 from dfl.training.trainer import (
     Callback,
+    Outcome,
     StopRun,
     Trainer,
     resolve_device,
@@ -186,11 +187,7 @@ def fit(
         if isinstance(ready, Run):
             return ready
         trainer, status_of = ready
-        try:
-            outcome: Outcome = trainer.run(epoch_bar, until_epoch)
-        except Exception as e:
-            outcome = e
-        return _record(trainer, status_of, outcome)
+        return _record(trainer, status_of, _train_alone(trainer, epoch_bar, until_epoch))
 
 
 def fit_group(
@@ -232,12 +229,7 @@ def fit_group(
                 log(f"training {len(trainers)} runs as one fused model")
             outcomes = train_fused(trainers, epoch_bar)
         else:
-            outcomes = []
-            for trainer in trainers:
-                try:
-                    outcomes.append(trainer.run(epoch_bar))
-                except Exception as e:
-                    outcomes.append(e)
+            outcomes = [_train_alone(trainer, epoch_bar) for trainer in trainers]
         done, errors = [], []
         for (trainer, status_of), outcome in zip(pending, outcomes, strict=True):
             try:
@@ -309,7 +301,12 @@ def _start(
     return trainer, status_of
 
 
-Outcome = RunStatus | BaseException
+def _train_alone(trainer: Trainer, epoch_bar: bool, until_epoch: int | None = None) -> Outcome:
+    """How `trainer`'s run ended: its status, or the exception that ended it."""
+    try:
+        return trainer.run(epoch_bar, until_epoch)
+    except Exception as e:
+        return e
 
 
 def _record(trainer: Trainer, status_of: Callable[..., None], outcome: Outcome) -> Run:

@@ -2,10 +2,10 @@
 
 Each layer holding parameters becomes its stacked twin: a Linear's R weights are one (R, out,
 in) tensor and its product one batched matmul (torch.baddbmm); dropout draws each run's mask
-from that run's generator; flattening keeps the runs' dimension. Parameter-free elementwise
-layers work on stacked tensors as they are, and so do the containers whose forward only calls
-their layers and shape-agnostic tensor ops (nn.Sequential, and the dense models that say so
-with `stackable = True`).
+from that run's generator (run_dropout.py); flattening keeps the runs' dimension.
+Parameter-free elementwise layers work on stacked tensors as they are, and so do the
+containers whose forward only calls their layers and shape-agnostic tensor ops
+(nn.Sequential, and the dense models that say so with `stackable = True`).
 
 Why not torch.func.vmap, which stacks any model: on a CPU its per-operation wrapping costs more
 than fusing saves on the lab's small steps (benchmarks/fused.py: 3 autoencoders at batch 16
@@ -17,10 +17,11 @@ cannot stack (the CNNs, the ViTs) fuse through vmap (fused.py), equal to alone j
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from dfl.training.run_dropout import RunDropout
 
 # Layers without parameters that act on every element, or on the last dimension only: the
 # same on (R, B, ...) as on (B, ...).
@@ -30,9 +31,8 @@ ELEMENTWISE = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.LeakyReLU, nn.ELU, nn.S
 class StackedLinear(nn.Module):
     """R Linear layers: (R, B, ..., in) -> (R, B, ..., out), one batched matmul."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.prefix = prefix
         self.weight: torch.Tensor | None = None  # (R, out, in), set by `StackedModel.load`
         self.bias: torch.Tensor | None = None  # (R, out) or None
 
@@ -54,19 +54,6 @@ class StackedFlatten(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(2)
-
-
-class StackedDropout(nn.Module):
-    """nn.Dropout of each run, its mask drawn from its own generator (fused.py's)."""
-
-    def __init__(self, p: float, dropout: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
-        super().__init__()
-        self.p, self.dropout = p, dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        return self.dropout(x, self.p)
 
 
 class StackedModel(nn.Module):
@@ -93,28 +80,35 @@ class StackedModel(nn.Module):
             return getattr(self.model, name)
 
 
-def stacked_twin(
-    model: nn.Module, dropout: Callable[[torch.Tensor, float], torch.Tensor]
-) -> StackedModel | None:
-    """`model`'s stacked twin (no parameters of its own until `load`), or None when one of
-    its modules has none: a layer kind this module does not stack (a convolution, BatchNorm,
-    attention), or a container whose forward may not work on stacked tensors."""
+def can_stack(model: nn.Module) -> bool:
+    """Whether `stacked_twin` can stack `model`: it holds no layer kind this module does not
+    stack (a convolution, BatchNorm, attention) and no container whose forward may not work
+    on stacked tensors."""
+    return all(
+        isinstance(module, (nn.Linear, nn.Dropout, *ELEMENTWISE, nn.Sequential, nn.ModuleList))
+        or (isinstance(module, nn.Flatten) and (module.start_dim, module.end_dim) == (1, -1))
+        or getattr(type(module), "stackable", False)
+        for module in model.modules()
+    )
+
+
+def stacked_twin(model: nn.Module) -> StackedModel:
+    """`model`'s stacked twin (no parameters of its own until `load`); `model` passes
+    `can_stack`."""
     twin = copy.deepcopy(model).to("meta")
     linears: dict[str, StackedLinear] = {}
     for name, module in list(twin.named_modules()):
-        replacement: nn.Module | None
         if isinstance(module, nn.Linear):
-            replacement = linears[name] = StackedLinear(name)
-        elif isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
-            replacement = StackedFlatten()
-        elif type(module) is nn.Dropout:
-            replacement = StackedDropout(module.p, dropout)
-        elif isinstance(module, (*ELEMENTWISE, nn.Sequential, nn.ModuleList)) or getattr(
-            type(module), "stackable", False
-        ):
-            continue
-        else:  # a layer this module does not stack, or a container whose code it cannot vouch for
-            return None
-        parent, _, attr = name.rpartition(".")
-        setattr(twin.get_submodule(parent) if parent else twin, attr, replacement)
+            linears[name] = StackedLinear()
+            replace_module(twin, name, linears[name])
+        elif isinstance(module, nn.Flatten):
+            replace_module(twin, name, StackedFlatten())
+        elif isinstance(module, nn.Dropout):
+            replace_module(twin, name, RunDropout(module.p, feature=False))
     return StackedModel(twin, linears)
+
+
+def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where `root`'s submodule `name` ("encoder.1") is."""
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)

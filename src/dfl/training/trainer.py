@@ -51,6 +51,7 @@ from dfl.training.run_dir import (
 )
 
 Callback = Callable[[dict[str, Any]], None]
+Outcome = RunStatus | BaseException  # how a run ended: its status, or what stopped it
 NONFINITE_CHECK_EVERY = 25  # steps between checks: each check waits for the device
 
 
