@@ -187,6 +187,10 @@ def test_seeds_on_the_command_line_each_in_its_own_run_directory(digits, tmp_pat
     fused_final = json.loads((out / "seed1" / "status.json").read_text())["final"]
     alone_final = json.loads((tmp_path / "alone" / "status.json").read_text())["final"]
     assert alone_final["test_loss"] == pytest.approx(fused_final["test_loss"], rel=1e-5)
+    # --fuse off trains the seeds one after another.
+    off = ["--out", str(tmp_path / "off"), "--fuse", "off"]
+    code, printed, err = run(capsys, *args[:-2], *off)
+    assert code == 0 and "runs as one" not in err and printed.count("completed:") == 2
     # A finished group resumed is returned as it is; --fuse on where runs cannot fuse is one line.
     assert run(capsys, *args, "--resume")[0] == 0
     code, _, err = run(capsys, "train", "mlp", "--seeds", "0,1", "--fuse", "on",

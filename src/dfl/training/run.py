@@ -221,7 +221,7 @@ def fit_group(
             ready.append(_start(cfg, run_dir, claim, dataset, resume, (), log, None))
         pending = [r for r in ready if not isinstance(r, Run)]
         trainers = [trainer for trainer, _ in pending]
-        fused = len(trainers) > 1 and not blocker
+        fused = fuse != "off" and len(trainers) > 1 and not blocker
         if fused and fuse == "auto":
             fused = fuse_pays(trainers[0])
         if fused:
