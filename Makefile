@@ -35,8 +35,10 @@ format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
+# Two pytest-xdist workers of one thread each (tests/conftest.py); a fixture that several
+# tests share runs in one worker (--dist loadgroup, the xdist_group marks).
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 # The inner loop: lint, then every test not marked `slow` (real processes, trainings of more
 # than a few seconds) or `mnist` (the real data). `make test`, which CI runs, runs them all.

@@ -4,6 +4,7 @@ a call (`run`, in this one), and `wait_for` to poll a real process."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -66,6 +67,26 @@ def make_dataset(n_train: int = 512, n_test: int = 128, num_classes: int = 10) -
         path=Path("."),
         verified="synthetic (no checksums)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` runs the tests in two pytest-xdist workers. On 2 cores each worker, and every
+    process its tests start, trains on one thread: two workers of two threads each would spin
+    against each other, and a test that compares numbers exactly needs a thread count that
+    does not depend on what else runs."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (the notebooks, then those marked slow), so that two workers
+    finish together rather than one ending on a long test alone."""
+
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        return "notebooks" not in item.nodeid, item.get_closest_marker("slow") is None
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")

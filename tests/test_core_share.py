@@ -120,7 +120,10 @@ def test_a_deterministic_run_keeps_its_threads_beside_another_training(
     monkeypatch.setattr(core_share, "default_directory", lambda: tmp_path / "places")
     monkeypatch.setattr("dfl.runtime.context.available_cores", lambda: 2)
     monkeypatch.delenv("DFL_SHARE_CORES")
+    for chosen in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # a chosen count is never shared
+        monkeypatch.delenv(chosen, raising=False)
     (tmp_path / "places").mkdir()
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     seen: list[int] = []
     cfg = build_config(overrides={"epochs": 2, "device": "cpu", "deterministic": deterministic})
@@ -131,4 +134,5 @@ def test_a_deterministic_run_keeps_its_threads_beside_another_training(
     finally:
         other.kill()
         other.wait()
+        torch.set_num_threads(before)
     assert seen == ([2, 2] if deterministic else [1, 1])  # 2 cores // 2 sharing trainings

@@ -14,6 +14,9 @@ from nbclient import NotebookClient
 
 from dfl.data import load_dataset
 
+# One worker runs them all (`make test` runs two): their fixture starts the three kernels at once.
+pytestmark = pytest.mark.xdist_group("notebooks")
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 # A cell draws when its source plots (`run.plot(...)`, `run.plot_reconstructions(...)`),

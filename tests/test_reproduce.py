@@ -243,6 +243,7 @@ def ae_and_sae(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ae_and_sae")  # one worker makes the fixture
 def test_quotes_and_backslashes_in_paths_travel_as_data(ae_and_sae: Path):
     """Values reach the configs as data: an --out and a dataset path with a quote, a backslash
     and a space give the runs exactly those paths (the autoencoder's probe starts from a grid
@@ -454,6 +455,7 @@ def test_experiments_side_by_side_in_their_own_processes(tmp_path: Path, capsys)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ae_and_sae")  # one worker makes the fixture
 def test_the_report_rebuilds_from_another_working_directory(
     ae_and_sae: Path, tmp_path, monkeypatch
 ):
@@ -466,6 +468,7 @@ def test_the_report_rebuilds_from_another_working_directory(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ae_and_sae")  # one worker makes the fixture
 def test_a_moved_reproduction_reports_and_resumes_in_its_new_place(ae_and_sae: Path, shared_cores):
     """Results and run configs name runs by absolute path. Moved, the directory still draws
     its figures from its own runs and gives commands naming them; a half-done experiment
