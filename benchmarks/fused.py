@@ -1,17 +1,23 @@
-"""Runs trained as one (dfl/training/fused.py) against the same runs one after another.
+"""Runs trained as one (dfl/training/fused.py) against the same runs one after another, and
+against the same runs in two worker processes.
 
 For each case: training samples/s of 3 seeds as one fused group against the same 3 seeds
 trained one after another in this process (each seed's `Trainer.train_epoch`), on the same
 real MNIST images, alternating, after a warm-up, on 1 and on 2 intra-op threads. Samples are
 counted over all runs (3 seeds x the epoch's images). The ratio is what `fuse = "auto"`
-(dfl/training/fused.py, FUSE_PAYS) is read from.
+(dfl/training/fused.py, FUSE_MAX_BATCH) is read from. With --workers, the 3 seeds also train
+alone in 2 spawned processes of 1 thread each (seeds 0 and 2 in one, 1 in the other, as
+`dfl reproduce --jobs 2` would share them), timed from a common start to the last finish: the
+column "2 workers/s" and its ratio to the fused group on 2 threads.
 
 Usage: python benchmarks/fused.py [--repeats 3] [--steps 40] [--seeds 3] [--models autoencoder]
+         [--workers]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import statistics
 import time
 
@@ -58,6 +64,39 @@ def time_fused(runs: list) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _worker(case: Case, steps: int, seeds: list[int], start, done) -> None:
+    """One spawned worker: its seeds trained alone one after another, after a warm-up and the
+    common start; puts (samples, start time, end time)."""
+    torch.set_num_threads(1)
+    data = load_dataset("mnist")
+    runs = [trainer(case, data, steps, seed=s) for s in seeds]
+    for t in runs:
+        t.train_epoch(1)  # warm-up
+    start.wait()
+    t0 = time.time()
+    n = 0
+    for t in runs:
+        t.train_epoch(1)
+        n += len(t.splits["train"])
+    done.put((n, t0, time.time()))
+
+
+def time_two_workers(case: Case, steps: int, seeds: int) -> float:
+    """Samples/s of the seeds shared out over 2 one-thread processes, from the first start to
+    the last end."""
+    spawn = mp.get_context("spawn")
+    start, done = spawn.Barrier(2), spawn.Queue()
+    shares = [list(range(seeds))[i::2] for i in range(2)]
+    procs = [spawn.Process(target=_worker, args=(case, steps, s, start, done)) for s in shares]
+    for proc in procs:
+        proc.start()
+    results = [done.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    n = sum(r[0] for r in results)
+    return n / (max(r[2] for r in results) - min(r[1] for r in results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -66,6 +105,7 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated subset of model names")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batches", help="comma-separated subset of batch sizes")
+    parser.add_argument("--workers", action="store_true", help="also 2 one-thread workers")
     args = parser.parse_args()
     data = load_dataset("mnist")
     cases = [c for c in CASES if not args.models or c.model in args.models.split(",")]
@@ -83,11 +123,18 @@ def main() -> None:
                 fused.append(time_fused(runs))
             ratios = [f / a for f, a in zip(fused, alone, strict=True)]
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-            print(
+            line = (
                 f"{case.label:<22} {case.batch:>5} {threads:>7} {statistics.median(alone):>9.0f} "
-                f"{statistics.median(fused):>9.0f} {statistics.median(ratios):>5.2f} ({spread})",
-                flush=True,
+                f"{statistics.median(fused):>9.0f} {statistics.median(ratios):>5.2f} ({spread})"
             )
+            if args.workers and threads == 2:
+                two = [time_two_workers(case, args.steps, args.seeds) for _ in range(args.repeats)]
+                versus = [w / f for w, f in zip(two, fused, strict=True)]
+                line += (
+                    f"  2 workers/s {statistics.median(two):.0f}, x fused "
+                    f"{statistics.median(versus):.2f} ({min(versus):.2f}-{max(versus):.2f})"
+                )
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,33 @@ def test_seeds_on_the_command_line_each_in_its_own_run_directory(digits, tmp_pat
     assert not (tmp_path / "c").exists()
 
 
+def test_an_experiments_runs_that_differ_in_their_seed_train_as_one(data, tmp_path, monkeypatch):
+    """A reproduction's runs (Context.train_many, one process) group by everything but their
+    seed: the autoencoder's three seeds train as one fused model, the lone MLP alone, and each
+    comes back under its own key, equal to the run trained alone."""
+    from dfl.experiments.context import Context
+    from dfl.training import fused
+    from dfl.training.run import fit
+
+    groups = []
+
+    def watched(trainers, *args, **kwargs):
+        groups.append([t.cfg.seed for t in trainers])
+        return real(trainers, *args, **kwargs)
+
+    real = fused.train_fused
+    monkeypatch.setattr(fused, "train_fused", watched)
+    recipe = {"model": "autoencoder", "batch_size": 16, "epochs": 2, "threads": 1}
+    runs = {f"seed{s}": {**recipe, "seed": s} for s in SEEDS}
+    runs = {"seed0": runs["seed0"], "mlp": {**recipe, "model": "mlp"}, **runs}
+    ctx = Context(tmp_path / "r", "smoke", data, "synthetic", "cpu")
+    results = ctx.train_many("exp", runs)
+    assert groups == [list(SEEDS)] and list(results) == list(runs)
+    assert results["mlp"].config.model == "mlp" and results["seed2"].config.seed == 2
+    alone = fit(ctx.config(runs["seed2"]), tmp_path / "alone", dataset=data, epoch_bar=False)
+    assert results["seed2"].final["test_loss"] == pytest.approx(alone.final["test_loss"], rel=1e-5)
+
+
 @pytest.mark.slow
 def test_a_killed_fused_group_resumes_exactly(digits, tmp_path):
     """SIGKILL mid-epoch 3 of `dfl train --seeds` (the fault tests' way), then the same

@@ -17,7 +17,7 @@ from typing import Any
 
 from dfl.experiments import figures
 from dfl.experiments.comparison import Comparison, compare
-from dfl.experiments.context import Canvas, Context
+from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, epochs, fmt, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import AE_GRID, lab_value
@@ -130,25 +130,22 @@ def _baseline(ctx: Context, p: Settings) -> tuple[Run, list[Run]]:
     """The notebook's baseline, on its protocol (no validation, a random 10,000 training
     images), tested on its 1,000 random test images (faithful) and on all 10,000 (corrected)."""
 
-    def baseline_run(test_subset: int | None, seed: int) -> Run:
+    def baseline(test_subset: int | None, seed: int) -> tuple[str, Overrides]:
         test = {"data.test_subset": test_subset} if test_subset else {}
-        return ctx.train(
-            NAME,
-            f"baseline_test{test_subset or 'all'}/seed{seed}",
-            {
-                "model": "autoencoder",
-                "model_args.enc": 32,
-                "batch_size": 32,
-                "epochs": p.baseline_epochs,
-                "data.train_subset": ctx.lab_subset(10000),
-                "data.val_fraction": 0.0,
-                "seed": seed,
-                **test,
-            },
-        )
+        return f"baseline_test{test_subset or 'all'}/seed{seed}", {
+            "model": "autoencoder",
+            "model_args.enc": 32,
+            "batch_size": 32,
+            "epochs": p.baseline_epochs,
+            "data.train_subset": ctx.lab_subset(10000),
+            "data.val_fraction": 0.0,
+            "seed": seed,
+            **test,
+        }
 
-    faithful = baseline_run(ctx.lab_subset(1000), 42)
-    return faithful, [baseline_run(None, s) for s in range(ctx.seeds)]
+    faithful = ctx.train(NAME, *baseline(ctx.lab_subset(1000), 42))
+    corrected = ctx.train_many(NAME, dict(baseline(None, s) for s in range(ctx.seeds)))
+    return faithful, list(corrected.values())
 
 
 def _subset(p: Settings) -> dict[str, Any]:
@@ -203,7 +200,8 @@ def _selected(ctx: Context, p: Settings, best: dict[str, Any]) -> list[Run]:
         "data.val_fraction": 0.2,
         **_subset(p),
     }
-    return [ctx.train(NAME, f"selected/seed{s}", {**recipe, "seed": s}) for s in range(ctx.seeds)]
+    runs = {f"selected/seed{s}": {**recipe, "seed": s} for s in range(ctx.seeds)}
+    return list(ctx.train_many(NAME, runs).values())
 
 
 def _best_of(grid: list[dict[str, Any]], enc: int) -> dict[str, Any]:
@@ -236,23 +234,17 @@ def _probe(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[int, d
 def _deep(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[str, Any]:
     """Beyond the lab: a deeper autoencoder at the smallest code size, over seeds."""
     small = min(p.encs)
-    runs = [
-        ctx.train(
-            NAME,
-            f"deep_enc{small}/seed{s}",
-            {
-                "model": "autoencoder_deep",
-                "model_args.enc": small,
-                "batch_size": 64,
-                "epochs": p.deep_epochs,
-                "data.val_fraction": 0.2,
-                "restore_best": True,
-                "seed": s,
-                **_subset(p),
-            },
-        )
-        for s in range(ctx.seeds)
-    ]
+    recipe = {
+        "model": "autoencoder_deep",
+        "model_args.enc": small,
+        "batch_size": 64,
+        "epochs": p.deep_epochs,
+        "data.val_fraction": 0.2,
+        "restore_best": True,
+        **_subset(p),
+    }
+    seeds = {f"deep_enc{small}/seed{s}": {**recipe, "seed": s} for s in range(ctx.seeds)}
+    runs = list(ctx.train_many(NAME, seeds).values())
     return {
         "enc": small,
         "test": [r.final["test_loss"] for r in runs],

@@ -24,8 +24,10 @@ others go on as a smaller group.
 from __future__ import annotations
 
 import copy
+import json
 import time
 import warnings
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -49,6 +51,17 @@ from dfl.training.trainer import (
 
 # Config keys that may differ between the runs of one group: everything else shapes the step.
 PER_RUN_KEYS = {"seed"}
+K = TypeVar("K")
+
+
+def same_but_seed(cfgs: dict[K, TrainConfig]) -> list[list[K]]:
+    """The keys of `cfgs` in groups whose configs differ only in PER_RUN_KEYS, in the order
+    each group's first key comes: the runs that may train as one group."""
+    groups: dict[str, list[K]] = {}
+    for key, cfg in cfgs.items():
+        shape = json.dumps(cfg.model_dump(mode="json", exclude=PER_RUN_KEYS), sort_keys=True)
+        groups.setdefault(shape, []).append(key)
+    return list(groups.values())
 
 
 def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
