@@ -35,10 +35,10 @@ format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-# Two pytest-xdist workers of one thread each (tests/conftest.py); a fixture that several
-# tests share runs in one worker (--dist loadgroup, the xdist_group marks).
+# Two pytest-xdist workers of one thread each (tests/conftest.py), the longest tests first; a
+# worker that runs out takes tests from the other's queue (worksteal).
 test: lint
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q -n 2 --dist worksteal
 
 # The inner loop: lint, then every test not marked `slow` (real processes, trainings of more
 # than a few seconds) or `mnist` (the real data). `make test`, which CI runs, runs them all.

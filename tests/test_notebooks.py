@@ -14,9 +14,6 @@ from nbclient import NotebookClient
 
 from dfl.data import load_dataset
 
-# One worker runs them all (`make test` runs two): their fixture starts the three kernels at once.
-pytestmark = pytest.mark.xdist_group("notebooks")
-
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 # A cell draws when its source plots (`run.plot(...)`, `run.plot_reconstructions(...)`),
@@ -45,10 +42,9 @@ def _outputs(nb: nbformat.NotebookNode) -> list[dict]:
     return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
 
 
-@pytest.fixture(scope="module")
-def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The notebooks this session's tests ask for, each run top to bottom in its own kernel and
-    directory, all at once: path -> (the executed notebook, its directory, the error or None).
+def execute_all(notebooks: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The notebooks, each run top to bottom in its own kernel and directory, all at once:
+    path -> (the executed notebook, its directory, the error or None).
 
     At once, because a notebook's kernel start, imports, figures and reports are one core's
     work, and its small trainings (most of its time: 3.2's CNN study, 3.3's ViT study) use a
@@ -56,14 +52,9 @@ def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     side (dfl/runtime/core_share.py, with a share directory of their own). Measured on the same
     2 busy cores: 88 s and 157 s at once, against 509 s one after the other at a thread per
     core each (CPU time 2.5 and 3 min against 8: threads that wait spin)."""
-    wanted = [
-        item.callspec.params["path"]
-        for item in request.session.items
-        if item.module is request.module and item.originalname == "test_notebook_runs_top_to_bottom"
-    ]
     base = tmp_path_factory.getbasetemp()
     clients: dict[Path, tuple[NotebookClient, Path]] = {}
-    for path in wanted:
+    for path in notebooks:
         directory = tmp_path_factory.mktemp(path.stem.split("_")[0])
         nb = nbformat.read(path, as_version=4)
         # The kernel starts in its own directory: the runs land there, not in the checkout.
@@ -91,11 +82,20 @@ def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 @pytest.mark.mnist
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path: Path, executed: dict):
-    nb, directory, error = executed[path]
-    if error is not None:  # CellExecutionError names the cell that failed
-        raise error
+def test_every_notebook_runs_top_to_bottom(tmp_path_factory: pytest.TempPathFactory):
+    """All three at once, in one test: one test worker runs them (`make test` runs two)."""
+    failed = {}
+    for path, (nb, directory, error) in execute_all(NOTEBOOKS, tmp_path_factory).items():
+        try:
+            if error is not None:  # CellExecutionError names the cell that failed
+                raise error
+            check_executed(path, nb, directory)
+        except Exception as e:
+            failed[path.name] = e
+    assert not failed, "\n".join(f"{name}: {e}" for name, e in failed.items())
+
+
+def check_executed(path: Path, nb: nbformat.NotebookNode, directory: Path) -> None:
     outputs = _outputs(nb)
     assert not [o for o in outputs if o.output_type == "error"]
     # The lab's numbers beside ours, as a table, and figures shown inline.

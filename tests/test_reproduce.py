@@ -226,10 +226,10 @@ def test_an_interrupted_experiment_records_its_time(tmp_path: Path, monkeypatch)
 
 @pytest.fixture(scope="module")
 def ae_and_sae(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One smoke reproduction of ae and sae (side by side, sharing the cores), which the three
-    tests below read instead of training their own: made by `dfl reproduce --out was` run in a
+    """One smoke reproduction of ae and sae (side by side, sharing the cores), which three
+    checks read instead of training their own: made by `dfl reproduce --out was` run in a
     directory whose name has a quote, a backslash and a space, on a dataset there too. Returns
-    that directory. The last of the three moves `was`: keep it last."""
+    that directory."""
     root = tmp_path_factory.mktemp("ae-sae") / 'q"uo\\te dir'
     data = write_idx_dataset(root / "digits", n_train=2500, n_test=500)
     with pytest.MonkeyPatch.context() as env:  # what conftest's fixtures set for a test
@@ -243,8 +243,16 @@ def ae_and_sae(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ae_and_sae")  # one worker makes the fixture
-def test_quotes_and_backslashes_in_paths_travel_as_data(ae_and_sae: Path):
+def test_one_ae_and_sae_reproduction_read_three_ways(ae_and_sae: Path, tmp_path, monkeypatch):
+    """The three checks below on one reproduction, in this order (the last moves it): one
+    test, so that one test worker makes it (`make test` runs two)."""
+    paths_travel_as_data(ae_and_sae)
+    the_report_rebuilds_from_another_working_directory(ae_and_sae, tmp_path, monkeypatch)
+    monkeypatch.setenv("DFL_SHARE_CORES", "1")  # as `shared_cores`
+    a_moved_reproduction_reports_and_resumes_in_its_new_place(ae_and_sae)
+
+
+def paths_travel_as_data(ae_and_sae: Path) -> None:
     """Values reach the configs as data: an --out and a dataset path with a quote, a backslash
     and a space give the runs exactly those paths (the autoencoder's probe starts from a grid
     run's directory by init_from, its sweep trials read the dataset path), and the commands
@@ -454,11 +462,9 @@ def test_experiments_side_by_side_in_their_own_processes(tmp_path: Path, capsys)
     assert "min on the clock for its experiments" in (out / "report.md").read_text()
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("ae_and_sae")  # one worker makes the fixture
-def test_the_report_rebuilds_from_another_working_directory(
-    ae_and_sae: Path, tmp_path, monkeypatch
-):
+def the_report_rebuilds_from_another_working_directory(
+    ae_and_sae: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Results name their runs by absolute path, so `dfl report DIR` redraws the figures (the
     stacked autoencoder's read saved weights) wherever it runs from: the reproduction was made
     with a relative `--out was`, and is reported here from another directory."""
@@ -467,9 +473,7 @@ def test_the_report_rebuilds_from_another_working_directory(
     assert "Figures missing" not in (ae_and_sae / "was" / "report.md").read_text()
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("ae_and_sae")  # one worker makes the fixture
-def test_a_moved_reproduction_reports_and_resumes_in_its_new_place(ae_and_sae: Path, shared_cores):
+def a_moved_reproduction_reports_and_resumes_in_its_new_place(ae_and_sae: Path) -> None:
     """Results and run configs name runs by absolute path. Moved, the directory still draws
     its figures from its own runs and gives commands naming them; a half-done experiment
     resumes there (a fine-tune's init_from names its pretraining run's new place)."""
