@@ -164,7 +164,8 @@ def test_what_fuses_and_what_auto_chooses(data, tmp_path):
     small = Trainer(config("autoencoder", "fp32", 0, batch_size=16), tmp_path / "a", data)
     large = Trainer(config("autoencoder", "fp32", 0, batch_size=128), tmp_path / "b", data)
     vit = Trainer(config("vit_lab", "fp32", 0, batch_size=16), tmp_path / "c", data)
-    assert fuse_pays(small) and not fuse_pays(large) and not fuse_pays(vit)
+    assert fuse_pays(small.cfg, small.model) and not fuse_pays(large.cfg, large.model)
+    assert not fuse_pays(vit.cfg, vit.model)
     assert FusedGroup([small], [torch.get_rng_state()]).stacked is not None
     assert FusedGroup([vit], [torch.get_rng_state()]).stacked is None
 

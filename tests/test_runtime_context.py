@@ -106,19 +106,22 @@ def test_a_gpu_run_takes_no_place_among_the_cpu_trainings(places: Path):
 
 
 def test_interrupt_handling_only_where_the_run_asks_for_it():
-    if (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) != (
-        signal.default_int_handler,
-        signal.SIG_DFL,
-    ):
-        pytest.skip("the test session handles SIGINT or SIGTERM itself")
-    with run_context("cuda"):
+    # A program's own handlers, as Python starts one (a pytest-xdist worker ignores SIGINT).
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with run_context("cuda"):
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        with run_context("cuda", interrupts=True):
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    with run_context("cuda", interrupts=True):
-        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
 
 
 def test_an_idle_context_ticks_nothing():

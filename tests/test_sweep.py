@@ -307,6 +307,36 @@ def test_epoch_reuse_equals_separate_runs(tmp_path: Path, idx_dir: Path):
         assert trial.user_attrs["n_parameters"] > 0
 
 
+def test_grid_points_that_differ_in_their_seed_train_as_one_group(tmp_path: Path, idx_dir: Path):
+    """A worker claims the queued points that differ from its trial only in their seed and
+    trains them as one fused group (a dense model at batch 16 on a CPU, where that pays),
+    with the shorter epochs read off the longer run as alone; each stays its own trial, with
+    the value, curve and pruner reports of the same run trained alone."""
+    body = '[grid]\nseed = [0, 1, 2]\nepochs = [1, 2]\n"optim.lr" = [0.01, 0.02]\n'
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, body)
+    spec_path.write_text(spec_path.read_text().replace("batch_size = 32", "batch_size = 16"))
+    out = tmp_path / "sweep"
+    url = prepare(spec_path, out)
+    said: list[str] = []
+    run_worker(load_spec(spec_path).name, url, sweep_dir=out, index=0, log=said.append)
+    trials = trials_of(spec_path, url)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
+    groups = {tuple(t.user_attrs["trained_with"]) for t in trials}
+    assert len(groups) == 4 and all(len(g) == 3 for g in groups)  # 2 rates x 2 epochs
+    # Two trainings: the grid queues the longest epochs first, the shorter ones read them off.
+    assert sum("runs as one fused model" in line for line in said) == 2
+    spec = load_spec(spec_path)
+    for trial in trials:
+        cfg = spec.trial_config(trial.params)
+        if cfg.seed != 2:
+            continue
+        alone = fit(cfg.model_copy(update={"epochs": 2}), tmp_path / f"alone{trial.number}",
+                    epoch_bar=False, until_epoch=cfg.epochs)  # fmt: skip
+        expected = alone.history[cfg.epochs - 1]["val_loss"]
+        assert trial.user_attrs["curve"][-1]["val_loss"] == pytest.approx(expected, rel=1e-5)
+        assert list(trial.intermediate_values) == list(range(1, cfg.epochs + 1))
+
+
 def test_search_with_median_pruner_prunes(tmp_path: Path, idx_dir: Path):
     body = (
         "[search]\nn_trials = 8\nsampler_seed = 3\nstartup_trials = 2\nwarmup_epochs = 0\n"
@@ -349,7 +379,10 @@ def test_rerun_with_a_changed_spec_is_refused(tmp_path: Path, idx_dir: Path):
 # Real worker processes
 
 
-GRID_2X2 = '[grid]\n"model_args.hidden" = [[16], [32]]\nseed = [0, 1]\n'
+# Four points that differ in more than their seed: each trains as a trial alone. SEEDS_2X2's
+# two points of two seeds each train as two groups (a worker claims a point's seeds together).
+GRID_2X2 = '[grid]\n"model_args.hidden" = [[16], [32]]\n"optim.lr" = [0.01, 0.02]\n'
+SEEDS_2X2 = '[grid]\n"model_args.hidden" = [[16], [32]]\nseed = [0, 1]\n'
 
 
 def slow_enough(spec_path: Path, epochs: int) -> None:
@@ -417,8 +450,11 @@ def test_grid_with_two_workers_on_postgres_runs_each_point_once(
 
 
 @pytest.mark.slow
-def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(tmp_path: Path, idx_dir: Path):
-    spec_path = write_spec(tmp_path / "s.toml", idx_dir, GRID_2X2)
+@pytest.mark.parametrize("grid", [GRID_2X2, SEEDS_2X2], ids=["alone", "grouped"])
+def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(
+    tmp_path: Path, idx_dir: Path, grid: str
+):
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, grid)
     slow_enough(spec_path, 6)
     out = tmp_path / "sweep"
     command = [*CLI, "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out)]

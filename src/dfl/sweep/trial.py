@@ -17,6 +17,7 @@ when it failed or was pruned.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -42,7 +43,7 @@ from dfl.runtime.run_lock import Claim, claim_run_dir
 from dfl.runtime.run_lock import file_lock as file_lock  # launch.py's create.lock
 from dfl.sweep.spec import Params, RunPlan, SweepSpec, decode, encode, run_plan
 from dfl.sweep.storage import StorageUnreachable, without_waiting
-from dfl.training.run import fit
+from dfl.training.run import Run, fit_each
 from dfl.training.run_dir import RunStatus, read_history
 from dfl.training.trainer import StopRun, build_model
 
@@ -173,50 +174,167 @@ class Heartbeat:
                     self.log(f"heartbeat of trial id {self.trial_id} not recorded: {e}")
 
 
-def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOutcome | None:
-    """Train the trial and tell the study how it ended. A failure is recorded with its reason
-    and the worker goes on; Ctrl-C puts the trial back in the queue and stops the worker. None:
-    another worker took the trial over (see `_say_taken_over`)."""
-    t0 = time.perf_counter()
-    params: Params = {}
+@dataclass
+class _Trial:
+    """One claimed trial on its way: what it trains, and what it has reported."""
+
+    trial: optuna.Trial
+    trial_id: int
+    params: Params = field(default_factory=dict)
+    plan: RunPlan | None = None
     run_dir: Path | None = None
+    reported: set[int] = field(default_factory=set)
+    trained: list[int] = field(default_factory=list)  # epochs trained here (fit calls back)
+
+    def prepare(self, ctx: WorkerContext) -> None:
+        self.params = suggest(self.trial, ctx.spec)
+        self.plan = run_plan(ctx.spec, self.params, ctx.reuse_epochs)
+        self.run_dir = ctx.sweep_dir / "trials" / run_dir_name(self.plan.params)
+        _record_setup(ctx, self.trial, ctx.spec.trial_config(self.params), self.plan, self.run_dir)
+        self.reported = set(ctx.storage.get_trial(self.trial_id).intermediate_values)
+
+    def report_and_prune(self, ctx: WorkerContext, record: dict[str, Any]) -> None:
+        """fit's callback after each epoch: the epoch reported, and the pruner asked."""
+        assert self.plan is not None
+        trial, metric, epoch = self.trial, ctx.spec.metric, record["epoch"]
+        epochs = self.epochs(ctx)
+        if not self.trained and epoch > 1:
+            # The run continued a checkpoint (a dead worker's, or a shared run paused earlier):
+            # its earlier epochs are reported first, as the pruner expects them in order.
+            trial.set_user_attr("resumed_from_epoch", epoch - 1)
+            ctx.log(f"trial {trial.number}: continued {self.run_dir} from epoch {epoch - 1}")
+            for earlier in read_history(self.run_dir)[: min(epoch - 1, epochs)]:
+                _report(trial, earlier, metric, self.reported)
+        self.trained.append(epoch)
+        if epoch > epochs:
+            return  # a shared run past this trial's epochs: the longer point's business
+        _report(trial, record, metric, self.reported)
+        search = ctx.spec.search
+        if search is not None and search.pruner != "none" and trial.should_prune():
+            raise StopRun(
+                RunStatus.PRUNED,
+                f"pruned at epoch {epoch}: {metric} {record[metric]:.6g} ({search.pruner} rule)",
+            )
+
+    def epochs(self, ctx: WorkerContext) -> int:
+        return ctx.spec.trial_config(self.params).epochs
+
+
+# How a trial ended: its state, value and reason; None when another worker took it over.
+Ending = tuple[TrialState, float | None, str | None] | None
+
+
+def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOutcome | None:
+    """Train the trial and tell the study how it ended (`run_trials` of one)."""
+    return run_trials(ctx, [(trial, trial_id)])[0]
+
+
+def run_trials(
+    ctx: WorkerContext, claimed: list[tuple[optuna.Trial, int]]
+) -> list[TrialOutcome | None]:
+    """Train the claimed trials and tell the study how each ended. Trials that differ only in
+    their seed (the worker claims them together: `worker.claim_siblings`) train as one group
+    (`fit_each`, fused where that pays), each still its own trial: its run directory,
+    reports, pruning, value. A failure is recorded with its reason and the worker goes on;
+    Ctrl-C puts the trials back in the queue and stops the worker. None for a trial another
+    worker took over (see `_say_taken_over`)."""
+    t0 = time.perf_counter()
+    jobs = [_Trial(trial, trial_id) for trial, trial_id in claimed]
+    ended: dict[int, Ending] = {}
     try:
-        params = suggest(trial, ctx.spec)
-        plan = run_plan(ctx.spec, params, ctx.reuse_epochs)
-        run_dir = ctx.sweep_dir / "trials" / run_dir_name(plan.params)
-        cfg = ctx.spec.trial_config(params)
-        _record_setup(ctx, trial, cfg, plan, run_dir)
-        with run_dir_lock(run_dir, ctx.log):
-            state, value, reason = _train(ctx, trial, trial_id, cfg, plan, run_dir)
+        for i, job in enumerate(jobs):
+            try:
+                job.prepare(ctx)
+            except Exception as e:
+                ended[i] = _failed(ctx, jobs, ended, job, e)
+        live, runs = [], []
+        with contextlib.ExitStack() as held:
+            for i, job in enumerate(jobs):
+                if i in ended:
+                    continue
+                try:
+                    held.enter_context(run_dir_lock(job.run_dir, ctx.log))  # type: ignore[arg-type]
+                    live.append(i)
+                except Exception as e:  # an unwritable directory, say
+                    ended[i] = _failed(ctx, jobs, ended, job, e)
+            try:
+                runs = _train(ctx, [jobs[i] for i in live]) if live else []
+            except Exception as e:  # the data would not load, say: each trial's failure
+                runs = [e] * len(live)
+            for i, run in zip(live, runs, strict=True):
+                try:
+                    if isinstance(run, Exception):
+                        raise run
+                    ended[i] = _result(ctx, jobs[i], run)
+                except Exception as e:
+                    ended[i] = _failed(ctx, jobs, ended, jobs[i], e)
     except KeyboardInterrupt:
-        _requeue(ctx, trial, trial_id)
+        for i, job in enumerate(jobs):
+            if i not in ended:
+                _requeue(ctx, job.trial, job.trial_id)
         raise
-    except optuna.exceptions.UpdateFinishedTrialError:
-        _say_taken_over(ctx, trial)
+    wall = round(time.perf_counter() - t0, 3)
+    together = [job.trial.number for job in jobs] if len(jobs) > 1 else None
+    return [_tell(ctx, job, ended[i], wall, together) for i, job in enumerate(jobs)]
+
+
+def _train(ctx: WorkerContext, jobs: list[_Trial]) -> list[Run | Exception]:
+    plans = [job.plan for job in jobs]
+    assert all(plans)
+    return fit_each(
+        [plan.config for plan in plans],  # type: ignore[union-attr]
+        [job.run_dir for job in jobs],  # type: ignore[misc]
+        dataset=ctx.dataset(plans[0].config),  # type: ignore[union-attr]
+        resume=True,
+        callbacks=[[functools.partial(job.report_and_prune, ctx)] for job in jobs],
+        log=ctx.log,
+        epoch_bar=False,
+        until_epoch=plans[0].until_epoch,  # type: ignore[union-attr]
+    )
+
+
+def _failed(
+    ctx: WorkerContext, jobs: list[_Trial], ended: dict[int, Ending], job: _Trial, e: Exception
+) -> Ending:
+    """How `job` ended on error `e`: failed with its reason, or taken over (None). Errors that
+    are not the trial's own end the worker: a database that is away (raised on), a full disk
+    (every unfinished trial back in the queue, when the database still takes that write)."""
+    if isinstance(e, optuna.exceptions.UpdateFinishedTrialError):
+        _say_taken_over(ctx, job.trial)
         return None
-    except StorageUnreachable:  # not the trial's failure: nothing can be recorded anyway
-        raise
-    except Exception as e:
-        if disk_full(e):
-            # A full disk is not the trial's failure either: back in the queue (when the
-            # database still takes that write), and this worker stops: it could not write
-            # the next one.
-            with contextlib.suppress(DiskFull):
-                _requeue(ctx, trial, trial_id)
-            raise e if isinstance(e, DiskFull) else DiskFull(one_line(e)) from None
-        reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
-        if not isinstance(e, DflError):
-            ctx.log(traceback.format_exc())
-        state, value = TrialState.FAIL, None
-        if run_dir is not None:  # the epochs before the failure, to see where it went wrong
-            # A damaged metrics.jsonl: the reason says so. A trial taken over meanwhile: the
-            # `tell` below says so.
-            with contextlib.suppress(DflError, optuna.exceptions.UpdateFinishedTrialError):
-                history = read_history(run_dir)
-                curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in history]
-                trial.set_user_attr("curve", curve)
+    if isinstance(e, StorageUnreachable):  # nothing can be recorded anyway
+        raise e
+    if disk_full(e):
+        # The worker could not write the next trial either: it stops.
+        with contextlib.suppress(DiskFull):
+            for i, other in enumerate(jobs):
+                if i not in ended:
+                    _requeue(ctx, other.trial, other.trial_id)
+        raise e if isinstance(e, DiskFull) else DiskFull(one_line(e)) from None
+    reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
+    if not isinstance(e, DflError):
+        ctx.log("".join(traceback.format_exception(e)))
+    if job.run_dir is not None:  # the epochs before the failure, to see where it went wrong
+        # A damaged metrics.jsonl: the reason says so. A trial taken over meanwhile: the `tell`
+        # says so.
+        with contextlib.suppress(DflError, optuna.exceptions.UpdateFinishedTrialError):
+            history = read_history(job.run_dir)
+            curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in history]
+            job.trial.set_user_attr("curve", curve)
+    return TrialState.FAIL, None, reason
+
+
+def _tell(
+    ctx: WorkerContext, job: _Trial, ending: Ending, wall: float, together: list[int] | None
+) -> TrialOutcome | None:
+    if ending is None:
+        return None
+    state, value, reason = ending
+    trial = job.trial
     try:
-        trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 3))
+        trial.set_user_attr("wall_s", wall)
+        if together:
+            trial.set_user_attr("trained_with", together)
         if reason:
             trial.set_user_attr("reason", reason)
         ctx.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
@@ -224,7 +342,7 @@ def run_trial(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> TrialOu
         # This worker stalled past the grace period (suspended, say): another worker failed
         # the trial and requeued it, and that retry, finding this run done, records it.
         ctx.log(f"trial {trial.number} was requeued meanwhile; its retry records the result")
-    return TrialOutcome(trial.number, state, value, params, reason)
+    return TrialOutcome(trial.number, state, value, job.params, reason)
 
 
 def _requeue(ctx: WorkerContext, trial: optuna.Trial, trial_id: int) -> None:
@@ -281,63 +399,24 @@ def _record_setup(
     trial.set_user_attr("worker", ctx.worker)
 
 
-def _train(
-    ctx: WorkerContext,
-    trial: optuna.Trial,
-    trial_id: int,
-    cfg: TrainConfig,
-    plan: RunPlan,
-    run_dir: Path,
-) -> tuple[TrialState, float | None, str | None]:
-    metric, epochs = ctx.spec.metric, cfg.epochs
-    reported = set(ctx.storage.get_trial(trial_id).intermediate_values)
-    pruning = ctx.spec.search is not None and ctx.spec.search.pruner != "none"
-    trained: list[int] = []  # epochs trained by this call (fit calls back for those only)
-
-    def report_and_prune(record: dict[str, Any]) -> None:
-        epoch = record["epoch"]
-        if not trained and epoch > 1:
-            # The run continued a checkpoint (a dead worker's, or a shared run paused earlier):
-            # its earlier epochs are reported first, as the pruner expects them in order.
-            trial.set_user_attr("resumed_from_epoch", epoch - 1)
-            ctx.log(f"trial {trial.number}: continued {run_dir} from epoch {epoch - 1}")
-            for earlier in read_history(run_dir)[: min(epoch - 1, epochs)]:
-                _report(trial, earlier, metric, reported)
-        trained.append(epoch)
-        if epoch > epochs:
-            return  # a shared run past this trial's epochs: the longer point's business
-        _report(trial, record, metric, reported)
-        if pruning and trial.should_prune():
-            raise StopRun(
-                RunStatus.PRUNED,
-                f"pruned at epoch {record['epoch']}: {metric} {record[metric]:.6g} "
-                f"({ctx.spec.search.pruner} rule)",  # type: ignore[union-attr]
-            )
-
-    data = ctx.dataset(cfg)
-    result = fit(
-        plan.config,
-        run_dir,
-        dataset=data,
-        resume=True,
-        callbacks=[report_and_prune],
-        log=ctx.log,
-        epoch_bar=False,
-        until_epoch=plan.until_epoch,
-    )
+def _result(ctx: WorkerContext, job: _Trial, result: Run) -> Ending:
+    """A trained trial's state, value and reason, its curve and final metrics recorded."""
+    metric, epochs, trial = ctx.spec.metric, job.epochs(ctx), job.trial
+    cfg = ctx.spec.trial_config(job.params)
     curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in result.history[:epochs]]
     for record in result.history[:epochs]:
-        _report(trial, record, metric, reported)
+        _report(trial, record, metric, job.reported)
     trial.set_user_attr("curve", curve)
     n_params = result.final.get("params") or sum(
-        p.numel() for p in build_model(cfg, data.num_classes)[0].parameters()
+        p.numel() for p in build_model(cfg, ctx.dataset(cfg).num_classes)[0].parameters()
     )
     trial.set_user_attr("n_parameters", int(n_params))
     if result.status == RunStatus.PRUNED:
         return TrialState.PRUNED, None, result.reason
-    if plan.until_epoch is not None:  # read off the shared run's curve at this trial's epochs
+    if job.plan is not None and job.plan.until_epoch is not None:
+        # read off the shared run's curve at this trial's epochs
         if len(curve) < epochs:
-            return TrialState.FAIL, None, f"{run_dir} stopped before epoch {epochs}"
+            return TrialState.FAIL, None, f"{job.run_dir} stopped before epoch {epochs}"
         final = {k: v for k, v in curve[-1].items() if k.startswith("val_")}
         final.update(epochs_run=epochs, params=int(n_params))
     else:

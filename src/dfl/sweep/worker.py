@@ -18,6 +18,7 @@ trial left RUNNING for the heartbeat mechanism to requeue when the sweep is run 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -29,11 +30,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from dfl.errors import DflError
 from dfl.runtime.interrupts import note_sigterm
 from dfl.sweep import study as studies
-from dfl.sweep.spec import SweepSpec, check_trials
+from dfl.sweep.spec import SweepSpec, check_trials, decode, run_plan
 from dfl.sweep.storage import open_storage, study_id
-from dfl.sweep.trial import Heartbeat, Log, TrialOutcome, WorkerContext, run_trial
+from dfl.sweep.trial import Heartbeat, Log, TrialOutcome, WorkerContext, run_trials
 
 WAIT_POLL_S = 1.0  # how often an idle worker looks for requeued trials
 
@@ -98,13 +100,20 @@ def run_worker(
                 time.sleep(min(WAIT_POLL_S, spec.heartbeat_interval))
                 continue
             waiting_said = False
-            trial, trial_id = claimed
-            with Heartbeat(ctx.storage, trial_id, spec.heartbeat_interval, log):
-                outcome = run_trial(ctx, trial, trial_id)
-            if outcome is None:  # taken over by another worker: run_trial said so
-                continue
-            log(_describe(outcome, spec))
-            done.append(outcome)
+            group = [claimed, *claim_siblings(ctx, claimed[1])]
+            if len(group) > 1:
+                numbers = ", ".join(str(trial.number) for trial, _ in group)
+                log(f"trials {numbers} differ only in their seed: claimed as one group")
+            with contextlib.ExitStack() as beating:
+                for _, trial_id in group:
+                    beating.enter_context(
+                        Heartbeat(ctx.storage, trial_id, spec.heartbeat_interval, log)
+                    )
+                outcomes = run_trials(ctx, group)
+            for outcome in outcomes:
+                if outcome is not None:  # None: taken over by another worker, which it said
+                    log(_describe(outcome, spec))
+                    done.append(outcome)
     log(f"worker {ctx.worker} done: ran {len(done)} trial(s); nothing left to claim")
     return done
 
@@ -143,16 +152,73 @@ def pop_waiting(storage: optuna.storages.BaseStorage, study_id: int) -> int | No
     storage.py for what that takes on SQLite), so each queued trial is popped once."""
     for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-        # Beat before claiming: a trial requeued by Ctrl-C still has its old heartbeat, and
-        # another worker must not take it for dead in the instant after this claim.
-        if storage.get_heartbeat_interval() is not None:  # type: ignore[attr-defined]
-            storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-        try:
-            if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                return trial_id
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+        if _take(storage, trial_id):
+            return trial_id
     return None
+
+
+def _take(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
+    """Mark a WAITING trial RUNNING; False if another worker took it first."""
+    # Beat before claiming: a trial requeued by Ctrl-C still has its old heartbeat, and
+    # another worker must not take it for dead in the instant after this claim.
+    if storage.get_heartbeat_interval() is not None:  # type: ignore[attr-defined]
+        storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+    try:
+        return storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+# At most this many trials train as one group (a grid's seeds of one point, in practice).
+GROUP_MAX = 8
+
+
+def claim_siblings(ctx: WorkerContext, trial_id: int) -> list[tuple[optuna.Trial, int]]:
+    """Queued grid points that differ from the claimed trial only in their seed (see
+    dfl/training/fused.py), claimed too when training them as one pays for their model
+    (`fuse_pays`); they then train as one group, each still its own trial."""
+    if ctx.spec.grid is None:
+        return []
+    shape = _fusable_shape(ctx, ctx.storage.get_trial(trial_id).system_attrs, check_pays=True)
+    if shape is None:
+        return []
+    siblings = []
+    waiting = (TrialState.WAITING,)
+    for frozen in ctx.storage.get_all_trials(ctx.study_id, deepcopy=False, states=waiting):
+        if len(siblings) + 1 >= GROUP_MAX:
+            break
+        if _fusable_shape(ctx, frozen.system_attrs) != shape:
+            continue
+        other = ctx.storage.get_trial_id_from_study_id_trial_number(ctx.study_id, frozen.number)
+        if _take(ctx.storage, other):
+            siblings.append((optuna.trial.Trial(ctx.study, other), other))
+    return siblings
+
+
+def _fusable_shape(
+    ctx: WorkerContext, system_attrs: dict[str, Any], check_pays: bool = False
+) -> str | None:
+    """What a queued grid point trains, but for its seed (None when it cannot join a group):
+    its run's config and the epoch it pauses at."""
+    from dfl import models
+    from dfl.training.fused import PER_RUN_KEYS, fuse_blocker, fuse_pays
+
+    fixed = system_attrs.get("fixed_params")
+    grid = ctx.spec.grid
+    if not fixed or grid is None or set(fixed) != set(grid):
+        return None
+    try:
+        params = {key: decode(value, grid[key]) for key, value in fixed.items()}
+        plan = run_plan(ctx.spec, params, ctx.reuse_epochs)
+        cfg = plan.config
+        if check_pays and (
+            fuse_blocker([cfg]) or not fuse_pays(cfg, models.create(cfg.model, **cfg.model_args))
+        ):
+            return None
+    except DflError:
+        return None  # the trial itself says what is wrong when it runs
+    shape = cfg.model_dump(mode="json", exclude=PER_RUN_KEYS)
+    return json.dumps([shape, plan.until_epoch], sort_keys=True)
 
 
 def _count(ctx: WorkerContext, states: tuple[TrialState, ...]) -> int:

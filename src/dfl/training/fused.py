@@ -46,6 +46,7 @@ from dfl.training.trainer import (
     check_finite,
     global_rng_state,
     progress,
+    resolve_device,
     set_global_rng_state,
 )
 
@@ -89,12 +90,12 @@ def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
 FUSE_MAX_BATCH = 32
 
 
-def fuse_pays(trainer: Trainer) -> bool:
-    """Whether `fuse = "auto"` trains runs like `trainer`'s as one (see FUSE_MAX_BATCH)."""
+def fuse_pays(cfg: TrainConfig, model: nn.Module) -> bool:
+    """Whether `fuse = "auto"` trains runs of `cfg` (its `model`) as one (see FUSE_MAX_BATCH)."""
     return (
-        trainer.device.type == "cpu"
-        and trainer.cfg.batch_size <= FUSE_MAX_BATCH
-        and can_stack(trainer.model)
+        resolve_device(cfg.device).type == "cpu"
+        and cfg.batch_size <= FUSE_MAX_BATCH
+        and can_stack(model)
     )
 
 

@@ -204,6 +204,32 @@ def fit_group(
     only in their seed train as one fused model (dfl/training/fused.py) with `fuse` "on", or
     with "auto" where that was measured to pay. Every run is recorded however the others end;
     the first that failed then raises its error."""
+    ended = fit_each(
+        cfgs, run_dirs, fuse=fuse, dataset=dataset, resume=resume, log=log, epoch_bar=epoch_bar,
+        start_errors=False,
+    )  # fmt: skip
+    for run in ended:
+        if isinstance(run, BaseException):
+            raise run
+    return ended  # type: ignore[return-value]
+
+
+def fit_each(
+    cfgs: list[TrainConfig],
+    run_dirs: list[str | Path],
+    *,
+    fuse: str = "auto",
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    callbacks: list[Iterable[Callback]] | None = None,
+    log: Callable[[str], None] | None = None,
+    epoch_bar: bool = True,
+    until_epoch: int | None = None,
+    start_errors: bool = True,
+) -> list[Run | Exception]:
+    """`fit_group`, with each run's own `callbacks`, that gives each run's end: its `Run`, or
+    the error that ended it or, with `start_errors`, kept it from starting (a sweep's trials
+    fail one by one; without it, a run that cannot start raises before any trains)."""
     from dfl.training.fused import fuse_blocker, fuse_pays, train_fused
 
     run_dirs = [_run_dir(d) for d in run_dirs]
@@ -212,34 +238,41 @@ def fit_group(
     blocker = fuse_blocker(cfgs)
     if fuse == "on" and blocker:
         raise ConfigError(f"--fuse on: these runs cannot train as one: {blocker}")
+    callbacks = callbacks or [()] * len(cfgs)
     with contextlib.ExitStack() as claims:
         if dataset is None:
             dataset = load_dataset(cfgs[0].data.dataset, cfgs[0].data.data_dir)
-        ready = []
-        for cfg, run_dir in zip(cfgs, run_dirs, strict=True):
+        ended: list[Run | Exception | None] = []
+        pending = []
+        for cfg, run_dir, calls in zip(cfgs, run_dirs, callbacks, strict=True):
             claim = claims.enter_context(claim_run_dir(run_dir))
-            ready.append(_start(cfg, run_dir, claim, dataset, resume, (), log, None))
-        pending = [r for r in ready if not isinstance(r, Run)]
+            try:
+                ready = _start(cfg, run_dir, claim, dataset, resume, calls, log, until_epoch)
+            except Exception as e:
+                if not start_errors:
+                    raise
+                claim.give_back()  # as a lone run that cannot start: nothing left behind
+                ready = e
+            ended.append(None if isinstance(ready, tuple) else ready)
+            pending += [ready] if isinstance(ready, tuple) else []
         trainers = [trainer for trainer, _ in pending]
         fused = fuse != "off" and len(trainers) > 1 and not blocker
         if fused and fuse == "auto":
-            fused = fuse_pays(trainers[0])
+            fused = fuse_pays(trainers[0].cfg, trainers[0].model)
         if fused:
             if log:
                 log(f"training {len(trainers)} runs as one fused model")
-            outcomes = train_fused(trainers, epoch_bar)
+            outcomes = train_fused(trainers, epoch_bar, until_epoch)
         else:
-            outcomes = [_train_alone(trainer, epoch_bar) for trainer in trainers]
-        done, errors = [], []
+            outcomes = [_train_alone(trainer, epoch_bar, until_epoch) for trainer in trainers]
+        done: list[Run | Exception] = []
         for (trainer, status_of), outcome in zip(pending, outcomes, strict=True):
             try:
                 done.append(_record(trainer, status_of, outcome))
             except Exception as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+                done.append(e)
         finished = iter(done)
-        return [r if isinstance(r, Run) else next(finished) for r in ready]
+        return [next(finished) if r is None else r for r in ended]
 
 
 def _run_dir(run_dir: str | Path) -> Path:
