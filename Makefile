@@ -43,7 +43,7 @@ test: lint
 # The inner loop: lint, then every test not marked `slow` (real processes, trainings of more
 # than a few seconds) or `mnist` (the real data). `make test`, which CI runs, runs them all.
 test-fast: lint
-	$(BIN)/pytest -q -m "not slow and not mnist"
+	$(BIN)/pytest -q -n 2 --dist worksteal -m "not slow and not mnist"
 
 reproduce: setup
 	$(BIN)/dfl reproduce $(if $(PROFILE),--profile $(PROFILE)) --jobs $(JOBS)

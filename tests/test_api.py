@@ -26,16 +26,17 @@ def test_import_dfl_loads_no_torch():
 
 def test_train_load_and_resume(tmp_path: Path, digits):
     out = tmp_path / "run"
-    run = dfl.train("mlp", epochs=2, lr=1e-3, out=out, **{"model_args.hidden": [16], **digits})
+    run = dfl.train("mlp", epochs=2, lr=1e-2, out=out, **{"model_args.hidden": [16], **digits})
     assert run.status == "completed" and run.run_dir == out and len(run.history) == 2
-    assert run.config.optim.lr == 1e-3 and run.config.model_args == {"hidden": [16]}
-    assert 0.0 <= run.final["test_accuracy"] <= 1.0
+    assert run.config.optim.lr == 1e-2 and run.config.model_args == {"hidden": [16]}
+    # It learned: chance is 0.1; seeds 0-2 reach 0.66-0.89 on the 64 test digits.
+    assert run.final["test_accuracy"] > 0.5
     assert isinstance(run.plot(), Figure) and isinstance(run.plot(["train_loss"]), Figure)
     loaded = dfl.load(out)
     assert (loaded.history, loaded.final) == (run.history, run.final)
     assert loaded.model.training is False  # rebuilt from the directory, in eval mode
     again = dfl.train(
-        "mlp", epochs=2, lr=1e-3, out=out, resume=True, **{"model_args.hidden": [16], **digits}
+        "mlp", epochs=2, lr=1e-2, out=out, resume=True, **{"model_args.hidden": [16], **digits}
     )
     assert again.history == run.history  # a finished run is returned as it is
 
