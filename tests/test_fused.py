@@ -111,6 +111,40 @@ def test_fused_runs_equal_the_runs_trained_alone(family, precision, data, tmp_pa
     assert len({f.final["test_loss"] for f in fused}) == len(SEEDS)
 
 
+# (family, optimiser): coupled weight decay (Adam, SGD with momentum) and AdamW's decoupled one.
+OWN_RATES = [("mlp", {"name": "adam", "lr": 1e-3}), ("autoencoder", {"name": "adamw", "lr": 1e-3}),
+             ("cnn_lab", {"name": "sgd", "momentum": 0.9, "lr": 0.01})]  # fmt: skip
+
+
+@pytest.mark.parametrize(("family", "optim"), OWN_RATES, ids=[f for f, _ in OWN_RATES])
+def test_runs_at_their_own_learning_rate_and_weight_decay_equal_alone(
+    family, optim, data, tmp_path
+):
+    """A sweep's points that differ in learning rate and weight decay train as one group, each
+    run at its own (and its own schedule's), equal to alone as the seeds are."""
+    own = [(1.0, 0.0), (3.0, 1e-2), (0.5, 1e-3)]  # x the base rate, and the weight decay
+
+    def made(name: str) -> list[Trainer]:
+        runs = []
+        for seed, (times, decay) in zip(SEEDS, own, strict=True):
+            rates = {**optim, "lr": optim["lr"] * times, "weight_decay": decay}
+            cfg = config(family, "fp32", seed, optim=rates, schedule={"name": "onecycle"})
+            (tmp_path / f"{name}{seed}").mkdir()
+            runs.append(Trainer(cfg, tmp_path / f"{name}{seed}", data))
+        return runs
+
+    alone = made("alone")
+    for t in alone:
+        t.run(epoch_bar=False)
+    fused = made("fused")
+    assert fuse_blocker([t.cfg for t in fused]) is None
+    assert train_fused(fused, epoch_bar=False) == [RunStatus.COMPLETED] * len(SEEDS)
+    _, rel, _ = FAMILIES[family]
+    for a, f in zip(alone, fused, strict=True):
+        assert [h["lr"] for h in f.history] == [h["lr"] for h in a.history]
+        assert_close(losses(f.history), losses(a.history), rel)
+
+
 def test_a_run_that_stops_leaves_the_group_and_the_others_go_on(data, tmp_path):
     """A run stopped by its callback (a sweep's pruner) after epoch 1 is recorded as pruned,
     with its epoch-1 checkpoint; the others train on, as a group of two, equal to alone."""
@@ -154,7 +188,9 @@ def test_what_fuses_and_what_auto_chooses(data, tmp_path):
     cfgs = [config("mlp", "fp32", s) for s in SEEDS]
     assert fuse_blocker(cfgs) is None
     other_lr = cfgs[1].model_copy(update={"optim": cfgs[1].optim.model_copy(update={"lr": 0.5})})
-    assert "differ in more than their seed" in fuse_blocker([cfgs[0], other_lr])
+    assert fuse_blocker([cfgs[0], other_lr]) is None  # a run's own rate: see the test above
+    sgd = cfgs[1].model_copy(update={"optim": cfgs[1].optim.model_copy(update={"name": "sgd"})})
+    assert "differ in more than their seed" in fuse_blocker([cfgs[0], sgd])
     attn = config("vit", "fp32", 0, model_args={"attn_dropout": 0.1})
     assert "attn_dropout" in fuse_blocker([attn, attn.model_copy(update={"seed": 1})])
     # auto: dense models at small batches on a CPU (FUSE_MAX_BATCH), nothing through vmap.

@@ -307,11 +307,11 @@ def test_epoch_reuse_equals_separate_runs(tmp_path: Path, idx_dir: Path):
         assert trial.user_attrs["n_parameters"] > 0
 
 
-def test_grid_points_that_differ_in_their_seed_train_as_one_group(tmp_path: Path, idx_dir: Path):
+def test_grid_points_that_differ_in_seed_and_rate_train_as_one_group(tmp_path: Path, idx_dir: Path):
     """A worker claims the queued points that differ from its trial only in their seed and
-    trains them as one fused group (a dense model at batch 16 on a CPU, where that pays),
-    with the shorter epochs read off the longer run as alone; each stays its own trial, with
-    the value, curve and pruner reports of the same run trained alone."""
+    learning rate and trains them as one fused group (a dense model at batch 16 on a CPU, where
+    that pays), with the shorter epochs read off the longer runs as alone; each stays its own
+    trial, with the value, curve and pruner reports of the same run trained alone."""
     body = '[grid]\nseed = [0, 1, 2]\nepochs = [1, 2]\n"optim.lr" = [0.01, 0.02]\n'
     spec_path = write_spec(tmp_path / "s.toml", idx_dir, body)
     spec_path.write_text(spec_path.read_text().replace("batch_size = 32", "batch_size = 16"))
@@ -322,9 +322,9 @@ def test_grid_points_that_differ_in_their_seed_train_as_one_group(tmp_path: Path
     trials = trials_of(spec_path, url)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
     groups = {tuple(t.user_attrs["trained_with"]) for t in trials}
-    assert len(groups) == 4 and all(len(g) == 3 for g in groups)  # 2 rates x 2 epochs
-    # Two trainings: the grid queues the longest epochs first, the shorter ones read them off.
-    assert sum("runs as one fused model" in line for line in said) == 2
+    assert len(groups) == 2 and all(len(g) == 6 for g in groups)  # the 2 epochs' points
+    # One training: the grid queues the longest epochs first, the shorter ones read them off.
+    assert sum("6 runs as one fused model" in line for line in said) == 1
     spec = load_spec(spec_path)
     for trial in trials:
         cfg = spec.trial_config(trial.params)
@@ -379,9 +379,10 @@ def test_rerun_with_a_changed_spec_is_refused(tmp_path: Path, idx_dir: Path):
 # Real worker processes
 
 
-# Four points that differ in more than their seed: each trains as a trial alone. SEEDS_2X2's
-# two points of two seeds each train as two groups (a worker claims a point's seeds together).
-GRID_2X2 = '[grid]\n"model_args.hidden" = [[16], [32]]\n"optim.lr" = [0.01, 0.02]\n'
+# Four points that differ in more than their seed, learning rate and weight decay: each trains
+# as a trial alone. SEEDS_2X2's two points of two seeds each train as two groups (a worker
+# claims a point's seeds together).
+GRID_2X2 = '[grid]\n"model_args.hidden" = [[16], [32]]\n"model_args.dropout" = [0.0, 0.1]\n'
 SEEDS_2X2 = '[grid]\n"model_args.hidden" = [[16], [32]]\nseed = [0, 1]\n'
 
 

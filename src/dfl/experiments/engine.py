@@ -22,7 +22,7 @@ from dfl.config import TrainConfig
 from dfl.data import Dataset
 from dfl.runtime import flushed_to_zero
 from dfl.runtime.local_workers import run_in_workers
-from dfl.training.fused import same_but_seed
+from dfl.training.fused import same_shape
 from dfl.training.run import Run, fit, fit_group
 
 Plan = tuple[TrainConfig, Path]  # a run's config and its directory
@@ -31,7 +31,8 @@ Plan = tuple[TrainConfig, Path]  # a run's config and its directory
 def train_all(plans: dict[str, Plan], data: Dataset, *, jobs: int, desc: str) -> dict[str, Run]:
     """Train every plan (each resumed, or reused when it finished); results by the same keys.
 
-    In one process, plans that differ only in their seed train as one group, fused where that
+    In one process, plans that differ only in their seed, learning rate or weight decay train
+    as one group, fused where that
     pays (`fit_group`'s "auto": dense models at small batches on a CPU). With `jobs` > 1 every
     plan is a worker's task of its own: two 1-thread workers train as many autoencoder samples
     per second as a fused group on two threads at batch 16, and more at 64 (docs/SPEED.md)."""
@@ -39,7 +40,7 @@ def train_all(plans: dict[str, Plan], data: Dataset, *, jobs: int, desc: str) ->
     with bar:
         if jobs <= 1 or len(plans) <= 1:
             results = {}
-            for keys in same_but_seed({key: cfg for key, (cfg, _) in plans.items()}):
+            for keys in same_shape({key: cfg for key, (cfg, _) in plans.items()}):
                 results.update(_train_group({key: plans[key] for key in keys}, data))
                 bar.update(len(keys))
             return {key: results[key] for key in plans}  # in the order asked for

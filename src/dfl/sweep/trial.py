@@ -233,7 +233,8 @@ def run_trials(
     ctx: WorkerContext, claimed: list[tuple[optuna.Trial, int]]
 ) -> list[TrialOutcome | None]:
     """Train the claimed trials and tell the study how each ended. Trials that differ only in
-    their seed (the worker claims them together: `worker.claim_siblings`) train as one group
+    their seed, learning rate or weight decay (the worker claims them together:
+    `worker.claim_siblings`) train as one group
     (`fit_each`, fused where that pays), each still its own trial: its run directory,
     reports, pruning, value. A failure is recorded with its reason and the worker goes on;
     Ctrl-C puts the trials back in the queue and stops the worker. None for a trial another

@@ -103,7 +103,7 @@ def run_worker(
             group = [claimed, *claim_siblings(ctx, claimed[1])]
             if len(group) > 1:
                 numbers = ", ".join(str(trial.number) for trial, _ in group)
-                log(f"trials {numbers} differ only in their seed: claimed as one group")
+                log(f"trials {numbers} differ only in seed, rate or decay: claimed as one group")
             with contextlib.ExitStack() as beating:
                 for _, trial_id in group:
                     beating.enter_context(
@@ -174,9 +174,10 @@ GROUP_MAX = 8
 
 
 def claim_siblings(ctx: WorkerContext, trial_id: int) -> list[tuple[optuna.Trial, int]]:
-    """Queued grid points that differ from the claimed trial only in their seed (see
-    dfl/training/fused.py), claimed too when training them as one pays for their model
-    (`fuse_pays`); they then train as one group, each still its own trial."""
+    """Queued grid points that differ from the claimed trial only in their seed, learning rate
+    or weight decay (dfl/training/fused.py: PER_RUN_KEYS), claimed too when training them as
+    one pays for their model (`fuse_pays`); they then train as one group, each still its own
+    trial."""
     if ctx.spec.grid is None:
         return []
     shape = _fusable_shape(ctx, ctx.storage.get_trial(trial_id).system_attrs, check_pays=True)
@@ -198,10 +199,10 @@ def claim_siblings(ctx: WorkerContext, trial_id: int) -> list[tuple[optuna.Trial
 def _fusable_shape(
     ctx: WorkerContext, system_attrs: dict[str, Any], check_pays: bool = False
 ) -> str | None:
-    """What a queued grid point trains, but for its seed (None when it cannot join a group):
+    """What a queued grid point trains, but for PER_RUN_KEYS (None when it cannot join a group):
     its run's config and the epoch it pauses at."""
     from dfl import models
-    from dfl.training.fused import PER_RUN_KEYS, fuse_blocker, fuse_pays
+    from dfl.training.fused import fuse_blocker, fuse_pays, step_shape
 
     fixed = system_attrs.get("fixed_params")
     grid = ctx.spec.grid
@@ -217,8 +218,7 @@ def _fusable_shape(
             return None
     except DflError:
         return None  # the trial itself says what is wrong when it runs
-    shape = cfg.model_dump(mode="json", exclude=PER_RUN_KEYS)
-    return json.dumps([shape, plan.until_epoch], sort_keys=True)
+    return json.dumps([step_shape(cfg), plan.until_epoch])
 
 
 def _count(ctx: WorkerContext, states: tuple[TrialState, ...]) -> int:

@@ -1,16 +1,17 @@
 """Runs of one architecture trained as one model.
 
 The lab's models are small, so a training step is mostly overhead: a few kernels too small to
-fill the machine, each paying its dispatch. Runs that differ only in their seed (an
-experiment's seeds, a sweep point's repeats) have the same shapes, so R of them can take one
-step together, their parameters stacked (R, ...): R overhead-bound steps become one step with
-R times the arithmetic. Dense models run as stacked layers (stacked.py: linears as batched
-matmuls); any other model's step is mapped over the runs with torch.func.vmap (convolutions
-grouped, BatchNorm with R sets of statistics).
+fill the machine, each paying its dispatch. Runs that differ only in their seed, learning rate
+or weight decay (an experiment's seeds, a sweep's points) have the same shapes, so R of them
+can take one step together, their parameters stacked (R, ...): R overhead-bound steps become
+one step with R times the arithmetic. Dense models run as stacked layers (stacked.py: linears
+as batched matmuls); any other model's step is mapped over the runs with torch.func.vmap
+(convolutions grouped, BatchNorm with R sets of statistics).
 
 Each run keeps everything it would have alone, because each is still a `Trainer`: its data
 order and augmentation (its own generator), its schedule, best epoch, early stop, callbacks,
-checkpoints and run directory. Only its training step is shared. Dropout draws its masks from
+checkpoints and run directory, and its learning rate and weight decay (`optimizer_step`).
+Only its training step is shared. Dropout draws its masks from
 the run's own generator, with the draws it would have made alone, so a fused run is the run
 trained alone up to rounding (the batched kernels sum in another order); its checkpoints are
 a lone run's, so `dfl train --config RUN/config.toml --resume` can finish it alone.
@@ -50,26 +51,32 @@ from dfl.training.trainer import (
     set_global_rng_state,
 )
 
-# Config keys that may differ between the runs of one group: everything else shapes the step.
-PER_RUN_KEYS = {"seed"}
+# Config keys that may differ between the runs of one group (as pydantic's `exclude` takes
+# them): the seed, and the scalars each run's optimiser step applies by itself (see
+# FusedGroup.optimizer_step). Everything else shapes the step.
+PER_RUN_KEYS = {"seed": True, "optim": {"lr": True, "weight_decay": True}}
 K = TypeVar("K")
 
 
-def same_but_seed(cfgs: dict[K, TrainConfig]) -> list[list[K]]:
-    """The keys of `cfgs` in groups whose configs differ only in PER_RUN_KEYS, in the order
-    each group's first key comes: the runs that may train as one group."""
+def step_shape(cfg: TrainConfig) -> str:
+    """What a run's config says of its training step, but for PER_RUN_KEYS, as text: the runs
+    whose shapes are equal may train as one group."""
+    return json.dumps(cfg.model_dump(mode="json", exclude=PER_RUN_KEYS), sort_keys=True)
+
+
+def same_shape(cfgs: dict[K, TrainConfig]) -> list[list[K]]:
+    """The keys of `cfgs` in groups of equal `step_shape`, in the order each group's first key
+    comes: the runs that may train as one group."""
     groups: dict[str, list[K]] = {}
     for key, cfg in cfgs.items():
-        shape = json.dumps(cfg.model_dump(mode="json", exclude=PER_RUN_KEYS), sort_keys=True)
-        groups.setdefault(shape, []).append(key)
+        groups.setdefault(step_shape(cfg), []).append(key)
     return list(groups.values())
 
 
 def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
     """Why these runs cannot train as one group, or None when they can."""
-    first = cfgs[0].model_dump(exclude=PER_RUN_KEYS)
-    if any(c.model_dump(exclude=PER_RUN_KEYS) != first for c in cfgs[1:]):
-        return "the runs differ in more than their seed"
+    if len({step_shape(c) for c in cfgs}) > 1:
+        return "the runs differ in more than their seed, learning rate and weight decay"
     cfg = cfgs[0]
     if cfg.compile:
         return "compile = true (a compiled model brings its own graphs)"
@@ -141,6 +148,8 @@ class FusedGroup:
         self.mapped = None if self.stacked else _Step(lead)
         self.trainable = [n for n, p in lead.model.named_parameters() if p.requires_grad]
         self.generators = [torch.Generator(self.device).set_state(s) for s in rng_states]
+        # Runs at learning rates or weight decays of their own step through `optimizer_step`.
+        self.per_run = len({(t.cfg.optim.lr, t.cfg.optim.weight_decay) for t in trainers}) > 1
         self._gather()
 
     # --- moving state in and out --------------------------------------------------------
@@ -154,7 +163,11 @@ class FusedGroup:
         for name, p in self.params.items():
             p.requires_grad_(name in self.trainable)
         trainable = [self.params[n] for n in self.trainable]
-        self.optimizer = build_optimizer(self.cfg, trainable, self.device)
+        cfg = self.cfg
+        if self.per_run:  # a unit step without decay, which optimizer_step scales per run
+            optim = cfg.optim.model_copy(update={"lr": 1.0, "weight_decay": 0.0})
+            cfg = cfg.model_copy(update={"optim": optim})
+        self.optimizer = build_optimizer(cfg, trainable, self.device)
         own = [dict(t.model.named_parameters()) for t in self.trainers]
         for name, stacked in zip(self.trainable, trainable, strict=True):
             states = [
@@ -194,9 +207,36 @@ class FusedGroup:
         momentum one-cycle moves) from the runs' own optimisers, which all hold the same."""
         mine = self.optimizer.param_groups[0]
         theirs = self.trainers[0].optimizer.param_groups[0]
-        for key in ("lr", "betas", "momentum"):
+        for key in ("betas", "momentum") if self.per_run else ("lr", "betas", "momentum"):
             if key in mine:
                 mine[key] = theirs[key]
+
+    @torch.no_grad()
+    def optimizer_step(self) -> None:
+        """The group's optimiser step. Runs at learning rates or weight decays of their own
+        take it as alone: the optimiser steps at learning rate 1 without decay, and each run's
+        slice of the change is scaled by its own current learning rate (its schedule's). SGD's
+        and Adam's moments do not depend on the learning rate, so that is their step up to
+        rounding; a coupled weight decay (SGD, Adam) is added to each run's gradient first,
+        AdamW's decoupled one shrinks each run's weights first, as torch's optimisers do."""
+        if not self.per_run:
+            self.optimizer.step()
+            return
+        runs, params = self.trainers, [self.params[n] for n in self.trainable]
+        lrs = torch.tensor([t.optimizer.param_groups[0]["lr"] for t in runs], device=self.device)
+        decays = torch.tensor([t.cfg.optim.weight_decay for t in runs], device=self.device)
+        if decays.any():
+            for p in params:
+                if p.grad is None:
+                    continue
+                if self.cfg.optim.name == "adamw":
+                    p.mul_(1 - _each_run(lrs * decays, p))
+                else:
+                    p.grad.add_(_each_run(decays, p) * p)
+        before = [p.clone() for p in params]
+        self.optimizer.step()
+        for p, b in zip(params, before, strict=True):
+            p.sub_(b).mul_(_each_run(lrs, p)).add_(b)
 
     # --- one epoch ------------------------------------------------------------------------
 
@@ -222,6 +262,9 @@ class FusedGroup:
             # vmap runs PyTorch's fused CPU attention a slice at a time, and says so each step;
             # the cost is measured (FUSE_MAX_BATCH), so auto never takes this path on a CPU.
             warnings.filterwarnings("ignore", "There is a performance drop because we have not")
+            # The runs' own optimisers never step (the group's does): their schedules still
+            # follow each step, as alone.
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
             for step in progress(range(n_batches), f"epoch {epoch} ({len(runs)} runs as one)"):
                 runs[0].runtime.tick()
                 drawn = [next(b) for b in batches]
@@ -232,7 +275,7 @@ class FusedGroup:
                 loss.sum().backward()
                 if cfg.grad_clip:
                     self._clip_each_run(cfg.grad_clip)
-                self.optimizer.step()
+                self.optimizer_step()
                 if runs[0].schedule_per_step:
                     for t in runs:
                         t.scheduler.step()
@@ -318,7 +361,7 @@ def train_fused(
         )  # fmt: skip
         group = FusedGroup(trainers, [rng[i] for i in active])
         for epoch in bar:
-            lr = trainers[active[0]].optimizer.param_groups[0]["lr"]  # its first step's
+            lr = {i: trainers[i].optimizer.param_groups[0]["lr"] for i in active}  # first step's
             t0 = time.perf_counter()
             metrics = group.train_epoch(epoch)
             seconds = time.perf_counter() - t0
@@ -329,7 +372,7 @@ def train_fused(
                 try:
                     if isinstance(train, BaseException):
                         raise train
-                    stopped = trainers[i].end_epoch(epoch, lr, train, seconds, last_epoch)
+                    stopped = trainers[i].end_epoch(epoch, lr[i], train, seconds, last_epoch)
                     if stopped:
                         wall = time.perf_counter() - t_run
                         outcome[i] = trainers[i].finish(wall, stopped, last_epoch)
@@ -344,6 +387,11 @@ def train_fused(
         for i in active:
             outcome[i] = trainers[i].finish(time.perf_counter() - t_run, None, last_epoch)
     return [outcome[i] for i in range(len(trainers))]
+
+
+def _each_run(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-run scalars (R,) shaped to scale a stacked tensor (R, ...) run by run."""
+    return values.to(like.dtype).view(-1, *[1] * (like.dim() - 1))
 
 
 def _alone(trainer: Trainer, epoch_bar: bool, until_epoch: int | None, start: int) -> Outcome:

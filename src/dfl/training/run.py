@@ -201,7 +201,8 @@ def fit_group(
     epoch_bar: bool = True,
 ) -> list[Run]:
     """Train each config in its run directory, as `fit` would one by one; runs that differ
-    only in their seed train as one fused model (dfl/training/fused.py) with `fuse` "on", or
+    only in their seed, learning rate or weight decay train as one fused model
+    (dfl/training/fused.py) with `fuse` "on", or
     with "auto" where that was measured to pay. Every run is recorded however the others end;
     the first that failed then raises its error."""
     ended = fit_each(

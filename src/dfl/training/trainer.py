@@ -500,12 +500,9 @@ class Trainer:
         with run_context(self.device, threads=cfg.threads, deterministic=cfg.deterministic) as rt:
             self.runtime = rt
             try:
-                return self._run(epoch_bar, until_epoch)
+                return self.train_from(self.begin(), epoch_bar, until_epoch)
             finally:
                 self.runtime = RunContext()  # idle: train_epoch outside run() ticks nothing
-
-    def _run(self, epoch_bar: bool, until_epoch: int | None) -> RunStatus:
-        return self.train_from(self.begin(), epoch_bar, until_epoch)
 
     def train_from(self, start_epoch: int, epoch_bar: bool, until_epoch: int | None) -> RunStatus:
         """The epochs from `start_epoch` (`begin`'s) on, to the end or to `until_epoch`."""
