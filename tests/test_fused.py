@@ -14,6 +14,7 @@ import torch
 
 from conftest import DFL, make_dataset, run, wait_for
 from dfl.config import build_config
+from dfl.errors import DflError
 from dfl.training.fused import FusedGroup, fuse_blocker, fuse_pays, train_fused
 from dfl.training.run_dir import RunStatus
 from dfl.training.trainer import StopRun, Trainer, native_bf16
@@ -182,6 +183,25 @@ def test_a_fused_group_pauses_and_resumes_to_the_uninterrupted_group(data, tmp_p
                               "samples_per_s": a.history[i]["samples_per_s"]}
                              for i, h in enumerate(w.history)]  # fmt: skip
         assert a.final["test_loss"] == w.final["test_loss"]
+
+
+def test_a_group_whose_step_runs_out_of_memory_records_each_run_failed(data, tmp_path, monkeypatch):
+    """The group's own step failing (out of memory, here injected) is every run's end: each
+    run directory says failed, with the hint a lone run gives, and none is left running."""
+    from dfl.training import fused
+    from dfl.training.run import fit_each
+
+    def out_of_memory(self, epoch):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB")
+
+    monkeypatch.setattr(fused.FusedGroup, "train_epoch", out_of_memory)
+    dirs = [tmp_path / f"seed{s}" for s in SEEDS]
+    cfgs = [config("mlp", "fp32", s) for s in SEEDS]
+    ended = fit_each(cfgs, dirs, fuse="on", dataset=data, epoch_bar=False)
+    for run_dir, end in zip(dirs, ended, strict=True):
+        assert isinstance(end, DflError) and "out of memory in epoch 1" in str(end)
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "failed" and "lower batch_size" in status["reason"]
 
 
 def test_what_fuses_and_what_auto_chooses(data, tmp_path):

@@ -1,5 +1,7 @@
 """The local engine for independent trainings: runs that share nothing but the dataset, trained
-one after another, or side by side in `jobs` worker processes of cores // jobs threads each.
+one after another (those that differ only in seed, learning rate or weight decay as one fused
+group, where that pays), or side by side in `jobs` worker processes of cores // jobs threads
+each.
 
 Small models use a second thread or a GPU poorly, so runs side by side finish sooner
 (benchmarks/RESULTS.md: two 1-thread workers train 1.7-2.5x the autoencoder samples per second
@@ -22,7 +24,7 @@ from dfl.config import TrainConfig
 from dfl.data import Dataset
 from dfl.runtime import flushed_to_zero
 from dfl.runtime.local_workers import run_in_workers
-from dfl.training.fused import same_shape
+from dfl.training.fused import fusing_pays, same_shape
 from dfl.training.run import Run, fit, fit_group
 
 Plan = tuple[TrainConfig, Path]  # a run's config and its directory
@@ -32,17 +34,23 @@ def train_all(plans: dict[str, Plan], data: Dataset, *, jobs: int, desc: str) ->
     """Train every plan (each resumed, or reused when it finished); results by the same keys.
 
     In one process, plans that differ only in their seed, learning rate or weight decay train
-    as one group, fused where that
-    pays (`fit_group`'s "auto": dense models at small batches on a CPU). With `jobs` > 1 every
-    plan is a worker's task of its own: two 1-thread workers train as many autoencoder samples
-    per second as a fused group on two threads at batch 16, and more at 64 (docs/SPEED.md)."""
+    as one fused group where that pays (`fusing_pays`: dense models at small batches on a
+    CPU); the others one after another. With `jobs` > 1 every plan is a worker's task of its
+    own: two 1-thread workers train as many autoencoder samples per second as a fused group
+    on two threads at batch 16, and more at 64 (docs/SPEED.md)."""
     bar = tqdm(total=len(plans), desc=desc, unit="run", disable=None)
     with bar:
         if jobs <= 1 or len(plans) <= 1:
             results = {}
             for keys in same_shape({key: cfg for key, (cfg, _) in plans.items()}):
-                results.update(_train_group({key: plans[key] for key in keys}, data))
-                bar.update(len(keys))
+                if len(keys) > 1 and fusing_pays(plans[keys[0]][0]):
+                    results.update(_train_group({key: plans[key] for key in keys}, data))
+                    bar.update(len(keys))
+                    continue
+                for key in keys:  # built and trained one at a time
+                    cfg, run_dir = plans[key]
+                    results[key] = fit(cfg, run_dir, dataset=data, resume=True, epoch_bar=False)
+                    bar.update()
             return {key: results[key] for key in plans}  # in the order asked for
         return _side_by_side(plans, data, jobs, bar)
 

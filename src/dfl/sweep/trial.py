@@ -250,7 +250,9 @@ def run_trials(
                 ended[i] = _failed(ctx, jobs, ended, job, e)
         live, runs = [], []
         with contextlib.ExitStack() as held:
-            for i, job in enumerate(jobs):
+            # Locked in the order of their directories: two workers whose groups share
+            # directories (epoch reuse) then never hold one each while waiting for the other.
+            for i, job in sorted(enumerate(jobs), key=lambda item: str(item[1].run_dir)):
                 if i in ended:
                     continue
                 try:
@@ -270,9 +272,7 @@ def run_trials(
                 except Exception as e:
                     ended[i] = _failed(ctx, jobs, ended, jobs[i], e)
     except KeyboardInterrupt:
-        for i, job in enumerate(jobs):
-            if i not in ended:
-                _requeue(ctx, job.trial, job.trial_id)
+        _requeue_untold(ctx, jobs, ended)
         raise
     wall = round(time.perf_counter() - t0, 3)
     together = [job.trial.number for job in jobs] if len(jobs) > 1 else None
@@ -308,9 +308,7 @@ def _failed(
     if disk_full(e):
         # The worker could not write the next trial either: it stops.
         with contextlib.suppress(DiskFull):
-            for i, other in enumerate(jobs):
-                if i not in ended:
-                    _requeue(ctx, other.trial, other.trial_id)
+            _requeue_untold(ctx, jobs, ended)
         raise e if isinstance(e, DiskFull) else DiskFull(one_line(e)) from None
     reason = str(e) if isinstance(e, DflError) else f"{type(e).__name__}: {e}"
     if not isinstance(e, DflError):
@@ -323,6 +321,14 @@ def _failed(
             curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in history]
             job.trial.set_user_attr("curve", curve)
     return TrialState.FAIL, None, reason
+
+
+def _requeue_untold(ctx: WorkerContext, jobs: list[_Trial], ended: dict[int, Ending]) -> None:
+    """Every trial of the group not yet told back in the queue (the study is told only once all
+    ended), but those another worker took over; a finished run is read back by its retry."""
+    for i, job in enumerate(jobs):
+        if i not in ended or ended[i] is not None:
+            _requeue(ctx, job.trial, job.trial_id)
 
 
 def _tell(
@@ -379,7 +385,15 @@ def _say_taken_over(ctx: WorkerContext, trial: optuna.Trial) -> None:
 
 # Attributes of one attempt: a requeued trial starts with the dead attempt's user attributes
 # (Optuna's retry callback copies them), so they are cleared rather than left stale.
-ATTEMPT_ATTRS = ("resumed_from_epoch", "reason", "curve", "final", "wall_s", "epochs_from")
+ATTEMPT_ATTRS = (
+    "resumed_from_epoch",
+    "reason",
+    "curve",
+    "final",
+    "wall_s",
+    "epochs_from",
+    "trained_with",
+)
 
 
 def _record_setup(

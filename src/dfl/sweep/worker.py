@@ -201,8 +201,7 @@ def _fusable_shape(
 ) -> str | None:
     """What a queued grid point trains, but for PER_RUN_KEYS (None when it cannot join a group):
     its run's config and the epoch it pauses at."""
-    from dfl import models
-    from dfl.training.fused import fuse_blocker, fuse_pays, step_shape
+    from dfl.training.fused import fusing_pays, step_shape
 
     fixed = system_attrs.get("fixed_params")
     grid = ctx.spec.grid
@@ -212,9 +211,7 @@ def _fusable_shape(
         params = {key: decode(value, grid[key]) for key, value in fixed.items()}
         plan = run_plan(ctx.spec, params, ctx.reuse_epochs)
         cfg = plan.config
-        if check_pays and (
-            fuse_blocker([cfg]) or not fuse_pays(cfg, models.create(cfg.model, **cfg.model_args))
-        ):
+        if check_pays and not fusing_pays(cfg):
             return None
     except DflError:
         return None  # the trial itself says what is wrong when it runs

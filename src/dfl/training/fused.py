@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from dfl import models
 from dfl.config import TrainConfig
 from dfl.data.batches import affine_draws
 from dfl.runtime.context import run_context
@@ -106,6 +107,15 @@ def fuse_pays(cfg: TrainConfig, model: nn.Module) -> bool:
     )
 
 
+def fusing_pays(cfg: TrainConfig) -> bool:
+    """Whether `fuse = "auto"` trains runs of `cfg`'s step shape as one, asked before any is
+    built: nothing blocks it, and it pays for the model (built here to ask: the lab's models
+    take milliseconds)."""
+    if fuse_blocker([cfg]):
+        return False
+    return fuse_pays(cfg, models.create(cfg.model, **cfg.model_args))
+
+
 def _stateless_twin(model: nn.Module) -> nn.Module:
     """The architecture the group maps over: `model` on the meta device (the stacked tensors
     are its parameters), with the runtime's layer swaps undone (a plain matmul maps over runs
@@ -135,7 +145,7 @@ class _Step(nn.Module):
 
 
 class FusedGroup:
-    """Trainers (one per run, same config but the seed, at the same epoch) stepping as one."""
+    """Trainers (one per run, configs of one `step_shape`, at the same epoch) stepping as one."""
 
     def __init__(self, trainers: list[Trainer], rng_states: list[torch.Tensor]) -> None:
         """`rng_states`: each run's global generator state (`global_rng_state`), from which
@@ -262,9 +272,6 @@ class FusedGroup:
             # vmap runs PyTorch's fused CPU attention a slice at a time, and says so each step;
             # the cost is measured (FUSE_MAX_BATCH), so auto never takes this path on a CPU.
             warnings.filterwarnings("ignore", "There is a performance drop because we have not")
-            # The runs' own optimisers never step (the group's does): their schedules still
-            # follow each step, as alone.
-            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
             for step in progress(range(n_batches), f"epoch {epoch} ({len(runs)} runs as one)"):
                 runs[0].runtime.tick()
                 drawn = [next(b) for b in batches]
@@ -341,7 +348,13 @@ def train_fused(
     lead, outcome = trainers[0], {}
     cfg, device = lead.cfg, lead.device
     last_epoch = min(cfg.epochs, until_epoch or cfg.epochs)
-    with run_context(device, threads=cfg.threads, deterministic=cfg.deterministic) as rt:
+    with (
+        run_context(device, threads=cfg.threads, deterministic=cfg.deterministic) as rt,
+        warnings.catch_warnings(),
+    ):
+        # The runs' own optimisers never step (the group's does); their schedules still step
+        # as alone, and torch would say once per run that they came first.
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
         rng, starts = {}, {}
         for i, t in enumerate(trainers):
             t.runtime = rt

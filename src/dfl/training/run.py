@@ -263,17 +263,29 @@ def fit_each(
         if fused:
             if log:
                 log(f"training {len(trainers)} runs as one fused model")
-            outcomes = train_fused(trainers, epoch_bar, until_epoch)
-        else:
-            outcomes = [_train_alone(trainer, epoch_bar, until_epoch) for trainer in trainers]
-        done: list[Run | Exception] = []
-        for (trainer, status_of), outcome in zip(pending, outcomes, strict=True):
             try:
-                done.append(_record(trainer, status_of, outcome))
-            except Exception as e:
-                done.append(e)
+                outcomes = train_fused(trainers, epoch_bar, until_epoch)
+            except Exception as e:  # the group's own step failed (out of memory): every run's
+                outcomes = [e] * len(trainers)
+            done = [
+                _ended(trainer, status_of, o)
+                for (trainer, status_of), o in zip(pending, outcomes, strict=True)
+            ]
+        else:  # each recorded as soon as it ends, as `fit` one after another would
+            done = [
+                _ended(t, status_of, _train_alone(t, epoch_bar, until_epoch))
+                for t, status_of in pending
+            ]
         finished = iter(done)
         return [next(finished) if r is None else r for r in ended]
+
+
+def _ended(trainer: Trainer, status_of: Callable[..., None], outcome: Outcome) -> Run | Exception:
+    """`_record`, giving the error a failed run raises rather than raising it."""
+    try:
+        return _record(trainer, status_of, outcome)
+    except Exception as e:
+        return e
 
 
 def _run_dir(run_dir: str | Path) -> Path:
