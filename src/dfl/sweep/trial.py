@@ -181,6 +181,7 @@ class _Trial:
     trial: optuna.Trial
     trial_id: int
     params: Params = field(default_factory=dict)
+    cfg: TrainConfig | None = None  # the trial's own config (its epochs, not a shared run's)
     plan: RunPlan | None = None
     run_dir: Path | None = None
     reported: set[int] = field(default_factory=set)
@@ -188,16 +189,16 @@ class _Trial:
 
     def prepare(self, ctx: WorkerContext) -> None:
         self.params = suggest(self.trial, ctx.spec)
+        self.cfg = ctx.spec.trial_config(self.params)
         self.plan = run_plan(ctx.spec, self.params, ctx.reuse_epochs)
         self.run_dir = ctx.sweep_dir / "trials" / run_dir_name(self.plan.params)
-        _record_setup(ctx, self.trial, ctx.spec.trial_config(self.params), self.plan, self.run_dir)
+        _record_setup(ctx, self.trial, self.cfg, self.plan, self.run_dir)
         self.reported = set(ctx.storage.get_trial(self.trial_id).intermediate_values)
 
     def report_and_prune(self, ctx: WorkerContext, record: dict[str, Any]) -> None:
         """fit's callback after each epoch: the epoch reported, and the pruner asked."""
-        assert self.plan is not None
-        trial, metric, epoch = self.trial, ctx.spec.metric, record["epoch"]
-        epochs = self.epochs(ctx)
+        assert self.cfg is not None
+        trial, metric, epoch, epochs = self.trial, ctx.spec.metric, record["epoch"], self.cfg.epochs
         if not self.trained and epoch > 1:
             # The run continued a checkpoint (a dead worker's, or a shared run paused earlier):
             # its earlier epochs are reported first, as the pruner expects them in order.
@@ -216,9 +217,6 @@ class _Trial:
                 f"pruned at epoch {epoch}: {metric} {record[metric]:.6g} ({search.pruner} rule)",
             )
 
-    def epochs(self, ctx: WorkerContext) -> int:
-        return ctx.spec.trial_config(self.params).epochs
-
 
 # How a trial ended: its state, value and reason; None when another worker took it over.
 Ending = tuple[TrialState, float | None, str | None] | None
@@ -234,11 +232,10 @@ def run_trials(
 ) -> list[TrialOutcome | None]:
     """Train the claimed trials and tell the study how each ended. Trials that differ only in
     their seed, learning rate or weight decay (the worker claims them together:
-    `worker.claim_siblings`) train as one group
-    (`fit_each`, fused where that pays), each still its own trial: its run directory,
-    reports, pruning, value. A failure is recorded with its reason and the worker goes on;
-    Ctrl-C puts the trials back in the queue and stops the worker. None for a trial another
-    worker took over (see `_say_taken_over`)."""
+    `worker.claim_siblings`) train as one group (`fit_each`, fused where that pays), each
+    still its own trial: its run directory, reports, pruning, value. A failure is recorded
+    with its reason and the worker goes on; Ctrl-C puts the trials back in the queue and stops
+    the worker. None for a trial another worker took over (see `_say_taken_over`)."""
     t0 = time.perf_counter()
     jobs = [_Trial(trial, trial_id) for trial, trial_id in claimed]
     ended: dict[int, Ending] = {}
@@ -416,8 +413,9 @@ def _record_setup(
 
 def _result(ctx: WorkerContext, job: _Trial, result: Run) -> Ending:
     """A trained trial's state, value and reason, its curve and final metrics recorded."""
-    metric, epochs, trial = ctx.spec.metric, job.epochs(ctx), job.trial
-    cfg = ctx.spec.trial_config(job.params)
+    cfg, metric, trial = job.cfg, ctx.spec.metric, job.trial
+    assert cfg is not None
+    epochs = cfg.epochs
     curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in result.history[:epochs]]
     for record in result.history[:epochs]:
         _report(trial, record, metric, job.reported)
