@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from dfl import models
-from dfl.experiments import figures
+from dfl.experiments import figures, recipes
 from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
@@ -40,6 +40,7 @@ BASE = (64, 6, 8, 128)
 
 Config = tuple[int, int, int, int]  # (dim, depth, heads, mlp_dim), as the notebook named them
 OTHERS = tuple(c for c in VIT_CONFIGS if c != BASE)
+BEYOND = "vit_modern"  # the modern ViT's recipe (configs/recipes/)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class Settings:
     other_epochs: int  # the notebook's six other configurations
     other_subset: int | None
     others: tuple[Config, ...]
-    beyond_epochs: int  # the modern ViT at its own recipe (0: not in this profile)
-    beyond_subset: int | None
+    # The modern ViT: what this profile changes of its recipe (configs/recipes/vit_modern.toml;
+    # {}: nothing), or None where the profile does not train it
+    beyond: Overrides | None
     # The size study: all seven configurations on one shorter shared budget (training and
     # validation images, epochs), the base one over seeds for the noise; 0 epochs: none (the
     # profile trains all seven at the lab's protocol)
@@ -66,11 +68,21 @@ class Settings:
 # layers run through oneDNN on AMD CPUs (the runtime's `TokenLinear` swap), compiling trains
 # both ViTs slower on CPU (notebook 0.78-0.93x, modern 0.69-0.74x).
 PROFILES = {
-    "smoke": Settings(1, 2000, 1, 1000, ((32, 6, 8, 64),), 1, 2000, (1000, 500), 1, 2),
-    "preview": Settings(2, None, 1, None, (), 0, None, study_epochs=2),
-    "lab": Settings(20, None, 20, None, (), 0, None, study_epochs=4),
-    "every": Settings(20, None, 20, None, OTHERS, 0, None),
-    "full": Settings(20, None, 20, None, OTHERS, 60, None),
+    "smoke": Settings(
+        1,
+        2000,
+        1,
+        1000,
+        ((32, 6, 8, 64),),
+        {"epochs": 1, "data.train_subset": 2000},
+        (1000, 500),
+        1,
+        2,
+    ),
+    "preview": Settings(2, None, 1, None, (), None, study_epochs=2),
+    "lab": Settings(20, None, 20, None, (), None, study_epochs=4),
+    "every": Settings(20, None, 20, None, OTHERS, None),
+    "full": Settings(20, None, 20, None, OTHERS, {}),
 }
 PROFILES["complete"] = PROFILES["full"]
 
@@ -103,23 +115,9 @@ def _lab_overrides(cfg: Config, p: Settings) -> Overrides:
     }
 
 
-def _beyond_overrides(seed: int, p: Settings) -> Overrides:
-    """A modern ViT, selected on validation (best epoch), tested once."""
-    return {
-        "model": "vit",
-        "batch_size": 128,
-        "epochs": p.beyond_epochs,
-        "optim.name": "adamw",
-        "optim.lr": 0.002,
-        "optim.weight_decay": 0.05,
-        "schedule.name": "onecycle",
-        "data.val_fraction": 0.1,
-        "restore_best": True,
-        "data.augment_shift": 2,
-        "data.augment_rotate": 10,
-        "seed": seed,
-        **({"data.train_subset": p.beyond_subset} if p.beyond_subset else {}),
-    }
+def _beyond_overrides(seed: int, changes: Overrides) -> Overrides:
+    """The modern ViT's recipe (selected on validation, tested once) for one seed."""
+    return {**recipes.recipe(BEYOND), "seed": seed, **changes}
 
 
 class ViTResult(Result):
@@ -136,8 +134,8 @@ def run(ctx: Context, p: Settings) -> ViTResult:
     lab_runs = {f"lab/{_key(cfg)}": _lab_overrides(cfg, p) for cfg in configs}
     study_runs = _study_runs(p) if p.study_epochs else {}
     beyond_runs = (
-        {f"beyond/seed{s}": _beyond_overrides(s, p) for s in range(ctx.seeds)}
-        if p.beyond_epochs
+        {f"beyond/seed{s}": _beyond_overrides(s, p.beyond) for s in range(ctx.seeds)}
+        if p.beyond is not None
         else {}
     )
     # All of them are independent: with --jobs they train side by side.
@@ -161,7 +159,7 @@ def run(ctx: Context, p: Settings) -> ViTResult:
         study=[_study_row(k, p, runs[k]) for k in study_runs],
         study_images=list(p.study_images) if study_runs else [],
         beyond=beyond_acc,
-        beyond_epochs=p.beyond_epochs,
+        beyond_epochs=beyond[0].config.epochs if beyond else 0,
         rollout_from=str(beyond[0].run_dir) if beyond else None,
         numbers=numbers,
         compare={**compare, **_writeup_compare(rows[0], beyond_acc)},
@@ -531,11 +529,14 @@ def section(result: ViTResult, figs: list[Figure]) -> Section:
         f"Beyond the lab: a ViT with 4x4 patches (49 tokens instead of 16), per-head scaling, "
         f"AdamW, a one-cycle schedule and random shifts and rotations, its epoch selected on a "
         f"validation split, reaches {mean_std(result.beyond)} test accuracy after "
-        f"{_epochs(result.beyond_epochs)}."
+        f"{_epochs(result.beyond_epochs)} (its recipe: `dfl train --config "
+        f"configs/recipes/{BEYOND}.toml`)."
         if result.beyond
         else "Beyond the lab, a modern ViT (4x4 patches, AdamW, a one-cycle schedule, "
-        "augmentation, selected on validation) trained at its own recipe of 60 epochs is the "
-        "full profile's: `dfl reproduce --profile full --only vit`."
+        "augmentation, selected on validation) trained at its own recipe of "
+        f"{_epochs(recipes.recipe(BEYOND)['epochs'])} is the full profile's: `dfl reproduce "
+        f"--profile full --only vit`, or one seed alone: `dfl train --config "
+        f"configs/recipes/{BEYOND}.toml`."
     )
     tables = [table]
     if result.study:

@@ -1,0 +1,48 @@
+"""The beyond-the-lab recipes are config files: `dfl train --config configs/recipes/NAME.toml`
+builds the very config a profile's beyond stage trains, and every profile that trains a recipe
+changes of it only what it says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dfl.config import build_config
+from dfl.experiments import ae, recipes, vit
+from dfl.experiments.context import Context, overrides_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_checkout_folder_is_the_package_folder():
+    assert (ROOT / "configs" / "recipes").resolve() == recipes.FOLDER.resolve()
+    assert recipes.names() == ["ae_deep", "vit_modern"]
+
+
+@pytest.mark.parametrize("name", ["ae_deep", "vit_modern"])
+def test_each_recipe_is_a_valid_config_file(name: str):
+    cfg = build_config(recipes.path(name))
+    assert cfg.restore_best and cfg.data.val_fraction > 0  # selected on validation
+
+
+def context(tmp_path: Path, profile: str) -> Context:
+    return Context(tmp_path, profile, data=None, dataset_arg="mnist", seeds=2)  # type: ignore[arg-type]
+
+
+def test_the_full_profile_trains_the_recipes_as_they_are(tmp_path: Path):
+    ctx = context(tmp_path, "full")
+    alone = build_config(recipes.path("vit_modern"), overrides={"seed": 1})
+    staged = ctx.config(vit._beyond_overrides(1, vit.PROFILES["full"].beyond))
+    # what every reproduction run shares (device, precision, dataset, checkpoint interval)
+    common = {"device", "precision", "checkpoint_interval_s", "data"}
+    assert staged.model_dump(exclude=common) == alone.model_dump(exclude=common)
+    assert staged.data.model_dump(exclude={"dataset"}) == alone.data.model_dump(exclude={"dataset"})
+    assert ae.PROFILES["full"].deep == {} and ae.PROFILES["complete"].deep == {}
+
+
+@pytest.mark.parametrize("profile", sorted(ae.PROFILES))
+def test_the_deeper_autoencoder_has_the_grids_smallest_code(profile: str):
+    p = ae.PROFILES[profile]
+    cfg = build_config(overrides=overrides_tree({**recipes.recipe(ae.DEEP), **p.deep}))
+    assert cfg.model_args["enc"] == min(p.encs)
