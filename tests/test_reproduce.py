@@ -271,6 +271,39 @@ def paths_travel_as_data(ae_and_sae: Path) -> None:
     argv = shlex.split(deep["command"])
     assert argv[:3] == ["dfl", "train", "--config"] and argv[4] == "--out"
     assert argv[3] == str(Path(deep["run_dir"]) / "config.toml") and Path(argv[3]).exists()
+    scarce_labels_study(out)
+    linear_code_yardstick(out)
+
+
+def linear_code_yardstick(out: Path) -> None:
+    """The autoencoder section sets each code size beside principal components as wide."""
+    ae = json.loads((out / "ae" / "result.json").read_text())["result"]
+    assert sorted(ae["pca"]) == ["16", "32"]
+    assert ae["pca"]["16"]["val"] > ae["pca"]["32"]["val"] > 0
+    report = (out / "report.md").read_text()
+    assert "| linear code (PCA), val MSE |" in report and "Against the best linear code" in report
+
+
+def scarce_labels_study(out: Path) -> None:
+    """The stacked autoencoder's scarce-label study: per label count, the pretrained network
+    starts from the unlabelled pretraining's weights and the random one from none, on the same
+    labelled images; the report shows its table and figure."""
+    sae = json.loads((out / "sae" / "result.json").read_text())["result"]
+    rows = sae["scarce"]["rows"]
+    assert [(r["labels"], r["all"]) for r in rows] == [(50, False), (2000, True)]
+    assert all(len(r["pretrained"]) == len(r["random"]) == 1 for r in rows)
+    runs = out / "sae" / "runs"
+    pretrained = build_config(runs / "scarce_labels50_seed0_pretrained" / "config.toml")
+    random = build_config(runs / "scarce_labels50_seed0_random_init" / "config.toml")
+    assert Path(pretrained.init_from) == runs / "scarce_seed0_pretrain1"
+    assert random.init_from is None and random.data == pretrained.data
+    assert pretrained.data.train_subset == 50 and pretrained.restore_best
+    unlabelled = build_config(runs / "scarce_seed0_pretrain0" / "config.toml")
+    assert unlabelled.data.val_fraction == 0 and unlabelled.objective == "layerwise"
+    assert sae["numbers"]["scarce.50.pretrained"]["value"] == rows[0]["pretrained"]
+    report = (out / "report.md").read_text()
+    assert "| labelled images | pretrained, fine-tuned |" in report
+    assert (out / "figures" / "sae_scarce_labels.png").stat().st_size > 5000
 
 
 def test_a_failed_experiment_fails_the_command_after_the_others_ran(

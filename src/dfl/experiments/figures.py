@@ -64,6 +64,33 @@ def curves(
     return _save(fig, path)
 
 
+def trend(
+    path: Path,
+    xs: Sequence[float],
+    series: dict[str, Sequence[Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+) -> Plot:
+    """One line per named series through the mean of its values at each x, with a bar for
+    their standard deviation (the seeds' spread): `series[name][i]` holds the values at
+    `xs[i]`. The x axis is labelled at the measured points only."""
+    fig, ax = _subplots(figsize=(7, 4))
+    for name, per_x in series.items():
+        means = [float(np.mean(v)) for v in per_x]
+        stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in per_x]
+        ax.errorbar(xs, means, yerr=stds, label=name, marker="o", ms=4, capsize=3, linewidth=1.4)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xticks(list(xs), [f"{x:,.0f}" for x in xs])
+    ax.minorticks_off()
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    return _save(fig, path)
+
+
 def _legend_outside(ax: Any) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
