@@ -44,5 +44,5 @@ def test_the_full_profile_trains_the_recipes_as_they_are(tmp_path: Path):
 @pytest.mark.parametrize("profile", sorted(ae.PROFILES))
 def test_the_deeper_autoencoder_has_the_grids_smallest_code(profile: str):
     p = ae.PROFILES[profile]
-    cfg = build_config(overrides=overrides_tree({**recipes.recipe(ae.DEEP), **p.deep}))
+    cfg = build_config(overrides=overrides_tree(recipes.recipe(ae.DEEP), p.deep))
     assert cfg.model_args["enc"] == min(p.encs)

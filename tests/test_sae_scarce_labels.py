@@ -47,6 +47,19 @@ def test_the_answer_names_the_label_counts_where_pretraining_helped():
     assert table.rows[0][3] == "+0.1000" and table.rows[0][4] == "helped"
 
 
+def test_the_answer_claims_a_benefit_with_scarce_labels_only_where_the_numbers_show_it():
+    # helped with many labels only: no claim about scarce labels
+    s = study(
+        pretrained=[[0.70, 0.72], [0.90, 0.91], [0.985, 0.986], [0.99, 0.991]],
+        random=[[0.80, 0.82], [0.90, 0.91], [0.975, 0.976], [0.98, 0.981]],
+    )
+    text = scarce.answer(s, 10000, 60000)
+    assert (
+        "helped beyond the seeds' spread with 10,000, all 60,000 labels and hurt with 100" in text
+    )
+    assert "scarce labels" not in text
+
+
 def test_the_answer_says_so_when_pretraining_never_helped_or_hurt():
     same = [[0.8, 0.81], [0.9, 0.91], [0.97, 0.971], [0.98, 0.981]]
     assert "helped at no label count beyond" in scarce.answer(study(same, same), 10000, 60000)

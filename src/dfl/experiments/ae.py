@@ -20,7 +20,7 @@ from pydantic import Field
 
 from dfl.experiments import figures, pca, recipes
 from dfl.experiments.comparison import Comparison, compare
-from dfl.experiments.context import Canvas, Context, Overrides
+from dfl.experiments.context import Canvas, Context, Overrides, overrides_tree
 from dfl.experiments.document import Figure, Section, Table, epochs, fmt, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import AE_GRID, lab_value
@@ -254,11 +254,11 @@ def _deep(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[str, An
     """Beyond the lab: a deeper autoencoder at the smallest code size, over seeds (its recipe:
     configs/recipes/ae_deep.toml)."""
     small = min(p.encs)
-    recipe = {**recipes.recipe(DEEP), **p.deep, **_subset(p)}
+    recipe = overrides_tree(recipes.recipe(DEEP), p.deep, _subset(p))
     seeds = {f"deep_enc{small}/seed{s}": {**recipe, "seed": s} for s in range(ctx.seeds)}
     runs = list(ctx.train_many(NAME, seeds).values())
     return {
-        "enc": small,
+        "enc": runs[0].config.model_args["enc"],
         "test": [r.final["test_loss"] for r in runs],
         "shallow_val": _best_of(grid, small)["val_mse"],
         "_run": runs[0],  # for the number's provenance; not saved
@@ -465,11 +465,7 @@ def _against_pca(result: AEResult) -> str:
         + " the linear code's validation MSE. "
     )
     if worse:
-        text += (
-            f"At enc {', '.join(map(str, worse))} it does worse than that projection: its "
-            "ReLU code and sigmoid output, trained for these epochs, fall short of the linear "
-            "code. "
-        )
+        text += f"At enc {', '.join(map(str, worse))} it does worse than that projection. "
     else:
         text += "It beats the linear code at every size. "
     return text + (

@@ -87,9 +87,9 @@ def table(study: dict[str, Any], test_images: int) -> Table:
     return Table(
         ["labelled images", "pretrained, fine-tuned", "random init", "gain", "beyond the spread"],
         rows,
-        "Stacked autoencoder 784-256-64: test accuracy on all 10,000 test images, mean ± std "
-        "over seeds; each label count's images are the same for both networks, a fifth of them "
-        "held out to select the epoch.",
+        f"Stacked autoencoder 784-256-64: test accuracy on all {test_images:,} test images, mean "
+        "± std over seeds; each label count's images are the same for both networks, a fifth "
+        "of them held out to select the epoch.",
     )
 
 
@@ -115,9 +115,14 @@ def answer(study: dict[str, Any], test_images: int, pretrain_images: int) -> str
         text += (
             f"Pretraining helped beyond the seeds' spread with {', '.join(helped)} labels"
             + (f" and hurt with {', '.join(hurt)}" if hurt else "")
-            + "; elsewhere the two are within it. Its benefit is with scarce labels: the "
-            "unlabelled images teach features that a few labels cannot."
+            + "; elsewhere the two are within it."
         )
+        fewest, every = judged[0], judged[-1]
+        if fewest[2] == "helped" and every[2] != "helped":
+            text += (
+                " Its benefit is with scarce labels: the unlabelled images teach features that "
+                "a few labels cannot."
+            )
     elif hurt:
         text += f"Pretraining helped at no label count and hurt with {', '.join(hurt)} labels."
     else:

@@ -21,7 +21,7 @@ from pydantic import Field
 from dfl import models
 from dfl.experiments import figures, recipes
 from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
-from dfl.experiments.context import Canvas, Context, Overrides
+from dfl.experiments.context import Canvas, Context, Overrides, overrides_tree
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
 from dfl.experiments.document import epochs as _epochs
 from dfl.experiments.experiment import Experiment, Number, Result
@@ -117,7 +117,7 @@ def _lab_overrides(cfg: Config, p: Settings) -> Overrides:
 
 def _beyond_overrides(seed: int, changes: Overrides) -> Overrides:
     """The modern ViT's recipe (selected on validation, tested once) for one seed."""
-    return {**recipes.recipe(BEYOND), "seed": seed, **changes}
+    return overrides_tree(recipes.recipe(BEYOND), {"seed": seed}, changes)
 
 
 class ViTResult(Result):
