@@ -15,6 +15,7 @@ import torch
 from conftest import DFL, make_dataset, run, wait_for
 from dfl.config import build_config
 from dfl.errors import DflError
+from dfl.objectives import Objective, objective_for
 from dfl.training.fused import FusedGroup, fuse_blocker, fuse_pays, train_fused
 from dfl.training.run_dir import RunStatus
 from dfl.training.trainer import StopRun, Trainer, native_bf16
@@ -110,6 +111,28 @@ def test_fused_runs_equal_the_runs_trained_alone(family, precision, data, tmp_pa
             assert abs(f.final["test_accuracy"] - a.final["test_accuracy"]) <= tolerance
     # Each run trained from its own seed: fused, the runs still differ from one another.
     assert len({f.final["test_loss"] for f in fused}) == len(SEEDS)
+
+
+@pytest.mark.parametrize("name", ["classification", "reconstruction", "layerwise"])
+def test_each_objectives_batched_losses_equal_its_loss_mapped_over_the_runs(name):
+    """The stacked models' losses are written as batched operations (Objective.run_losses);
+    each run's must be its lone loss, the objective's `loss` mapped over the runs."""
+    objective, g = objective_for(name), torch.Generator().manual_seed(0)
+    x = torch.rand(3, 8, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (3, 8), generator=g)
+    if name == "classification":
+        out = torch.randn(3, 8, 10, generator=g)
+    elif name == "reconstruction":
+        out = torch.rand(3, 8, 1, 28, 28, generator=g)
+    else:  # a layer's input and its reconstruction
+        out = (torch.rand(3, 8, 64, generator=g), torch.rand(3, 8, 64, generator=g))
+    loss, sums = objective.run_losses(out, x, y)
+    mapped_loss, mapped_sums = Objective.run_losses(objective, out, x, y)  # vmap
+    assert loss.shape == (3,) and len(set(loss.tolist())) == 3
+    torch.testing.assert_close(loss, mapped_loss, rtol=1e-6, atol=0)
+    assert sums.keys() == mapped_sums.keys()
+    for k in sums:
+        torch.testing.assert_close(sums[k], mapped_sums[k], rtol=1e-6, atol=0)
 
 
 # (family, optimiser): coupled weight decay (Adam, SGD with momentum) and AdamW's decoupled one.

@@ -91,10 +91,10 @@ def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
 # Where `fuse = "auto"` trains runs as one: on a CPU, models the group stacks (stacked.py) at
 # batch sizes up to this. Measured by benchmarks/fused.py (3 seeds as one against one after
 # another, samples/s, AMD EPYC, 1 / 2 threads; docs/SPEED.md has the table): the autoencoder
-# (enc 32) at batch 16 1.24-1.27x / 1.36-1.50x, at 64 1.01-1.07x / 1.07-1.29x; the MLP and the
-# stacked autoencoder at 64 0.70-0.91x at 1 thread (their larger products gain nothing from
-# batching). The models fused through vmap trained slower than alone (the notebook CNN 0.39x,
-# the notebook ViT 0.87x). Not measured on a GPU, so auto trains runs alone there.
+# (enc 32) at batch 16 1.48x / 1.83x, at 32 1.25x / 1.53x, at 64 1.03x / 1.27x; enc 128 at 64
+# 0.95x on 1 thread (a 784-wide product gains nothing from batching there). The models fused
+# through vmap trained slower than alone (the notebook CNN 0.42x, the notebook ViT 0.98x).
+# Not measured on a GPU, so auto trains runs alone there.
 FUSE_MAX_BATCH = 32
 
 
@@ -327,8 +327,7 @@ class FusedGroup:
 
     def _stacked_step(self, params, buffers, x, y):
         """Every run's step: the stacked model's outputs, each run's loss from its slice."""
-        out = self.objective.outputs(self.stacked, x)
-        return vmap(self.objective.loss)(out, x, y)
+        return self.objective.run_losses(self.objective.outputs(self.stacked, x), x, y)
 
     def _clip_each_run(self, max_norm: float) -> None:
         """clip_grad_norm_ for each run: run r's gradients scaled by its own total norm."""

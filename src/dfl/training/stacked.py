@@ -10,8 +10,9 @@ containers whose forward only calls their layers and shape-agnostic tensor ops
 Why not torch.func.vmap, which stacks any model: on a CPU its per-operation wrapping costs more
 than fusing saves on the lab's small steps (benchmarks/fused.py: 3 autoencoders at batch 16
 trained 1.05x as fast as one after another under vmap, the MLP and the stacked autoencoder
-0.7x, while the same step written as batched matmuls ran 1.6x as fast). Models this module
-cannot stack (the CNNs, the ViTs) fuse through vmap (fused.py), equal to alone just the same.
+0.7x, while the same step written as batched matmuls ran 1.5x as fast on 1 thread). Models
+this module cannot stack (the CNNs, the ViTs) fuse through vmap (fused.py), equal to alone
+just the same.
 """
 
 from __future__ import annotations
