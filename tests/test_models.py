@@ -25,6 +25,19 @@ def test_every_model_builds_and_runs(name):
     assert any(p.grad is not None for p in model.parameters())
 
 
+def test_the_deeper_autoencoders_linear_code_keeps_negative_units():
+    """With a ReLU code a unit negative for an image carries nothing; the linear code keeps it.
+    The two models differ in that alone, and both fuse (their layers stack)."""
+    torch.manual_seed(0)
+    relu, linear = (models.create("autoencoder_deep", linear_code=c) for c in (False, True))
+    linear.load_state_dict(relu.state_dict())  # the same parameters: the layers line up
+    x = torch.rand(64, 1, 28, 28)
+    code_relu, code_linear = relu.encode(x), linear.encode(x)
+    assert (code_relu >= 0).all() and (code_linear < 0).any()
+    torch.testing.assert_close(code_relu, code_linear.clamp(min=0))
+    assert relu.stackable and linear.stackable
+
+
 def test_unknown_model_and_bad_argument_are_named():
     with pytest.raises(ConfigError, match="unknown model 'cnnn'"):
         models.create("cnnn")

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 from pydantic import Field
+from torch import nn
 
+from dfl import models
 from dfl.experiments import figures, pca, recipes
 from dfl.experiments.comparison import Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides, overrides_tree
@@ -250,6 +252,18 @@ def _probe(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[int, d
     return probe
 
 
+def _widths(model: nn.Module) -> str:
+    """The encoder's layer widths, '784-512-256-32'."""
+    linears = [m for m in model.encoder.modules() if isinstance(m, nn.Linear)]
+    return "-".join(str(n) for n in [linears[0].in_features] + [m.out_features for m in linears])
+
+
+def _deep_name(deep: dict[str, Any]) -> str:
+    """'784-512-256-32, linear code': what the deeper autoencoder's run built."""
+    layers = deep.get("layers", f"784-512-256-{deep['enc']}")  # results saved before its layers
+    return layers + (", linear code" if deep.get("linear_code") else ", ReLU code")
+
+
 def _deep(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[str, Any]:
     """Beyond the lab: a deeper autoencoder at the smallest code size, over seeds (its recipe:
     configs/recipes/ae_deep.toml)."""
@@ -257,8 +271,11 @@ def _deep(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[str, An
     recipe = overrides_tree(recipes.recipe(DEEP), p.deep, _subset(p))
     seeds = {f"deep_enc{small}/seed{s}": {**recipe, "seed": s} for s in range(ctx.seeds)}
     runs = list(ctx.train_many(NAME, seeds).values())
+    built = models.create(runs[0].config.model, **runs[0].config.model_args)
     return {
         "enc": runs[0].config.model_args["enc"],
+        "layers": _widths(built),
+        "linear_code": bool(runs[0].config.model_args.get("linear_code")),
         "test": [r.final["test_loss"] for r in runs],
         "shallow_val": _best_of(grid, small)["val_mse"],
         "_run": runs[0],  # for the number's provenance; not saved
@@ -401,7 +418,7 @@ def section(result: AEResult, figs: list[Figure]) -> Section:
         "test images and divided by 10,000, so both are 10x too small; the per-pixel MSE it "
         f"meant is about {10 * printed['best']:.5f} and {10 * printed['baseline']:.4f}. Ours "
         "are per-pixel MSEs on all 10,000 test images.",
-        f"Beyond the lab: a deeper autoencoder (784-512-256-{deep['enc']}) at the same code size "
+        f"Beyond the lab: a deeper autoencoder ({_deep_name(deep)}) at the same code size "
         f"reaches test MSE {mean_std(deep['test'])}, against {fmt(deep['shallow_val'])} "
         f"validation MSE for the best lab model at enc {deep['enc']} in our grid "
         f"({deep['shallow_val'] / deep_mean:.2f}x) and the lab's best enc-32 validation MSE of "

@@ -39,12 +39,16 @@ def autoencoder(*, enc: int = 32, in_features: int = 784) -> nn.Module:
 class DeepAutoencoder(DenseAutoencoder):
     """784 -> hidden... -> enc -> ...hidden -> 784: more capacity around the same code size."""
 
-    def __init__(self, enc: int, hidden: list[int], in_features: int = 784) -> None:
+    def __init__(
+        self, enc: int, hidden: list[int], in_features: int = 784, linear_code: bool = False
+    ) -> None:
         nn.Module.__init__(self)
         sizes = [in_features, *hidden, enc]
         down: list[nn.Module] = [nn.Flatten()]
         for a, b in itertools.pairwise(sizes):
             down += [nn.Linear(a, b), nn.ReLU()]
+        if linear_code:  # a ReLU code loses every unit that is negative for an image
+            down.pop()
         up: list[nn.Module] = []
         rev = sizes[::-1]
         for a, b in itertools.pairwise(rev):
@@ -54,9 +58,15 @@ class DeepAutoencoder(DenseAutoencoder):
 
 
 @register("autoencoder_deep", objective="reconstruction")
-def autoencoder_deep(*, enc: int = 32, hidden: list[int] = [512, 256]) -> nn.Module:  # noqa: B006 (never mutated)
-    """Deeper dense autoencoder: 784-512-256-enc-256-512-784, ReLU inside, sigmoid output."""
-    return DeepAutoencoder(enc, hidden)
+def autoencoder_deep(
+    *,
+    enc: int = 32,
+    hidden: list[int] = [512, 256],  # noqa: B006 (never mutated)
+    linear_code: bool = False,
+) -> nn.Module:
+    """Deeper dense autoencoder: 784-512-256-enc-256-512-784, ReLU inside (and on the code
+    unless `linear_code`), sigmoid output."""
+    return DeepAutoencoder(enc, hidden, linear_code=linear_code)
 
 
 class LinearProbe(nn.Module):
