@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dfl.config import build_config
-from dfl.experiments import ae, recipes, vit
+from dfl.config import build_config, parse_value
+from dfl.experiments import ae, cnn, recipes, vit
 from dfl.experiments.context import Context, overrides_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_checkout_folder_is_the_package_folder():
     assert (ROOT / "configs" / "recipes").resolve() == recipes.FOLDER.resolve()
-    assert recipes.names() == ["ae_deep", "vit_modern"]
+    assert recipes.names() == ["ae_deep", "cnn_final", "vit_modern"]
 
 
-@pytest.mark.parametrize("name", ["ae_deep", "vit_modern"])
+@pytest.mark.parametrize("name", ["ae_deep", "cnn_final", "vit_modern"])
 def test_each_recipe_is_a_valid_config_file(name: str):
     cfg = build_config(recipes.path(name))
     assert cfg.restore_best and cfg.data.val_fraction > 0  # selected on validation
@@ -46,3 +46,25 @@ def test_the_deeper_autoencoder_has_the_grids_smallest_code(profile: str):
     p = ae.PROFILES[profile]
     cfg = build_config(overrides=overrides_tree(recipes.recipe(ae.DEEP), p.deep))
     assert cfg.model_args["enc"] == min(p.encs)
+
+
+def test_the_cnns_final_stage_trains_its_recipe_with_the_architecture_it_prints(tmp_path: Path):
+    """The final stage puts a front architecture in place of the recipe's model arguments; the
+    command the report prints for it (alone_command) builds the very config the stage trains."""
+    ctx = context(tmp_path, "full")
+    arch = {"depth": 3, "growth": "constant", "kernel": 5, "pool": "last_two",
+            "batchnorm": False, "activation": "gelu", "width": 32, "dropout": 0.5}  # fmt: skip
+    staged = ctx.config(cnn._final_overrides(cnn.PROFILES["full"], arch, 1))
+    sets = cnn.alone_command(arch).split("--set ")[1:]
+    assert len(sets) == len(arch)
+    overrides = {"seed": 1} | {k: parse_value(v) for k, v in (a.strip().split("=") for a in sets)}
+    alone = build_config(recipes.path(cnn.FINAL), overrides=overrides_tree(overrides))
+    common = {"device", "precision", "checkpoint_interval_s", "data"}
+    assert staged.model_dump(exclude=common) == alone.model_dump(exclude=common)
+    assert staged.model_args == arch and staged.epochs == recipes.recipe(cnn.FINAL)["epochs"]
+    # A profile that trains the stage shorter says so and changes nothing else.
+    smoke = ctx.config(cnn._final_overrides(cnn.PROFILES["smoke"], arch, 1))
+    assert smoke.epochs == cnn.PROFILES["smoke"].final_epochs != staged.epochs
+    assert smoke.model_dump(exclude=common | {"epochs"}) == staged.model_dump(
+        exclude=common | {"epochs"}
+    )

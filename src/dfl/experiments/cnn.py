@@ -24,9 +24,9 @@ import torch
 from pydantic import Field
 
 from dfl import models
-from dfl.experiments import figures
+from dfl.experiments import figures, recipes
 from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
-from dfl.experiments.context import Canvas, Context, Overrides
+from dfl.experiments.context import Canvas, Context, Overrides, overrides_tree
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
 from dfl.experiments.document import epochs as _epochs
 from dfl.experiments.experiment import Experiment, Number, Result
@@ -54,8 +54,8 @@ class Settings:
     sweep_subset: int | None  # the architecture search's training images (None: all)
     sweep_epochs: int
     trials: int  # 0: no search and no final stage (beyond the lab: the larger profiles)
-    final_subset: int | None
-    final_epochs: int
+    final_subset: int | None  # the final stage's training images (None: all, as its recipe)
+    final_epochs: int | None  # None: its recipe's (configs/recipes/cnn_final.toml)
 
 
 # Every profile answers the lab's question with the one-change-at-a-time study; the search and
@@ -65,7 +65,7 @@ PROFILES = {
     "smoke": Settings(1, 1, (1000, 500), (1000, 500), 1, 2, 2000, 1, 2, 2000, 1),
     "preview": Settings(20, 1, (10000, 2000), (10000, 2000), 2, 3, 6000, 2, 0, 12000, 3),
     "lab": Settings(20, 20, (10000, 2000), (10000, 2000), 3, 3, 6000, 2, 0, 12000, 3),
-    "full": Settings(20, 20, (10000, 2000), (10000, 2000), 6, 3, None, 6, 24, None, 30),
+    "full": Settings(20, 20, (10000, 2000), (10000, 2000), 6, 3, None, 6, 24, None, None),
 }
 PROFILES["every"] = PROFILES["lab"]
 PROFILES["complete"] = PROFILES["full"]
@@ -179,7 +179,7 @@ def run(ctx: Context, p: Settings) -> CNNResult:
         chosen=chosen,
         selected=selected,
         ensemble=ensemble,
-        final_epochs=p.final_epochs,
+        final_epochs=runs[0].config.epochs,
         confusion=confusion,
         wrong=wrong,
         numbers={
@@ -412,23 +412,27 @@ def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(front, key=lambda q: -q["val_accuracy"])
 
 
-def _final_overrides(p: Settings, arch: dict[str, Any], seed: int) -> Overrides:
-    """The final recipe: augmentation, a one-cycle schedule, the best validation epoch."""
-    return {
-        "model": "cnn_search",
-        "model_args": dict(arch),
-        "batch_size": 128,
-        "epochs": p.final_epochs,
-        "data.val_fraction": 0.1,
-        "restore_best": True,
-        "data.augment_shift": 2,
-        "data.augment_rotate": 10,
-        "data.augment_scale": 0.1,
-        "schedule.name": "onecycle",
-        "optim.lr": 0.003,
-        "seed": seed,
-        **({"data.train_subset": p.final_subset} if p.final_subset else {}),
-    }
+FINAL = "cnn_final"  # the final stage's training recipe (configs/recipes/)
+
+
+def _final_overrides(p: Settings, arch: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The final recipe (augmentation, a one-cycle schedule, the best validation epoch) for
+    one front architecture and seed: the architecture replaces the recipe's model arguments
+    whole, and a profile changes only the epochs and images it says (full: nothing)."""
+    recipe = recipes.recipe(FINAL)
+    recipe.pop("model_args", None)
+    changes: Overrides = {"model_args": dict(arch), "seed": seed}
+    if p.final_epochs:
+        changes["epochs"] = p.final_epochs
+    if p.final_subset:
+        changes["data.train_subset"] = p.final_subset
+    return overrides_tree(recipe, changes)
+
+
+def alone_command(arch: dict[str, Any]) -> str:
+    """The command that trains a final-stage architecture alone at the final recipe."""
+    sets = " ".join(f"--set model_args.{k}={str(v).lower()}" for k, v in arch.items())
+    return f"dfl train --config configs/recipes/{FINAL}.toml --seeds 0,1,2 {sets}"
 
 
 # Why a notebook CNN's accuracy can miss the lab's: its protocol draws the images at random.
@@ -717,7 +721,8 @@ def _search_paragraph(result: CNNResult) -> str:
         f"{chosen['arch']['width']} filters, head dropout {_dropout(chosen['arch'])} "
         f"({chosen['params']:,} parameters); its test "
         f"accuracy is {mean_std(result.selected)}, and the ensemble of those seeds reaches "
-        f"{fmt(result.ensemble)}. " + _candidate_spread(finals)
+        f"{fmt(result.ensemble)}. It trains alone with `{alone_command(chosen['arch'])}`. "
+        + _candidate_spread(finals)
     )
 
 
