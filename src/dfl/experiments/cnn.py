@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from dfl import models
-from dfl.experiments import figures, recipes
+from dfl.experiments import ablation, figures, recipes
 from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides, overrides_tree
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
@@ -34,7 +34,7 @@ from dfl.experiments.lab_numbers import CNN_EXPLORE_PEAK, lab_value
 from dfl.experiments.study import study_sweep
 from dfl.labtools.shapes import model_summary
 from dfl.training.run import Run
-from dfl.training.trained import final_weights, load_trained
+from dfl.training.trained import final_weights
 
 NAME = "cnn"
 QUESTION = (
@@ -155,6 +155,7 @@ class CNNResult(Result):
     selected: list[float] = Field(default_factory=list)
     ensemble: float | None = None
     final_epochs: int = 0
+    ablation: dict[str, Any] = Field(default_factory=dict)  # lab CNN -> selected, a step a row
     confusion: list[list[int]] | None = None
     wrong: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -170,6 +171,10 @@ def run(ctx: Context, p: Settings) -> CNNResult:
     runs = finals[chosen]
     ensemble, confusion, wrong = _ensemble(ctx, runs)
     selected = [r.final["test_accuracy"] for r in runs]
+    ladder = ablation.run(
+        ctx, NAME, LADDER_START_LABEL, LADDER_START, ladder_to(candidates[chosen]["arch"]),
+        _final_changes(p), runs,
+    )  # fmt: skip
     return CNNResult(
         faithful=faithful,
         study=study,
@@ -180,6 +185,7 @@ def run(ctx: Context, p: Settings) -> CNNResult:
         selected=selected,
         ensemble=ensemble,
         final_epochs=runs[0].config.epochs,
+        ablation=ladder,
         confusion=confusion,
         wrong=wrong,
         numbers={
@@ -421,12 +427,60 @@ def _final_overrides(p: Settings, arch: dict[str, Any], seed: int) -> dict[str, 
     whole, and a profile changes only the epochs and images it says (full: nothing)."""
     recipe = recipes.recipe(FINAL)
     recipe.pop("model_args", None)
-    changes: Overrides = {"model_args": dict(arch), "seed": seed}
+    return overrides_tree(recipe, {"model_args": dict(arch), "seed": seed}, _final_changes(p))
+
+
+def _final_changes(p: Settings) -> Overrides:
+    """What a profile changes of the final recipe: its epochs and images ({}: nothing)."""
+    changes: Overrides = {}
     if p.final_epochs:
         changes["epochs"] = p.final_epochs
     if p.final_subset:
         changes["data.train_subset"] = p.final_subset
-    return overrides_tree(recipe, changes)
+    return changes
+
+
+# What each ingredient bought (ablation.py): from the lab's exploration CNN as the notebook
+# trained it (batch 100, Adam 1e-3, 20 epochs), here on the full data and selected on
+# validation, one ingredient at a time up to the CNN the final stage selected.
+LADDER_START_LABEL = "the exploration CNNnet, the notebook's training (batch 100, Adam 1e-3)"
+LADDER_START: Overrides = {
+    "model": "cnn_search",
+    "batch_size": 100,
+    "epochs": 20,
+    "data.val_fraction": 0.1,
+    "restore_best": True,
+}
+
+
+def ladder_to(arch: dict[str, Any]) -> tuple[ablation.Rung, ...]:
+    """The rungs from LADDER_START to the final recipe with `arch`; a rung that would change
+    nothing for this architecture (16 filters, no dropout) is left out."""
+    # at the search's 16 filters, named as the final stage names them (the same config)
+    searched = {k: v for k, v in arch.items() if k != "dropout"} | {"width": 16}
+    rungs = [ablation.Rung(f"the searched architecture ({_describe(arch)})",
+                           {"model_args": searched})]  # fmt: skip
+    if arch["width"] != 16:
+        rungs.append(ablation.Rung(f"{arch['width']} first-layer filters",
+                                   {"model_args.width": arch["width"]}))  # fmt: skip
+    rungs.append(
+        ablation.Rung(
+            "shifts, rotations and zooms",
+            {"data.augment_shift": 2, "data.augment_rotate": 10, "data.augment_scale": 0.1},
+        )
+    )
+    if _dropout(arch):
+        rungs.append(ablation.Rung(f"head dropout {_dropout(arch)}",
+                                   {"model_args.dropout": _dropout(arch)}))  # fmt: skip
+    rungs.append(
+        ablation.Rung(
+            "a one-cycle schedule to lr 0.003, batch 128",
+            {"schedule.name": "onecycle", "optim.lr": 0.003, "batch_size": 128},
+        )
+    )
+    epochs = recipes.recipe(FINAL)["epochs"]
+    rungs.append(ablation.Rung(f"{epochs} epochs", {"epochs": epochs}))
+    return tuple(rungs)
 
 
 def alone_command(arch: dict[str, Any]) -> str:
@@ -443,13 +497,8 @@ LAB_DRAW = (
 )
 
 
-def _test_probabilities(ctx: Context, run_dir: str | Path) -> torch.Tensor:
-    """Softmax outputs (N, classes) of a finished run's saved weights on the full test set."""
-    return load_trained(run_dir).predict(ctx.data.test_images).softmax(1)
-
-
 def _test_accuracy(ctx: Context, run_dir: Path) -> float:
-    pred = _test_probabilities(ctx, run_dir).argmax(1)
+    pred = ablation.probabilities_on_test(ctx, run_dir).argmax(1)
     return float((pred == ctx.data.test_labels).float().mean())
 
 
@@ -457,7 +506,7 @@ def _test_accuracy(ctx: Context, run_dir: Path) -> float:
 def _ensemble(ctx: Context, runs: list[Run]) -> tuple[float, list, list]:
     """Average the seeds' softmax outputs on the full test set; confusion matrix and the most
     confidently wrong digits of the ensemble."""
-    probs = sum(_test_probabilities(ctx, r.run_dir) for r in runs)
+    probs = sum(ablation.probabilities_on_test(ctx, r.run_dir) for r in runs)
     probs = probs / len(runs)
     pred, y = probs.argmax(1), ctx.data.test_labels
     accuracy = float((pred == y).float().mean())
@@ -624,6 +673,9 @@ def section(result: CNNResult, figs: list[Figure]) -> Section:
         paragraphs.append(_search_paragraph(result))
         paragraphs.append(_factors(sorted(result.points, key=lambda q: -q["val_accuracy"])))
         tables += [_search_table(result.points), _final_table(result)]
+        if result.ablation:
+            paragraphs.append(ablation.summary(result.ablation, "the CNN"))
+            tables.append(ablation.table(result.ablation, "the CNN"))
     else:
         paragraphs.append(
             "The corrected CNN (a search over these choices on all the training images, then "

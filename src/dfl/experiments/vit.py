@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from dfl import models
-from dfl.experiments import figures, recipes
+from dfl.experiments import ablation, figures, recipes
 from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides, overrides_tree
 from dfl.experiments.document import Figure, Section, Table, fmt, mean_std
@@ -115,6 +115,28 @@ def _lab_overrides(cfg: Config, p: Settings) -> Overrides:
     }
 
 
+# What each ingredient bought (ablation.py): from the notebook's base ViT as it trained (patch
+# 7, Adam 1e-3, exponential decay, batch 128, 20 epochs), here selected on validation, one
+# ingredient at a time up to the modern ViT's recipe.
+LADDER_START_LABEL = "the notebook's base ViT, its training (Adam 1e-3, exponential decay)"
+LADDER_START: Overrides = {
+    "model": "vit_lab",
+    "batch_size": 128,
+    "epochs": 20,
+    "schedule.name": "exponential",
+    "schedule.gamma": 0.95,
+    "data.val_fraction": 0.1,
+    "restore_best": True,
+}
+LADDER = (
+    ablation.Rung("4x4 patches, per-head scale, a LayerNorm head, dropout 0.1", {"model": "vit"}),
+    ablation.Rung("AdamW, weight decay 0.05", {"optim.name": "adamw", "optim.weight_decay": 0.05}),
+    ablation.Rung("one-cycle to lr 0.002", {"schedule.name": "onecycle", "optim.lr": 0.002}),
+    ablation.Rung("shifts and rotations", {"data.augment_shift": 2, "data.augment_rotate": 10}),
+    ablation.Rung("60 epochs", {"epochs": 60}),
+)  # fmt: skip
+
+
 def _beyond_overrides(seed: int, changes: Overrides) -> Overrides:
     """The modern ViT's recipe (selected on validation, tested once) for one seed."""
     return overrides_tree(recipes.recipe(BEYOND), {"seed": seed}, changes)
@@ -127,6 +149,7 @@ class ViTResult(Result):
     beyond: list[float] = Field(default_factory=list)  # the modern ViT's test accuracy per seed
     beyond_epochs: int = 0
     rollout_from: str | None = None  # the modern ViT run the attention maps are drawn from
+    ablation: dict[str, Any] = Field(default_factory=dict)  # notebook ViT -> modern, a row a step
 
 
 def run(ctx: Context, p: Settings) -> ViTResult:
@@ -148,6 +171,11 @@ def run(ctx: Context, p: Settings) -> ViTResult:
         for cfg, row in zip(configs, rows, strict=True)
     }
     beyond = [runs[k] for k in beyond_runs]
+    ladder = (
+        ablation.run(ctx, NAME, LADDER_START_LABEL, LADDER_START, LADDER, p.beyond, beyond)
+        if p.beyond is not None
+        else {}
+    )
     beyond_acc = [r.final["test_accuracy"] for r in beyond]
     if beyond:
         numbers["beyond.test_accuracy"] = Number.of(
@@ -161,6 +189,7 @@ def run(ctx: Context, p: Settings) -> ViTResult:
         beyond=beyond_acc,
         beyond_epochs=beyond[0].config.epochs if beyond else 0,
         rollout_from=str(beyond[0].run_dir) if beyond else None,
+        ablation=ladder,
         numbers=numbers,
         compare={**compare, **_writeup_compare(rows[0], beyond_acc)},
     )
@@ -541,10 +570,13 @@ def section(result: ViTResult, figs: list[Figure]) -> Section:
     tables = [table]
     if result.study:
         tables.append(_study_table(result))
+    if result.ablation:
+        tables.append(ablation.table(result.ablation, "the ViT"))
     paragraphs = [
         *_discussion(rows),
         *(_study_discussion(result) if result.study else []),
         beyond,
+        *([ablation.summary(result.ablation, "the ViT")] if result.ablation else []),
         f"The write-up's {lab_value(NAME, 'writeup.acc')} / {lab_value(NAME, 'writeup.loss')} "
         "appears in no printed notebook output; the notebook's own base-configuration result "
         f"was {VIT_CONFIGS[BASE]}.",

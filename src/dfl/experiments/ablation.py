@@ -1,0 +1,153 @@
+"""What each ingredient bought: a ladder from the lab's recipe to a beyond-the-lab recipe.
+
+Each rung adds one ingredient to the rung below it (wider layers, augmentation, dropout, a
+schedule, more epochs) and trains over seeds, selected on validation and tested once. The top
+rung is the recipe the experiment's beyond stage trained, so its runs are those (checked, and
+tests/test_ablation.py holds each ladder to its recipe). A last row averages the top rung's
+seeds' predicted probabilities: what ensembling adds. Every row
+carries its training seconds a seed and the device that ran it, since what an ingredient costs
+is half of whether it is worth having.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Any
+
+import torch
+
+from dfl.experiments.context import Context, Overrides, overrides_tree
+from dfl.experiments.document import Table, fmt, mean_std
+from dfl.training.run import Run
+from dfl.training.trained import load_trained
+
+
+@dataclass(frozen=True)
+class Rung:
+    ingredient: str  # what this rung adds, as the table says it: "head dropout 0.5"
+    overrides: Overrides  # what it changes of the rung below
+
+
+def configs(start: Overrides, rungs: tuple[Rung, ...]) -> list[dict[str, Any]]:
+    """Each rung's whole config tree: the start and every ingredient up to it."""
+    parts: list[Overrides] = [start]
+    trees = [overrides_tree(*parts)]
+    for rung in rungs:
+        parts.append(rung.overrides)
+        trees.append(overrides_tree(*parts))
+    return trees
+
+
+def run(
+    ctx: Context,
+    experiment: str,
+    start_label: str,
+    start: Overrides,
+    rungs: tuple[Rung, ...],
+    changes: Overrides,
+    top: list[Run],
+) -> dict[str, Any]:
+    """Train every rung below the top over the context's seeds (`changes`: what a profile
+    changes of every rung, {} for none; `top`: the beyond stage's runs, seed by seed) and sum
+    them up as rows, bottom first, then the ensemble row."""
+    labels = [start_label, *(f"+ {r.ingredient}" for r in rungs)]
+    trees = [overrides_tree(tree, changes) for tree in configs(start, rungs)]
+    for s, run_ in enumerate(top):
+        staged = ctx.config({**trees[-1], "seed": s}).model_dump()
+        if staged != run_.config.model_dump():  # a ladder that drifted from its recipe
+            raise AssertionError(f"the {experiment} ladder's top is not {run_.run_dir}'s config")
+    name = lambda i, s: f"ablation/{i}/seed{s}"  # noqa: E731
+    runs = ctx.train_many(
+        experiment,
+        {
+            name(i, s): {**tree, "seed": s}
+            for i, tree in enumerate(trees[:-1])
+            for s in range(ctx.seeds)
+        },
+    )
+    runs |= {name(len(trees) - 1, s): r for s, r in enumerate(top)}
+    rows = []
+    for i, label in enumerate(labels):
+        seeds = [runs[name(i, s)] for s in range(ctx.seeds)]
+        rows.append(
+            {
+                "ingredient": label,
+                "val": [r.final["val_accuracy"] for r in seeds],
+                "test": [r.final["test_accuracy"] for r in seeds],
+                "seconds": [sum(h["seconds"] for h in r.history) for r in seeds],
+                "device": seeds[0].final.get("device", "?"),
+                "epochs": seeds[0].config.epochs,
+            }
+        )
+    top_dirs = [r.run_dir for r in top]
+    return {"rows": rows, "ensemble": ensemble_accuracy(ctx, top_dirs), "changes": dict(changes)}
+
+
+def probabilities_on_test(ctx: Context, run_dir: str | Path) -> torch.Tensor:
+    """Softmax outputs (N, classes) of a finished run's saved weights on the full test set."""
+    return load_trained(run_dir).predict(ctx.data.test_images).softmax(1)
+
+
+@torch.no_grad()
+def ensemble_accuracy(ctx: Context, run_dirs: list[Path]) -> float:
+    """Test accuracy of the runs' averaged probabilities."""
+    probs = sum(probabilities_on_test(ctx, d) for d in run_dirs) / len(run_dirs)
+    return float((probs.argmax(1) == ctx.data.test_labels).float().mean())
+
+
+def table(ablation: dict[str, Any], what: str) -> Table:
+    """The ladder as a table: each rung's accuracies over seeds, its gain in mean test
+    accuracy over the rung below, and its cost."""
+    rows, previous = [], None
+    for r in ablation["rows"]:
+        test = fmean(r["test"])
+        gain = "" if previous is None else f"{test - previous:+.4f}"
+        rows.append(
+            [r["ingredient"], r["epochs"], mean_std(r["val"]), mean_std(r["test"]), gain,
+             f"{fmean(r['seconds']):,.0f} ({r['device']})"]
+        )  # fmt: skip
+        previous = test
+    top = ablation["rows"][-1]
+    rows.append(
+        ["+ ensemble of those seeds", top["epochs"], "", fmt(ablation["ensemble"]),
+         f"{ablation['ensemble'] - previous:+.4f}", f"{sum(top['seconds']):,.0f} in all"]
+    )  # fmt: skip
+    changed = ", ".join(f"{k} = {v}" for k, v in ablation["changes"].items())
+    shortened = f"; every rung as this profile changes it: {changed}"
+    return Table(
+        ["ingredient", "epochs", "val accuracy", "test accuracy", "test gain",
+         "seconds a seed (device)"],
+        rows,
+        f"What each ingredient bought, {what}: each row adds one ingredient to the row above, "
+        "over seeds, selected on a validation split, tested once on the full test set"
+        + (shortened if ablation["changes"] else ""),
+    )  # fmt: skip
+
+
+def summary(ablation: dict[str, Any], what: str) -> str:
+    """One paragraph: how far the ladder climbed, its largest step, and the steps the seeds'
+    spread cannot tell from nothing (a gain no larger than either row's standard deviation)."""
+    rows = ablation["rows"]
+    means = [fmean(r["test"]) for r in rows]
+    spread = [stdev(r["test"]) if len(r["test"]) > 1 else 0.0 for r in rows]
+    steps = [  # (ingredient, gain, the spread it must beat)
+        (rows[i]["ingredient"], means[i] - means[i - 1], max(spread[i], spread[i - 1]))
+        for i in range(1, len(rows))
+    ]
+    steps.append(("+ ensemble of the seeds", ablation["ensemble"] - means[-1], spread[-1]))
+    name, gain, _ = max(steps, key=lambda t: t[1])
+    unclear = [n for n, g, noise in steps if abs(g) <= noise]
+    text = (
+        f"What each ingredient bought, {what}: from {fmt(means[0])} to {fmt(means[-1])} mean "
+        f"test accuracy, {fmt(ablation['ensemble'])} as an ensemble; the largest step is "
+        f"'{name.removeprefix('+ ')}' ({gain:+.4f})."
+    )
+    if unclear:
+        text += (
+            " Within the seeds' spread: "
+            + "; ".join(f"'{n.removeprefix('+ ')}'" for n in unclear)
+            + "."
+        )
+    return text

@@ -1,0 +1,80 @@
+"""The ablation ladders climb from the lab's recipe to the beyond stage's, one ingredient a rung:
+the top rung is the very config the beyond stage trained (so its runs are reused), every rung
+changes something, and the summary is computed from the rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dfl.experiments import ablation, cnn, vit
+from dfl.experiments.context import Context, overrides_tree
+
+ARCHS = [
+    {"depth": 3, "growth": "double", "kernel": 5, "pool": "last_two", "batchnorm": True,
+     "activation": "relu", "width": 32, "dropout": 0.5},
+    {"depth": 4, "growth": "constant", "kernel": 3, "pool": "every_second", "batchnorm": False,
+     "activation": "tanh", "width": 16},
+]  # fmt: skip
+
+
+def context(tmp_path: Path, profile: str) -> Context:
+    return Context(tmp_path, profile, data=None, dataset_arg="mnist", seeds=2)  # type: ignore[arg-type]
+
+
+def dump(ctx: Context, tree: dict) -> dict:
+    return ctx.config(tree).model_dump()
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+@pytest.mark.parametrize("arch", ARCHS, ids=["w32-dropout", "w16"])
+def test_the_cnn_ladder_ends_at_the_final_stage_config(tmp_path: Path, profile: str, arch: dict):
+    ctx, p = context(tmp_path, profile), cnn.PROFILES[profile]
+    rungs = cnn.ladder_to(arch)
+    trees = [overrides_tree(t, cnn._final_changes(p)) for t in ablation.configs(
+        cnn.LADDER_START, rungs)]  # fmt: skip
+    top = dump(ctx, {**trees[-1], "seed": 1})
+    assert top == dump(ctx, cnn._final_overrides(p, arch, 1))
+    # 16 filters and no dropout are the start's: no rung for them
+    assert len(rungs) == 4 + (arch["width"] != 16) + ("dropout" in arch)
+    if profile == "full":  # every rung changes something (the smoke profile's epochs hide one)
+        configs = [dump(ctx, t) for t in trees]
+        assert all(a != b for a, b in zip(configs, configs[1:], strict=False))
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_the_vit_ladder_ends_at_the_modern_vits_recipe(tmp_path: Path, profile: str):
+    ctx, p = context(tmp_path, profile), vit.PROFILES[profile]
+    assert p.beyond is not None
+    trees = [overrides_tree(t, p.beyond) for t in ablation.configs(vit.LADDER_START, vit.LADDER)]
+    assert dump(ctx, {**trees[-1], "seed": 1}) == dump(ctx, vit._beyond_overrides(1, p.beyond))
+    start = ctx.config(trees[0])
+    assert start.model == "vit_lab" and start.schedule.name == "exponential"
+    if profile == "full":
+        configs = [dump(ctx, t) for t in trees]
+        assert all(a != b for a, b in zip(configs, configs[1:], strict=False))
+
+
+def rows(*tests: list[float]) -> list[dict]:
+    return [
+        {"ingredient": f"+ step {i}", "val": t, "test": t, "seconds": [10.0, 12.0],
+         "device": "cpu", "epochs": 3}
+        for i, t in enumerate(tests)
+    ]  # fmt: skip
+
+
+def test_the_summary_names_the_largest_step_and_the_steps_within_noise():
+    ladder = {
+        "rows": rows([0.990, 0.992], [0.9912, 0.9928], [0.9950, 0.9952]),
+        "ensemble": 0.9956,
+        "changes": {},
+    }
+    text = ablation.summary(ladder, "the CNN")
+    assert "from 0.9910 to 0.9951" in text and "0.9956 as an ensemble" in text
+    assert "the largest step is 'step 2' (+0.0031)" in text
+    # step 1 gains 0.0010 against a spread of 0.0014; the ensemble 0.0005 against 0.0001
+    assert "Within the seeds' spread: 'step 1'." in text
+    table = ablation.table(ladder, "the CNN")
+    assert [r[4] for r in table.rows] == ["", "+0.0010", "+0.0031", "+0.0005"]
+    assert table.rows[-1][5] == "22 in all" and table.rows[0][5] == "11 (cpu)"
