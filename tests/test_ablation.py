@@ -4,6 +4,7 @@ changes something, and the summary is computed from the rows."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def test_the_cnn_ladder_ends_at_the_final_stage_config(tmp_path: Path, profile: 
     assert len(rungs) == 4 + (arch["width"] != 16) + ("dropout" in arch)
     if profile == "full":  # every rung changes something (the smoke profile's epochs hide one)
         configs = [dump(ctx, t) for t in trees]
-        assert all(a != b for a, b in zip(configs, configs[1:], strict=False))
+        assert all(a != b for a, b in itertools.pairwise(configs))
 
 
 @pytest.mark.parametrize("profile", ["smoke", "full"])
@@ -53,7 +54,7 @@ def test_the_vit_ladder_ends_at_the_modern_vits_recipe(tmp_path: Path, profile: 
     assert start.model == "vit_lab" and start.schedule.name == "exponential"
     if profile == "full":
         configs = [dump(ctx, t) for t in trees]
-        assert all(a != b for a, b in zip(configs, configs[1:], strict=False))
+        assert all(a != b for a, b in itertools.pairwise(configs))
 
 
 def rows(*tests: list[float]) -> list[dict]:
