@@ -111,6 +111,16 @@ def _full(label_epochs: str, pretrain: int, classifier: int, finetune: int) -> t
     )
 
 
+def _deeper(sizes: tuple[int, ...], pretrain: int, classifier: int, finetune: int) -> Variant:
+    """Beyond the lab, 'a better result by changing the size of the network': a deeper, wider
+    network at the corrected recipe, fine-tuned longer (784-256-64's validation accuracy still
+    rose after 60 epochs: 0.9868 at 60, 0.9883 at 150, seed 0)."""
+    label = "-".join(map(str, sizes))
+    epochs = f"{pretrain}/{classifier}/{finetune}"
+    return Variant("deeper", f"{label}, batch 64, {epochs}, corrected recipe", sizes, 64,
+                   pretrain, classifier, finetune, recipe="corrected")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Settings:
     lab_scales: dict[str, float]  # epoch scale per lab variant run (1.0: the lab's epochs)
@@ -124,7 +134,9 @@ LABEL_COUNTS = (100, 1000, 10000, None)  # None: every training image's label
 LAB_EXACT = {"baseline": 1.0, "long": 1.0, "128": 1.0}
 PROFILES = {
     "smoke": Settings(
-        {"baseline": 0.1}, _full("1/1/1", 1, 1, 1), scarce_labels.Scarce((50, None), 1, 1, 4)
+        {"baseline": 0.1},
+        (*_full("1/1/1", 1, 1, 1), _deeper((784, 64, 32, 16), 1, 1, 1)),
+        scarce_labels.Scarce((50, None), 1, 1, 4),
     ),
     # the baseline exactly; the 60/60/60 runs at a third of their epochs
     "preview": Settings(
@@ -137,10 +149,12 @@ PROFILES = {
         LAB_EXACT, _full("3/3/6", 3, 3, 6), scarce_labels.Scarce(LABEL_COUNTS, 10, 20, 1000)
     ),
     "full": Settings(
-        LAB_EXACT, _full("20/20/60", 20, 20, 60), scarce_labels.Scarce(LABEL_COUNTS, 20, 60, 2000)
+        LAB_EXACT,
+        (*_full("20/20/60", 20, 20, 60), _deeper((784, 512, 256, 64), 20, 20, 150)),
+        scarce_labels.Scarce(LABEL_COUNTS, 20, 60, 2000),
     ),
 }
-FULL_RECIPE = PROFILES["full"].full  # the corrected recipe at its own epochs
+FULL_RECIPE = PROFILES["full"].full  # the recipes at their own epochs, and the deeper network
 PROFILES["every"] = PROFILES["lab"]
 PROFILES["complete"] = PROFILES["full"]
 
@@ -441,7 +455,9 @@ def draw(result: SAEResult, canvas: Canvas) -> list[Figure]:
 
 def _figure_before_after(ctx: Canvas, lab: dict, full: dict) -> Figure:
     groups = [f"lab: {v['label']}" for v in lab.values()]
-    groups += [f"full data: {key} recipe" for key in full]
+    groups += [
+        f"full data: {key} recipe" if key in RECIPES else f"full data: {key}" for key in full
+    ]
     entries = [*lab.values(), *full.values()]
     series = {
         "before fine-tuning": [fmean(e["before"]) for e in entries],
@@ -469,14 +485,15 @@ def _figure_curves(ctx: Canvas, full: dict) -> Figure:
     series = {}
     for key, entry in full.items():
         curves = entry["curves"]
-        series[f"{key} recipe, pretrained: classifier then fine-tune"] = curves["curve_pretrained"]
-        series[f"{key} recipe, random init"] = curves["curve_random"]
+        name = f"{key} recipe" if key in RECIPES else entry["label"].split(",")[0]
+        series[f"{name}, pretrained: classifier then fine-tune"] = curves["curve_pretrained"]
+        series[f"{name}, random init"] = curves["curve_random"]
     plot = figures.curves(
         ctx.figure_path("sae_curves"),
         series,
         "epoch (after pretraining)",
         next(iter(full.values()))["curves"]["curve_metric"].replace("_", " "),
-        "Full data, 784-256-64, seed 0",
+        "Full data, seed 0",
     )
     return Figure.of(
         plot,
@@ -542,6 +559,16 @@ def section(result: SAEResult, figs: list[Figure]) -> Section:
         _why_lab_recipe(lab_recipe, result.mean_image_mse),
         _gains(fixed, f"With the corrected recipe ({fixed['recipe']})")
         + f" Its first layer reaches reconstruction MSE {fmean(fixed['first_layer_mse']):.4f}.",
+        *(
+            [
+                _gains(
+                    full["deeper"],
+                    f"Beyond the lab, a deeper, wider network ({full['deeper']['label']})",
+                )
+            ]
+            if "deeper" in full
+            else []
+        ),
         "Greedy pretraining earned its reputation for deep sigmoid networks before ReLUs, good "
         "initialisation and adaptive optimisers made end-to-end training work; the "
         "random-init columns measure what it still buys this shallow network"
