@@ -65,17 +65,28 @@ def rows(*tests: list[float]) -> list[dict]:
     ]  # fmt: skip
 
 
-def test_the_summary_names_the_largest_step_and_the_steps_within_noise():
+def test_the_summary_sorts_the_steps_by_the_seeds_spread():
     ladder = {
-        "rows": rows([0.990, 0.992], [0.9912, 0.9928], [0.9950, 0.9952]),
-        "ensemble": 0.9956,
+        "rows": rows([0.990, 0.992], [0.9912, 0.9928], [0.9950, 0.9952], [0.9900, 0.9902]),
+        "ensemble": 0.9906,
         "changes": {},
     }
     text = ablation.summary(ladder, "the CNN")
-    assert "from 0.9910 to 0.9951" in text and "0.9956 as an ensemble" in text
-    assert "the largest step is 'step 2' (+0.0031)" in text
-    # step 1 gains 0.0010 against a spread of 0.0014; the ensemble 0.0005 against 0.0001
-    assert "Within the seeds' spread: 'step 1'." in text
+    assert "from 0.9910 to 0.9901 mean test accuracy over 2 seeds, 0.9906 as an ensemble" in text
+    # step 1 gains 0.0010 against a spread of 0.0014; step 3 loses 0.0050 against 0.0001
+    assert "Gained beyond the seeds' spread: 'step 2' (+0.0031); 'ensemble of the seeds' " in text
+    assert "Lost beyond it: 'step 3' (-0.0050)." in text
+    assert "Within it: 'step 1' (+0.0010)." in text
     table = ablation.table(ladder, "the CNN")
-    assert [r[4] for r in table.rows] == ["", "+0.0010", "+0.0031", "+0.0005"]
+    assert [r[4] for r in table.rows] == ["", "+0.0010", "+0.0031", "-0.0050", "+0.0005"]
     assert table.rows[-1][5] == "22 in all" and table.rows[0][5] == "11 (cpu)"
+
+
+def test_one_seed_claims_no_spread_and_no_ensemble():
+    one = [{**r, "test": r["test"][:1], "val": r["val"][:1]} for r in rows([0.98], [0.99])]
+    ladder = {"rows": one, "ensemble": 0.99, "changes": {"epochs": 1}}
+    text = ablation.summary(ladder, "the ViT")
+    assert "from one seed, so no step can be told from noise; by size: 'step 1' +0.0100." in text
+    assert "ensemble" not in text
+    table = ablation.table(ladder, "the ViT")
+    assert len(table.rows) == 2 and "epochs = 1" in table.caption

@@ -44,9 +44,10 @@ class Objective:
     ) -> tuple[torch.Tensor, Sums]:
         """`loss` of R runs at once, their outputs and batches stacked (R, B, ...): each run's
         mean loss and sums, (R,). Mapped over the runs with vmap here; the objectives below
-        write it as batched operations, because on a CPU vmap's wrapping of each operation
-        costs more than the operations (3 autoencoders at batch 16 trained 1.32x as fast as one
-        after another on 1 thread with the vmapped loss, 1.48x without; benchmarks/fused.py)."""
+        write it as batched operations, because on a CPU vmap wraps each small operation of
+        the loss at a cost of its own (3 autoencoders at batch 16: 1.32x as fast as one after
+        another on 1 thread with the vmapped loss, 1.48x without, in separate invocations of
+        benchmarks/fused.py)."""
         return vmap(self.loss)(out, x, y)
 
     @staticmethod

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dfl.experiments.context import Context, Overrides, overrides_tree
+from dfl.experiments.context import Context, Overrides, overrides_tree, slug
 from dfl.experiments.document import Table, fmt, mean_std
 from dfl.training.run import Run
 from dfl.training.trained import load_trained
@@ -58,7 +58,8 @@ def run(
         staged = ctx.config({**trees[-1], "seed": s}).model_dump()
         if staged != run_.config.model_dump():  # a ladder that drifted from its recipe
             raise AssertionError(f"the {experiment} ladder's top is not {run_.run_dir}'s config")
-    name = lambda i, s: f"ablation/{i}/seed{s}"  # noqa: E731
+    # keyed by ingredient: a rung added or left out (cnn.ladder_to) moves no other rung's runs
+    name = lambda i, s: f"ablation/{slug(labels[i])[:60]}/seed{s}"  # noqa: E731
     runs = ctx.train_many(
         experiment,
         {
@@ -110,10 +111,11 @@ def table(ablation: dict[str, Any], what: str) -> Table:
         )  # fmt: skip
         previous = test
     top = ablation["rows"][-1]
-    rows.append(
-        ["+ ensemble of those seeds", top["epochs"], "", fmt(ablation["ensemble"]),
-         f"{ablation['ensemble'] - previous:+.4f}", f"{sum(top['seconds']):,.0f} in all"]
-    )  # fmt: skip
+    if len(top["test"]) > 1:  # one seed is no ensemble
+        rows.append(
+            ["+ ensemble of those seeds", top["epochs"], "", fmt(ablation["ensemble"]),
+             f"{ablation['ensemble'] - previous:+.4f}", f"{sum(top['seconds']):,.0f} in all"]
+        )  # fmt: skip
     changed = ", ".join(f"{k} = {v}" for k, v in ablation["changes"].items())
     shortened = f"; every rung as this profile changes it: {changed}"
     return Table(
@@ -127,27 +129,39 @@ def table(ablation: dict[str, Any], what: str) -> Table:
 
 
 def summary(ablation: dict[str, Any], what: str) -> str:
-    """One paragraph: how far the ladder climbed, its largest step, and the steps the seeds'
-    spread cannot tell from nothing (a gain no larger than either row's standard deviation)."""
+    """One paragraph: how far the ladder climbed, the steps that gained and lost beyond the
+    seeds' spread (a step must beat the larger standard deviation of its two rows), and the
+    rest, which the seeds cannot tell from nothing. One seed has no spread: then the steps
+    are only listed by size."""
     rows = ablation["rows"]
     means = [fmean(r["test"]) for r in rows]
+    seeds = len(rows[-1]["test"])
     spread = [stdev(r["test"]) if len(r["test"]) > 1 else 0.0 for r in rows]
     steps = [  # (ingredient, gain, the spread it must beat)
-        (rows[i]["ingredient"], means[i] - means[i - 1], max(spread[i], spread[i - 1]))
+        (rows[i]["ingredient"].removeprefix("+ "), means[i] - means[i - 1],
+         max(spread[i], spread[i - 1]))
         for i in range(1, len(rows))
-    ]
-    steps.append(("+ ensemble of the seeds", ablation["ensemble"] - means[-1], spread[-1]))
-    name, gain, _ = max(steps, key=lambda t: t[1])
-    unclear = [n for n, g, noise in steps if abs(g) <= noise]
-    text = (
-        f"What each ingredient bought, {what}: from {fmt(means[0])} to {fmt(means[-1])} mean "
-        f"test accuracy, {fmt(ablation['ensemble'])} as an ensemble; the largest step is "
-        f"'{name.removeprefix('+ ')}' ({gain:+.4f})."
-    )
+    ]  # fmt: skip
+    text = f"What each ingredient bought, {what}: from {fmt(means[0])} to {fmt(means[-1])} mean "
+    if seeds < 2:
+        ranked = sorted(steps, key=lambda t: -t[1])
+        return (
+            text + "test accuracy, from one seed, so no step can be told from noise; by size: "
+            + "; ".join(f"'{n}' {g:+.4f}" for n, g, _ in ranked) + "."
+        )  # fmt: skip
+    steps.append(("ensemble of the seeds", ablation["ensemble"] - means[-1], spread[-1]))
+    text += f"test accuracy over {seeds} seeds, {fmt(ablation['ensemble'])} as an ensemble."
+
+    def listed(chosen: list[tuple[str, float, float]]) -> str:
+        return "; ".join(f"'{n}' ({g:+.4f})" for n, g, _ in sorted(chosen, key=lambda t: -t[1]))
+
+    gained = [t for t in steps if t[1] > t[2]]
+    lost = [t for t in steps if -t[1] > t[2]]
+    unclear = [t for t in steps if abs(t[1]) <= t[2]]
+    if gained:
+        text += f" Gained beyond the seeds' spread: {listed(gained)}."
+    if lost:
+        text += f" Lost beyond it: {listed(lost)}."
     if unclear:
-        text += (
-            " Within the seeds' spread: "
-            + "; ".join(f"'{n.removeprefix('+ ')}'" for n in unclear)
-            + "."
-        )
+        text += f" Within it: {listed(unclear)}."
     return text

@@ -269,7 +269,9 @@ def _deep(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[str, An
     configs/recipes/ae_deep.toml)."""
     small = min(p.encs)
     recipe = overrides_tree(recipes.recipe(DEEP), p.deep, _subset(p))
-    seeds = {f"deep_enc{small}/seed{s}": {**recipe, "seed": s} for s in range(ctx.seeds)}
+    # A run directory keeps its config: the linear code's runs get their own
+    code = "_linear" if recipe.get("model_args", {}).get("linear_code") else ""
+    seeds = {f"deep_enc{small}{code}/seed{s}": {**recipe, "seed": s} for s in range(ctx.seeds)}
     runs = list(ctx.train_many(NAME, seeds).values())
     built = models.create(runs[0].config.model, **runs[0].config.model_args)
     return {
@@ -486,8 +488,8 @@ def _against_pca(result: AEResult) -> str:
     else:
         text += "It beats the linear code at every size. "
     return text + (
-        f"The deeper autoencoder at enc {deep['enc']} reaches {deep_ratio:.2f}x the linear "
-        f"code's test MSE ({fmt(result.pca[deep['enc']]['test'])})."
+        f"The deeper autoencoder at enc {deep['enc']} reaches {deep_ratio:.2f}x the principal "
+        f"components' test MSE ({fmt(result.pca[deep['enc']]['test'])})."
     )
 
 

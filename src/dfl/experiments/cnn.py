@@ -483,10 +483,12 @@ def ladder_to(arch: dict[str, Any]) -> tuple[ablation.Rung, ...]:
     return tuple(rungs)
 
 
-def alone_command(arch: dict[str, Any]) -> str:
-    """The command that trains a final-stage architecture alone at the final recipe."""
+def alone_command(arch: dict[str, Any], seeds: int = 3) -> str:
+    """The command that trains a final-stage architecture alone at the final recipe (the full
+    recipe: a profile that shortens the final stage says so in its table)."""
     sets = " ".join(f"--set model_args.{k}={str(v).lower()}" for k, v in arch.items())
-    return f"dfl train --config configs/recipes/{FINAL}.toml --seeds 0,1,2 {sets}"
+    seed_list = ",".join(map(str, range(seeds)))
+    return f"dfl train --config configs/recipes/{FINAL}.toml --seeds {seed_list} {sets}"
 
 
 # Why a notebook CNN's accuracy can miss the lab's: its protocol draws the images at random.
@@ -679,9 +681,9 @@ def section(result: CNNResult, figs: list[Figure]) -> Section:
     else:
         paragraphs.append(
             "The corrected CNN (a search over these choices on all the training images, then "
-            "its best architectures trained with augmentation for 30 epochs over seeds, "
-            "selected on validation and tested once) is the full profile's: "
-            "`dfl reproduce --profile full --only cnn`."
+            "its best architectures trained with augmentation for "
+            f"{recipes.recipe(FINAL)['epochs']} epochs over seeds, selected on validation and "
+            "tested once) is the full profile's: `dfl reproduce --profile full --only cnn`."
         )
     paragraphs.append(
         "The notebook chose its best epoch on the test set; every choice here uses a "
@@ -773,8 +775,8 @@ def _search_paragraph(result: CNNResult) -> str:
         f"{chosen['arch']['width']} filters, head dropout {_dropout(chosen['arch'])} "
         f"({chosen['params']:,} parameters); its test "
         f"accuracy is {mean_std(result.selected)}, and the ensemble of those seeds reaches "
-        f"{fmt(result.ensemble)}. It trains alone with `{alone_command(chosen['arch'])}`. "
-        + _candidate_spread(finals)
+        f"{fmt(result.ensemble)}. It trains alone with "
+        f"`{alone_command(chosen['arch'], len(result.selected))}`. " + _candidate_spread(finals)
     )
 
 

@@ -36,8 +36,9 @@ def train_all(plans: dict[str, Plan], data: Dataset, *, jobs: int, desc: str) ->
     In one process, plans that differ only in their seed, learning rate or weight decay train
     as one fused group where that pays (`fusing_pays`: dense models at small batches on a
     CPU); the others one after another. With `jobs` > 1 every plan is a worker's task of its
-    own: two 1-thread workers train as many autoencoder samples per second as a fused group
-    on two threads at batch 16, and more at 64 (docs/SPEED.md)."""
+    own: two 1-thread workers train more samples per second than a fused group on two threads
+    for the stacked autoencoder, the MLP at batch 16 and the CNN, fewer for the autoencoder
+    (0.77x at batch 16; docs/SPEED.md)."""
     bar = tqdm(total=len(plans), desc=desc, unit="run", disable=None)
     with bar:
         if jobs <= 1 or len(plans) <= 1:

@@ -352,7 +352,7 @@ def _full_stage(ctx: Context, p: Settings, numbers: dict[str, Number]) -> dict[s
             "curves": {k: first[k] for k in ("curve_pretrained", "curve_random", "curve_metric")},
             "features_from": str(runs[0].finetune.run_dir),
         }
-        recipe = f"{fv.recipe} recipe"
+        recipe = f"{fv.recipe} recipe" if fv.key in RECIPES else fv.label
         numbers[f"full.{fv.key}.after"] = Number.of(
             full[fv.key]["after"],
             f"SAE on full data, {recipe}, after fine-tuning",
@@ -571,7 +571,7 @@ def section(result: SAEResult, figs: list[Figure]) -> Section:
         ),
         "Greedy pretraining earned its reputation for deep sigmoid networks before ReLUs, good "
         "initialisation and adaptive optimisers made end-to-end training work; the "
-        "random-init columns measure what it still buys this shallow network"
+        "random-init columns measure what it still buys these networks"
         + (" with every label, and the table below what it buys with few." if few else "."),
         "The notebook measured neither number. Its runs used 1,000-image test subsets, so their "
         "accuracies move in steps of 0.001 and differ between draws; our lab-protocol rows are "

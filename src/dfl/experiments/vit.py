@@ -129,7 +129,8 @@ LADDER_START: Overrides = {
     "restore_best": True,
 }
 LADDER = (
-    ablation.Rung("4x4 patches, per-head scale, a LayerNorm head, dropout 0.1", {"model": "vit"}),
+    ablation.Rung("4x4 patches, 4 heads of 16, per-head scale, a LayerNorm head, dropout 0.1",
+                  {"model": "vit"}),
     ablation.Rung("AdamW, weight decay 0.05", {"optim.name": "adamw", "optim.weight_decay": 0.05}),
     ablation.Rung("one-cycle to lr 0.002", {"schedule.name": "onecycle", "optim.lr": 0.002}),
     ablation.Rung("shifts and rotations", {"data.augment_shift": 2, "data.augment_rotate": 10}),

@@ -92,8 +92,9 @@ def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
 # batch sizes up to this. Measured by benchmarks/fused.py (3 seeds as one against one after
 # another, samples/s, AMD EPYC, 1 / 2 threads; docs/SPEED.md has the table): the autoencoder
 # (enc 32) at batch 16 1.48x / 1.83x, at 32 1.25x / 1.53x, at 64 1.03x / 1.27x; enc 128 at 64
-# 0.95x on 1 thread (a 784-wide product gains nothing from batching there). The models fused
-# through vmap trained slower than alone (the notebook CNN 0.42x, the notebook ViT 0.98x).
+# 0.95x on 1 thread (a 784-wide product gains nothing from batching there), so the limit follows
+# the 1-thread rows. The models fused through vmap gained nothing (the notebook CNN 0.42x, the
+# notebook ViT 0.98x / 1.00x).
 # Not measured on a GPU, so auto trains runs alone there.
 FUSE_MAX_BATCH = 32
 
