@@ -518,8 +518,8 @@ def _figure_features(ctx: Canvas, run_dir) -> Figure:
     )
 
 
-def section(result: SAEResult, figs: list[Figure]) -> Section:
-    lab, full = result.lab, result.full
+def _table(lab: dict[str, Any], full: dict[str, Any]) -> Table:
+    """Every run's accuracy before and after fine-tuning, beside its random-init twin's."""
     rows = [
         [
             f"lab protocol: {v['label']}",
@@ -540,7 +540,7 @@ def section(result: SAEResult, figs: list[Figure]) -> Section:
         ]
         for entry in full.values()
     ]
-    table = Table(
+    return Table(
         [
             "run",
             "lab (after FT)",
@@ -552,6 +552,11 @@ def section(result: SAEResult, figs: list[Figure]) -> Section:
         "Test accuracy, mean ± std over seeds. Lab protocol: 1,000 random test images; "
         "full data: all 10,000, epoch selected on a 20% validation split.",
     )
+
+
+def section(result: SAEResult, figs: list[Figure]) -> Section:
+    lab, full = result.lab, result.full
+    table = _table(lab, full)
     lab_recipe, fixed = full["lab"], full["corrected"]
     few = result.scarce
     paragraphs = [

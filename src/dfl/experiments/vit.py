@@ -522,6 +522,23 @@ def _figure_rollout(ctx: Canvas, run_dir) -> Figure:
     )
 
 
+def _beyond_paragraph(result: ViTResult) -> str:
+    """The modern ViT's result, or where to get it."""
+    return (
+        f"Beyond the lab: a ViT with 4x4 patches (49 tokens instead of 16), per-head scaling, "
+        f"AdamW, a one-cycle schedule and random shifts and rotations, its epoch selected on a "
+        f"validation split, reaches {mean_std(result.beyond)} test accuracy after "
+        f"{_epochs(result.beyond_epochs)} (its recipe: `dfl train --config "
+        f"configs/recipes/{BEYOND}.toml`)."
+        if result.beyond
+        else "Beyond the lab, a modern ViT (4x4 patches, AdamW, a one-cycle schedule, "
+        "augmentation, selected on validation) trained at its own recipe of "
+        f"{_epochs(recipes.recipe(BEYOND)['epochs'])} is the full profile's: `dfl reproduce "
+        f"--profile full --only vit`, or one seed alone: `dfl train --config "
+        f"configs/recipes/{BEYOND}.toml`."
+    )
+
+
 def section(result: ViTResult, figs: list[Figure]) -> Section:
     rows = result.rows
     table = Table(
@@ -555,19 +572,7 @@ def section(result: ViTResult, figs: list[Figure]) -> Section:
         "The notebook's configurations on its protocol (Adam 1e-3, ExponentialLR "
         "0.95, batch 128, no validation)",
     )
-    beyond = (
-        f"Beyond the lab: a ViT with 4x4 patches (49 tokens instead of 16), per-head scaling, "
-        f"AdamW, a one-cycle schedule and random shifts and rotations, its epoch selected on a "
-        f"validation split, reaches {mean_std(result.beyond)} test accuracy after "
-        f"{_epochs(result.beyond_epochs)} (its recipe: `dfl train --config "
-        f"configs/recipes/{BEYOND}.toml`)."
-        if result.beyond
-        else "Beyond the lab, a modern ViT (4x4 patches, AdamW, a one-cycle schedule, "
-        "augmentation, selected on validation) trained at its own recipe of "
-        f"{_epochs(recipes.recipe(BEYOND)['epochs'])} is the full profile's: `dfl reproduce "
-        f"--profile full --only vit`, or one seed alone: `dfl train --config "
-        f"configs/recipes/{BEYOND}.toml`."
-    )
+    beyond = _beyond_paragraph(result)
     tables = [table]
     if result.study:
         tables.append(_study_table(result))
