@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dfl.experiments import ablation, cnn, vit
-from dfl.experiments.context import Context, overrides_tree
+from dfl.experiments.context import Context
 
 ARCHS = [
     {"depth": 3, "growth": "double", "kernel": 5, "pool": "last_two", "batchnorm": True,
@@ -33,8 +33,9 @@ def dump(ctx: Context, tree: dict) -> dict:
 def test_the_cnn_ladder_ends_at_the_final_stage_config(tmp_path: Path, profile: str, arch: dict):
     ctx, p = context(tmp_path, profile), cnn.PROFILES[profile]
     rungs = cnn.ladder_to(arch)
-    trees = [overrides_tree(t, cnn._final_changes(p)) for t in ablation.configs(
-        cnn.LADDER_START, rungs)]  # fmt: skip
+    plan = ablation.ladder(cnn.LADDER_START_LABEL, cnn.LADDER_START, rungs, cnn._final_changes(p))
+    trees = plan.trees
+    assert len(set(plan.below_top(2))) == 2 * len(rungs)  # a run directory per rung and seed
     top = dump(ctx, {**trees[-1], "seed": 1})
     assert top == dump(ctx, cnn._final_overrides(p, arch, 1))
     # 16 filters and no dropout are the start's: no rung for them
@@ -48,7 +49,7 @@ def test_the_cnn_ladder_ends_at_the_final_stage_config(tmp_path: Path, profile: 
 def test_the_vit_ladder_ends_at_the_modern_vits_recipe(tmp_path: Path, profile: str):
     ctx, p = context(tmp_path, profile), vit.PROFILES[profile]
     assert p.beyond is not None
-    trees = [overrides_tree(t, p.beyond) for t in ablation.configs(vit.LADDER_START, vit.LADDER)]
+    trees = ablation.ladder("start", vit.LADDER_START, vit.LADDER, p.beyond).trees
     assert dump(ctx, {**trees[-1], "seed": 1}) == dump(ctx, vit._beyond_overrides(1, p.beyond))
     start = ctx.config(trees[0])
     assert start.model == "vit_lab" and start.schedule.name == "exponential"

@@ -40,38 +40,48 @@ def configs(start: Overrides, rungs: tuple[Rung, ...]) -> list[dict[str, Any]]:
     return trees
 
 
-def run(
-    ctx: Context,
-    experiment: str,
-    start_label: str,
-    start: Overrides,
-    rungs: tuple[Rung, ...],
-    changes: Overrides,
-    top: list[Run],
-) -> dict[str, Any]:
-    """Train every rung below the top over the context's seeds (`changes`: what a profile
-    changes of every rung, {} for none; `top`: the beyond stage's runs, seed by seed) and sum
-    them up as rows, bottom first, then the ensemble row."""
+@dataclass(frozen=True)
+class Ladder:
+    """A ladder's runs for a profile: each rung's config tree (`changes`, what the profile
+    changes of every rung, applied), labelled bottom first."""
+
+    labels: list[str]
+    trees: list[dict[str, Any]]
+    changes: Overrides
+
+    def name(self, rung: int, seed: int) -> str:
+        # keyed by ingredient: a rung added or left out (cnn.ladder_to) moves no other's runs
+        return f"ablation/{slug(self.labels[rung])[:60]}/seed{seed}"
+
+    def below_top(self, seeds: int) -> dict[str, Overrides]:
+        """The runs to train: every rung but the top, whose runs are the beyond stage's."""
+        return {
+            self.name(i, s): {**tree, "seed": s}
+            for i, tree in enumerate(self.trees[:-1])
+            for s in range(seeds)
+        }
+
+
+def ladder(
+    start_label: str, start: Overrides, rungs: tuple[Rung, ...], changes: Overrides
+) -> Ladder:
     labels = [start_label, *(f"+ {r.ingredient}" for r in rungs)]
     trees = [overrides_tree(tree, changes) for tree in configs(start, rungs)]
+    return Ladder(labels, trees, dict(changes))
+
+
+def collect(ctx: Context, plan: Ladder, runs: dict[str, Run], top: list[Run]) -> dict[str, Any]:
+    """The ladder's rows, bottom first, from its trained runs (`runs`, by plan.name) and the
+    beyond stage's (`top`, seed by seed, checked to be the top rung's configs), then the
+    ensemble of the top's seeds."""
     for s, run_ in enumerate(top):
-        staged = ctx.config({**trees[-1], "seed": s}).model_dump()
+        staged = ctx.config({**plan.trees[-1], "seed": s}).model_dump()
         if staged != run_.config.model_dump():  # a ladder that drifted from its recipe
-            raise AssertionError(f"the {experiment} ladder's top is not {run_.run_dir}'s config")
-    # keyed by ingredient: a rung added or left out (cnn.ladder_to) moves no other rung's runs
-    name = lambda i, s: f"ablation/{slug(labels[i])[:60]}/seed{s}"  # noqa: E731
-    runs = ctx.train_many(
-        experiment,
-        {
-            name(i, s): {**tree, "seed": s}
-            for i, tree in enumerate(trees[:-1])
-            for s in range(ctx.seeds)
-        },
-    )
-    runs |= {name(len(trees) - 1, s): r for s, r in enumerate(top)}
+            raise AssertionError(f"the ladder's top is not {run_.run_dir}'s config")
+    runs = runs | {plan.name(len(plan.trees) - 1, s): r for s, r in enumerate(top)}
     rows = []
-    for i, label in enumerate(labels):
-        seeds = [runs[name(i, s)] for s in range(ctx.seeds)]
+    for i, label in enumerate(plan.labels):
+        seeds = [runs[plan.name(i, s)] for s in range(len(top))]
         rows.append(
             {
                 "ingredient": label,
@@ -83,7 +93,12 @@ def run(
             }
         )
     top_dirs = [r.run_dir for r in top]
-    return {"rows": rows, "ensemble": ensemble_accuracy(ctx, top_dirs), "changes": dict(changes)}
+    return {"rows": rows, "ensemble": ensemble_accuracy(ctx, top_dirs), "changes": plan.changes}
+
+
+def run(ctx: Context, experiment: str, plan: Ladder, top: list[Run]) -> dict[str, Any]:
+    """Train the ladder below its top (`top`: the beyond stage's runs) and collect its rows."""
+    return collect(ctx, plan, ctx.train_many(experiment, plan.below_top(ctx.seeds)), top)
 
 
 def probabilities_on_test(ctx: Context, run_dir: str | Path) -> torch.Tensor:

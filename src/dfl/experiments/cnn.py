@@ -171,10 +171,9 @@ def run(ctx: Context, p: Settings) -> CNNResult:
     runs = finals[chosen]
     ensemble, confusion, wrong = _ensemble(ctx, runs)
     selected = [r.final["test_accuracy"] for r in runs]
-    ladder = ablation.run(
-        ctx, NAME, LADDER_START_LABEL, LADDER_START, ladder_to(candidates[chosen]["arch"]),
-        _final_changes(p), runs,
-    )  # fmt: skip
+    rungs = ladder_to(candidates[chosen]["arch"])
+    plan = ablation.ladder(LADDER_START_LABEL, LADDER_START, rungs, _final_changes(p))
+    ladder = ablation.run(ctx, NAME, plan, runs)
     return CNNResult(
         faithful=faithful,
         study=study,

@@ -162,8 +162,10 @@ def run(ctx: Context, p: Settings) -> ViTResult:
         if p.beyond is not None
         else {}
     )
+    plan = ablation.ladder(LADDER_START_LABEL, LADDER_START, LADDER, p.beyond or {})
+    ladder_runs = plan.below_top(ctx.seeds) if beyond_runs else {}
     # All of them are independent: with --jobs they train side by side.
-    runs = ctx.train_many(NAME, {**lab_runs, **study_runs, **beyond_runs})
+    runs = ctx.train_many(NAME, {**lab_runs, **study_runs, **beyond_runs, **ladder_runs})
     rows = [_row(cfg, p, runs[f"lab/{_key(cfg)}"]) for cfg in configs]
     numbers = {
         f"lab.{_key(cfg)}.test_accuracy": Number.of(
@@ -172,11 +174,7 @@ def run(ctx: Context, p: Settings) -> ViTResult:
         for cfg, row in zip(configs, rows, strict=True)
     }
     beyond = [runs[k] for k in beyond_runs]
-    ladder = (
-        ablation.run(ctx, NAME, LADDER_START_LABEL, LADDER_START, LADDER, p.beyond, beyond)
-        if p.beyond is not None
-        else {}
-    )
+    ladder = ablation.collect(ctx, plan, runs, beyond) if beyond else {}
     beyond_acc = [r.final["test_accuracy"] for r in beyond]
     if beyond:
         numbers["beyond.test_accuracy"] = Number.of(
