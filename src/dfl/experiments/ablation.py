@@ -70,10 +70,16 @@ def ladder(
     return Ladder(labels, trees, dict(changes))
 
 
-def collect(ctx: Context, plan: Ladder, runs: dict[str, Run], top: list[Run]) -> dict[str, Any]:
+def collect(
+    ctx: Context,
+    plan: Ladder,
+    runs: dict[str, Run],
+    top: list[Run],
+    ensemble: float | None = None,
+) -> dict[str, Any]:
     """The ladder's rows, bottom first, from its trained runs (`runs`, by plan.name) and the
     beyond stage's (`top`, seed by seed, checked to be the top rung's configs), then the
-    ensemble of the top's seeds."""
+    ensemble of the top's seeds (`ensemble`: its accuracy where the stage measured it)."""
     for s, run_ in enumerate(top):
         staged = ctx.config({**plan.trees[-1], "seed": s}).model_dump()
         if staged != run_.config.model_dump():  # a ladder that drifted from its recipe
@@ -92,13 +98,17 @@ def collect(ctx: Context, plan: Ladder, runs: dict[str, Run], top: list[Run]) ->
                 "epochs": seeds[0].config.epochs,
             }
         )
-    top_dirs = [r.run_dir for r in top]
-    return {"rows": rows, "ensemble": ensemble_accuracy(ctx, top_dirs), "changes": plan.changes}
+    if ensemble is None:
+        ensemble = ensemble_accuracy(ctx, [r.run_dir for r in top])
+    return {"rows": rows, "ensemble": ensemble, "changes": plan.changes}
 
 
-def run(ctx: Context, experiment: str, plan: Ladder, top: list[Run]) -> dict[str, Any]:
+def run(
+    ctx: Context, experiment: str, plan: Ladder, top: list[Run], ensemble: float | None = None
+) -> dict[str, Any]:
     """Train the ladder below its top (`top`: the beyond stage's runs) and collect its rows."""
-    return collect(ctx, plan, ctx.train_many(experiment, plan.below_top(ctx.seeds)), top)
+    trained = ctx.train_many(experiment, plan.below_top(ctx.seeds))
+    return collect(ctx, plan, trained, top, ensemble)
 
 
 def probabilities_on_test(ctx: Context, run_dir: str | Path) -> torch.Tensor:

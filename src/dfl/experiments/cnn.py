@@ -173,7 +173,7 @@ def run(ctx: Context, p: Settings) -> CNNResult:
     selected = [r.final["test_accuracy"] for r in runs]
     rungs = ladder_to(candidates[chosen]["arch"])
     plan = ablation.ladder(LADDER_START_LABEL, LADDER_START, rungs, _final_changes(p))
-    ladder = ablation.run(ctx, NAME, plan, runs)
+    ladder = ablation.run(ctx, NAME, plan, runs, ensemble)  # the same seeds' ensemble
     return CNNResult(
         faithful=faithful,
         study=study,
