@@ -56,13 +56,14 @@ class Settings:
     trials: int  # 0: no search and no final stage (beyond the lab: the larger profiles)
     final_subset: int | None  # the final stage's training images (None: all, as its recipe)
     final_epochs: int | None  # None: its recipe's (configs/recipes/cnn_final.toml)
+    final_test_subset: int | None = None  # its test images (None: all 10,000)
 
 
 # Every profile answers the lab's question with the one-change-at-a-time study; the search and
 # the final stage (the corrected CNN beside the lab's number) are full recipes, in full and
 # complete only (smoke runs them tiny, for the tests).
 PROFILES = {
-    "smoke": Settings(1, 1, (1000, 500), (1000, 500), 1, 2, 2000, 1, 2, 2000, 1),
+    "smoke": Settings(1, 1, (1000, 500), (1000, 500), 1, 2, 2000, 1, 2, 2000, 1, 500),
     "preview": Settings(20, 1, (10000, 2000), (10000, 2000), 2, 3, 6000, 2, 0, 12000, 3),
     "lab": Settings(20, 20, (10000, 2000), (10000, 2000), 3, 3, 6000, 2, 0, 12000, 3),
     "full": Settings(20, 20, (10000, 2000), (10000, 2000), 6, 3, None, 6, 24, None, None),
@@ -436,6 +437,8 @@ def _final_changes(p: Settings) -> Overrides:
         changes["epochs"] = p.final_epochs
     if p.final_subset:
         changes["data.train_subset"] = p.final_subset
+    if p.final_test_subset:
+        changes["data.test_subset"] = p.final_test_subset
     return changes
 
 

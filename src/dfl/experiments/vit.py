@@ -74,7 +74,7 @@ PROFILES = {
         1,
         1000,
         ((32, 6, 8, 64),),
-        {"epochs": 1, "data.train_subset": 2000},
+        {"epochs": 1, "data.train_subset": 2000, "data.test_subset": 500},
         (1000, 500),
         1,
         2,
