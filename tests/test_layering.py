@@ -1,6 +1,6 @@
 """The package's layers, read from its imports: data flows one way, data -> models ->
 objectives -> training -> results (sweeps and experiments) -> report -> commands, and no module
-imports one from a layer above it (README, Layout)."""
+imports one from a layer above it (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
