@@ -304,6 +304,11 @@ def test_an_experiments_runs_that_differ_in_their_seed_train_as_one(data, tmp_pa
     assert results["mlp"].config.model == "mlp" and results["seed2"].config.seed == 2
     alone = fit(ctx.config(runs["seed2"]), tmp_path / "alone", dataset=data, epoch_bar=False)
     assert results["seed2"].final["test_loss"] == pytest.approx(alone.final["test_loss"], rel=1e-5)
+    # DFL_FUSE=off: the same runs, each alone (what a reproduction is timed against).
+    monkeypatch.setenv("DFL_FUSE", "off")
+    off = Context(tmp_path / "off", "smoke", data, "synthetic", "cpu").train_many("exp", runs)
+    assert groups == [list(SEEDS)] and list(off) == list(runs)
+    assert off["seed2"].final["test_loss"] == alone.final["test_loss"]
 
 
 @pytest.mark.slow

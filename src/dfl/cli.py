@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Environment: DFL_DATA_DIR (where datasets are cached), DFL_MALLOC_TUNING=0 (leave "
         "glibc's malloc as the system set it up; see the README's Speed section), "
         "DFL_SHARE_CORES=0 (a CPU run without --threads keeps one thread per core instead of "
-        "sharing the cores with the other dfl trainings alive on the machine).",
+        "sharing the cores with the other dfl trainings alive on the machine), DFL_FUSE=off "
+        "(train every run alone where --fuse auto would train same-shape runs as one).",
     )
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, metavar="COMMAND"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 import warnings
 from typing import TypeVar
@@ -97,12 +98,16 @@ def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
 # notebook ViT 0.98x / 1.00x).
 # Not measured on a GPU, so auto trains runs alone there.
 FUSE_MAX_BATCH = 32
+# DFL_FUSE=off: `auto` trains every run alone (`dfl train --fuse on` still fuses), for timing
+# what fusing buys a whole reproduction or sweep on the same code (docs/SPEED.md).
+OPT_OUT = "DFL_FUSE"
 
 
 def fuse_pays(cfg: TrainConfig, model: nn.Module) -> bool:
     """Whether `fuse = "auto"` trains runs of `cfg` (its `model`) as one (see FUSE_MAX_BATCH)."""
     return (
-        resolve_device(cfg.device).type == "cpu"
+        os.environ.get(OPT_OUT, "").lower() not in ("off", "0")
+        and resolve_device(cfg.device).type == "cpu"
         and cfg.batch_size <= FUSE_MAX_BATCH
         and can_stack(model)
     )
