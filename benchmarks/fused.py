@@ -10,8 +10,14 @@ alone in 2 spawned processes of 1 thread each (seeds 0 and 2 in one, 1 in the ot
 `dfl reproduce --jobs 2` would share them), timed from a common start to the last finish: the
 column "2 workers/s" and its ratio to the fused group on 2 threads.
 
+With --beside, the fused/alone comparison runs in 2 spawned one-thread processes at once, each
+with its own 3 seeds, both alone or both fused at the same time (a barrier between the
+phases): what two sweep workers sharing 2 cores see, where the cores' shared caches and memory
+bandwidth are shared too. Its column is each process's fused/alone ratio, median over both
+processes and the repeats.
+
 Usage: python benchmarks/fused.py [--repeats 3] [--steps 40] [--seeds 3] [--models autoencoder]
-         [--workers]
+         [--batches 16,32] [--threads 1,2] [--workers] [--beside]
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from throughput import Case, trainer
 
 CASES = [
     *[Case("autoencoder", b, {"enc": 32}) for b in (16, 32, 64)],
-    *[Case("autoencoder", b, {"enc": 128}) for b in (16, 64)],
-    *[Case("stacked_autoencoder", b, optim=("sgd", 1.0)) for b in (16, 64)],
-    *[Case("mlp", b) for b in (16, 64)],
+    *[Case("autoencoder", b, {"enc": 64}) for b in (16, 32)],
+    *[Case("autoencoder", b, {"enc": 128}) for b in (16, 32, 64)],
+    *[Case("stacked_autoencoder", b, optim=("sgd", 1.0)) for b in (16, 32, 64)],
+    *[Case("mlp", b) for b in (16, 32, 64)],
     Case("cnn_explore", 100),  # the notebook CNN
     Case("vit_lab", 128),  # the notebook ViT
     Case("vit", 128),
@@ -111,6 +118,36 @@ def time_two_workers(case: Case, steps: int, seeds: int) -> float:
     return n / (max(r[2] for r in results) - min(r[1] for r in results))
 
 
+def _beside_worker(case: Case, steps: int, seeds: int, repeats: int, phase, done) -> None:
+    """One of the --beside processes: its own seeds, alone then fused, each phase started
+    together with the other process; puts its fused/alone ratios."""
+    as_dfl_trains()
+    torch.set_num_threads(1)
+    runs = seeds_of(case, load_dataset("mnist"), steps, seeds)
+    time_alone(runs), time_fused(runs)  # warm-up
+    ratios = []
+    for _ in range(repeats):
+        phase.wait()
+        alone = time_alone(runs)
+        phase.wait()
+        ratios.append(time_fused(runs) / alone)
+    done.put(ratios)
+
+
+def time_beside(case: Case, steps: int, seeds: int, repeats: int) -> list[float]:
+    """Fused/alone ratios of 2 one-thread processes comparing at the same time."""
+    spawn = mp.get_context("spawn")
+    phase, done = spawn.Barrier(2), spawn.Queue()
+    args = (case, steps, seeds, repeats, phase, done)
+    procs = [spawn.Process(target=_beside_worker, args=args) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    ratios = [r for _ in procs for r in done.get()]
+    for proc in procs:
+        proc.join()
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -120,6 +157,9 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batches", help="comma-separated subset of batch sizes")
     parser.add_argument("--workers", action="store_true", help="also 2 one-thread workers")
+    parser.add_argument(
+        "--beside", action="store_true", help="also fused/alone in 2 one-thread processes at once"
+    )
     args = parser.parse_args()
     as_dfl_trains()
     data = load_dataset("mnist")
@@ -148,6 +188,12 @@ def main() -> None:
                 line += (
                     f"  2 workers/s {statistics.median(two):.0f}, x fused "
                     f"{statistics.median(versus):.2f} ({min(versus):.2f}-{max(versus):.2f})"
+                )
+            if args.beside and threads == 1:
+                both = time_beside(case, args.steps, args.seeds, args.repeats)
+                line += (
+                    f"  beside another x {statistics.median(both):.2f} "
+                    f"({min(both):.2f}-{max(both):.2f})"
                 )
             print(line, flush=True)
 
