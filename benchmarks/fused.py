@@ -33,7 +33,7 @@ import torch
 from dfl.data import load_dataset
 from dfl.runtime import flushed_to_zero
 from dfl.runtime.allocator import keep_freed_memory
-from dfl.training.fused import FusedGroup
+from dfl.training.fused import FusedGroup, fuse_pays
 from dfl.training.trainer import global_rng_state
 from throughput import Case, trainer
 
@@ -148,6 +148,64 @@ def time_beside(case: Case, steps: int, seeds: int, repeats: int) -> list[float]
     return ratios
 
 
+def auto_decides(case: Case, data) -> str:
+    """What `fuse = "auto"` does with runs of `case` in this process: the rule as it stands."""
+    t = trainer(case, data, 1)
+    return "fuse" if fuse_pays(t.cfg, t.model) else "alone"
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def study(
+    cases: list[Case],
+    data,
+    *,
+    steps: int,
+    repeats: int,
+    seeds: int = 3,
+    threads: tuple[int, ...] = (1, 2),
+    workers: bool = False,
+    beside: bool = False,
+) -> list[list]:
+    """One row per case and thread count: samples/s alone and fused, their ratio, and with
+    `beside` (1 thread) the ratio in two processes at once, with `workers` (2 threads) 2
+    one-thread workers against the fused group; last, what `auto` decides for the case."""
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+        for case in cases:
+            runs = seeds_of(case, data, steps, seeds)
+            time_alone(runs), time_fused(runs)  # warm-up
+            alone, fused = [], []
+            for _ in range(repeats):
+                alone.append(time_alone(runs))
+                fused.append(time_fused(runs))
+            row = [case.label, case.batch, n, f"{statistics.median(alone):.0f}",
+                   f"{statistics.median(fused):.0f}",
+                   _spread([f / a for f, a in zip(fused, alone, strict=True)])]  # fmt: skip
+            if beside:
+                row.append(_spread(time_beside(case, steps, seeds, repeats)) if n == 1 else "")
+            if workers:
+                two = (
+                    [time_two_workers(case, steps, seeds) for _ in range(repeats)] if n == 2 else []
+                )
+                row.append(_spread([w / f for w, f in zip(two, fused, strict=True)]) if two else "")
+            rows.append([*row, auto_decides(case, data)])
+            print("  ".join(str(c) for c in rows[-1]), flush=True)
+    return rows
+
+
+def header(*, workers: bool, beside: bool) -> list[str]:
+    return [
+        "model", "batch", "threads", "alone samples/s", "fused samples/s", "fused / alone",
+        *(["fused / alone, 2 processes at once (1 thread each)"] if beside else []),
+        *(["2 one-thread workers / fused (2 threads)"] if workers else []),
+        "auto",
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -166,36 +224,12 @@ def main() -> None:
     cases = [c for c in CASES if not args.models or c.model in args.models.split(",")]
     if args.batches:
         cases = [c for c in cases if c.batch in map(int, args.batches.split(","))]
-    print(f"{'model':<22} {'batch':>5} {'threads':>7} {'alone/s':>9} {'fused/s':>9} {'x':>10}")
-    for threads in map(int, args.threads.split(",")):
-        torch.set_num_threads(threads)
-        for case in cases:
-            runs = seeds_of(case, data, args.steps, args.seeds)
-            time_alone(runs), time_fused(runs)  # warm-up
-            alone, fused = [], []
-            for _ in range(args.repeats):
-                alone.append(time_alone(runs))
-                fused.append(time_fused(runs))
-            ratios = [f / a for f, a in zip(fused, alone, strict=True)]
-            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-            line = (
-                f"{case.label:<22} {case.batch:>5} {threads:>7} {statistics.median(alone):>9.0f} "
-                f"{statistics.median(fused):>9.0f} {statistics.median(ratios):>5.2f} ({spread})"
-            )
-            if args.workers and threads == 2:
-                two = [time_two_workers(case, args.steps, args.seeds) for _ in range(args.repeats)]
-                versus = [w / f for w, f in zip(two, fused, strict=True)]
-                line += (
-                    f"  2 workers/s {statistics.median(two):.0f}, x fused "
-                    f"{statistics.median(versus):.2f} ({min(versus):.2f}-{max(versus):.2f})"
-                )
-            if args.beside and threads == 1:
-                both = time_beside(case, args.steps, args.seeds, args.repeats)
-                line += (
-                    f"  beside another x {statistics.median(both):.2f} "
-                    f"({min(both):.2f}-{max(both):.2f})"
-                )
-            print(line, flush=True)
+    print("  ".join(header(workers=args.workers, beside=args.beside)))
+    study(
+        cases, data, steps=args.steps, repeats=args.repeats, seeds=args.seeds,
+        threads=tuple(map(int, args.threads.split(","))), workers=args.workers,
+        beside=args.beside,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ For every lab model at its lab batch size: training samples/s of dfl's trainer a
 textbook loop (see throughput.py), the same model, optimiser and images, in one process,
 alternating, after a warm-up, over several repeats; their ratio (median, min-max spread); the
 achieved FLOP/s against the matmul peak measured in the same run. Then the studies behind
-dfl's defaults (studies.py), a reproduction's wall time and peak memory (recorded in
+dfl's defaults (studies.py), what training runs as one buys and what `fuse = "auto"` decides
+(fused.py), a reproduction's wall time and peak memory (recorded in
 src/dfl/experiments/profile_costs.json, which --help and the report quote), and the whole as
 benchmarks/RESULTS.md with the machine it ran on.
 
@@ -27,10 +28,12 @@ from pathlib import Path
 import torch
 
 import compare_runs
+import fused
 import studies
 from dfl.data import load_dataset
 from dfl.runtime.allocator import keep_freed_memory
 from dfl.runtime.atomic import atomic_file
+from dfl.training.fused import FUSE_MAX_BATCH
 from profile_cost import cpu_name, record_cost, reproduction
 from throughput import (
     CASES,
@@ -45,6 +48,16 @@ from throughput import (
     training_flops_per_sample,
 )
 
+# The runs `auto` groups and the nearest it leaves alone (docs/SPEED.md has the wider table,
+# from fused.py): the autoencoder about its limit, the wide one that loses at batch 32, and the
+# models that would fuse through vmap.
+FUSED_CASES = [
+    *[Case("autoencoder", b, {"enc": 32}) for b in (16, 32, 64)],
+    Case("autoencoder", 32, {"enc": 128}),
+    Case("stacked_autoencoder", 16, optim=("sgd", 1.0)),
+    Case("cnn_explore", 100),
+    Case("vit_lab", 128),
+]
 # The compute-bound models, at batch >= 128 where their FLOP utilisation is judged.
 # The precision and compile studies; the modern ViT too, as the full profile's longest runs.
 BIG_BATCH = [Case(m, 128) for m in ("cnn_lab", "cnn_explore", "vit_lab", "vit")]
@@ -215,6 +228,18 @@ def main() -> None:
                 3, args.repeats,
             ),
         )  # fmt: skip
+    grouped = pick(FUSED_CASES)
+    if grouped:
+        threads = (1, 2) if cores > 1 else (1,)
+        report.table(
+            "Runs as one (dfl/training/fused.py): 3 seeds trained as one fused group against "
+            "the same 3 one after another in one process; `auto` is what the rule "
+            f"(FUSE_MAX_BATCH = {FUSE_MAX_BATCH}) does with them here",
+            fused.header(workers=cores > 1, beside=cores > 1),
+            fused.study(grouped, data, steps=args.steps, repeats=args.repeats, threads=threads,
+                        workers=cores > 1, beside=cores > 1),
+        )  # fmt: skip
+        torch.set_num_threads(cores)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report.text(f"\nMatmul ceilings measured during this run: {ceiling.summary()}.")
     report.text(f"Peak resident memory of this benchmark: {peak_rss:.0f} MB.")
