@@ -95,7 +95,9 @@ def fuse_blocker(cfgs: list[TrainConfig]) -> str | None:
 # (enc 32) at batch 16 1.48x / 1.83x, at 32 1.25x / 1.53x, at 64 1.03x / 1.27x; enc 128 at 64
 # 0.95x on 1 thread (a 784-wide product gains nothing from batching there), so the limit follows
 # the 1-thread rows. The models fused through vmap gained nothing (the notebook CNN 0.42x, the
-# notebook ViT 0.98x / 1.00x).
+# notebook ViT 0.98x / 1.00x). Two processes grouping at once (a sweep's workers, --beside)
+# gain what one does alone, so the limit holds for them too. Its one measured miss: the
+# autoencoder with a code of 128 at batch 32 (0.92x), whose step is already arithmetic-bound.
 # Not measured on a GPU, so auto trains runs alone there.
 FUSE_MAX_BATCH = 32
 # DFL_FUSE=off: `auto` trains every run alone (`dfl train --fuse on` still fuses), for timing
