@@ -40,10 +40,10 @@ from dfl import cli
 from dfl.config import build_config
 from dfl.sweep import study as studies
 from dfl.sweep.launch import run_sweep
-from dfl.sweep.spec import load_spec
-from dfl.sweep.storage import ReconnectingStorage, describe_url, open_storage, storage_url
-from dfl.sweep.trial import run_dir_name
-from dfl.sweep.worker import _fail_stale_trials, pop_waiting, run_worker
+from dfl.sweep.spec import check_trials, load_spec
+from dfl.sweep.storage import ReconnectingStorage, describe_url, open_storage, storage_url, study_id
+from dfl.sweep.trial import WorkerContext, run_dir_name
+from dfl.sweep.worker import _claim, _fail_stale_trials, claim_siblings, pop_waiting, run_worker
 from dfl.training.run import fit
 from dfl.training.run_dir import read_history, read_status
 
@@ -335,6 +335,33 @@ def test_grid_points_that_differ_in_seed_and_rate_train_as_one_group(tmp_path: P
         expected = alone.history[cfg.epochs - 1]["val_loss"]
         assert trial.user_attrs["curve"][-1]["val_loss"] == pytest.approx(expected, rel=1e-5)
         assert list(trial.intermediate_values) == list(range(1, cfg.epochs + 1))
+
+
+def test_a_worker_claims_a_whole_group_rather_than_the_rest_of_one_being_claimed(
+    tmp_path: Path, idx_dir: Path
+):
+    """Two workers starting together: the one that finds a group's first trial taken (its
+    claimer still taking the siblings) claims the next group whole instead of splitting the
+    first; the rest of a taken group is claimed only once nothing else is queued."""
+    body = "[grid]\nbatch_size = [16, 8]\nseed = [0, 1, 2]\n"
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, body)
+    url = prepare(spec_path, tmp_path / "sweep")
+    storage = open_storage(url)
+    study, spec = studies.load(load_spec(spec_path).name, storage)
+    ctx = WorkerContext(spec=spec, study=study, storage=study._storage,
+                        study_id=study_id(storage, spec.name), sweep_dir=tmp_path / "sweep",
+                        reuse_epochs=check_trials(spec), log=lambda line: None)  # fmt: skip
+    batch = {t.number: t.system_attrs["fixed_params"]["batch_size"] for t in study.trials}
+    first = pop_waiting(ctx.storage, ctx.study_id)  # the other worker, before its siblings
+    assert [batch[n] for n in sorted(batch)][:3] == [16] * 3  # the queue's next: its siblings
+    assert first is not None
+    taken = ctx.storage.get_trial(first).number
+    claimed = _claim(ctx)
+    assert claimed is not None
+    group = [claimed[0].number] + [t.number for t, _ in claim_siblings(ctx, claimed[1])]
+    assert len(group) == 3 and {batch[n] for n in group} == {16, 8} - {batch[taken]}
+    rest = _claim(ctx)  # only the first group's two are left
+    assert rest is not None and batch[rest[0].number] == batch[taken]
 
 
 def test_search_with_median_pruner_prunes(tmp_path: Path, idx_dir: Path):

@@ -65,6 +65,8 @@ class WorkerContext:
     log: Log
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     datasets: dict[tuple[str, str | None], Dataset] = field(default_factory=dict)
+    # each queued grid point's group, as worker._fusable_shape found it
+    shapes: dict[tuple[str, bool], str | None] = field(default_factory=dict)
 
     def dataset(self, cfg: TrainConfig) -> Dataset:
         """Loaded once per worker, not once per trial (MNIST takes a second to read)."""

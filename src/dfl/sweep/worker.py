@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,8 @@ def _stored_spec(name: str, url: str) -> SweepSpec:
 def _claim(ctx: WorkerContext) -> tuple[optuna.Trial, int] | None:
     """A queued trial (grid points, requeued trials), else for a search a new one while the
     budget lasts; None when there is nothing to start."""
-    trial_id = pop_waiting(ctx.storage, ctx.study_id)
+    group_of = lambda attrs: _fusable_shape(ctx, attrs, check_pays=True)  # noqa: E731
+    trial_id = pop_waiting(ctx.storage, ctx.study_id, group_of)
     if trial_id is not None:
         return optuna.trial.Trial(ctx.study, trial_id), trial_id
     if ctx.spec.search is None:
@@ -146,11 +147,35 @@ def _claim(ctx: WorkerContext) -> tuple[optuna.Trial, int] | None:
     return trial, ctx.storage.get_trial_id_from_study_id_trial_number(ctx.study_id, trial.number)
 
 
-def pop_waiting(storage: optuna.storages.BaseStorage, study_id: int) -> int | None:
+def pop_waiting(
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    group_of: Callable[[dict[str, Any]], str | None] | None = None,
+) -> int | None:
     """Mark the first WAITING trial RUNNING and return its id; None if none is left. The
     storage changes the state only if it is still WAITING, in one transaction (see
-    storage.py for what that takes on SQLite), so each queued trial is popped once."""
-    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    storage.py for what that takes on SQLite), so each queued trial is popped once.
+
+    `group_of(system_attrs)`: the group a queued trial would train in (None: it trains
+    alone). A trial whose group another worker has begun to claim comes last: that worker is
+    taking its siblings one by one, and two workers that start together would otherwise split
+    the first group between them (2 runs and 1, each slower than 3 as one)."""
+    waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
+    busy: set[str | None] = set()
+    if group_of is not None:
+        running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        busy = {group_of(t.system_attrs) for t in running} - {None}
+    later = []
+    for frozen in waiting:
+        group = group_of(frozen.system_attrs) if group_of is not None else None
+        if group is not None and group in busy:
+            later.append(frozen)
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        if _take(storage, trial_id):
+            return trial_id
+        busy.add(group)  # another worker took it this instant, and is claiming its siblings
+    for frozen in later:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         if _take(storage, trial_id):
             return trial_id
@@ -201,12 +226,21 @@ def _fusable_shape(
 ) -> str | None:
     """What a queued grid point trains, but for PER_RUN_KEYS (None when it cannot join a group):
     its run's config and the epoch it pauses at."""
-    from dfl.training.fused import fusing_pays, step_shape
-
     fixed = system_attrs.get("fixed_params")
     grid = ctx.spec.grid
     if not fixed or grid is None or set(fixed) != set(grid):
         return None
+    key = (json.dumps(fixed, sort_keys=True), check_pays)
+    if key not in ctx.shapes:  # asked of every queued trial at every claim: build each once
+        ctx.shapes[key] = _shape_of(ctx, fixed, grid, check_pays)
+    return ctx.shapes[key]
+
+
+def _shape_of(
+    ctx: WorkerContext, fixed: dict[str, Any], grid: dict[str, Any], check_pays: bool
+) -> str | None:
+    from dfl.training.fused import fusing_pays, step_shape
+
     try:
         params = {key: decode(value, grid[key]) for key, value in fixed.items()}
         plan = run_plan(ctx.spec, params, ctx.reuse_epochs)
