@@ -35,11 +35,12 @@ def test_the_cnn_ladder_ends_at_the_final_stage_config(tmp_path: Path, profile: 
     rungs = cnn.ladder_to(arch)
     plan = ablation.ladder(cnn.LADDER_START_LABEL, cnn.LADDER_START, rungs, cnn._final_changes(p))
     trees = plan.trees
-    assert len(set(plan.below_top(2))) == 2 * len(rungs)  # a run directory per rung and seed
-    top = dump(ctx, {**trees[-1], "seed": 1})
-    assert top == dump(ctx, cnn._final_overrides(p, arch, 1))
+    # a run directory per rung and seed below the two stages' rungs
+    assert len(set(plan.below_top(2, tops=2))) == 2 * (len(rungs) - 1)
+    assert dump(ctx, {**trees[-2], "seed": 1}) == dump(ctx, cnn._final_overrides(p, arch, 1))
+    assert dump(ctx, {**trees[-1], "seed": 1}) == dump(ctx, cnn._long_overrides(p, arch, 1))
     # 16 filters and no dropout are the start's: no rung for them
-    assert len(rungs) == 4 + (arch["width"] != 16) + ("dropout" in arch)
+    assert len(rungs) == 5 + (arch["width"] != 16) + ("dropout" in arch)
     if profile == "full":  # every rung changes something (the smoke profile's epochs hide one)
         configs = [dump(ctx, t) for t in trees]
         assert all(a != b for a, b in itertools.pairwise(configs))

@@ -11,16 +11,17 @@ import pytest
 from dfl.config import build_config, parse_value
 from dfl.experiments import ae, cnn, recipes, vit
 from dfl.experiments.context import Context, overrides_tree
+from dfl.models.registry import with_model_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_checkout_folder_is_the_package_folder():
     assert (ROOT / "configs" / "recipes").resolve() == recipes.FOLDER.resolve()
-    assert recipes.names() == ["ae_deep", "cnn_final", "vit_modern"]
+    assert recipes.names() == ["ae_deep", "cnn_final", "cnn_long", "vit_modern"]
 
 
-@pytest.mark.parametrize("name", ["ae_deep", "cnn_final", "vit_modern"])
+@pytest.mark.parametrize("name", ["ae_deep", "cnn_final", "cnn_long", "vit_modern"])
 def test_each_recipe_is_a_valid_config_file(name: str):
     cfg = build_config(recipes.path(name))
     assert cfg.restore_best and cfg.data.val_fraction > 0  # selected on validation
@@ -68,3 +69,30 @@ def test_the_cnns_final_stage_trains_its_recipe_with_the_architecture_it_prints(
     assert smoke.model_dump(exclude=common | {"epochs"}) == staged.model_dump(
         exclude=common | {"epochs"}
     )
+
+
+# The full profile's selection, as configs/recipes/cnn_long.toml's model arguments hold it.
+SELECTED = {"depth": 3, "growth": "double", "kernel": 5, "pool": "every_second",
+            "batchnorm": True, "activation": "relu", "width": 32, "dropout": 0.5}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", [SELECTED, {**SELECTED, "width": 16, "activation": "tanh"}])
+def test_the_long_stage_trains_its_recipe_with_the_architecture_it_prints(tmp_path: Path, arch):
+    """The long stage is the final recipe at the long recipe's epochs, nothing else changed;
+    the command the report prints for it builds the very config the stage trains, whatever
+    architecture the stage selected, and the recipe file alone trains the full profile's."""
+    ctx, full = context(tmp_path, "full"), cnn.PROFILES["full"]
+    staged = ctx.config(cnn._long_overrides(full, arch, 1))
+    final = ctx.config(cnn._final_overrides(full, arch, 1))
+    assert staged.epochs == recipes.recipe(cnn.LONG)["epochs"] > final.epochs
+    assert staged.model_dump(exclude={"epochs"}) == final.model_dump(exclude={"epochs"})
+    sets = cnn.alone_command(arch, recipe=cnn.LONG).split("--set ")[1:]
+    overrides = {"seed": 1} | {k: parse_value(v) for k, v in (a.strip().split("=") for a in sets)}
+    alone = build_config(recipes.path(cnn.LONG), overrides=overrides_tree(overrides))
+    common = {"device", "precision", "checkpoint_interval_s", "data"}
+    assert staged.model_dump(exclude=common) == alone.model_dump(exclude=common)
+    if arch == SELECTED:  # the file as it is: the same model, its other arguments the defaults
+        plain = build_config(recipes.path(cnn.LONG), overrides={"seed": 1})
+        assert with_model_defaults(plain).model_dump(exclude=common) == with_model_defaults(
+            staged
+        ).model_dump(exclude=common)

@@ -2,9 +2,10 @@
 
 Each rung adds one ingredient to the rung below it (wider layers, augmentation, dropout, a
 schedule, more epochs) and trains over seeds, selected on validation and tested once. The top
-rung is the recipe the experiment's beyond stage trained, so its runs are those (checked, and
-tests/test_ablation.py holds each ladder to its recipe). A last row averages the top rung's
-seeds' predicted probabilities: what ensembling adds. Every row
+rungs are the recipes the experiment's beyond stages trained (the CNN's final recipe, then the
+same CNN trained longer), so their runs are those (checked, and tests/test_ablation.py holds
+each ladder to its recipes). A last row averages the top rung's seeds' predicted
+probabilities: what ensembling adds. Every row
 carries its training seconds a seed and the device that ran it, since what an ingredient costs
 is half of whether it is worth having.
 """
@@ -53,11 +54,12 @@ class Ladder:
         # keyed by ingredient: a rung added or left out (cnn.ladder_to) moves no other's runs
         return f"ablation/{slug(self.labels[rung])[:60]}/seed{seed}"
 
-    def below_top(self, seeds: int) -> dict[str, Overrides]:
-        """The runs to train: every rung but the top, whose runs are the beyond stage's."""
+    def below_top(self, seeds: int, tops: int = 1) -> dict[str, Overrides]:
+        """The runs to train: every rung but the top `tops`, whose runs are the beyond
+        stages'."""
         return {
             self.name(i, s): {**tree, "seed": s}
-            for i, tree in enumerate(self.trees[:-1])
+            for i, tree in enumerate(self.trees[: len(self.trees) - tops])
             for s in range(seeds)
         }
 
@@ -74,17 +76,21 @@ def collect(
     ctx: Context,
     plan: Ladder,
     runs: dict[str, Run],
-    top: list[Run],
+    tops: list[list[Run]],
     ensemble: float | None = None,
 ) -> dict[str, Any]:
     """The ladder's rows, bottom first, from its trained runs (`runs`, by plan.name) and the
-    beyond stage's (`top`, seed by seed, checked to be the top rung's configs), then the
-    ensemble of the top's seeds (`ensemble`: its accuracy where the stage measured it)."""
-    for s, run_ in enumerate(top):
-        staged = ctx.config({**plan.trees[-1], "seed": s}).model_dump()
-        if staged != run_.config.model_dump():  # a ladder that drifted from its recipe
-            raise AssertionError(f"the ladder's top is not {run_.run_dir}'s config")
-    runs = runs | {plan.name(len(plan.trees) - 1, s): r for s, r in enumerate(top)}
+    beyond stages' (`tops`: the top rungs' runs, bottom first, seed by seed, each checked to
+    be its rung's configs), then the ensemble of the top rung's seeds (`ensemble`: its
+    accuracy where the stage measured it)."""
+    first = len(plan.trees) - len(tops)
+    for i, stage in enumerate(tops, first):
+        for s, run_ in enumerate(stage):
+            staged = ctx.config({**plan.trees[i], "seed": s}).model_dump()
+            if staged != run_.config.model_dump():  # a ladder that drifted from its recipe
+                raise AssertionError(f"the ladder's {plan.labels[i]!r} is not {run_.run_dir}")
+        runs = runs | {plan.name(i, s): r for s, r in enumerate(stage)}
+    top = tops[-1]
     rows = []
     for i, label in enumerate(plan.labels):
         seeds = [runs[plan.name(i, s)] for s in range(len(top))]
@@ -101,14 +107,6 @@ def collect(
     if ensemble is None:
         ensemble = ensemble_accuracy(ctx, [r.run_dir for r in top])
     return {"rows": rows, "ensemble": ensemble, "changes": plan.changes}
-
-
-def run(
-    ctx: Context, experiment: str, plan: Ladder, top: list[Run], ensemble: float | None = None
-) -> dict[str, Any]:
-    """Train the ladder below its top (`top`: the beyond stage's runs) and collect its rows."""
-    trained = ctx.train_many(experiment, plan.below_top(ctx.seeds))
-    return collect(ctx, plan, trained, top, ensemble)
 
 
 def probabilities_on_test(ctx: Context, run_dir: str | Path) -> torch.Tensor:

@@ -156,6 +156,10 @@ class CNNResult(Result):
     selected: list[float] = Field(default_factory=list)
     ensemble: float | None = None
     final_epochs: int = 0
+    # The selected architecture trained longer (configs/recipes/cnn_long.toml): its epochs, val
+    # and test accuracy per seed, ensemble, and whether it validated better than the final
+    # stage's runs and so is the selected CNN above ({} in results saved before the stage).
+    long: dict[str, Any] = Field(default_factory=dict)
     ablation: dict[str, Any] = Field(default_factory=dict)  # lab CNN -> selected, a step a row
     confusion: list[list[int]] | None = None
     wrong: list[dict[str, Any]] = Field(default_factory=list)
@@ -169,12 +173,26 @@ def run(ctx: Context, p: Settings) -> CNNResult:
     points = _search_stage(ctx, p)
     candidates, finals = _final_stage(ctx, p, points)
     chosen = max(range(len(candidates)), key=lambda i: fmean(candidates[i]["val"]))
-    runs = finals[chosen]
+    arch = candidates[chosen]["arch"]
+    plan = ablation.ladder(LADDER_START_LABEL, LADDER_START, ladder_to(arch), _final_changes(p))
+    longer = {
+        f"long/{candidates[chosen]['key']} {_variant(arch)}/seed{s}": _long_overrides(p, arch, s)
+        for s in range(ctx.seeds)
+    }
+    # The longer training and the ladder's rungs below the two stages' are independent: with
+    # --jobs they train side by side.
+    trained = ctx.train_many(NAME, {**longer, **plan.below_top(ctx.seeds, tops=2)})
+    long_runs = [trained[k] for k in longer]
+    # The selected CNN: its final-recipe runs or the longer ones, whichever validates better.
+    runs = max((finals[chosen], long_runs), key=_mean_val)
     ensemble, confusion, wrong = _ensemble(ctx, runs)
+    long_ensemble = (
+        ensemble
+        if runs is long_runs
+        else ablation.ensemble_accuracy(ctx, [r.run_dir for r in long_runs])
+    )
+    ladder = ablation.collect(ctx, plan, trained, [finals[chosen], long_runs], long_ensemble)
     selected = [r.final["test_accuracy"] for r in runs]
-    rungs = ladder_to(candidates[chosen]["arch"])
-    plan = ablation.ladder(LADDER_START_LABEL, LADDER_START, rungs, _final_changes(p))
-    ladder = ablation.run(ctx, NAME, plan, runs, ensemble)  # the same seeds' ensemble
     return CNNResult(
         faithful=faithful,
         study=study,
@@ -184,7 +202,14 @@ def run(ctx: Context, p: Settings) -> CNNResult:
         chosen=chosen,
         selected=selected,
         ensemble=ensemble,
-        final_epochs=runs[0].config.epochs,
+        final_epochs=finals[chosen][0].config.epochs,
+        long={
+            "epochs": long_runs[0].config.epochs,
+            "val": [r.final["val_accuracy"] for r in long_runs],
+            "test": [r.final["test_accuracy"] for r in long_runs],
+            "ensemble": long_ensemble,
+            "kept": runs is long_runs,
+        },
         ablation=ladder,
         confusion=confusion,
         wrong=wrong,
@@ -419,6 +444,7 @@ def _front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 FINAL = "cnn_final"  # the final stage's training recipe (configs/recipes/)
+LONG = "cnn_long"  # the selected architecture trained longer (configs/recipes/)
 
 
 def _final_overrides(p: Settings, arch: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -428,6 +454,18 @@ def _final_overrides(p: Settings, arch: dict[str, Any], seed: int) -> dict[str, 
     recipe = recipes.recipe(FINAL)
     recipe.pop("model_args", None)
     return overrides_tree(recipe, {"model_args": dict(arch), "seed": seed}, _final_changes(p))
+
+
+def _long_overrides(p: Settings, arch: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The long recipe for the selected architecture and a seed, as `_final_overrides` builds
+    the final recipe's (the smoke profile trains both as short as each other)."""
+    recipe = recipes.recipe(LONG)
+    recipe.pop("model_args", None)
+    return overrides_tree(recipe, {"model_args": dict(arch), "seed": seed}, _final_changes(p))
+
+
+def _mean_val(runs: list[Run]) -> float:
+    return fmean(r.final["val_accuracy"] for r in runs)
 
 
 def _final_changes(p: Settings) -> Overrides:
@@ -480,17 +518,21 @@ def ladder_to(arch: dict[str, Any]) -> tuple[ablation.Rung, ...]:
             {"schedule.name": "onecycle", "optim.lr": 0.003, "batch_size": 128},
         )
     )
-    epochs = recipes.recipe(FINAL)["epochs"]
-    rungs.append(ablation.Rung(f"{epochs} epochs", {"epochs": epochs}))
+    for recipe in (FINAL, LONG):  # the final stage's runs, then the long stage's
+        epochs = recipes.recipe(recipe)["epochs"]
+        rungs.append(ablation.Rung(f"{epochs} epochs", {"epochs": epochs}))
     return tuple(rungs)
 
 
-def alone_command(arch: dict[str, Any], seeds: int = 3) -> str:
-    """The command that trains a final-stage architecture alone at the final recipe (the full
-    recipe: a profile that shortens the final stage says so in its table)."""
-    sets = " ".join(f"--set model_args.{k}={str(v).lower()}" for k, v in arch.items())
+def alone_command(arch: dict[str, Any], seeds: int = 3, recipe: str = FINAL) -> str:
+    """The command that trains a final-stage architecture alone at a recipe, FINAL or LONG (the
+    full recipe: a profile that shortens the stages says so in its table). LONG carries the
+    full profile's selection as its model arguments, so the command sets the head dropout too,
+    and trains `arch` whatever the file holds."""
+    args = arch if recipe == FINAL else {**arch, "dropout": _dropout(arch)}
+    sets = " ".join(f"--set model_args.{k}={str(v).lower()}" for k, v in args.items())
     seed_list = ",".join(map(str, range(seeds)))
-    return f"dfl train --config configs/recipes/{FINAL}.toml --seeds {seed_list} {sets}"
+    return f"dfl train --config configs/recipes/{recipe}.toml --seeds {seed_list} {sets}"
 
 
 # Why a notebook CNN's accuracy can miss the lab's: its protocol draws the images at random.
@@ -684,8 +726,9 @@ def section(result: CNNResult, figs: list[Figure]) -> Section:
         paragraphs.append(
             "The corrected CNN (a search over these choices on all the training images, then "
             "its best architectures trained with augmentation for "
-            f"{recipes.recipe(FINAL)['epochs']} epochs over seeds, selected on validation and "
-            "tested once) is the full profile's: `dfl reproduce --profile full --only cnn`."
+            f"{recipes.recipe(FINAL)['epochs']} epochs over seeds and the best of them for "
+            f"{recipes.recipe(LONG)['epochs']}, selected on validation and tested once) is the "
+            "full profile's: `dfl reproduce --profile full --only cnn`."
         )
     paragraphs.append(
         "The notebook chose its best epoch on the test set; every choice here uses a "
@@ -775,10 +818,35 @@ def _search_paragraph(result: CNNResult) -> str:
         "with random shifts, rotations and zooms "
         f"and a one-cycle schedule. Selected on mean validation accuracy: {chosen['key']} at "
         f"{chosen['arch']['width']} filters, head dropout {_dropout(chosen['arch'])} "
-        f"({chosen['params']:,} parameters); its test "
-        f"accuracy is {mean_std(result.selected)}, and the ensemble of those seeds reaches "
-        f"{fmt(result.ensemble)}. It trains alone with "
-        f"`{alone_command(chosen['arch'], len(result.selected))}`. " + _candidate_spread(finals)
+        f"({chosen['params']:,} parameters). " + _selected(result) + _candidate_spread(finals)
+    )
+
+
+def _selected(result: CNNResult) -> str:
+    """The selected CNN's test accuracy and ensemble, at the final recipe's length or the long
+    recipe's, whichever validated better, and the command that trains it alone."""
+    assert result.chosen is not None and result.ensemble is not None
+    chosen, n = result.finals[result.chosen], len(result.selected)
+    if not result.long:  # saved before the long stage
+        return (
+            f"Its test accuracy is {mean_std(result.selected)}, and the ensemble of those seeds "
+            f"reaches {fmt(result.ensemble)}. It trains alone with "
+            f"`{alone_command(chosen['arch'], n)}`. "
+        )
+    long, kept = result.long, result.long["kept"]
+    verdict = (
+        "it validates better than at the final recipe's length, so it is the selected CNN"
+        if kept
+        else "it validates no better than at the final recipe's length, which stays selected"
+    )
+    return (
+        f"At the final recipe it scores {mean_std(chosen['test'])} on the test set. Trained "
+        f"{_epochs(long['epochs'])} instead (configs/recipes/{LONG}.toml), it reaches "
+        f"{mean_std(long['val'])} validation and {mean_std(long['test'])} test accuracy, "
+        f"{fmt(long['ensemble'])} as an ensemble of its seeds: {verdict}. The selected CNN's "
+        f"test accuracy is {mean_std(result.selected)}, its seeds' ensemble "
+        f"{fmt(result.ensemble)}; it trains alone with "
+        f"`{alone_command(chosen['arch'], n, LONG if kept else FINAL)}`. "
     )
 
 
@@ -817,20 +885,26 @@ def _search_table(points: list[dict[str, Any]]) -> Table:
 
 def _final_table(result: CNNResult) -> Table:
     assert result.chosen is not None
-    chosen = result.finals[result.chosen]
+    chosen, long = result.finals[result.chosen], result.long
+    kept = long.get("kept", False)
+    row = lambda c, key, val, test, yes: [  # noqa: E731
+        key, c["arch"]["width"], f"{_dropout(c['arch']):g}", c["params"], c["macs"],
+        mean_std(val), mean_std(test), "yes" if yes else "",
+    ]  # fmt: skip
+    rows = [row(c, c["key"], c["val"], c["test"], c is chosen and not kept) for c in result.finals]
+    if long:  # the selected architecture trained longer, last
+        key = f"{chosen['key']}, {_epochs(long['epochs'])} (the long recipe)"
+        rows.append(row(chosen, key, long["val"], long["test"], kept))
     return Table(
         ["architecture", "filters", "head dropout", "parameters", "multiply-adds",
          "val accuracy", "test accuracy", "selected"],
-        [
-            [c["key"], c["arch"]["width"], f"{_dropout(c['arch']):g}", c["params"],
-             c["macs"], mean_std(c["val"]), mean_std(c["test"]), "yes" if c is chosen else ""]
-            for c in result.finals
-        ],
+        rows,
         f"The final stage: the search's accuracy-cost front within {FRONT_TOLERANCE} of its "
         f"best validation accuracy, at each width and head dropout, trained for "
         f"{_epochs(result.final_epochs)} "
         "with shifts, rotations and zooms and a one-cycle schedule, over seeds; chosen on mean "
-        "validation accuracy",
+        "validation accuracy. The last row is the chosen architecture trained longer, selected "
+        "instead where it validates better",
     )  # fmt: skip
 
 

@@ -174,7 +174,7 @@ def run(ctx: Context, p: Settings) -> ViTResult:
         for cfg, row in zip(configs, rows, strict=True)
     }
     beyond = [runs[k] for k in beyond_runs]
-    ladder = ablation.collect(ctx, plan, runs, beyond) if beyond else {}
+    ladder = ablation.collect(ctx, plan, runs, [beyond]) if beyond else {}
     beyond_acc = [r.final["test_accuracy"] for r in beyond]
     if beyond:
         numbers["beyond.test_accuracy"] = Number.of(
