@@ -201,6 +201,10 @@ def run_train(args: argparse.Namespace) -> int:
     runs = fit_group(cfgs, dirs, fuse=args.fuse, resume=args.resume, log=log)
     for run, run_dir in zip(runs, dirs, strict=True):
         _print_result(run, run_dir)
+    from dfl.training.seeds import summary
+
+    if line := summary(runs):
+        print(line)
     return 0
 
 
