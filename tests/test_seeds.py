@@ -11,8 +11,10 @@ from statistics import fmean
 import pytest
 import torch
 
+import dfl
 from conftest import run
 from dfl.data import load_dataset
+from dfl.training.seeds import summary
 from dfl.training.trained import load_trained
 
 ARGS = ["--epochs", "2", "--threads", "1", "--fuse", "off", "--set", "data.val_fraction=0.2"]
@@ -38,6 +40,15 @@ def test_seeds_print_their_mean_and_their_ensemble(digits: Path, tmp_path: Path,
     code, again, _ = run(capsys, "train", "mlp", "--seeds", "0,1,2", "--dataset", str(digits),
                          "--out", str(out), "--resume", *ARGS)  # fmt: skip
     assert code == 0 and again.strip().splitlines()[-1] == line
+    # weights that changed after training: the summary keeps the seeds' line and says why it
+    # has no ensemble, in one line
+    weights = out / "seed1" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-64] ^= 0x10
+    weights.write_bytes(bytes(raw))
+    damaged = summary([dfl.load(out / f"seed{s}") for s in range(3)])
+    assert damaged is not None and "\n" not in damaged
+    assert damaged.startswith(line.split(";")[0] + "; no ensemble: ") and "seed1" in damaged
 
 
 @pytest.mark.parametrize("model", ["mlp", "autoencoder"])

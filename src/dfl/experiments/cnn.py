@@ -8,7 +8,8 @@ sizes, pooling, batch norm, activation) as a sweep on the full data, selected on
 split, each with its parameters, multiply-adds and seconds per epoch. The architectures on the
 search's front of accuracy against cost, near its best, are then trained with augmentation at
 the search's width and at double width, with and without dropout in the head, over seeds; the
-one with the highest mean validation accuracy is the selected CNN, tested once, with the
+one with the highest mean validation accuracy is trained again for longer (the long recipe),
+and whichever of the two trainings validates better is the selected CNN, tested once, with the
 ensemble of its seeds.
 """
 
@@ -160,7 +161,7 @@ class CNNResult(Result):
     # and test accuracy per seed, ensemble, and whether it validated better than the final
     # stage's runs and so is the selected CNN above ({} in results saved before the stage).
     long: dict[str, Any] = Field(default_factory=dict)
-    ablation: dict[str, Any] = Field(default_factory=dict)  # lab CNN -> selected, a step a row
+    ablation: dict[str, Any] = Field(default_factory=dict)  # lab CNN -> long stage, a row a step
     confusion: list[list[int]] | None = None
     wrong: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -835,17 +836,17 @@ def _selected(result: CNNResult) -> str:
         )
     long, kept = result.long, result.long["kept"]
     verdict = (
-        "it validates better than at the final recipe's length, so it is the selected CNN"
+        "it validates better, so the longer training is the selected CNN"
         if kept
-        else "it validates no better than at the final recipe's length, which stays selected"
+        else "it validates no better, so the final recipe's runs stay selected (their seeds' "
+        f"ensemble: {fmt(result.ensemble)})"
     )
     return (
-        f"At the final recipe it scores {mean_std(chosen['test'])} on the test set. Trained "
-        f"{_epochs(long['epochs'])} instead (configs/recipes/{LONG}.toml), it reaches "
-        f"{mean_std(long['val'])} validation and {mean_std(long['test'])} test accuracy, "
-        f"{fmt(long['ensemble'])} as an ensemble of its seeds: {verdict}. The selected CNN's "
-        f"test accuracy is {mean_std(result.selected)}, its seeds' ensemble "
-        f"{fmt(result.ensemble)}; it trains alone with "
+        f"At the final recipe it reaches {mean_std(chosen['val'])} validation and "
+        f"{mean_std(chosen['test'])} test accuracy. Trained for {_epochs(long['epochs'])} "
+        f"instead (configs/recipes/{LONG}.toml), it reaches {mean_std(long['val'])} validation "
+        f"and {mean_std(long['test'])} test accuracy, {fmt(long['ensemble'])} as an ensemble "
+        f"of its seeds: {verdict}. It trains alone with "
         f"`{alone_command(chosen['arch'], n, LONG if kept else FINAL)}`. "
     )
 
@@ -903,8 +904,13 @@ def _final_table(result: CNNResult) -> Table:
         f"best validation accuracy, at each width and head dropout, trained for "
         f"{_epochs(result.final_epochs)} "
         "with shifts, rotations and zooms and a one-cycle schedule, over seeds; chosen on mean "
-        "validation accuracy. The last row is the chosen architecture trained longer, selected "
-        "instead where it validates better",
+        "validation accuracy"
+        + (
+            ". The last row is the chosen architecture trained longer, selected instead where it "
+            "validates better"
+            if long
+            else ""
+        ),
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import torch
 
 from dfl.config import TrainConfig
 from dfl.data import load_dataset
+from dfl.errors import DflError
 from dfl.training.run import Run
 from dfl.training.trained import load_trained
 from dfl.training.trainer import prepare_splits
@@ -29,7 +30,10 @@ def summary(runs: Sequence[Run]) -> str | None:
     if len(done) < len(runs):
         line += f" ({len(runs) - len(done)} not completed, left out)"
     if key == "test_accuracy":
-        accuracy = ensemble_accuracy([r.run_dir for r in done])
+        try:
+            accuracy = ensemble_accuracy([r.run_dir for r in done])
+        except DflError as e:  # the runs are trained and recorded: the summary only lacks it
+            return f"{line}; no ensemble: {e}"
         line += (
             f"; their ensemble (averaged probabilities) {accuracy:.6g}"
             if accuracy is not None
