@@ -38,7 +38,9 @@ def test_the_cnn_ladder_ends_at_the_final_stage_config(tmp_path: Path, profile: 
     # a run directory per rung and seed below the two stages' rungs
     assert len(set(plan.below_top(2, tops=2))) == 2 * (len(rungs) - 1)
     assert dump(ctx, {**trees[-2], "seed": 1}) == dump(ctx, cnn._final_overrides(p, arch, 1))
-    assert dump(ctx, {**trees[-1], "seed": 1}) == dump(ctx, cnn._long_overrides(p, arch, 1))
+    assert dump(ctx, {**trees[-1], "seed": 1}) == dump(
+        ctx, cnn._final_overrides(p, arch, 1, cnn.LONG)
+    )
     # 16 filters and no dropout are the start's: no rung for them
     assert len(rungs) == 5 + (arch["width"] != 16) + ("dropout" in arch)
     if profile == "full":  # every rung changes something (the smoke profile's epochs hide one)

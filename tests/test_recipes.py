@@ -82,7 +82,7 @@ def test_the_long_stage_trains_its_recipe_with_the_architecture_it_prints(tmp_pa
     the command the report prints for it builds the very config the stage trains, whatever
     architecture the stage selected, and the recipe file alone trains the full profile's."""
     ctx, full = context(tmp_path, "full"), cnn.PROFILES["full"]
-    staged = ctx.config(cnn._long_overrides(full, arch, 1))
+    staged = ctx.config(cnn._final_overrides(full, arch, 1, cnn.LONG))
     final = ctx.config(cnn._final_overrides(full, arch, 1))
     assert staged.epochs == recipes.recipe(cnn.LONG)["epochs"] > final.epochs
     assert staged.model_dump(exclude={"epochs"}) == final.model_dump(exclude={"epochs"})

@@ -22,6 +22,7 @@ import torch
 from dfl.experiments.context import Context, Overrides, overrides_tree, slug
 from dfl.experiments.document import Table, fmt, mean_std
 from dfl.training.run import Run
+from dfl.training.seeds import averaged_accuracy
 from dfl.training.trained import load_trained
 
 
@@ -114,11 +115,10 @@ def probabilities_on_test(ctx: Context, run_dir: str | Path) -> torch.Tensor:
     return load_trained(run_dir).predict(ctx.data.test_images).softmax(1)
 
 
-@torch.no_grad()
 def ensemble_accuracy(ctx: Context, run_dirs: list[Path]) -> float:
     """Test accuracy of the runs' averaged probabilities."""
-    probs = sum(probabilities_on_test(ctx, d) for d in run_dirs) / len(run_dirs)
-    return float((probs.argmax(1) == ctx.data.test_labels).float().mean())
+    trained = [load_trained(d) for d in run_dirs]
+    return averaged_accuracy(trained, ctx.data.test_images, ctx.data.test_labels)
 
 
 def table(ablation: dict[str, Any], what: str) -> Table:

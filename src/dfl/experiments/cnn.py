@@ -177,7 +177,9 @@ def run(ctx: Context, p: Settings) -> CNNResult:
     arch = candidates[chosen]["arch"]
     plan = ablation.ladder(LADDER_START_LABEL, LADDER_START, ladder_to(arch), _final_changes(p))
     longer = {
-        f"long/{candidates[chosen]['key']} {_variant(arch)}/seed{s}": _long_overrides(p, arch, s)
+        f"long/{candidates[chosen]['key']} {_variant(arch)}/seed{s}": _final_overrides(
+            p, arch, s, LONG
+        )
         for s in range(ctx.seeds)
     }
     # The longer training and the ladder's rungs below the two stages' are independent: with
@@ -448,19 +450,14 @@ FINAL = "cnn_final"  # the final stage's training recipe (configs/recipes/)
 LONG = "cnn_long"  # the selected architecture trained longer (configs/recipes/)
 
 
-def _final_overrides(p: Settings, arch: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The final recipe (augmentation, a one-cycle schedule, the best validation epoch) for
-    one front architecture and seed: the architecture replaces the recipe's model arguments
-    whole, and a profile changes only the epochs and images it says (full: nothing)."""
-    recipe = recipes.recipe(FINAL)
-    recipe.pop("model_args", None)
-    return overrides_tree(recipe, {"model_args": dict(arch), "seed": seed}, _final_changes(p))
-
-
-def _long_overrides(p: Settings, arch: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The long recipe for the selected architecture and a seed, as `_final_overrides` builds
-    the final recipe's (the smoke profile trains both as short as each other)."""
-    recipe = recipes.recipe(LONG)
+def _final_overrides(
+    p: Settings, arch: dict[str, Any], seed: int, name: str = FINAL
+) -> dict[str, Any]:
+    """The final recipe (augmentation, a one-cycle schedule, the best validation epoch), or
+    with `name` LONG the long one, for one architecture and seed: the architecture replaces
+    the recipe's model arguments whole, and a profile changes only the epochs and images it
+    says (full: nothing; the smoke profile trains both recipes as short as each other)."""
+    recipe = recipes.recipe(name)
     recipe.pop("model_args", None)
     return overrides_tree(recipe, {"model_args": dict(arch), "seed": seed}, _final_changes(p))
 

@@ -14,7 +14,7 @@ from dfl.config import TrainConfig
 from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.training.run import Run
-from dfl.training.trained import load_trained
+from dfl.training.trained import Trained, load_trained
 from dfl.training.trainer import prepare_splits
 
 
@@ -52,8 +52,16 @@ def ensemble_accuracy(run_dirs: Sequence[str | Path]) -> float | None:
     cfg = trained[0].config
     data = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     test = prepare_splits(cfg, data, torch.device("cpu"))["test"]
-    probs = sum(t.predict(test.images).softmax(1) for t in trained) / len(trained)
-    return float((probs.argmax(1) == test.labels).float().mean())
+    return averaged_accuracy(trained, test.images, test.labels)
+
+
+@torch.no_grad()
+def averaged_accuracy(
+    trained: Sequence[Trained], images: torch.Tensor, labels: torch.Tensor
+) -> float:
+    """Accuracy of the models' softmax outputs averaged, on uint8 `images`."""
+    probs = sum(t.predict(images).softmax(1) for t in trained) / len(trained)
+    return float((probs.argmax(1) == labels).float().mean())
 
 
 def _test_images_key(cfg: TrainConfig) -> tuple:
