@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dfl.experiments import ablation, cnn, vit
-from dfl.experiments.context import Context
+from dfl.experiments.context import Context, overrides_tree
 
 ARCHS = [
     {"depth": 3, "growth": "double", "kernel": 5, "pool": "last_two", "batchnorm": True,
@@ -59,6 +59,25 @@ def test_the_vit_ladder_ends_at_the_modern_vits_recipe(tmp_path: Path, profile: 
     if profile == "full":
         configs = [dump(ctx, t) for t in trees]
         assert all(a != b for a, b in itertools.pairwise(configs))
+
+
+def test_a_ladder_trained_alone_tops_out_at_its_recipe_file(tmp_path: Path):
+    """benchmarks/ladder.py's ladders end at the recipes `dfl train --config` runs alone (the
+    CNN's: cnn_long.toml, whose runs it reuses), spelled-out defaults aside."""
+    import sys
+
+    from dfl.config import build_config
+    from dfl.experiments import recipes
+    from dfl.models.registry import with_model_defaults
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from ladder import plan
+
+    ctx = context(tmp_path, "full")
+    for experiment, recipe in (("cnn", cnn.LONG), ("vit", "vit_modern")):
+        top = ctx.config({**plan(experiment)[0].trees[-1], "seed": 0})
+        alone = build_config(recipes.path(recipe), overrides_tree(ctx.common(), {"seed": 0}))
+        assert with_model_defaults(top) == with_model_defaults(alone), experiment
 
 
 def rows(*tests: list[float]) -> list[dict]:

@@ -328,6 +328,26 @@ def test_a_path_spelled_another_way_is_the_same_config(tmp_path, monkeypatch):
         check_same_config(run_dir, other, same)
 
 
+def test_a_model_argument_at_its_default_is_the_same_config(tmp_path):
+    """A run saved with its model's defaults left out resumes under a config that spells them
+    (a ladder's rung names every searched argument, `dfl train --config` only the recipe's);
+    another value is refused."""
+    from dfl.config import config_to_toml
+    from dfl.training.run_dir import CONFIG, check_same_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = build_config(overrides={"model": "cnn_search", "model_args": {"depth": 3}})
+    (run_dir / CONFIG).write_text(config_to_toml(saved))
+    same = lambda old, new: old == new  # noqa: E731
+    spelled = {"depth": 3, "growth": "double", "batchnorm": True, "dropout": 0.0}
+    check_same_config(run_dir, build_config(overrides={"model": "cnn_search",
+                                                       "model_args": spelled}), same)  # fmt: skip
+    other = build_config(overrides={"model": "cnn_search", "model_args": spelled | {"kernel": 5}})
+    with pytest.raises(ConfigError, match="'model_args' was"):
+        check_same_config(run_dir, other, same)
+
+
 def test_a_run_does_not_resume_on_other_data(tmp_path, tiny_data):
     """A run stopped on one dataset and resumed on another (its labels replaced) would train on
     a mix; the run directory records its data's fingerprint and the resume is refused, leaving

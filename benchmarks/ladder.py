@@ -1,0 +1,66 @@
+"""Train one beyond-the-lab ladder on its own and print what each ingredient bought.
+
+The full and complete profiles train the CNN's and the ViT's ladders (dfl.experiments.ablation)
+after their searches and final stages: a day on 2 CPU cores. This trains just a ladder, every
+rung over seeds, at the full profile's recipes and for the architecture the full profile
+selected (the CNN: configs/recipes/cnn_long.toml's model arguments), with the same code, run
+names and configs the profile's experiment uses. It resumes: run it again to go on.
+
+    python benchmarks/ladder.py cnn --seeds 3 --jobs 2 --out runs/ladder
+
+The CNN's top rung is `dfl train --config configs/recipes/cnn_long.toml`: runs of that command
+copied into the top rung's run directories (printed by --dirs) are reused as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dfl import models
+from dfl.data import load_dataset
+from dfl.experiments import ablation, cnn, recipes, vit
+from dfl.experiments.context import Context, slug
+from dfl.report.render import md_table
+
+
+def plan(experiment: str) -> tuple[ablation.Ladder, str]:
+    """The experiment's ladder as the full profile builds it, and what its table calls it."""
+    if experiment == "vit":
+        return ablation.ladder(vit.LADDER_START_LABEL, vit.LADDER_START, vit.LADDER, {}), "the ViT"
+    # the searched arguments the long recipe leaves at their defaults, for the rung's label
+    defaults = models.get("cnn_search").defaults()
+    arch = {k.removeprefix("model_args."): None for k in cnn.SPACE}
+    arch = {k: defaults[k] for k in arch} | recipes.recipe(cnn.LONG)["model_args"]
+    return ablation.ladder(
+        cnn.LADDER_START_LABEL, cnn.LADDER_START, cnn.ladder_to(arch), {}
+    ), "the CNN"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", choices=["cnn", "vit"])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds a rung (default 3)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
+    parser.add_argument("--out", type=Path, default=Path("runs/ladder"))
+    parser.add_argument("--dirs", action="store_true", help="print the run directories, train none")
+    args = parser.parse_args()
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs take a whole number of at least 1")
+
+    ladder, what = plan(args.experiment)
+    names = ladder.below_top(args.seeds, tops=0)  # every rung, the top one too
+    if args.dirs:
+        for name in names:
+            print(args.out / args.experiment / "runs" / slug(name))
+        return
+    data = load_dataset("mnist")
+    ctx = Context(args.out, "full", data, "mnist", seeds=args.seeds, jobs=args.jobs)
+    runs = ctx.train_many(args.experiment, names)
+    top = [runs[ladder.name(len(ladder.trees) - 1, s)] for s in range(args.seeds)]
+    result = ablation.collect(ctx, ladder, runs, [top])
+    print(ablation.summary(result, what), "", md_table(ablation.table(result, what)), sep="\n")
+
+
+if __name__ == "__main__":
+    main()
