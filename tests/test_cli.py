@@ -91,6 +91,35 @@ def test_train_on_an_idx_directory(tmp_path: Path, capsys):
     assert code == 0 and "completed" in out
 
 
+def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path, capsys):
+    """configs/recipes/sae_deep.toml, shortened: each seed's layers, classifier and fine-tuning
+    train as runs of their own, each from the weights of the one before it; the line printed is the
+    fine-tuning's; the command again without --resume is refused, with --resume every phase
+    is reused as it is."""
+    data = write_idx_dataset(tmp_path / "digits")
+    out_dir = tmp_path / "sae"
+    argv = ["train", "--config", "configs/recipes/sae_deep.toml", "--dataset", str(data),
+            "--seeds", "0,1", "--epochs", "1", "--set", "pretrain.epochs=1",
+            "--set", "pretrain.classifier_epochs=1", "--set", "model_args.sizes=[784,16,8]",
+            "--device", "cpu", "--out", str(out_dir)]  # fmt: skip
+    code, out, _ = run(capsys, *argv)
+    assert code == 0, out
+    phases = ["classifier", "finetune", "pretrain0", "pretrain1"]
+    for seed in (0, 1):
+        assert sorted(p.name for p in (out_dir / f"seed{seed}").iterdir()) == phases
+        assert f"-> {out_dir / f'seed{seed}' / 'finetune'}" in out
+        saved = (out_dir / f"seed{seed}" / "finetune" / "config.toml").read_text()
+        assert f'init_from = "{out_dir / f"seed{seed}" / "classifier"}"' in saved
+        layer1 = (out_dir / f"seed{seed}" / "pretrain1" / "config.toml").read_text()
+        assert 'objective = "layerwise"' in layer1 and "layer = 1" in layer1
+    code, out, err = run(capsys, *argv)
+    assert code != 0 and "pass --resume" in err
+    before = (out_dir / "seed1" / "finetune" / "status.json").read_text()
+    code, out, _ = run(capsys, *argv, "--resume")
+    assert code == 0 and out.count("completed") == 2 and "2 seeds: test_accuracy" in out
+    assert (out_dir / "seed1" / "finetune" / "status.json").read_text() == before
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -101,6 +130,10 @@ def test_train_on_an_idx_directory(tmp_path: Path, capsys):
         (
             ["train", "mlp", "--set", "enc=64"],
             "under model_args, and `dfl models MODEL` lists them",
+        ),
+        (
+            ["train", "cnn_lab", "--set", "pretrain.epochs=2"],
+            "'pretrain': layer-wise pretraining starts a stacked_autoencoder",
         ),
         (
             ["train", "autoencoder", "--set", "model_args.encoding_dim=3"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dfl.config import build_config, parse_value
-from dfl.experiments import ae, cnn, recipes, vit
+from dfl.experiments import ae, cnn, recipes, sae, vit
 from dfl.experiments.context import Context, overrides_tree
 from dfl.models.registry import with_model_defaults
 
@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_checkout_folder_is_the_package_folder():
     assert (ROOT / "configs" / "recipes").resolve() == recipes.FOLDER.resolve()
-    assert recipes.names() == ["ae_deep", "cnn_final", "cnn_long", "vit_modern"]
+    assert recipes.names() == ["ae_deep", "cnn_final", "cnn_long", "sae_deep", "vit_modern"]
 
 
-@pytest.mark.parametrize("name", ["ae_deep", "cnn_final", "cnn_long", "vit_modern"])
+@pytest.mark.parametrize("name", ["ae_deep", "cnn_final", "cnn_long", "sae_deep", "vit_modern"])
 def test_each_recipe_is_a_valid_config_file(name: str):
     cfg = build_config(recipes.path(name))
     assert cfg.restore_best and cfg.data.val_fraction > 0  # selected on validation
@@ -40,6 +40,27 @@ def test_the_full_profile_trains_the_recipes_as_they_are(tmp_path: Path):
     assert staged.model_dump(exclude=common) == alone.model_dump(exclude=common)
     assert staged.data.model_dump(exclude={"dataset"}) == alone.data.model_dump(exclude={"dataset"})
     assert ae.PROFILES["full"].deep == {} and ae.PROFILES["complete"].deep == {}
+
+
+def test_the_full_profiles_deeper_sae_trains_the_recipes_phases(tmp_path: Path):
+    """`dfl train --config sae_deep.toml` trains, phase for phase, the runs the full profile's
+    stacked autoencoder stage trains for its deeper network (where each phase starts from
+    aside: the previous phase's run, in its own folder)."""
+    from dfl.training.layerwise import phases
+
+    ctx = context(tmp_path, "full")
+    (deeper,) = [v for v in sae.PROFILES["full"].full if v.key == "deeper"]
+    staged = sae.phase_overrides(ctx, deeper, "full", 1, "deeper/seed1")
+    alone = phases(ctx.config({**recipes.recipe(sae.DEEP), "seed": 1}), tmp_path / "run")
+    assert list(staged) == list(alone) == ["pretrain0", "pretrain1", "pretrain2", "classifier",
+                                           "finetune"]  # fmt: skip
+    for name, phase in alone.items():
+        ours = ctx.config(staged[name])
+        assert with_model_defaults(phase.model_copy(update={"init_from": ours.init_from})) == (
+            with_model_defaults(ours)
+        ), name
+    chain = [None, *(str(tmp_path / "run" / n) for n in list(alone)[:-1])]
+    assert [p.init_from for p in alone.values()] == chain
 
 
 @pytest.mark.parametrize("profile", sorted(ae.PROFILES))

@@ -192,15 +192,19 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     if args.seeds is None:
-        _print_result(fit(cfg, out, resume=args.resume, log=log), out)
+        run = fit(cfg, out, resume=args.resume, log=log)
+        _print_result(run, run.run_dir)  # a pretrained run's: its fine-tuning phase's
         return 0
     if args.seed is not None:
         raise DflError("give --seed or --seeds, not both")
     cfgs = [cfg.model_copy(update={"seed": seed}) for seed in args.seeds]
     dirs = [out / f"seed{seed}" for seed in args.seeds]
-    runs = fit_group(cfgs, dirs, fuse=args.fuse, resume=args.resume, log=log)
-    for run, run_dir in zip(runs, dirs, strict=True):
-        _print_result(run, run_dir)
+    if cfg.pretrain:  # each seed's phases in turn
+        runs = [fit(c, d, resume=args.resume, log=log) for c, d in zip(cfgs, dirs, strict=True)]
+    else:
+        runs = fit_group(cfgs, dirs, fuse=args.fuse, resume=args.resume, log=log)
+    for run in runs:
+        _print_result(run, run.run_dir)
     from dfl.training.seeds import summary
 
     if line := summary(runs):

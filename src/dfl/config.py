@@ -85,6 +85,19 @@ class EarlyStopConfig(Strict):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class PretrainConfig(Strict):
+    """Greedy layer-wise pretraining before a stacked autoencoder's training (lab 3.1 Q2,
+    dfl/training/layerwise.py): each layer in turn learns to rebuild its input, the rest
+    frozen, on the run's training split without its labels; then the classifier trains on top;
+    then the run fine-tunes the whole network from there. Each phase is a run of its own."""
+
+    epochs: int = Field(gt=0)  # each layer's
+    optim: OptimConfig = Field(default_factory=OptimConfig)  # the layers' (constant lr)
+    classifier_epochs: int = Field(0, ge=0)  # 0: fine-tune straight after the layers
+    # kept fixed while the classifier trains: the notebook froze the bottom layer
+    classifier_freeze: list[str] = Field(default_factory=lambda: ["encoders.0"])
+
+
 class TrainConfig(Strict):
     model: str = "mlp"  # a registered model name (`dfl models`)
     model_args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the model
@@ -92,6 +105,7 @@ class TrainConfig(Strict):
     layer: int = Field(0, ge=0)  # layerwise objective: the layer being pretrained
     freeze: list[str] = Field(default_factory=list)  # parameter-name prefixes kept fixed
     init_from: str | None = None  # a finished run directory whose final weights start this one
+    pretrain: PretrainConfig | None = None  # stacked autoencoders: layer-wise pretraining first
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -146,6 +160,12 @@ class TrainConfig(Strict):
     def _check_combinations(self) -> TrainConfig:
         if self.optim.nesterov and self.optim.momentum == 0.0:
             raise ValueError("optim.nesterov needs optim.momentum > 0")
+        if self.pretrain and (self.model != "stacked_autoencoder" or self.init_from):
+            has = f"init_from = {self.init_from!r}" if self.init_from else f"model = {self.model!r}"
+            raise ConfigError(
+                "config key 'pretrain': layer-wise pretraining starts a stacked_autoencoder "
+                f"from random initialisation (this config has {has})"
+            )
         self._check_early_stop_metric()
         return self
 

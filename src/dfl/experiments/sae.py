@@ -17,13 +17,14 @@ from typing import Any
 
 from pydantic import Field
 
-from dfl.experiments import figures
+from dfl.experiments import figures, recipes
 from dfl.experiments import sae_scarce_labels as scarce_labels
 from dfl.experiments.comparison import FULL_ONLY, Comparison, compare
 from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import lab_value
+from dfl.training.layerwise import FINETUNE
 from dfl.training.run import Run
 from dfl.training.trained import final_weights
 
@@ -121,6 +122,18 @@ def _deeper(sizes: tuple[int, ...], pretrain: int, classifier: int, finetune: in
                    pretrain, classifier, finetune, recipe="corrected")  # fmt: skip
 
 
+DEEP = "sae_deep"  # the deeper network's recipe: configs/recipes/sae_deep.toml
+
+
+def _deeper_recipe() -> Variant:
+    """The deeper network as its recipe file has it (784-512-256-64, 20/20/150): the phases
+    run_variant trains for it are those `dfl train --config` trains (tests/test_recipes.py)."""
+    r = recipes.recipe(DEEP)
+    pre = r["pretrain"]
+    return _deeper(tuple(r["model_args"]["sizes"]), pre["epochs"], pre["classifier_epochs"],
+                   r["epochs"])  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Settings:
     lab_scales: dict[str, float]  # epoch scale per lab variant run (1.0: the lab's epochs)
@@ -150,7 +163,7 @@ PROFILES = {
     ),
     "full": Settings(
         LAB_EXACT,
-        (*_full("20/20/60", 20, 20, 60), _deeper((784, 512, 256, 64), 20, 20, 150)),
+        (*_full("20/20/60", 20, 20, 60), _deeper_recipe()),
         scarce_labels.Scarce(LABEL_COUNTS, 20, 60, 2000),
     ),
 }
@@ -199,41 +212,21 @@ class VariantRuns:
 
 def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> VariantRuns:
     """Pretrain layer by layer, train the classifier, fine-tune; and a random-init twin."""
-    base = _base(v, seed)
-    tune = {**base, **RECIPES[v.recipe].tune}
     root = f"{protocol}/{v.key}/seed{seed}"
-    layers = len(v.sizes) - 1
-    pretrained, first_layer_mse = _pretrain(ctx, v, protocol, seed, base, root)
-    # Classifier phase: the notebook froze only the bottom layer here.
-    clf = ctx.train(
-        NAME,
-        f"{root}/classifier",
-        {
-            **tune,
-            "epochs": v.classifier,
-            "freeze": ["encoders.0"],
-            "init_from": str(pretrained.run_dir),
-            **_data_args(ctx, protocol, seed, layers),
-        },
-    )
-    ft = ctx.train(
-        NAME,
-        f"{root}/finetune",
-        {
-            **tune,
-            "epochs": v.finetune,
-            "init_from": str(clf.run_dir),
-            **_data_args(ctx, protocol, seed, layers + 1),
-        },
-    )
+    trained = {
+        name: ctx.train(NAME, f"{root}/{name}", overrides)
+        for name, overrides in phase_overrides(ctx, v, protocol, seed, root).items()
+    }
+    clf, ft = trained["classifier"], trained[FINETUNE]
+    tune = {**_base(v, seed), **RECIPES[v.recipe].tune}
     scratch = ctx.train(
         NAME,
         f"{root}/random_init",
-        {**tune, "epochs": v.budget, **_data_args(ctx, protocol, seed, layers + 2)},
+        {**tune, "epochs": v.budget, **_data_args(ctx, protocol, seed, len(v.sizes) + 1)},
     )
     metric = "val_accuracy" if protocol != "lab" else "train_accuracy"
     summary = {
-        "first_layer_mse": first_layer_mse,
+        "first_layer_mse": trained["pretrain0"].history[-1]["train_loss"],
         "before": clf.final["test_accuracy"],
         "after": ft.final["test_accuracy"],
         "train_after": ft.history[-1]["train_accuracy"],
@@ -246,26 +239,22 @@ def run_variant(ctx: Context, v: Variant, protocol: str, seed: int) -> VariantRu
     return VariantRuns(ft, scratch, summary)
 
 
-def _base(v: Variant, seed: int) -> Overrides:
-    return {
-        "model": "stacked_autoencoder",
-        "model_args.sizes": list(v.sizes),
-        "batch_size": v.batch,
-        "seed": seed,
-    }
-
-
-def _pretrain(
-    ctx: Context, v: Variant, protocol: str, seed: int, base: Overrides, root: str
-) -> tuple[Run, float]:
-    """Greedy layer-wise pretraining: layer k rebuilds its input, every other part frozen.
-    Returns the last layer's run and the first layer's final reconstruction MSE."""
+def phase_overrides(
+    ctx: Context, v: Variant, protocol: str, seed: int, root: str
+) -> dict[str, Overrides]:
+    """Each phase's run (named `root`/NAME), in training order, by its name as
+    dfl/training/layerwise.py names them: greedy layer-wise pretraining (layer k rebuilds its
+    input, every other part frozen), the classifier, the fine-tuning; each starts from the one
+    before it."""
+    base = _base(v, seed)
+    tune = {**base, **RECIPES[v.recipe].tune}
     layers = len(v.sizes) - 1
-    previous, first_layer_mse = None, float("nan")
+    phases: dict[str, Overrides] = {}
+    previous = None
     for k in range(layers):
         others = [f"encoders.{j}" for j in range(layers) if j != k]
         others += [f"decoders.{j}" for j in range(layers) if j != k] + ["classifier"]
-        args = {
+        phases[f"pretrain{k}"] = {
             **base,
             **RECIPES[v.recipe].pretrain,
             "objective": "layerwise",
@@ -274,14 +263,33 @@ def _pretrain(
             "freeze": others,
             "evaluate_test": False,
             **_data_args(ctx, protocol, seed, k),
+            **({"init_from": previous} if previous else {}),
         }
-        if previous:
-            args["init_from"] = str(previous.run_dir)
-        previous = ctx.train(NAME, f"{root}/pretrain{k}", args)
-        if k == 0:
-            first_layer_mse = previous.history[-1]["train_loss"]
-    assert previous is not None  # a stacked autoencoder has at least one layer
-    return previous, first_layer_mse
+        previous = str(ctx.run_dir(NAME, f"{root}/pretrain{k}"))
+    # Classifier phase: the notebook froze only the bottom layer here.
+    phases["classifier"] = {
+        **tune,
+        "epochs": v.classifier,
+        "freeze": ["encoders.0"],
+        "init_from": previous,
+        **_data_args(ctx, protocol, seed, layers),
+    }
+    phases[FINETUNE] = {
+        **tune,
+        "epochs": v.finetune,
+        "init_from": str(ctx.run_dir(NAME, f"{root}/classifier")),
+        **_data_args(ctx, protocol, seed, layers + 1),
+    }
+    return phases
+
+
+def _base(v: Variant, seed: int) -> Overrides:
+    return {
+        "model": "stacked_autoencoder",
+        "model_args.sizes": list(v.sizes),
+        "batch_size": v.batch,
+        "seed": seed,
+    }
 
 
 def _summarise(runs: list[VariantRuns]) -> dict[str, list[float]]:
@@ -383,7 +391,9 @@ def _scarce_stage(ctx: Context, p: Settings, numbers: dict[str, Number]) -> dict
     plans: dict[str, Overrides] = {}
     keys: dict[tuple[int, str, int], str] = {}
     for seed in range(ctx.seeds):
-        pretrained, _ = _pretrain(ctx, v, "unlabelled", seed, _base(v, seed), f"scarce/seed{seed}")
+        phases = phase_overrides(ctx, v, "unlabelled", seed, f"scarce/seed{seed}")
+        for name in [n for n in phases if n.startswith("pretrain")]:  # layers only
+            pretrained = ctx.train(NAME, f"scarce/seed{seed}/{name}", phases[name])
         tune = {
             **_base(v, seed),
             **RECIPES[v.recipe].tune,

@@ -24,6 +24,7 @@ from dfl.errors import ConfigError, DflError, one_line, out_of_memory
 from dfl.runtime.atomic import atomic_write_bytes
 from dfl.runtime.interrupts import deferred_interrupt
 from dfl.runtime.run_lock import claim_run_dir, unwritable
+from dfl.training import layerwise
 from dfl.training.run_dir import (
     CONFIG,
     STATUS,
@@ -182,6 +183,17 @@ def fit(
     The run holds `run_dir` exclusively while it lives (dfl/runtime/run_lock.py); a run that cannot
     start leaves nothing behind: no directory it created, no file it wrote."""
     run_dir = _run_dir(run_dir)
+    if cfg.pretrain:  # a folder of phase runs, one after another; the last one's is the result
+        if callbacks or until_epoch:
+            raise ConfigError("a layer-wise pretrained run is not paused or watched by a sweep")
+        named = layerwise.phases(cfg, run_dir)
+        layerwise.check_folder(run_dir, list(named))
+        for name, phase in named.items():
+            if log:
+                log(f"{name}: {phase.epochs} epochs")
+            run = fit(phase, run_dir / name, dataset=dataset, resume=resume, log=log,
+                      epoch_bar=epoch_bar)  # fmt: skip
+        return run
     with claim_run_dir(run_dir) as claim:
         ready = _start(cfg, run_dir, claim, dataset, resume, callbacks, log, until_epoch)
         if isinstance(ready, Run):
@@ -234,6 +246,8 @@ def fit_each(
     from dfl.training.fused import fuse_blocker, fuse_pays, train_fused
 
     run_dirs = [_run_dir(d) for d in run_dirs]
+    if any(cfg.pretrain for cfg in cfgs):
+        raise ConfigError("layer-wise pretrained runs train one at a time (fit), not as a group")
     if len(set(run_dirs)) != len(run_dirs):
         raise DflError("two runs of the group share a run directory")
     blocker = fuse_blocker(cfgs)

@@ -1,0 +1,80 @@
+"""Greedy layer-wise pretraining as runs of their own (a config's [pretrain] table).
+
+A stacked autoencoder pretrained layer by layer trains in phases: each layer in turn rebuilds
+its input with every other part frozen, on the run's training split without its labels (the
+epoch selected on the validation split's reconstruction, where the run selects); then the
+classifier trains on top with the bottom layer frozen; then the whole network fine-tunes.
+Each phase is an ordinary run in a folder of the pretrained run's directory (pretrain0,
+pretrain1, ..., classifier, finetune), started from the weights of the phase before it, so
+each resumes and is read back like any other: `dfl train --config
+configs/recipes/sae_deep.toml` is the whole recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dfl.config import EarlyStopConfig, ScheduleConfig, TrainConfig
+from dfl.errors import DflError
+
+FINETUNE = "finetune"  # the phase whose run is the pretrained run's result
+
+
+def phases(cfg: TrainConfig, out: Path) -> dict[str, TrainConfig]:
+    """The phase runs of `cfg` (which has a [pretrain] table), by name, in training order;
+    each starts from the weights of the one before it in `out`."""
+    pre = cfg.pretrain
+    assert pre is not None  # only a pretrained config has phases
+    sizes = cfg.model_args.get("sizes")
+    layers = len(sizes) - 1 if sizes else _default_layers()
+    trained = cfg.model_copy(update={"pretrain": None})
+    # The layers see the images the run sees, split as it splits them, but learn with the
+    # pretraining's own optimiser from a constant rate, unaugmented, and are never tested:
+    # they have no labels to be tested against.
+    images = cfg.data.model_copy(update={"augment_shift": 0, "augment_rotate": 0.0,
+                                         "augment_scale": 0.0})  # fmt: skip
+    out_phases: dict[str, TrainConfig] = {}
+    previous: str | None = None
+    for k in range(layers):
+        others = [f"{part}.{j}" for part in ("encoders", "decoders") for j in range(layers)]
+        update: dict[str, Any] = {
+            "objective": "layerwise",
+            "layer": k,
+            "freeze": [p for p in others if not p.endswith(f".{k}")] + ["classifier"],
+            "init_from": previous,
+            "epochs": pre.epochs,
+            "optim": pre.optim,
+            "schedule": ScheduleConfig(),
+            "early_stop": EarlyStopConfig(),
+            "grad_clip": None,
+            "data": images,
+            "evaluate_test": False,
+            "test_every_epoch": False,
+        }
+        out_phases[f"pretrain{k}"] = trained.model_copy(update=update)
+        previous = str(out / f"pretrain{k}")
+    if pre.classifier_epochs:
+        classifier = {"epochs": pre.classifier_epochs, "freeze": pre.classifier_freeze}
+        out_phases["classifier"] = trained.model_copy(update={**classifier, "init_from": previous})
+        previous = str(out / "classifier")
+    out_phases[FINETUNE] = trained.model_copy(update={"init_from": previous})
+    return out_phases
+
+
+def _default_layers() -> int:
+    from dfl.models import registry
+
+    return len(registry.get("stacked_autoencoder").defaults()["sizes"]) - 1
+
+
+def check_folder(out: Path, names: list[str]) -> None:
+    """A pretrained run's folder holds its phases' runs and nothing else: a run's own files, or
+    someone's, would mix with them."""
+    if out.exists() and not out.is_dir():
+        raise DflError(f"{out} is a file; give --out a new or empty directory")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in names) if out.exists() else []
+    if foreign:
+        raise DflError(
+            f"{out} holds {', '.join(foreign[:3])}, not a layer-wise pretrained run's phases; "
+            "give --out a new or empty directory"
+        )
