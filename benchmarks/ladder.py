@@ -3,8 +3,10 @@
 The full and complete profiles train the CNN's and the ViT's ladders (dfl.experiments.ablation)
 after their searches and final stages: a day on 2 CPU cores. This trains just a ladder, every
 rung over seeds, at the full profile's recipes and for the architecture the full profile
-selected (the CNN: configs/recipes/cnn_long.toml's model arguments), with the same code, run
-names and configs the profile's experiment uses. It resumes: run it again to go on.
+selected (the CNN: configs/recipes/cnn_long.toml's model arguments), with the same code and
+configs the profile's experiment uses (its rungs below the top under the same run names; the
+top rungs, which the profile takes from its beyond stages, under the ladder's). It resumes: run
+it again to go on.
 
     python benchmarks/ladder.py cnn --seeds 3 --jobs 2 --out runs/ladder
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import dfl
 from conftest import run, write_idx_dataset
 from dfl.cli import build_parser
 
@@ -104,7 +105,7 @@ def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path,
             "--device", "cpu", "--out", str(out_dir)]  # fmt: skip
     code, out, _ = run(capsys, *argv)
     assert code == 0, out
-    phases = ["classifier", "finetune", "pretrain0", "pretrain1"]
+    phases = ["classifier", "config.toml", "finetune", "pretrain0", "pretrain1"]
     for seed in (0, 1):
         assert sorted(p.name for p in (out_dir / f"seed{seed}").iterdir()) == phases
         assert f"-> {out_dir / f'seed{seed}' / 'finetune'}" in out
@@ -118,6 +119,17 @@ def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path,
     code, out, _ = run(capsys, *argv, "--resume")
     assert code == 0 and out.count("completed") == 2 and "2 seeds: test_accuracy" in out
     assert (out_dir / "seed1" / "finetune" / "status.json").read_text() == before
+    # the folder keeps the whole config: resumed from it alone, and loaded as its fine-tuning
+    code, out, _ = run(capsys, "train", "--out", str(out_dir / "seed0"), "--resume")
+    assert code == 0 and f"-> {out_dir / 'seed0' / 'finetune'}" in out
+    assert dfl.load(out_dir / "seed0").run_dir == out_dir / "seed0" / "finetune"
+    # fusing them is refused, and sizes that are no list are a one-line error
+    code, _, err = run(capsys, *argv, "--resume", "--fuse", "on")
+    assert code == 2 and "train one seed at a time" in err
+    code, _, err = run(capsys, "train", "stacked_autoencoder", "--set", "pretrain.epochs=1",
+                       "--set", "model_args.sizes=3", "--out", str(tmp_path / "bad"))  # fmt: skip
+    assert code == 2 and "sizes" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from typing import Any
 
 from dfl.config import TrainConfig, UserKeys, build_config, merge, set_dotted
 from dfl.errors import ConfigError, UnloadableRun
+from dfl.training.layerwise import FINETUNE
 from dfl.training.run import Run, fit
 from dfl.training.run_dir import CONFIG, load_saved_config, read_history, read_status
 
@@ -71,6 +72,13 @@ def load(run_dir: str | Path) -> Run:
     cfg = load_saved_config(run_dir) if run_dir.is_dir() else None
     if cfg is None:
         raise UnloadableRun(f"{run_dir} is not a dfl run directory (it has no {CONFIG})")
+    if cfg.pretrain:  # a layer-wise pretrained run's folder: its result is the fine-tuning's
+        if not (run_dir / FINETUNE / CONFIG).exists():
+            raise UnloadableRun(
+                f"{run_dir} is a layer-wise pretrained run that has not reached its "
+                "fine-tuning; train it again with resume=True to go on"
+            )
+        return load(run_dir / FINETUNE)
     status = read_status(run_dir) or {"status": "running"}
     return Run(
         run_dir,

@@ -21,7 +21,7 @@ import torch
 
 from dfl.experiments.context import Context, Overrides, overrides_tree, slug
 from dfl.experiments.document import Table, fmt, mean_std
-from dfl.models.registry import with_model_defaults
+from dfl.models.registry import spelled_out
 from dfl.training.run import Run
 from dfl.training.seeds import averaged_accuracy
 from dfl.training.trained import load_trained
@@ -88,8 +88,8 @@ def collect(
     first = len(plan.trees) - len(tops)
     for i, stage in enumerate(tops, first):
         for s, run_ in enumerate(stage):
-            staged = with_model_defaults(ctx.config({**plan.trees[i], "seed": s}))
-            if staged != with_model_defaults(run_.config):  # a ladder drifted from its recipe
+            staged = spelled_out(ctx.config({**plan.trees[i], "seed": s}))
+            if staged != spelled_out(run_.config):  # a ladder drifted from its recipe
                 raise AssertionError(f"the ladder's {plan.labels[i]!r} is not {run_.run_dir}")
         runs = runs | {plan.name(i, s): r for s, r in enumerate(stage)}
     top = tops[-1]

@@ -106,6 +106,13 @@ def entries() -> list[ModelEntry]:
     return [get(n) for n in names()]
 
 
+def spelled_out(cfg: Any) -> Any:
+    """`cfg` (a TrainConfig) with every model argument spelled out, defaults included, without
+    building the model: for comparing two configs (one that leaves a default out and one that
+    spells it are the same run)."""
+    return cfg.model_copy(update={"model_args": {**get(cfg.model).defaults(), **cfg.model_args}})
+
+
 def with_model_defaults(cfg: Any) -> Any:
     """`cfg` (a TrainConfig) with every model argument spelled out, defaults included, after
     checking them the way training will (building the model): what --print-config shows."""

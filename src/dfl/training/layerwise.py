@@ -16,6 +16,7 @@ from typing import Any
 
 from dfl.config import EarlyStopConfig, ScheduleConfig, TrainConfig
 from dfl.errors import DflError
+from dfl.models.registry import with_model_defaults
 
 FINETUNE = "finetune"  # the phase whose run is the pretrained run's result
 
@@ -25,10 +26,10 @@ def phases(cfg: TrainConfig, out: Path) -> dict[str, TrainConfig]:
     each starts from the weights of the one before it in `out`."""
     pre = cfg.pretrain
     assert pre is not None  # only a pretrained config has phases
-    sizes = cfg.model_args.get("sizes")
-    layers = len(sizes) - 1 if sizes else _default_layers()
+    layers = len(with_model_defaults(cfg).model_args["sizes"]) - 1  # checked: it builds
     trained = cfg.model_copy(update={"pretrain": None})
-    # The layers see the images the run sees, split as it splits them, but learn with the
+    # The layers see the images the run sees, split as it splits them (a train_subset without
+    # a subset_seed draws afresh for every phase, as the notebook did), but learn with the
     # pretraining's own optimiser from a constant rate, unaugmented, and are never tested:
     # they have no labels to be tested against.
     images = cfg.data.model_copy(update={"augment_shift": 0, "augment_rotate": 0.0,
@@ -61,15 +62,9 @@ def phases(cfg: TrainConfig, out: Path) -> dict[str, TrainConfig]:
     return out_phases
 
 
-def _default_layers() -> int:
-    from dfl.models import registry
-
-    return len(registry.get("stacked_autoencoder").defaults()["sizes"]) - 1
-
-
 def check_folder(out: Path, names: list[str]) -> None:
-    """A pretrained run's folder holds its phases' runs and nothing else: a run's own files, or
-    someone's, would mix with them."""
+    """A pretrained run's folder holds its config and its phases' runs and nothing else: a
+    run's own files, or someone's, would mix with them."""
     if out.exists() and not out.is_dir():
         raise DflError(f"{out} is a file; give --out a new or empty directory")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in names) if out.exists() else []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -186,20 +187,46 @@ def fit(
     if cfg.pretrain:  # a folder of phase runs, one after another; the last one's is the result
         if callbacks or until_epoch:
             raise ConfigError("a layer-wise pretrained run is not paused or watched by a sweep")
-        named = layerwise.phases(cfg, run_dir)
-        layerwise.check_folder(run_dir, list(named))
-        for name, phase in named.items():
-            if log:
-                log(f"{name}: {phase.epochs} epochs")
-            run = fit(phase, run_dir / name, dataset=dataset, resume=resume, log=log,
-                      epoch_bar=epoch_bar)  # fmt: skip
-        return run
+        return _fit_phases(cfg, run_dir, dataset, resume, log, epoch_bar)
     with claim_run_dir(run_dir) as claim:
         ready = _start(cfg, run_dir, claim, dataset, resume, callbacks, log, until_epoch)
         if isinstance(ready, Run):
             return ready
         trainer, status_of = ready
         return _record(trainer, status_of, _train_alone(trainer, epoch_bar, until_epoch))
+
+
+def _fit_phases(
+    cfg: TrainConfig,
+    run_dir: Path,
+    dataset: Dataset | None,
+    resume: bool,
+    log: Callable[[str], None] | None,
+    epoch_bar: bool,
+) -> Run:
+    """A layer-wise pretrained run (dfl/training/layerwise.py): its config in `run_dir`, so
+    `dfl train --out RUN --resume` finds it, then each phase's run in turn in its folder."""
+    named = layerwise.phases(cfg, run_dir)
+    layerwise.check_folder(run_dir, [CONFIG, *named])
+    if (run_dir / CONFIG).exists():  # another config into the same folder is refused
+        check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
+    fresh = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / CONFIG, config_to_toml(cfg).encode())
+    except OSError as e:
+        raise unwritable(run_dir, e) from None
+    try:
+        for name, phase in named.items():
+            if log:
+                log(f"{name}: {phase.epochs} epochs")
+            run = fit(phase, run_dir / name, dataset=dataset, resume=resume, log=log,
+                      epoch_bar=epoch_bar)  # fmt: skip
+    except BaseException:
+        if fresh and [p.name for p in run_dir.iterdir()] == [CONFIG]:  # nothing started
+            shutil.rmtree(run_dir)
+        raise
+    return run
 
 
 def fit_group(

@@ -19,7 +19,7 @@ from typing import Any
 
 from dfl.config import TrainConfig, build_config, dict_to_toml, read_toml
 from dfl.errors import ConfigError, DflError
-from dfl.models.registry import with_model_defaults
+from dfl.models.registry import spelled_out
 from dfl.runtime.atomic import atomic_write_bytes, atomic_write_json
 from dfl.training import checkpoint
 
@@ -221,8 +221,8 @@ def check_same_config(
     if saved is None:
         return
     # a model argument spelled at its default is the same run as one left out
-    old = with_model_defaults(saved).model_dump(mode="json")
-    new = with_model_defaults(cfg).model_dump(mode="json")
+    old = spelled_out(saved).model_dump(mode="json")
+    new = spelled_out(cfg).model_dump(mode="json")
     if same_precision(saved.precision, cfg.precision):
         old["precision"] = new["precision"]
     for section, key in PATH_KEYS:  # a path spelled another way names the same file
