@@ -24,7 +24,7 @@ from dfl.experiments.context import Canvas, Context, Overrides
 from dfl.experiments.document import Figure, Section, Table, mean_std
 from dfl.experiments.experiment import Experiment, Number, Result
 from dfl.experiments.lab_numbers import lab_value
-from dfl.training.layerwise import FINETUNE
+from dfl.training.layerwise import FINETUNE, frozen_while_pretraining
 from dfl.training.run import Run
 from dfl.training.trained import final_weights
 
@@ -252,15 +252,13 @@ def phase_overrides(
     phases: dict[str, Overrides] = {}
     previous = None
     for k in range(layers):
-        others = [f"encoders.{j}" for j in range(layers) if j != k]
-        others += [f"decoders.{j}" for j in range(layers) if j != k] + ["classifier"]
         phases[f"pretrain{k}"] = {
             **base,
             **RECIPES[v.recipe].pretrain,
             "objective": "layerwise",
             "layer": k,
             "epochs": v.pretrain,
-            "freeze": others,
+            "freeze": frozen_while_pretraining(k, layers),
             "evaluate_test": False,
             **_data_args(ctx, protocol, seed, k),
             **({"init_from": previous} if previous else {}),

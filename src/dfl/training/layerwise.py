@@ -37,11 +37,10 @@ def phases(cfg: TrainConfig, out: Path) -> dict[str, TrainConfig]:
     out_phases: dict[str, TrainConfig] = {}
     previous: str | None = None
     for k in range(layers):
-        others = [f"{part}.{j}" for part in ("encoders", "decoders") for j in range(layers)]
         update: dict[str, Any] = {
             "objective": "layerwise",
             "layer": k,
-            "freeze": [p for p in others if not p.endswith(f".{k}")] + ["classifier"],
+            "freeze": frozen_while_pretraining(k, layers),
             "init_from": previous,
             "epochs": pre.epochs,
             "optim": pre.optim,
@@ -60,6 +59,13 @@ def phases(cfg: TrainConfig, out: Path) -> dict[str, TrainConfig]:
         previous = str(out / "classifier")
     out_phases[FINETUNE] = trained.model_copy(update={"init_from": previous})
     return out_phases
+
+
+def frozen_while_pretraining(k: int, layers: int) -> list[str]:
+    """What stays fixed while layer k learns to rebuild its input: every other layer's encoder
+    and decoder, and the classifier."""
+    others = [j for j in range(layers) if j != k]
+    return [f"{part}.{j}" for part in ("encoders", "decoders") for j in others] + ["classifier"]
 
 
 def check_folder(out: Path, names: list[str]) -> None:
