@@ -12,6 +12,8 @@ it again to go on.
 
 The CNN's top rung is `dfl train --config configs/recipes/cnn_long.toml`: runs of that command
 copied into the top rung's run directories (printed by --dirs) are reused as they are.
+--committee then chooses a committee among all the ladder's runs on validation
+(dfl.training.committee) and reads its test accuracy once.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dfl.data import load_dataset
 from dfl.experiments import ablation, cnn, recipes, vit
 from dfl.experiments.context import Context, slug
 from dfl.report.render import md_table
+from dfl.training import committee
 
 
 def plan(experiment: str) -> tuple[ablation.Ladder, str]:
@@ -46,6 +49,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/ladder"))
     parser.add_argument("--dirs", action="store_true", help="print the run directories, train none")
+    parser.add_argument(
+        "--committee", action="store_true", help="also a committee of all its runs, on validation"
+    )
     args = parser.parse_args()
     if args.seeds < 1 or args.jobs < 1:
         parser.error("--seeds and --jobs take a whole number of at least 1")
@@ -62,6 +68,12 @@ def main() -> None:
     top = [runs[ladder.name(len(ladder.trees) - 1, s)] for s in range(args.seeds)]
     result = ablation.collect(ctx, ladder, runs, [top])
     print(ablation.summary(result, what), "", md_table(ablation.table(result, what)), sep="\n")
+    if args.committee:
+        chosen = committee.choose([runs[name].run_dir for name in names])
+        print(f"\nA committee of the ladder's {len(names)} runs, chosen on validation log-loss: "
+              f"{chosen.describe()}")  # fmt: skip
+        for member in dict.fromkeys(chosen.members):
+            print(f"  {chosen.members.count(member)} x {member.name}")
 
 
 if __name__ == "__main__":

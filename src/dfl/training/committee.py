@@ -1,0 +1,107 @@
+"""A committee of finished runs chosen on validation only, the test set read once for it.
+
+Greedy ensemble selection (Caruana et al., 2004): runs join one at a time, repeats allowed,
+each time the one whose softmax outputs lower the committee's validation log-loss most; the
+committee kept is the prefix with the lowest log-loss. Log-loss rather than accuracy because
+at 99.7% a validation split of 6,000 images holds about 18 errors, too few to rank by.
+Every run must have been selected on the same validation split, or one run's validation
+images would be another's training images and the choice would flatter them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dfl.config import TrainConfig
+from dfl.data import load_dataset
+from dfl.errors import DflError
+from dfl.training.trained import load_trained
+from dfl.training.trainer import prepare_splits
+
+
+@dataclass(frozen=True)
+class Committee:
+    members: list[Path]  # in the order they joined; a run that joined twice counts twice
+    val_loss: float
+    val_accuracy: float
+    test_accuracy: float
+
+    def describe(self) -> str:
+        distinct = len(set(self.members))
+        return (
+            f"{len(self.members)} votes from {distinct} run{'s' if distinct != 1 else ''}: "
+            f"validation {self.val_accuracy:.4f} (log-loss {self.val_loss:.4f}), "
+            f"test {self.test_accuracy:.4f}"
+        )
+
+
+def log_loss(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-probability of the true class."""
+    true = probs.gather(1, labels[:, None]).squeeze(1)
+    return float(-true.clamp_min(1e-12).log().mean())
+
+
+def greedy(val_probs: Sequence[torch.Tensor], labels: torch.Tensor, rounds: int) -> list[int]:
+    """Indices into `val_probs` of the committee, repeats allowed: `rounds` greedy additions,
+    cut back to the prefix whose averaged probabilities have the lowest log-loss."""
+    if not val_probs or rounds < 1:
+        raise ValueError("a committee needs at least one candidate and one round")
+    total = torch.zeros_like(val_probs[0])
+    picks: list[int] = []
+    best_loss, best_size = float("inf"), 0
+    for size in range(1, rounds + 1):
+        losses = [log_loss((total + p) / size, labels) for p in val_probs]
+        pick = min(range(len(losses)), key=losses.__getitem__)
+        picks.append(pick)
+        total += val_probs[pick]
+        if losses[pick] < best_loss:
+            best_loss, best_size = losses[pick], size
+    return picks[:best_size]
+
+
+def _split_key(cfg: TrainConfig) -> tuple:
+    """What picks a run's validation and test images (prepare_splits)."""
+    d = cfg.data
+    subset_seed = cfg.seed if d.subset_seed is None else d.subset_seed
+    if not (d.train_subset or d.test_subset):
+        subset_seed = None  # no subset drawn: the seed picks nothing
+    return (d.dataset, d.data_dir, d.train_subset, d.test_subset, subset_seed, d.val_fraction,
+            d.split_seed)  # fmt: skip
+
+
+@torch.no_grad()
+def choose(run_dirs: Sequence[str | Path], rounds: int = 25) -> Committee:
+    """The committee of the runs in `run_dirs` that greedy selection picks on their shared
+    validation split, with its test accuracy on their test images."""
+    dirs = [Path(d) for d in run_dirs]
+    trained = [load_trained(d) for d in dirs]
+    cfg = trained[0].config
+    if cfg.data.val_fraction == 0:
+        raise DflError(
+            f"{dirs[0]} has no validation split (data.val_fraction=0): "
+            "a committee is chosen on validation only"
+        )
+    for d, t in zip(dirs, trained, strict=True):
+        if _split_key(t.config) != _split_key(cfg):
+            raise DflError(
+                f"{d} was selected on other validation or test images than {dirs[0]} "
+                "(data.* differs): choose a committee among runs that share them"
+            )
+    splits = prepare_splits(cfg, load_dataset(cfg.data.dataset, cfg.data.data_dir),
+                            torch.device("cpu"))  # fmt: skip
+    val, test = splits["val"], splits["test"]
+    val_probs = [t.predict(val.images).softmax(1) for t in trained]
+    picks = greedy(val_probs, val.labels, rounds)
+    val_avg = sum(val_probs[i] for i in picks) / len(picks)
+    test_probs = {i: trained[i].predict(test.images).softmax(1) for i in set(picks)}
+    test_avg = sum(test_probs[i] for i in picks) / len(picks)
+    return Committee(
+        members=[dirs[i] for i in picks],
+        val_loss=log_loss(val_avg, val.labels),
+        val_accuracy=float((val_avg.argmax(1) == val.labels).float().mean()),
+        test_accuracy=float((test_avg.argmax(1) == test.labels).float().mean()),
+    )
