@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dfl import models
 from dfl.data import load_dataset
+from dfl.errors import DflError
 from dfl.experiments import ablation, cnn, recipes, vit
 from dfl.experiments.context import Context, slug
 from dfl.report.render import md_table
@@ -69,7 +70,10 @@ def main() -> None:
     result = ablation.collect(ctx, ladder, runs, [top])
     print(ablation.summary(result, what), "", md_table(ablation.table(result, what)), sep="\n")
     if args.committee:
-        chosen = committee.choose([runs[name].run_dir for name in names])
+        try:
+            chosen = committee.choose([runs[name].run_dir for name in names])
+        except DflError as e:
+            raise SystemExit(f"ladder.py: no committee: {e}") from None
         print(f"\nA committee of the ladder's {len(names)} runs, chosen on validation log-loss: "
               f"{chosen.describe()}")  # fmt: skip
         for member in dict.fromkeys(chosen.members):

@@ -12,6 +12,7 @@ from conftest import run
 from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.training.committee import choose, greedy, log_loss
+from dfl.training.run import fit
 from dfl.training.trained import load_trained
 from dfl.training.trainer import prepare_splits
 
@@ -38,48 +39,80 @@ def test_members_that_err_apart_join_together():
     assert log_loss(together, LABELS) < min(log_loss(first, LABELS), log_loss(second, LABELS))
 
 
+def test_a_member_can_vote_twice():
+    sure, hedging = probs([0.99, 0.99, 0.99, 0.2]), probs([0.7, 0.7, 0.7, 0.99])
+    # the hedging member first, then the sure one, then the hedging one's second vote: at
+    # weights 2:1 the committee's log-loss is lower than at 1:1, 1:2 or either alone
+    assert greedy([sure, hedging], LABELS, rounds=8) == [1, 0, 1]
+
+
 def test_nothing_to_choose_from():
     with pytest.raises(ValueError, match="at least one candidate"):
         greedy([], LABELS, rounds=3)
 
 
 ARGS = ["--epochs", "2", "--threads", "1", "--fuse", "off"]
-VAL = "data.val_fraction=0.25"
 
 
-def test_choose_reads_test_once_for_the_committee_picked_on_validation(
+def train(capsys, digits, out: Path, *extra: str, model: str = "mlp", val: str = "0.25") -> Path:
+    code, _, err = run(capsys, "train", model, "--dataset", str(digits), "--out", str(out),
+                       *ARGS, "--set", f"data.val_fraction={val}", *extra)  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+def test_choose_picks_on_validation_and_reads_test_once_for_the_committee(
     digits: Path, tmp_path: Path, capsys
 ):
-    out = tmp_path / "runs"
-    for model in ("mlp", "cnn"):
-        code, _, err = run(capsys, "train", model, "--seeds", "0,1", "--dataset", str(digits),
-                           "--out", str(out / model), *ARGS, "--set", VAL)  # fmt: skip
-        assert code == 0, err
-    dirs = [out / m / f"seed{s}" for m in ("mlp", "cnn") for s in (0, 1)]
+    dirs = [
+        train(capsys, digits, tmp_path / f"{model}{seed}", "--seed", str(seed), model=model)
+        for model in ("mlp", "cnn") for seed in (0, 1)
+    ]  # fmt: skip
     committee = choose(dirs, rounds=6)
-    assert set(committee.members) <= set(dirs) and 1 <= len(committee.members) <= 6
-    # by hand: the members' averaged probabilities, on the split their configs select
+    # by hand: greedy selection on the runs' validation outputs, then the members' averaged
+    # probabilities on the split their configs select
     cfg = load_trained(dirs[0]).config
     splits = prepare_splits(cfg, load_dataset(str(digits)), torch.device("cpu"))
 
     @torch.no_grad()
+    def outputs(split: str) -> list[torch.Tensor]:
+        return [load_trained(d).predict(splits[split].images).softmax(1) for d in dirs]
+
+    picks = greedy(outputs("val"), splits["val"].labels, rounds=6)
+    assert committee.members == [dirs[i] for i in picks]
+
+    def averaged(split: str) -> torch.Tensor:
+        probs = outputs(split)
+        return sum(probs[i] for i in picks) / len(picks)
+
     def accuracy(split: str) -> float:
-        images, labels = splits[split].images, splits[split].labels
-        summed = sum(load_trained(d).predict(images).softmax(1) for d in committee.members)
-        return float((summed.argmax(1) == labels).float().mean())
+        return float((averaged(split).argmax(1) == splits[split].labels).float().mean())
 
     assert committee.val_accuracy == accuracy("val")
     assert committee.test_accuracy == accuracy("test")
-    assert committee.describe().startswith(f"{len(committee.members)} votes from ")
+    assert committee.val_loss == log_loss(averaged("val"), splits["val"].labels)
+    assert committee.describe().startswith(f"{len(picks)} votes from {len(set(picks))} run")
 
 
-def test_runs_selected_on_other_images_make_no_committee(digits: Path, tmp_path: Path, capsys):
-    for name, fraction in (("a", "0.25"), ("b", "0.5"), ("none", "0")):
-        val = f"data.val_fraction={fraction}"
-        code, _, err = run(capsys, "train", "mlp", "--dataset", str(digits), "--out",
-                           str(tmp_path / name), *ARGS, "--set", val)  # fmt: skip
-        assert code == 0, err
-    with pytest.raises(DflError, match="other validation or test images"):
-        choose([tmp_path / "a", tmp_path / "b"])
+def test_what_makes_no_committee(digits: Path, tmp_path: Path, capsys):
+    first = train(capsys, digits, tmp_path / "first")
+    with pytest.raises(DflError, match="at least one run"):
+        choose([])
+    other = train(capsys, digits, tmp_path / "other_split", "--set", "data.split_seed=7")
+    with pytest.raises(DflError, match="other images than"):
+        choose([first, other])
+    # started from a run that trained on the images `first` validates on
+    source = train(capsys, digits, tmp_path / "source", val="0")
+    started = train(capsys, digits, tmp_path / "started", "--set", f'init_from="{source}"')
+    with pytest.raises(DflError, match="in a run it started from"):
+        choose([first, started])
     with pytest.raises(DflError, match="no validation split"):
-        choose([tmp_path / "none"])
+        choose([source])
+    autoencoder = train(capsys, digits, tmp_path / "ae", model="autoencoder")
+    with pytest.raises(DflError, match="does not classify"):
+        choose([first, autoencoder])
+    paused = tmp_path / "paused"
+    cfg = load_trained(first).config.model_copy(update={"epochs": 3})
+    assert fit(cfg, paused, until_epoch=1, epoch_bar=False).status == "paused"
+    with pytest.raises(DflError, match="is paused: a committee is made of completed runs"):
+        choose([first, paused])

@@ -4,8 +4,9 @@ Greedy ensemble selection (Caruana et al., 2004): runs join one at a time, repea
 each time the one whose softmax outputs lower the committee's validation log-loss most; the
 committee kept is the prefix with the lowest log-loss. Log-loss rather than accuracy because
 at 99.7% a validation split of 6,000 images holds about 18 errors, too few to rank by.
-Every run must have been selected on the same validation split, or one run's validation
-images would be another's training images and the choice would flatter them.
+Every run, and every run whose weights it started from, must have been trained and selected
+on the same split, or one run's validation images would be another's training images and the
+choice would flatter them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from dfl.config import TrainConfig
 from dfl.data import load_dataset
 from dfl.errors import DflError
+from dfl.training.run_dir import RunStatus, load_saved_config, read_status
 from dfl.training.trained import load_trained
 from dfl.training.trainer import prepare_splits
 
@@ -34,8 +36,8 @@ class Committee:
         distinct = len(set(self.members))
         return (
             f"{len(self.members)} votes from {distinct} run{'s' if distinct != 1 else ''}: "
-            f"validation {self.val_accuracy:.4f} (log-loss {self.val_loss:.4f}), "
-            f"test {self.test_accuracy:.4f}"
+            f"validation {self.val_accuracy:.4f} (log-loss {self.val_loss:.4f}; chosen on it, "
+            f"so optimistic), test {self.test_accuracy:.4f}"
         )
 
 
@@ -73,11 +75,31 @@ def _split_key(cfg: TrainConfig) -> tuple:
             d.split_seed)  # fmt: skip
 
 
+def _check(run_dir: Path, key: tuple, first: Path) -> None:
+    """The run completed, and it and every run whose weights it started from (init_from) were
+    trained and selected on the images `key` names."""
+    status = read_status(run_dir)
+    if status is None or status["status"] != RunStatus.COMPLETED:
+        how = "has not started" if status is None else f"is {status['status']}"
+        raise DflError(f"{run_dir} {how}: a committee is made of completed runs")
+    cfg = load_saved_config(run_dir)
+    while cfg is not None:
+        if _split_key(cfg) != key:
+            raise DflError(
+                f"{run_dir} was trained or selected on other images than {first} (data.* "
+                "differs, itself or in a run it started from): choose a committee among runs "
+                "that share them"
+            )
+        cfg = load_saved_config(Path(cfg.init_from)) if cfg.init_from else None
+
+
 @torch.no_grad()
 def choose(run_dirs: Sequence[str | Path], rounds: int = 25) -> Committee:
-    """The committee of the runs in `run_dirs` that greedy selection picks on their shared
-    validation split, with its test accuracy on their test images."""
+    """The committee of the completed classifier runs in `run_dirs` that greedy selection
+    picks on their shared validation split, with its test accuracy on their test images."""
     dirs = [Path(d) for d in run_dirs]
+    if not dirs or rounds < 1:
+        raise DflError("a committee needs at least one run and one round")
     trained = [load_trained(d) for d in dirs]
     cfg = trained[0].config
     if cfg.data.val_fraction == 0:
@@ -85,16 +107,17 @@ def choose(run_dirs: Sequence[str | Path], rounds: int = 25) -> Committee:
             f"{dirs[0]} has no validation split (data.val_fraction=0): "
             "a committee is chosen on validation only"
         )
-    for d, t in zip(dirs, trained, strict=True):
-        if _split_key(t.config) != _split_key(cfg):
-            raise DflError(
-                f"{d} was selected on other validation or test images than {dirs[0]} "
-                "(data.* differs): choose a committee among runs that share them"
-            )
+    for d in dirs:
+        _check(d, _split_key(cfg), dirs[0])
     splits = prepare_splits(cfg, load_dataset(cfg.data.dataset, cfg.data.data_dir),
                             torch.device("cpu"))  # fmt: skip
     val, test = splits["val"], splits["test"]
-    val_probs = [t.predict(val.images).softmax(1) for t in trained]
+    logits = [t.predict(val.images) for t in trained]
+    for d, out in zip(dirs, logits, strict=True):
+        if out.shape != logits[0].shape or out.ndim != 2:
+            raise DflError(f"{d} does not classify into the classes of {dirs[0]}: a committee "
+                           "votes on classes")  # fmt: skip
+    val_probs = [out.softmax(1) for out in logits]
     picks = greedy(val_probs, val.labels, rounds)
     val_avg = sum(val_probs[i] for i in picks) / len(picks)
     test_probs = {i: trained[i].predict(test.images).softmax(1) for i in set(picks)}
