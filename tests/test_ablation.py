@@ -105,6 +105,14 @@ def test_the_summary_sorts_the_steps_by_the_seeds_spread():
     assert table.rows[-1][5] == "22 in all" and table.rows[0][5] == "11 (cpu)"
 
 
+def test_a_gain_that_rounds_to_nothing_has_no_minus_sign():
+    # the 30-epoch CNN rung's 0.99633 after the one-cycle rung's 0.99633...: -0.0000 before
+    ladder = {"rows": rows([0.99633, 0.99634], [0.99633, 0.99633]), "ensemble": 0.9965,
+              "changes": {}}  # fmt: skip
+    assert ablation.table(ladder, "the CNN").rows[1][4] == "+0.0000"
+    assert "'step 1' (+0.0000)" in ablation.summary(ladder, "the CNN")
+
+
 def test_one_seed_claims_no_spread_and_no_ensemble():
     one = [{**r, "test": r["test"][:1], "val": r["val"][:1]} for r in rows([0.98], [0.99])]
     ladder = {"rows": one, "ensemble": 0.99, "changes": {"epochs": 1}}

@@ -122,13 +122,18 @@ def ensemble_accuracy(ctx: Context, run_dirs: list[Path]) -> float:
     return averaged_accuracy(trained, ctx.data.test_images, ctx.data.test_labels)
 
 
+def signed(gain: float) -> str:
+    """A gain to 4 places with its sign; one that rounds to nothing reads +0.0000, not -0.0000."""
+    return f"{round(gain, 4) + 0.0:+.4f}"
+
+
 def table(ablation: dict[str, Any], what: str) -> Table:
     """The ladder as a table: each rung's accuracies over seeds, its gain in mean test
     accuracy over the rung below, and its cost."""
     rows, previous = [], None
     for r in ablation["rows"]:
         test = fmean(r["test"])
-        gain = "" if previous is None else f"{test - previous:+.4f}"
+        gain = "" if previous is None else signed(test - previous)
         rows.append(
             [r["ingredient"], r["epochs"], mean_std(r["val"]), mean_std(r["test"]), gain,
              f"{fmean(r['seconds']):,.0f} ({r['device']})"]
@@ -138,7 +143,7 @@ def table(ablation: dict[str, Any], what: str) -> Table:
     if len(top["test"]) > 1:  # one seed is no ensemble
         rows.append(
             ["+ ensemble of those seeds", top["epochs"], "", fmt(ablation["ensemble"]),
-             f"{ablation['ensemble'] - previous:+.4f}", f"{sum(top['seconds']):,.0f} in all"]
+             signed(ablation["ensemble"] - previous), f"{sum(top['seconds']):,.0f} in all"]
         )  # fmt: skip
     changed = ", ".join(f"{k} = {v}" for k, v in ablation["changes"].items())
     shortened = f"; every rung as this profile changes it: {changed}"
@@ -171,13 +176,13 @@ def summary(ablation: dict[str, Any], what: str) -> str:
         ranked = sorted(steps, key=lambda t: -t[1])
         return (
             text + "test accuracy, from one seed, so no step can be told from noise; by size: "
-            + "; ".join(f"'{n}' {g:+.4f}" for n, g, _ in ranked) + "."
+            + "; ".join(f"'{n}' {signed(g)}" for n, g, _ in ranked) + "."
         )  # fmt: skip
     steps.append(("ensemble of the seeds", ablation["ensemble"] - means[-1], spread[-1]))
     text += f"test accuracy over {seeds} seeds, {fmt(ablation['ensemble'])} as an ensemble."
 
     def listed(chosen: list[tuple[str, float, float]]) -> str:
-        return "; ".join(f"'{n}' ({g:+.4f})" for n, g, _ in sorted(chosen, key=lambda t: -t[1]))
+        return "; ".join(f"'{n}' ({signed(g)})" for n, g, _ in sorted(chosen, key=lambda t: -t[1]))
 
     gained = [t for t in steps if t[1] > t[2]]
     lost = [t for t in steps if -t[1] > t[2]]
