@@ -9,6 +9,7 @@ import pytest
 import dfl
 from conftest import run, write_idx_dataset
 from dfl.cli import build_parser
+from dfl.training.run_dir import read_status
 
 
 def _subparsers(parser):
@@ -130,6 +131,14 @@ def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path,
                        "--set", "model_args.sizes=3", "--out", str(tmp_path / "bad"))  # fmt: skip
     assert code == 2 and "sizes" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+    # a seed that cannot train keeps no later seed from training, and its error is the exit's
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "seed0").write_text("not a run")
+    code, _, err = run(capsys, *argv[:-1], str(blocked))
+    assert code == 2 and err.strip().endswith(f"{blocked / 'seed0'} is a file; give --out a new "
+                                              "or empty directory")  # fmt: skip
+    assert read_status(blocked / "seed1" / "finetune")["status"] == "completed"
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dfl.errors import ConfigError, DflError
+from dfl.errors import DflError
 from dfl.runtime.interrupts import (
     InterruptOnce,
     SigtermAsInterrupt,
@@ -199,12 +199,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise DflError("give --seed or --seeds, not both")
     cfgs = [cfg.model_copy(update={"seed": seed}) for seed in args.seeds]
     dirs = [out / f"seed{seed}" for seed in args.seeds]
-    if cfg.pretrain:  # each seed's phases in turn
-        if args.fuse == "on":
-            raise ConfigError("--fuse on: layer-wise pretrained runs train one seed at a time")
-        runs = [fit(c, d, resume=args.resume, log=log) for c, d in zip(cfgs, dirs, strict=True)]
-    else:
-        runs = fit_group(cfgs, dirs, fuse=args.fuse, resume=args.resume, log=log)
+    runs = fit_group(cfgs, dirs, fuse=args.fuse, resume=args.resume, log=log)
     for run in runs:
         _print_result(run, run.run_dir)
     from dfl.training.seeds import summary

@@ -243,11 +243,23 @@ def fit_group(
     only in their seed, learning rate or weight decay train as one fused model
     (dfl/training/fused.py) with `fuse` "on", or
     with "auto" where that was measured to pay. Every run is recorded however the others end;
-    the first that failed then raises its error."""
-    ended = fit_each(
-        cfgs, run_dirs, fuse=fuse, dataset=dataset, resume=resume, log=log, epoch_bar=epoch_bar,
-        start_errors=False,
-    )  # fmt: skip
+    the first that failed then raises its error. Layer-wise pretrained runs train one after
+    another (each is several runs of its own), never fused."""
+    if any(cfg.pretrain for cfg in cfgs):
+        if fuse == "on":
+            raise ConfigError("--fuse on: layer-wise pretrained runs train one seed at a time")
+        ended: list[Run | Exception] = []
+        for cfg, run_dir in zip(cfgs, run_dirs, strict=True):
+            try:
+                ended.append(fit(cfg, run_dir, dataset=dataset, resume=resume, log=log,
+                                 epoch_bar=epoch_bar))  # fmt: skip
+            except Exception as e:  # recorded in its folder; the later runs still train
+                ended.append(e)
+    else:
+        ended = fit_each(
+            cfgs, run_dirs, fuse=fuse, dataset=dataset, resume=resume, log=log,
+            epoch_bar=epoch_bar, start_errors=False,
+        )  # fmt: skip
     for run in ended:
         if isinstance(run, BaseException):
             raise run
