@@ -23,6 +23,7 @@ from conftest import DFL, run, synthetic_digits, wait_for, write_idx_dataset
 from dfl import cli
 from dfl.config import build_config, parse_overrides
 from dfl.data.idx import write_idx
+from dfl.runtime.interrupts import say
 from dfl.training.run import fit
 from dfl.training.run_dir import read_status
 
@@ -433,6 +434,23 @@ def test_sigterm_winds_down_like_ctrl_c_and_exits_143(tmp_path, digits):
     assert lines == ["dfl: interrupted; run the same command again with --resume to continue"]
     assert "Traceback" not in err
     assert read_status(out)["status"] == "running"  # --resume continues it
+
+
+def test_a_progress_line_goes_out_with_its_newline_in_one_write(monkeypatch):
+    """`print` wrote an epoch line and its newline apart; a SIGTERM between the two put
+    "dfl: interrupted" at the end of the epoch line, where nothing looking for it found it."""
+    writes: list[str] = []
+
+    class Stderr:
+        def write(self, text: str) -> None:
+            writes.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    say("epoch  21  train_loss 0.25875")
+    assert writes == ["epoch  21  train_loss 0.25875\n"]
 
 
 # --- models whose arguments do not fit, and memory ------------------------------------------

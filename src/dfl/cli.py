@@ -20,6 +20,7 @@ from dfl.runtime.interrupts import (
     SigtermAsInterrupt,
     deferred_interrupt,
     interrupted_exit_code,
+    say,
 )
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
@@ -190,7 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
         from dfl.training.run import fit, fit_group
 
     out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    log = say
     if args.seeds is None:
         run = fit(cfg, out, resume=args.resume, log=log)
         _print_result(run, run.run_dir)  # a pretrained run's: its fine-tuning phase's

@@ -456,7 +456,8 @@ class Progress:
             left = f"about {_minutes(self.time_left())} left" if self.left else "done"
             if self.left and not self.measured:
                 left = "no measured time to estimate what is left"
-            tqdm.write(f"{self.said_as}: {what} (elapsed {elapsed}, {left})", file=sys.stderr)
+            line = f"{self.said_as}: {what} (elapsed {elapsed}, {left})\n"
+            tqdm.write(line, file=sys.stderr, end="")  # one write with its newline: see `say`
 
 
 def _minutes(seconds: float) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -109,3 +110,11 @@ class SigtermAsInterrupt:
     def __exit__(self, *exc: object) -> None:
         if self.active:
             signal.signal(signal.SIGTERM, self.previous)
+
+
+def say(line: str) -> None:
+    """`line` on stderr in one write with its newline. `print` writes the two apart, and a
+    Ctrl-C or SIGTERM between them left the line open, so "dfl: interrupted" ended up at the end
+    of a progress line instead of on its own."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()

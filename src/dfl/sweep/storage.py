@@ -31,7 +31,6 @@ import functools
 import importlib.util
 import random
 import sqlite3
-import sys
 import threading
 import time
 import warnings
@@ -44,6 +43,7 @@ from optuna.storages import RDBStorage
 from sqlalchemy import event, exc
 
 from dfl.errors import DflError, DiskFull
+from dfl.runtime.interrupts import say
 
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a worker waits for another's write before giving up
 MAX_RETRIES = 3  # requeues of a trial whose worker died; a trial that kills workers stops
@@ -139,7 +139,7 @@ def open_storage(
                 ),
             }
     kind: Callable[..., RDBStorage] = (
-        SqliteStorage if is_sqlite else functools.partial(ReconnectingStorage, log=log or _say)
+        SqliteStorage if is_sqlite else functools.partial(ReconnectingStorage, log=log or say)
     )
     for attempt in range(OPEN_ATTEMPTS):
         try:
@@ -163,10 +163,6 @@ def open_storage(
     if is_sqlite:
         event.listen(storage.engine, "begin", _begin_immediate)
     return storage
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _first_line(error: BaseException) -> str:

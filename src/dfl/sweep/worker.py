@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dfl.errors import DflError
-from dfl.runtime.interrupts import note_sigterm
+from dfl.runtime.interrupts import note_sigterm, say
 from dfl.sweep import study as studies
 from dfl.sweep.spec import SweepSpec, check_trials, decode, run_plan
 from dfl.sweep.storage import open_storage, study_id
@@ -57,7 +56,7 @@ def run_worker(
     log: Log | None = None,
 ) -> list[TrialOutcome]:
     """Work on study `name` until it is finished; returns what this worker ran."""
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    log = log or say
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
         from dfl.runtime.core_share import pin_threads
