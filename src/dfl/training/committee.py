@@ -22,6 +22,7 @@ from dfl.config import TrainConfig
 from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.training.run_dir import RunStatus, load_saved_config, read_status
+from dfl.training.seeds import test_images_key
 from dfl.training.trained import load_trained
 from dfl.training.trainer import prepare_splits
 
@@ -67,23 +68,22 @@ def greedy(val_probs: Sequence[torch.Tensor], labels: torch.Tensor, rounds: int)
 
 
 def _split_key(cfg: TrainConfig) -> tuple:
-    """What picks a run's validation and test images (prepare_splits)."""
+    """What picks a run's training, validation and test images (prepare_splits)."""
     d = cfg.data
-    subset_seed = cfg.seed if d.subset_seed is None else d.subset_seed
-    if not (d.train_subset or d.test_subset):
-        subset_seed = None  # no subset drawn: the seed picks nothing
-    return (d.dataset, d.data_dir, d.train_subset, d.test_subset, subset_seed, d.val_fraction,
-            d.split_seed)  # fmt: skip
+    train_seed = (cfg.seed if d.subset_seed is None else d.subset_seed) if d.train_subset else None
+    return (*test_images_key(cfg), d.train_subset, train_seed, d.val_fraction, d.split_seed)
 
 
-def _check(run_dir: Path, key: tuple, first: Path) -> None:
-    """The run completed, and it and every run whose weights it started from (init_from) were
-    trained and selected on the images `key` names."""
+def _check_completed(run_dir: Path) -> None:
     status = read_status(run_dir)
     if status is None or status["status"] != RunStatus.COMPLETED:
         how = "has not started" if status is None else f"is {status['status']}"
         raise DflError(f"{run_dir} {how}: a committee is made of completed runs")
-    cfg = load_saved_config(run_dir)
+
+
+def _check_images(run_dir: Path, cfg: TrainConfig | None, key: tuple, first: Path) -> None:
+    """The run (its config `cfg`) and every run whose weights it started from (init_from) were
+    trained and selected on the images `key` names."""
     while cfg is not None:
         if _split_key(cfg) != key:
             raise DflError(
@@ -101,6 +101,8 @@ def choose(run_dirs: Sequence[str | Path], rounds: int = 100) -> Committee:
     dirs = [Path(d) for d in run_dirs]
     if not dirs or rounds < 1:
         raise DflError("a committee needs at least one run and one round")
+    for d in dirs:
+        _check_completed(d)
     trained = [load_trained(d) for d in dirs]
     cfg = trained[0].config
     if cfg.data.val_fraction == 0:
@@ -108,8 +110,9 @@ def choose(run_dirs: Sequence[str | Path], rounds: int = 100) -> Committee:
             f"{dirs[0]} has no validation split (data.val_fraction=0): "
             "a committee is chosen on validation only"
         )
-    for d in dirs:
-        _check(d, _split_key(cfg), dirs[0])
+    key = _split_key(cfg)
+    for d, t in zip(dirs, trained, strict=True):
+        _check_images(d, t.config, key, dirs[0])
     splits = prepare_splits(cfg, load_dataset(cfg.data.dataset, cfg.data.data_dir),
                             torch.device("cpu"))  # fmt: skip
     val, test = splits["val"], splits["test"]

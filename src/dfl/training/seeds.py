@@ -47,7 +47,7 @@ def ensemble_accuracy(run_dirs: Sequence[str | Path]) -> float | None:
     """Test accuracy of the runs' averaged softmax outputs, on the test images their configs
     select; None where those differ between runs (a test subset drawn with each run's seed)."""
     trained = [load_trained(d) for d in run_dirs]
-    if len({_test_images_key(t.config) for t in trained}) > 1:
+    if len({test_images_key(t.config) for t in trained}) > 1:
         return None
     cfg = trained[0].config
     data = load_dataset(cfg.data.dataset, cfg.data.data_dir)
@@ -64,7 +64,7 @@ def averaged_accuracy(
     return float((probs.argmax(1) == labels).float().mean())
 
 
-def _test_images_key(cfg: TrainConfig) -> tuple:
+def test_images_key(cfg: TrainConfig) -> tuple:
     """What picks a run's test images (prepare_splits): the dataset, and any subset's seed."""
     d = cfg.data
     subset_seed = (cfg.seed if d.subset_seed is None else d.subset_seed) if d.test_subset else None
