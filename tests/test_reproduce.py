@@ -18,11 +18,12 @@ from conftest import check_page, write_idx_dataset
 from dfl.cli import main
 from dfl.config import build_config
 from dfl.errors import ConfigError, ExperimentsFailed
-from dfl.experiments import EXPERIMENTS
+from dfl.experiments import EXPERIMENTS, engine
 from dfl.experiments.context import Context
 from dfl.experiments.registry import REGISTRY
 from dfl.report.build import build_report
 from dfl.reproduce import reproduce
+from dfl.runtime.local_workers import run_in_workers
 
 
 @pytest.fixture
@@ -177,13 +178,23 @@ def test_jobs_below_one_is_refused(tmp_path: Path, capsys):
 
 
 @pytest.mark.slow
-def test_runs_side_by_side_are_the_runs_made_one_after_another(tmp_path: Path, tiny_data):
-    """--jobs 2 trains in worker processes; each run is seeded by its own config, so what they
-    write is what the same runs write one at a time, returned in the order asked for."""
+def test_runs_side_by_side_are_the_runs_made_one_after_another(
+    tmp_path: Path, tiny_data, monkeypatch: pytest.MonkeyPatch
+):
+    """--jobs 2 trains in worker processes, the longest runs first; each run is seeded by its
+    own config, so what they write is what the same runs write one at a time, returned in
+    the order asked for."""
     runs = {
-        f"seed{s}": {"model": "mlp", "model_args.hidden": [32], "epochs": 2, "seed": s}
+        f"seed{s}": {"model": "mlp", "model_args.hidden": [32], "epochs": 1 + s, "seed": s}
         for s in range(3)
     }
+    handed_out: list[str] = []
+
+    def in_order(fn, tasks, **kwargs):  # the workers' own, seen on the way in
+        handed_out.extend(tasks)
+        return run_in_workers(fn, tasks, **kwargs)
+
+    monkeypatch.setattr(engine, "run_in_workers", in_order)
     results = {}
     for jobs in (1, 2):
         ctx = Context(tmp_path / f"jobs{jobs}", "smoke", tiny_data, "synthetic", "cpu", jobs=jobs)
@@ -192,10 +203,11 @@ def test_runs_side_by_side_are_the_runs_made_one_after_another(tmp_path: Path, t
     for key in runs:
         one, two = results[1][key], results[2][key]
         assert two.status == "completed" and two.run_dir.name == key
-        assert len(two.history) == 2
+        assert len(two.history) == runs[key]["epochs"]
         # One thread per worker against the test's own threads: sums may round differently.
         assert two.final["test_loss"] == pytest.approx(one.final["test_loss"], rel=1e-4)
     assert results[2]["seed0"].final["test_loss"] != results[2]["seed1"].final["test_loss"]
+    assert handed_out == ["seed2", "seed1", "seed0"]  # to the workers, the longest first
 
 
 def test_wall_time_counts_earlier_unfinished_invocations(tmp_path: Path):

@@ -65,15 +65,25 @@ def _train_group(plans: dict[str, Plan], data: Dataset) -> dict[str, Run]:
 def _side_by_side(plans: dict[str, Plan], data: Dataset, jobs: int, bar: tqdm) -> dict[str, Run]:
     """The plans in `jobs` spawned workers of cores // jobs threads each (runtime/local_workers.py:
     the split, and a failed run, Ctrl-C or SIGTERM stopping the other workers; their runs
-    resume from their checkpoints next time)."""
-    return run_in_workers(
+    resume from their checkpoints next time). The longest start first (`images_to_train`):
+    a long run handed out last would train alone at the end while the other workers idle."""
+    longest_first = sorted(plans, key=lambda key: -images_to_train(plans[key][0], data))
+    results = run_in_workers(
         _fit_in_worker,
-        plans,
+        {key: plans[key] for key in longest_first},
         workers=jobs,
         initializer=_start_worker,
         initargs=(for_workers(data),),
         on_result=lambda *_: bar.update(),
     )
+    return {key: results[key] for key in plans}  # in the order asked for
+
+
+def images_to_train(cfg: TrainConfig, data: Dataset) -> int:
+    """A run's length as the images it trains on, all epochs together: among one experiment's
+    runs, where the models are alike, the order of their training times."""
+    images = cfg.data.train_subset or len(data.train_images)
+    return cfg.epochs * round(images * (1 - cfg.data.val_fraction))
 
 
 _WORKER_DATA: Dataset | None = None  # a worker process's copy of the dataset
