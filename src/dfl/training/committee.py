@@ -24,7 +24,7 @@ from dfl.errors import DflError
 from dfl.training.run_dir import RunStatus, load_saved_config, read_status
 from dfl.training.seeds import test_images_key
 from dfl.training.trained import load_trained
-from dfl.training.trainer import prepare_splits
+from dfl.training.trainer import prepare_splits, subset_seed
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def greedy(val_probs: Sequence[torch.Tensor], labels: torch.Tensor, rounds: int)
 def _split_key(cfg: TrainConfig) -> tuple:
     """What picks a run's training, validation and test images (prepare_splits)."""
     d = cfg.data
-    train_seed = (cfg.seed if d.subset_seed is None else d.subset_seed) if d.train_subset else None
+    train_seed = subset_seed(cfg) if d.train_subset else None
     return (*test_images_key(cfg), d.train_subset, train_seed, d.val_fraction, d.split_seed)
 
 

@@ -15,7 +15,7 @@ from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.training.run import Run
 from dfl.training.trained import Trained, load_trained
-from dfl.training.trainer import prepare_splits
+from dfl.training.trainer import prepare_splits, subset_seed
 
 
 def summary(runs: Sequence[Run]) -> str | None:
@@ -67,5 +67,4 @@ def averaged_accuracy(
 def test_images_key(cfg: TrainConfig) -> tuple:
     """What picks a run's test images (prepare_splits): the dataset, and any subset's seed."""
     d = cfg.data
-    subset_seed = (cfg.seed if d.subset_seed is None else d.subset_seed) if d.test_subset else None
-    return (d.dataset, d.data_dir, d.test_subset, subset_seed)
+    return (d.dataset, d.data_dir, d.test_subset, subset_seed(cfg) if d.test_subset else None)

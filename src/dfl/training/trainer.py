@@ -147,19 +147,25 @@ def set_global_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.set_rng_state(state)
 
 
+def subset_seed(cfg: TrainConfig) -> int:
+    """The seed that draws a run's lab-faithful subsets (data.train_subset, data.test_subset):
+    data.subset_seed, or without one the run's own seed."""
+    return cfg.seed if cfg.data.subset_seed is None else cfg.data.subset_seed
+
+
 def prepare_splits(cfg: TrainConfig, data: Dataset, device: torch.device) -> dict[str, Split]:
     """train / val / test on the device. Faithful runs draw the lab's random subsets first;
     the validation split is carved out of (the subset of) the training images, seeded by
     `data.split_seed` so every run of an experiment sees the same split."""
     d = cfg.data
-    subset_seed = cfg.seed if d.subset_seed is None else d.subset_seed
+    seed = subset_seed(cfg)
     train_x, train_y = data.train_images, data.train_labels
     test_x, test_y = data.test_images, data.test_labels
     if d.train_subset:
-        idx = random_subset(len(train_y), d.train_subset, subset_seed)
+        idx = random_subset(len(train_y), d.train_subset, seed)
         train_x, train_y = train_x[idx], train_y[idx]
     if d.test_subset:
-        idx = random_subset(len(test_y), d.test_subset, subset_seed + 1)
+        idx = random_subset(len(test_y), d.test_subset, seed + 1)
         test_x, test_y = test_x[idx], test_y[idx]
     splits = {"test": Split.of(test_x, test_y, device)}
     if d.val_fraction > 0:
