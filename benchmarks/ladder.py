@@ -10,6 +10,10 @@ it again to go on.
 
     python benchmarks/ladder.py cnn --seeds 3 --jobs 2 --out runs/ladder
 
+--seed and --rungs train a part of it, one line a run: `--seed 1 --rungs 1,2,3,4` is seed 1 of
+the five rungs' second to fifth (rung 0 is the bottom), for spreading a ladder's seeds over
+machines or sessions. The runs are the same as the whole ladder's, under the same names.
+
 The CNN's top rung is `dfl train --config configs/recipes/cnn_long.toml`: runs of that command
 copied into the top rung's run directories (printed by --dirs) are reused as they are.
 --committee then chooses a committee among all the ladder's runs on validation
@@ -26,6 +30,7 @@ from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.experiments import ablation, cnn, recipes, vit
 from dfl.experiments.context import Context, slug
+from dfl.experiments.document import Table
 from dfl.report.render import md_table
 from dfl.training import committee
 
@@ -43,6 +48,37 @@ def plan(experiment: str) -> tuple[ablation.Ladder, str]:
     ), "the CNN"
 
 
+def _indices(text: str) -> list[int]:
+    try:
+        return sorted({int(i) for i in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of rungs like 1,2") from None
+
+
+def part(args: argparse.Namespace, ladder: ablation.Ladder) -> None:
+    """Train some rungs of some seeds and print a line a run (a part has no table: its gains
+    need every seed of every rung)."""
+    rungs = args.rungs if args.rungs is not None else list(range(len(ladder.trees)))
+    if not all(0 <= i < len(ladder.trees) for i in rungs):
+        raise SystemExit(f"ladder.py: --rungs: this ladder has rungs 0 to {len(ladder.trees) - 1}")
+    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    names = {ladder.name(i, s): ({**ladder.trees[i], "seed": s}, i) for i in rungs for s in seeds}
+    if args.dirs:
+        print(*(args.out / args.experiment / "runs" / slug(name) for name in names), sep="\n")
+        return
+    data = load_dataset("mnist")
+    ctx = Context(args.out, "full", data, "mnist", seeds=len(seeds), jobs=args.jobs)
+    runs = ctx.train_many(args.experiment, {name: tree for name, (tree, _) in names.items()})
+    rows = [
+        [str(i), ladder.labels[i], str(runs[name].config.seed),
+         f"{runs[name].final['val_accuracy']:.4f}", f"{runs[name].final['test_accuracy']:.4f}",
+         f"{sum(h['seconds'] for h in runs[name].history):,.0f}"]
+        for name, (_, i) in names.items()
+    ]  # fmt: skip
+    columns = ["rung", "ingredient", "seed", "val accuracy", "test accuracy", "seconds"]
+    print(md_table(Table(columns, rows)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=["cnn", "vit"])
@@ -50,6 +86,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/ladder"))
     parser.add_argument("--dirs", action="store_true", help="print the run directories, train none")
+    parser.add_argument("--seed", type=int, help="train only this seed, one line a run")
+    parser.add_argument("--rungs", type=_indices, help="train only these rungs (0 = the bottom)")
     parser.add_argument(
         "--committee", action="store_true", help="also a committee of all its runs, on validation"
     )
@@ -58,6 +96,9 @@ def main() -> None:
         parser.error("--seeds and --jobs take a whole number of at least 1")
 
     ladder, what = plan(args.experiment)
+    if args.seed is not None or args.rungs is not None:
+        part(args, ladder)
+        return
     names = ladder.below_top(args.seeds, tops=0)  # every rung, the top one too
     if args.dirs:
         for name in names:
