@@ -80,6 +80,27 @@ def test_a_ladder_trained_alone_tops_out_at_its_recipe_file(tmp_path: Path):
         assert with_model_defaults(top) == with_model_defaults(alone), experiment
 
 
+def test_part_of_a_ladder_trains_the_whole_ladders_runs(capsys, monkeypatch):
+    """benchmarks/ladder.py --seed/--rungs names the very run directories of the whole
+    ladder's, so seeds trained apart add up to it; a rung it lacks is refused in one line."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import ladder
+
+    def dirs(*argv: str) -> list[str]:
+        monkeypatch.setattr(sys, "argv", ["ladder.py", "vit", "--dirs", *argv])
+        ladder.main()
+        return capsys.readouterr().out.split()
+
+    whole = dirs("--seeds", "2")
+    part = dirs("--seed", "1", "--rungs", "1,4")
+    assert len(whole) == 2 * (len(vit.LADDER) + 1) and len(part) == 2
+    assert set(part) < set(whole) and all(d.endswith("_seed1") for d in part)
+    with pytest.raises(SystemExit, match="rungs 0 to 5"):
+        dirs("--rungs", "6")
+
+
 def rows(*tests: list[float]) -> list[dict]:
     return [
         {"ingredient": f"+ step {i}", "val": t, "test": t, "seconds": [10.0, 12.0],
