@@ -168,6 +168,8 @@ def test_cli_prints_the_table_and_the_lab_bug(capsys):
         (["--heads", "4", "--dv", "6"], "--dv 6 is not divisible by --heads 4"),
         (["--n", "0"], "argument --n: must be at least 1"),
         (["--pad", "32"], "--pad must be in 0..31"),
+        (["--seed", "-1"], "argument --seed: must be at least 0"),
+        (["--n", "20000"], "give smaller sizes"),  # 400M scores: refused before any is made
     ],
 )
 def test_cli_bad_sizes_exit_2_in_one_line(capsys, flags, message):

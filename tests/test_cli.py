@@ -91,6 +91,9 @@ def test_train_on_an_idx_directory(tmp_path: Path, capsys):
     # The saved config repeats the run; --resume reuses the finished one.
     code, out, _ = run(capsys, "train", "--resume", "--out", str(out_dir))
     assert code == 0 and "completed" in out
+    # A mistyped run directory is named, not taken for a missing model.
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out_dir) + "x")
+    assert code == 2 and "x holds no run" in err
 
 
 def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path, capsys):

@@ -118,6 +118,20 @@ def test_parsing_matrices(tmp_path):
         parse_matrix(" ; ")
     with pytest.raises(DflError, match="does not exist"):
         read_matrix_file(tmp_path / "missing.txt")
+    with pytest.raises(DflError, match="'1e400' in row 1 is not a finite number"):
+        parse_matrix("1e400 1")  # JSON output has no infinity
+    path.write_bytes(b"\xef\xbb\xbf1,2\n3,4\n")  # a spreadsheet's CSV opens with a BOM
+    assert read_matrix_file(path).tolist() == [[1, 2], [3, 4]]
+    path.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(DflError, match="is not text"):
+        read_matrix_file(path)
+    with pytest.raises(DflError, match="is a directory"):
+        read_matrix_file(tmp_path)
+
+
+def test_padding_that_would_fill_the_memory_is_refused():
+    with pytest.raises(DflError, match="4,000,008,000,004 cells"):
+        convolve2d(np.ones((2, 2)), np.ones((1, 1)), padding=1_000_000)
 
 
 def test_cli_prints_the_lab_example(capsys):

@@ -160,6 +160,8 @@ def test_unrun_experiments_show_as_missing_with_a_reason(tmp_path: Path):
 def test_report_needs_a_reproduction(tmp_path: Path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no reproduction" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "typo")]) == 2
+    assert "typo is not a directory" in capsys.readouterr().err
 
 
 def test_profile_mismatch_is_refused(tmp_path: Path, capsys):

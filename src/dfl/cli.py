@@ -178,6 +178,11 @@ def run_train(args: argparse.Namespace) -> int:
         own = Path(args.out) / (f"seed{args.seeds[0]}" if args.seeds else "") / "config.toml"
         if own.exists():
             config_file = own
+        elif args.model is None:
+            raise DflError(
+                f"--resume: {own.parent} holds no run (no config.toml): check the path, or name "
+                "a model or --config to start one there"
+            )
     if config_file is None and args.model is None:
         raise DflError(
             "name a model (`dfl train cnn_lab`) or give --config FILE; "

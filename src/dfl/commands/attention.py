@@ -9,11 +9,22 @@ from dfl.cli import command
 from dfl.labtools.attention_check import TOLERANCE, compare_attention, lab_bug_demo
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+def _int_at_least(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def natural(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 @command("attention", "self-attention in NumPy and PyTorch: shapes, agreement, the lab's bug")
@@ -29,7 +40,9 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heads", type=positive_int, default=1, help="heads h; must divide --dq and --dv"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights")
+    p.add_argument(
+        "--seed", type=natural, default=0, help="seed of the random inputs and weights (>= 0)"
+    )
     p.add_argument("--causal", action="store_true", help="query i attends to keys 0..i only")
     p.add_argument(
         "--pad", type=int, default=0, help="mark the last PAD tokens as padding keys (default 0)"

@@ -47,6 +47,11 @@ def random_problem(
     return x, w_q, w_k, w_v
 
 
+# The largest array the check builds: NumPy keeps several of them in float64 and PyTorch its
+# own, so 4M numbers is a few hundred MB at most, and 2,048 tokens of one head still fit.
+MAX_ELEMENTS = 1 << 22
+
+
 def check_sizes(n: int, d: int, dq: int, dv: int, heads: int, pad: int) -> None:
     for flag, value in (("--n", n), ("--d", d), ("--dq", dq), ("--dv", dv), ("--heads", heads)):
         if value < 1:
@@ -56,6 +61,12 @@ def check_sizes(n: int, d: int, dq: int, dv: int, heads: int, pad: int) -> None:
             raise ConfigError(f"{flag} {value} is not divisible by --heads {heads}")
     if not 0 <= pad < n:
         raise ConfigError(f"--pad must be in 0..{n - 1} (at least one real token), not {pad}")
+    largest = max(heads * n * n, n * d, d * max(dq, dv), n * max(dq, dv))
+    if largest > MAX_ELEMENTS:
+        raise ConfigError(
+            f"these sizes need an array of {largest:,} numbers (the scores alone are --heads x "
+            f"--n x --n); the check takes at most {MAX_ELEMENTS:,}: give smaller sizes"
+        )
 
 
 def compare_attention(

@@ -23,6 +23,9 @@ from dfl.errors import DflError
 from dfl.models.layers import conv_output_size
 
 Pair = tuple[int, int]  # (rows, columns)
+# What a by-hand calculation shows: beyond this many padded input cells (so windows, at stride
+# 1) the listing is unreadable, and the padding alone could fill the memory.
+MAX_CELLS = 10_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,6 +46,9 @@ def parse_matrix(text: str, what: str = "matrix") -> np.ndarray:
         except ValueError:
             bad = next(v for v in values if not _is_number(v))
             raise DflError(f"{what}: '{bad}' in row {len(rows) + 1} is not a number") from None
+        if not np.isfinite(rows[-1]).all():  # inf, nan, 1e400: no arithmetic to show
+            bad = next(v for v in values if not np.isfinite(float(v)))
+            raise DflError(f"{what}: '{bad}' in row {len(rows)} is not a finite number")
     if not rows:
         raise DflError(f'{what} is empty (example: "2 5 4 1; 3 1 2 0")')
     for i, row in enumerate(rows, start=1):
@@ -57,9 +63,13 @@ def read_matrix_file(path: str | Path, what: str = "matrix") -> np.ndarray:
     """A matrix from a text file: one row per line, values separated by spaces or commas."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's CSV starts with a BOM
     except FileNotFoundError:
         raise DflError(f"{what} file {path} does not exist") from None
+    except IsADirectoryError:
+        raise DflError(f"{what} file {path} is a directory; name a text or CSV file") from None
+    except UnicodeDecodeError:
+        raise DflError(f"{what} file {path} is not text: give numbers, a row a line") from None
     return parse_matrix(text, f"{what} file {path}")
 
 
@@ -143,6 +153,12 @@ def convolve2d(
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
     dh, dw = _pair(dilation, "dilation", 1)
+    padded_cells = (matrix.shape[0] + 2 * ph) * (matrix.shape[1] + 2 * pw)
+    if padded_cells > MAX_CELLS:
+        raise DflError(
+            f"the padded input would hold {padded_cells:,} cells; `dfl conv` shows every window "
+            f"by hand and takes at most {MAX_CELLS:,}: give a smaller input or padding"
+        )
     rows = dimension_arithmetic("rows", matrix.shape[0], kernel.shape[0], sh, ph, dh)
     cols = dimension_arithmetic("columns", matrix.shape[1], kernel.shape[1], sw, pw, dw)
 

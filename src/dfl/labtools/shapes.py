@@ -18,6 +18,7 @@ the `ShapeError` of `dfl.models.layers`, printed as one line naming the layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,11 @@ class ModelSummary:
         return asdict(self)
 
 
+# A sample's numbers at most: the dummy batch runs for real, and its activations are a few
+# times its size per layer (3x2048x2048 fits).
+MAX_INPUT = 1 << 24
+
+
 def model_summary(model: nn.Module, input_shape: Shape = DEFAULT_INPUT) -> ModelSummary:
     """Run a dummy batch through `model` and account for every layer (see the module doc).
 
@@ -81,6 +87,11 @@ def model_summary(model: nn.Module, input_shape: Shape = DEFAULT_INPUT) -> Model
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    if math.prod(input_shape) > MAX_INPUT:
+        raise ShapeError(
+            f"input {list(input_shape)} holds {math.prod(input_shape):,} numbers a sample; the "
+            f"check runs a real batch and takes at most {MAX_INPUT:,}: give a smaller --input"
+        )
     x = torch.zeros(_DUMMY_BATCH, *input_shape, device=device, dtype=dtype)
     was_training = model.training
     model.eval()  # batch statistics and dropout play no part in shapes or counts

@@ -258,6 +258,8 @@ def _summary(entries: list[dict], manifest: dict, saved: dict[str, Saved], out: 
 def build_report(out: Path) -> Path:
     out = Path(out)
     manifest_path = out / "reproduce.json"
+    if not out.is_dir():
+        raise DflError(f"{out} is not a directory: name the --out of a `dfl reproduce`")
     if not manifest_path.exists():
         raise DflError(
             f"{out} holds no reproduction (no reproduce.json); run `dfl reproduce "
