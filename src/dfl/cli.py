@@ -168,7 +168,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dfl.config import build_config, config_to_toml
+    from dfl.config import build_config, config_to_toml, read_toml
     from dfl.models import with_model_defaults
 
     config_file = args.config
@@ -188,7 +188,14 @@ def run_train(args: argparse.Namespace) -> int:
             "name a model (`dfl train cnn_lab`) or give --config FILE; "
             "`dfl models` lists the models"
         )
-    cfg = build_config(config_file, _train_overrides(args))
+    overrides = _train_overrides(args)
+    if args.model is None and "model" not in overrides and "model" not in read_toml(config_file):
+        # else TrainConfig's default model would train, one the user never chose
+        raise DflError(
+            f"{config_file} names no model: add `model = \"cnn_lab\"` (say) to it, or name "
+            "one: `dfl train MODEL --config FILE`"
+        )
+    cfg = build_config(config_file, overrides)
     if args.print_config:
         print(config_to_toml(with_model_defaults(cfg), show_unset=True))
         return 0

@@ -54,9 +54,10 @@ class DataConfig(Strict):
     data_dir: str | None = None  # a directory holding the four IDX files; tried first
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # held out of train for selection
     split_seed: Seed = 42  # the split is a property of the experiment, not of the run's seed
-    train_subset: int | None = Field(None, gt=0)  # lab-faithful: random N training images ...
+    # lab-faithful: random N training images (val_fraction of them then validate) ...
+    train_subset: int | None = Field(None, gt=0)
     test_subset: int | None = Field(None, gt=0)  # ... and M test images, as the notebooks did
-    subset_seed: Seed | None = None  # None = a fresh draw each run (the notebooks had no seed)
+    subset_seed: Seed | None = None  # what draws the subsets; None = the run's seed
     normalize: bool = False  # lab: pixels / 255 only; True: (x - 0.1307) / 0.3081
     augment_shift: int = Field(0, ge=0, le=8)  # random translation in pixels (0 = off)
     augment_rotate: float = Field(0.0, ge=0.0, le=45.0)  # random rotation in degrees
@@ -312,7 +313,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply") from None
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        # configs/... from elsewhere than the repository's root: say where it was looked for
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ConfigError(f"config file {path} does not exist{where}") from None
     except IsADirectoryError:
         raise ConfigError(
             f"config file {path} is a directory; give a TOML file (a run's is DIR/config.toml)"
