@@ -35,6 +35,8 @@ def test_every_command_and_option_has_help(capsys, monkeypatch):
             if isinstance(action, argparse._SubParsersAction):
                 continue  # each of its commands has help: checked as a command
             assert action.help, f"dfl {name}: {action.option_strings or action.dest} has no help"
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("dfl ")
 
 
 def test_reproduce_help_fits_a_screen_and_quotes_the_measured_costs(capsys, monkeypatch):

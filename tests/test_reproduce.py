@@ -157,6 +157,14 @@ def test_unrun_experiments_show_as_missing_with_a_reason(tmp_path: Path):
     assert "| 0 |" not in markdown  # missing is never shown as zero
 
 
+def test_a_directory_of_other_files_is_refused_untouched(tmp_path: Path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["reproduce", "--profile", "smoke", "--only", "conv", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "holds files that are no reproduction (notes.txt)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_report_needs_a_reproduction(tmp_path: Path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no reproduction" in capsys.readouterr().err
@@ -641,6 +649,9 @@ def test_a_result_saved_by_another_dfl_is_rerun_not_misread(tmp_path: Path):
     (out / "conv" / "result.json").write_text(json.dumps({"status": "completed", "lab": {}}))
     markdown = build_report(out).with_suffix(".md").read_text()
     assert "saved by another version of dfl; rerun the reproduce command" in markdown
+    (out / "conv" / "result.json").write_text('{"status": "compl')  # a damaged one is not older
+    markdown = build_report(out).with_suffix(".md").read_text()
+    assert "its result.json is damaged (not valid JSON); rerun the reproduce command" in markdown
     reproduce(out, "smoke", only=["conv"])
     record = json.loads((out / "conv" / "result.json").read_text())
     assert record["status"] == "completed" and record["result"]["lab"]["output"] == [

@@ -192,9 +192,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.model is None and "model" not in overrides and "model" not in read_toml(config_file):
         # else TrainConfig's default model would train, one the user never chose
         raise DflError(
-            f"{config_file} names no model: add `model = \"cnn_lab\"` (say) to it, or name "
+            f'{config_file} names no model: add `model = "cnn_lab"` (say) to it, or name '
             "one: `dfl train MODEL --config FILE`"
         )
+    if args.seeds is not None and args.seed is not None:  # before --print-config shows one
+        raise DflError("give --seed or --seeds, not both")
     cfg = build_config(config_file, overrides)
     if args.print_config:
         print(config_to_toml(with_model_defaults(cfg), show_unset=True))
@@ -208,8 +210,6 @@ def run_train(args: argparse.Namespace) -> int:
         run = fit(cfg, out, resume=args.resume, log=log)
         _print_result(run, run.run_dir)  # a pretrained run's: its fine-tuning phase's
         return 0
-    if args.seed is not None:
-        raise DflError("give --seed or --seeds, not both")
     cfgs = [cfg.model_copy(update={"seed": seed}) for seed in args.seeds]
     dirs = [out / f"seed{seed}" for seed in args.seeds]
     runs = fit_group(cfgs, dirs, fuse=args.fuse, resume=args.resume, log=log)
@@ -274,8 +274,11 @@ def run_models(args: argparse.Namespace) -> int:
 
 @command("data", "inspect datasets: `dfl data info --dataset fashion-mnist`")
 def add_data_command(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
-    info = sub.add_parser("info", help="source, path, sizes, class counts and checksum verdict")
+    sub = p.add_subparsers(
+        dest="data_command", required=True, parser_class=Parser, metavar="SUBCOMMAND"
+    )
+    about = "source, path, sizes, class counts and checksum verdict"
+    info = sub.add_parser("info", help=about, description=about)
     add_data_arguments(info)
     info.set_defaults(run=run_data_info)
 
@@ -315,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sharing the cores with the other dfl trainings alive on the machine), DFL_FUSE=off "
         "(train every run alone where --fuse auto would train same-shape runs as one).",
     )
+    from dfl import __version__
+
+    parser.add_argument("--version", action="version", version=f"dfl {__version__}")
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=Parser, metavar="COMMAND"
     )

@@ -118,7 +118,8 @@ def save_record(out: Path, record: Record) -> None:
 
 
 class OlderRecord(Exception):
-    """A result.json written by an older dfl (another layout): rerun the experiment."""
+    """A result.json written by an older dfl (another layout), or damaged: rerun the
+    experiment. Its message says which, as the report's missing section does."""
 
 
 def load_record(out: Path, name: str) -> Record | None:
@@ -129,7 +130,9 @@ def load_record(out: Path, name: str) -> Record | None:
     try:
         record = Record.model_validate_json(path.read_bytes())
     except ValidationError as e:
-        raise OlderRecord(f"{path} was written by another version of dfl") from e
+        if any(err["type"] == "json_invalid" for err in e.errors()):  # cut short, or edited
+            raise OlderRecord(f"its {path.name} is damaged (not valid JSON)") from e
+        raise OlderRecord("its result was saved by another version of dfl") from e
     here = str(Path(out).absolute())
     if record.at and record.at != here and record.result is not None:
         record.result = moved(record.result, record.at, here)

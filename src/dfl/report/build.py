@@ -52,7 +52,9 @@ def _saved(out: Path, name: str) -> Saved:
         if record is None or record.status != "completed":
             return Saved(experiment, record)
         return Saved(experiment, record, record.typed(experiment))
-    except (OlderRecord, ValidationError):
+    except OlderRecord as e:
+        return Saved(experiment, problem=str(e))
+    except ValidationError:  # a record that reads, but holds another layout's result
         return Saved(experiment, problem="its result was saved by another version of dfl")
 
 

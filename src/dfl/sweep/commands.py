@@ -58,6 +58,8 @@ def add_storage_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
+    if not args.spec.strip():
+        raise DflError("SPEC is empty; name a sweep spec TOML (see configs/sweeps/)")
     if args.spec == "status":
         if args.target is None:
             raise DflError("`dfl sweep status` needs a spec file or a study name")
@@ -114,6 +116,8 @@ def _status_text(target: str, storage: str | None, out: str | None, list_trials:
     from dfl.sweep.status import format_status, sweep_status
     from dfl.sweep.storage import describe_url, open_storage
 
+    if target.endswith(".toml") and not Path(target).is_file():  # a spec's path, mistyped
+        raise DflError(f"spec file {target} does not exist (or give the study's name)")
     name = load_spec(target).name if Path(target).is_file() else target
     url = _existing_storage(name, storage, out)
     store = open_storage(url)
