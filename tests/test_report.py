@@ -138,6 +138,9 @@ def test_a_damaged_results_json_is_one_line_in_the_lab_table(text, small_reprodu
         assert main(["report", str(out), "--lab-table"]) == 2
     assert "results.json is missing or damaged" in err.getvalue()
     assert len(err.getvalue().splitlines()) == 1
+    with contextlib.redirect_stderr(io.StringIO()) as err:  # no reproduction to write it from
+        assert main(["report", str(tmp_path), "--lab-table"]) == 2
+    assert "holds no reproduction" in err.getvalue()
 
 
 def test_the_out_path_is_quoted_not_read_as_markdown(small_reproduction, tmp_path):

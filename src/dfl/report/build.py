@@ -314,6 +314,10 @@ def lab_table_markdown(out: Path) -> str:
     """The comparison table as Markdown, from a reproduction's results.json alone (the
     table in docs/RESULTS.md is this)."""
     path = Path(out) / "results.json"
+    if not path.exists() and not (Path(out) / "reproduce.json").exists():  # nor its source
+        raise DflError(
+            f"{out} holds no reproduction (no reproduce.json): name a `dfl reproduce` --out"
+        )
     try:  # hand-edited or cut short: any shape at all
         return md_table(lab_table(json.loads(path.read_text())["lab"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
