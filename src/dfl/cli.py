@@ -48,11 +48,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default=None,
+        metavar="NAME",
         help="mnist (default), fashion-mnist, or an IDX directory",
     )
     p.add_argument(
         "--data-dir",
         default=None,
+        metavar="DIR",
         help="a directory with the four IDX files, tried first",
     )
 
@@ -64,8 +66,7 @@ def add_override_argument(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, dotted for sections: --set optim.lr=3e-4 "
-        "--set model_args.enc=64 (repeatable)",
+        help="override a key: --set optim.lr=3e-4 (repeatable)",
     )
 
 
@@ -75,43 +76,55 @@ def add_override_argument(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train one model and write its run directory")
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="a registered model (see `dfl models`)")
-    p.add_argument("--config", help="a TOML file of config keys (see configs/)")
+    p.usage = "dfl train [MODEL] [--config FILE] [--set KEY=VALUE ...] [options below]"
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL", help="a registered model (see `dfl models`)"
+    )
+    p.add_argument("--config", metavar="FILE", help="a TOML file of config keys (see configs/)")
     add_override_argument(p)
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--epochs", type=int, metavar="N", help="number of epochs")
+    p.add_argument("--batch-size", type=int, metavar="N", help="training batch size")
     p.add_argument("--lr", type=float, help="learning rate (optim.lr)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        metavar="DEV",
+        help="auto (default), cpu, cuda or mps",
+    )
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="default: auto (bf16 for CNNs on CPUs with native bf16, else fp32)",
+        metavar="P",
+        help="auto (default: bf16 for CNNs on CPUs with native bf16, else fp32), fp32, bf16 "
+        "or fp16",
     )
-    p.add_argument("--seed", type=int, help="seed for init, shuffling and augmentation")
+    p.add_argument("--seed", type=int, metavar="N", help="seed for init, shuffling, augmentation")
     p.add_argument(
         "--seeds",
         type=_seed_list,
-        help="train these seeds (0,1,2), each in --out/seedN, as one fused model where it pays",
+        metavar="LIST",
+        help="seeds 0,1,2, each in --out/seedN, fused where it pays",
     )
     p.add_argument(
         "--fuse",
         choices=["auto", "on", "off"],
         default="auto",
-        help="with --seeds: train them as one model (auto: where measured to pay)",
+        metavar="MODE",
+        help="with --seeds: auto (default: where it pays), on or off",
     )
-    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: torch's)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     add_data_arguments(p)
-    p.add_argument("--out", help="run directory (default: runs/train/MODEL-TIME)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/train/MODEL-TIME)")
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last checkpoint (or reuse it if done)",
+        help="continue the run in --out (or reuse it if finished)",
     )
     p.add_argument(
         "--print-config",
         action="store_true",
-        help="print the resolved config as TOML and exit without training",
+        help="print the resolved config as TOML; train nothing",
     )
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = TRAIN_EXAMPLES
@@ -326,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, add in COMMANDS.items():
         add(sub.add_parser(name, help=add.help, description=add.help))
+    parser.commands = sub.choices  # type: ignore[attr-defined]
     return parser
 
 
@@ -351,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             with deferred_interrupt():
                 parser = build_parser()
                 from dfl.runtime import flushed_to_zero
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:  # said by the command's parser, whose --help lists its options
+                parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
             _check_paths(args)
             with flushed_to_zero():  # before torch starts its threads: they inherit it
                 return args.run(args) or 0
