@@ -29,6 +29,7 @@ def test_overrides_are_typed_by_toml_rules():
         (["epochs=abc"], "epochs"),
         (["epochs=0"], "epochs"),
         (["data.val_fraction=1.5"], "data.val_fraction"),
+        (["optim.lr=inf"], "optim.lr"),  # finite only: it would be NaN after one step
         (["optim.name=rmsprop"], "optim.name"),
         (["bogus=1"], "bogus"),
     ],

@@ -13,9 +13,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are re-validated,
     and types are strict: a bool is not a number (`lr = true` is not 1.0) and a string is not
-    an int (`epochs = "1"` is not 1). An int where a float is wanted is fine (`lr = 1`)."""
+    an int (`epochs = "1"` is not 1). An int where a float is wanted is fine (`lr = 1`); an
+    infinite or NaN float is not (`lr = inf` would train to NaN at once)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, strict=True, allow_inf_nan=False
+    )
 
 
 def describe_validation_error(
