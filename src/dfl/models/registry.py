@@ -86,6 +86,11 @@ def create(name: str, **args: Any) -> nn.Module:
             for err in e.errors()
         )
         raise ConfigError(f"model '{name}': {bad}") from None
+    except ConfigError as e:  # a layer its arguments built is invalid: name the arguments
+        if str(e).startswith("model '"):
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in args.items()) or "its defaults"
+        raise ConfigError(f"model '{name}' with {given} builds an invalid layer: {e}") from None
     except ValueError as e:  # arguments valid one by one that do not fit together
         raise ConfigError(f"model '{name}': {e} (model_args)") from None
     except (MemoryError, RuntimeError) as e:
