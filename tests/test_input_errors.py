@@ -135,6 +135,8 @@ CASES = {
     ),
     "train --out ''": (["train", "mlp", "--out", ""], 2, "--out is empty"),
     "sweep --out ''": (["sweep", "SPEC", "--out", ""], 2, "--out is empty"),
+    "report ''": (["report", ""], 2, "RUN_DIR is empty"),  # not the current directory
+    "sweep ''": (["sweep", ""], 2, "SPEC is empty"),
     "a file as --out": (["train", "mlp", "--dataset", "DATA", "--out", "TMP/notes.txt"],
                         2, "is a file, not a directory"),
 }  # fmt: skip

@@ -346,12 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
 # Options that name a file or directory: an empty one would silently mean the default (or
 # the current directory), so it is refused instead.
 PATH_OPTIONS = ("out", "config", "storage", "dataset", "data_dir")
+PATH_ARGUMENTS = ("run_dir",)  # and the required ones, which have no default
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-    for name in PATH_OPTIONS:
+    for name in PATH_OPTIONS + PATH_ARGUMENTS:
         value = getattr(args, name, None)
         if isinstance(value, str) and not value.strip():
+            if name in PATH_ARGUMENTS:
+                raise DflError(f"{name.upper()} is empty; give a path")
             flag = "--" + name.replace("_", "-")
             raise DflError(f"{flag} is empty; give a path, or leave {flag} out for the default")
 
