@@ -11,8 +11,9 @@ it again to go on.
     python benchmarks/ladder.py cnn --seeds 3 --jobs 2 --out runs/ladder
 
 --seed and --rungs train a part of it, one line a run: `--seed 1 --rungs 1,2,3,4` is seed 1 of
-the five rungs' second to fifth (rung 0 is the bottom), for spreading a ladder's seeds over
-machines or sessions. The runs are the same as the whole ladder's, under the same names.
+the second to fifth rungs (rung 0 is the bottom), for spreading a ladder's seeds over machines
+or sessions. The runs are the whole ladder's, under the same names: `--seeds N` after them
+reuses them.
 
 The CNN's top rung is `dfl train --config configs/recipes/cnn_long.toml`: runs of that command
 copied into the top rung's run directories (printed by --dirs) are reused as they are.
@@ -46,6 +47,12 @@ def plan(experiment: str) -> tuple[ablation.Ladder, str]:
     return ablation.ladder(
         cnn.LADDER_START_LABEL, cnn.LADDER_START, cnn.ladder_to(arch), {}
     ), "the CNN"
+
+
+def _natural(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (0, 1, 2, ...)")
+    return int(text)
 
 
 def _indices(text: str) -> list[int]:
@@ -86,7 +93,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/ladder"))
     parser.add_argument("--dirs", action="store_true", help="print the run directories, train none")
-    parser.add_argument("--seed", type=int, help="train only this seed, one line a run")
+    parser.add_argument("--seed", type=_natural, help="train only this seed, one line a run")
     parser.add_argument("--rungs", type=_indices, help="train only these rungs (0 = the bottom)")
     parser.add_argument(
         "--committee", action="store_true", help="also a committee of all its runs, on validation"
@@ -97,6 +104,8 @@ def main() -> None:
 
     ladder, what = plan(args.experiment)
     if args.seed is not None or args.rungs is not None:
+        if args.committee:
+            parser.error("--committee chooses among every run of the ladder: not with a part")
         part(args, ladder)
         return
     names = ladder.below_top(args.seeds, tops=0)  # every rung, the top one too

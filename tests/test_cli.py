@@ -39,6 +39,15 @@ def test_every_command_and_option_has_help(capsys, monkeypatch):
     assert code == 0 and out.startswith("dfl ")
 
 
+@pytest.mark.parametrize(
+    ("argv", "parser"), [(["train", "mlp"], "dfl train"), (["data", "info"], "dfl data info")]
+)
+def test_an_unknown_option_is_said_by_its_commands_parser(capsys, argv, parser):
+    code, _, err = run(capsys, *argv, "--bogus")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"{parser}: error: unrecognized arguments: --bogus (see {parser} --help)")
+
+
 def test_reproduce_help_fits_a_screen_and_quotes_the_measured_costs(capsys, monkeypatch):
     from dfl.experiments import profiles
 

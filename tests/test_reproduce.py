@@ -158,11 +158,12 @@ def test_unrun_experiments_show_as_missing_with_a_reason(tmp_path: Path):
 
 
 def test_a_directory_of_other_files_is_refused_untouched(tmp_path: Path, capsys):
+    (tmp_path / ".gitkeep").write_text("")  # hidden files alone would not be refused
     (tmp_path / "notes.txt").write_text("mine")
     argv = ["reproduce", "--profile", "smoke", "--only", "conv", "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "holds files that are no reproduction (notes.txt)" in capsys.readouterr().err
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gitkeep", "notes.txt"]
 
 
 def test_report_needs_a_reproduction(tmp_path: Path, capsys):

@@ -173,7 +173,10 @@ def test_cli_layer_list_file(tmp_path, capsys):
             r"layer 1 (Linear) cannot take input [1, 32, 32]",
         ),
         (["shapes", "cnn_lab", "--input", "1,100000,100000"], "give a smaller --input"),
-        (["shapes", "cnn_lab", "--set", "model_args.num_classes=0"], "with num_classes=0 builds"),
+        (
+            ["shapes", "cnn_lab", "--set", "model_args.num_classes=0"],
+            "model 'cnn_lab' (num_classes=0)",
+        ),
     ],
 )
 def test_cli_user_errors_exit_2(argv, message, capsys):

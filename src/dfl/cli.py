@@ -181,7 +181,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dfl.config import build_config, config_to_toml, read_toml
+    from dfl.config import build_config, config_to_toml
     from dfl.models import with_model_defaults
 
     config_file = args.config
@@ -202,12 +202,6 @@ def run_train(args: argparse.Namespace) -> int:
             "`dfl models` lists the models"
         )
     overrides = _train_overrides(args)
-    if args.model is None and "model" not in overrides and "model" not in read_toml(config_file):
-        # else TrainConfig's default model would train, one the user never chose
-        raise DflError(
-            f'{config_file} names no model: add `model = "cnn_lab"` (say) to it, or name '
-            "one: `dfl train MODEL --config FILE`"
-        )
     if args.seeds is not None and args.seed is not None:  # before --print-config shows one
         raise DflError("give --seed or --seeds, not both")
     cfg = build_config(config_file, overrides)
@@ -339,8 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, add in COMMANDS.items():
         add(sub.add_parser(name, help=add.help, description=add.help))
-    parser.commands = sub.choices  # type: ignore[attr-defined]
+    _know_their_parsers(parser)
     return parser
+
+
+def _know_their_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each command's (and subcommand's) parser as its parsed arguments' default, the
+    innermost winning: the one whose --help lists the options an unknown one was meant as."""
+    parser.set_defaults(parser_of_command=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _know_their_parsers(child)
 
 
 # Options that name a file or directory: an empty one would silently mean the default (or
@@ -369,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser = build_parser()
                 from dfl.runtime import flushed_to_zero
             args, extra = parser.parse_known_args(argv)
-            if extra:  # said by the command's parser, whose --help lists its options
-                parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+            if extra:  # said by the (sub)command's parser, whose --help lists its options
+                args.parser_of_command.error(f"unrecognized arguments: {' '.join(extra)}")
             _check_paths(args)
             with flushed_to_zero():  # before torch starts its threads: they inherit it
                 return args.run(args) or 0

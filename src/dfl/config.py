@@ -348,6 +348,11 @@ def build_config(
     if file is not None:
         tree = merge(tree, read_toml(file))
     tree = merge(tree, overrides or {})
+    if file is not None and "model" not in tree:  # TrainConfig's default: a model nobody chose
+        raise ConfigError(
+            f'config file {file} names no model: add `model = "cnn_lab"` (say) to it, or '
+            "give the model beside it (`dfl train MODEL --config FILE`)"
+        )
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:

@@ -167,11 +167,11 @@ def reproduce(
     if out.is_dir() and not (out / "reproduce.json").exists():
         # Someone's other files, or a training run: a reproduction would write in among them.
         # An experiment's directory is its own (benchmarks/ladder.py trains a ladder there).
-        ours = {".lock", *EXPERIMENTS}
-        strays = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        ours = {"lost+found", *EXPERIMENTS}  # and hidden files: .lock (a claim's), .gitkeep
+        strays = sorted(p.name for p in out.iterdir() if p.name not in ours and p.name[0] != ".")
         if strays:
             raise ConfigError(
-                f"--out {out} holds files that are no reproduction ({', '.join(strays[:3])}"
+                f"{out} holds files that are no reproduction ({', '.join(strays[:3])}"
                 f"{', ...' if len(strays) > 3 else ''}): name a new or empty directory"
             )
     with claim_run_dir(out, "reproducing it") as claim:

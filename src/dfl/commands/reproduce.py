@@ -122,7 +122,7 @@ def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> in
 
 @command("report", "rebuild a reproduction's report from its saved results (no training)")
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a reproduction directory, e.g. runs/lab")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a reproduction directory, e.g. runs/lab")
     p.add_argument(
         "--lab-table",
         action="store_true",

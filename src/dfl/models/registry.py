@@ -87,10 +87,10 @@ def create(name: str, **args: Any) -> nn.Module:
         )
         raise ConfigError(f"model '{name}': {bad}") from None
     except ConfigError as e:  # a layer its arguments built is invalid: name the arguments
-        if str(e).startswith("model '"):
+        if str(e).startswith("model '") or "layers" in args:  # said already, or the user's
             raise
-        given = ", ".join(f"{k}={v!r}" for k, v in args.items()) or "its defaults"
-        raise ConfigError(f"model '{name}' with {given} builds an invalid layer: {e}") from None
+        given = ", ".join(f"{k}={v!r}" for k, v in args.items() if not isinstance(v, list | dict))
+        raise ConfigError(f"model '{name}' ({given or 'its defaults'}): {e}") from None
     except ValueError as e:  # arguments valid one by one that do not fit together
         raise ConfigError(f"model '{name}': {e} (model_args)") from None
     except (MemoryError, RuntimeError) as e:

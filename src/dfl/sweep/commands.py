@@ -116,8 +116,10 @@ def _status_text(target: str, storage: str | None, out: str | None, list_trials:
     from dfl.sweep.status import format_status, sweep_status
     from dfl.sweep.storage import describe_url, open_storage
 
+    if not target.strip():
+        raise DflError("`dfl sweep status` got an empty name; give a spec file or a study name")
     if target.endswith(".toml") and not Path(target).is_file():  # a spec's path, mistyped
-        raise DflError(f"spec file {target} does not exist (or give the study's name)")
+        raise DflError(f"spec file {target} is not a file (or give the study's name)")
     name = load_spec(target).name if Path(target).is_file() else target
     url = _existing_storage(name, storage, out)
     store = open_storage(url)
