@@ -157,13 +157,17 @@ def test_unrun_experiments_show_as_missing_with_a_reason(tmp_path: Path):
     assert "| 0 |" not in markdown  # missing is never shown as zero
 
 
-def test_a_directory_of_other_files_is_refused_untouched(tmp_path: Path, capsys):
-    (tmp_path / ".gitkeep").write_text("")  # hidden files alone would not be refused
-    (tmp_path / "notes.txt").write_text("mine")
-    argv = ["reproduce", "--profile", "smoke", "--only", "conv", "--out", str(tmp_path)]
+def test_a_training_runs_directory_is_refused_untouched(tmp_path: Path, capsys):
+    """A reproduction's files would mix with a run's; other files may stay beside it."""
+    assert main(["train", "mlp", "--epochs", "1", "--set", "data.train_subset=200",
+                 "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    argv = ["reproduce", "--profile", "smoke", "--only", "conv", "--out", str(tmp_path / "run")]
     assert main(argv) == 2
-    assert "holds files that are no reproduction (notes.txt)" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".gitkeep", "notes.txt"]
+    assert "is a training run's directory (it holds config.toml)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    (tmp_path / "notes.txt").write_text("mine")  # someone's own files: no reason to refuse
+    assert main([*argv[:-1], str(tmp_path)]) == 0
 
 
 def test_report_needs_a_reproduction(tmp_path: Path, capsys):

@@ -164,16 +164,11 @@ def reproduce(
     # One reproduction at a time in a directory: two would train the same runs and write one
     # reproduce.json each (a report may then show neither's failures). A refused start, or
     # one that fails before reproduce.json is written, leaves the directory as it found it.
-    if out.is_dir() and not (out / "reproduce.json").exists():
-        # Someone's other files, or a training run: a reproduction would write in among them.
-        # An experiment's directory is its own (benchmarks/ladder.py trains a ladder there).
-        ours = {"lost+found", *EXPERIMENTS}  # and hidden files: .lock (a claim's), .gitkeep
-        strays = sorted(p.name for p in out.iterdir() if p.name not in ours and p.name[0] != ".")
-        if strays:
-            raise ConfigError(
-                f"{out} holds files that are no reproduction ({', '.join(strays[:3])}"
-                f"{', ...' if len(strays) > 3 else ''}): name a new or empty directory"
-            )
+    if (out / CONFIG).is_file() and not (out / "reproduce.json").exists():
+        # A training run's directory: its config.toml, status and checkpoints would sit among
+        # the experiments'. Other files are left alone beside them (the notebooks train the
+        # user's own runs inside a reproduction's directory).
+        raise ConfigError(f"{out} is a training run's directory (it holds {CONFIG}): name another")
     with claim_run_dir(out, "reproducing it") as claim:
         was = (read_manifest(out) or {}).get("at")
         manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs, at_once)
