@@ -27,6 +27,7 @@ import argparse
 from pathlib import Path
 
 from dfl import models
+from dfl.cli import whole_number
 from dfl.data import load_dataset
 from dfl.errors import DflError
 from dfl.experiments import ablation, cnn, recipes, vit
@@ -49,12 +50,6 @@ def plan(experiment: str) -> tuple[ablation.Ladder, str]:
     ), "the CNN"
 
 
-def _natural(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (0, 1, 2, ...)")
-    return int(text)
-
-
 def _indices(text: str) -> list[int]:
     try:
         return sorted({int(i) for i in text.split(",")})
@@ -62,60 +57,55 @@ def _indices(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of rungs like 1,2") from None
 
 
-def part(args: argparse.Namespace, ladder: ablation.Ladder) -> None:
-    """Train some rungs of some seeds and print a line a run (a part has no table: its gains
-    need every seed of every rung)."""
-    rungs = args.rungs if args.rungs is not None else list(range(len(ladder.trees)))
-    if not all(0 <= i < len(ladder.trees) for i in rungs):
-        raise SystemExit(f"ladder.py: --rungs: this ladder has rungs 0 to {len(ladder.trees) - 1}")
-    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
-    names = {ladder.name(i, s): ({**ladder.trees[i], "seed": s}, i) for i in rungs for s in seeds}
-    if args.dirs:
-        print(*(args.out / args.experiment / "runs" / slug(name) for name in names), sep="\n")
-        return
-    data = load_dataset("mnist")
-    ctx = Context(args.out, "full", data, "mnist", seeds=len(seeds), jobs=args.jobs)
-    runs = ctx.train_many(args.experiment, {name: tree for name, (tree, _) in names.items()})
-    rows = [
-        [str(i), ladder.labels[i], str(runs[name].config.seed),
-         f"{runs[name].final['val_accuracy']:.4f}", f"{runs[name].final['test_accuracy']:.4f}",
-         f"{sum(h['seconds'] for h in runs[name].history):,.0f}"]
-        for name, (_, i) in names.items()
-    ]  # fmt: skip
+def part_table(ladder: ablation.Ladder, runs: dict, rungs: list[int], seeds: list[int]) -> str:
+    """A line a run of a part of the ladder (a part has no ladder table: its gains need every
+    seed of every rung)."""
+    rows = []
+    for i in rungs:
+        for s in seeds:
+            run = runs[ladder.name(i, s)]
+            rows.append([str(i), ladder.labels[i], str(s), f"{run.final['val_accuracy']:.4f}",
+                         f"{run.final['test_accuracy']:.4f}",
+                         f"{sum(h['seconds'] for h in run.history):,.0f}"])  # fmt: skip
     columns = ["rung", "ingredient", "seed", "val accuracy", "test accuracy", "seconds"]
-    print(md_table(Table(columns, rows)))
+    return md_table(Table(columns, rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=["cnn", "vit"])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds a rung (default 3)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
+    parser.add_argument("--seeds", type=whole_number(1), default=3, help="seeds a rung (default 3)")
+    parser.add_argument(
+        "--jobs", type=whole_number(1), default=1, help="runs side by side (default 1)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/ladder"))
     parser.add_argument("--dirs", action="store_true", help="print the run directories, train none")
-    parser.add_argument("--seed", type=_natural, help="train only this seed, one line a run")
+    parser.add_argument("--seed", type=whole_number(0), help="train only this seed, one line a run")
     parser.add_argument("--rungs", type=_indices, help="train only these rungs (0 = the bottom)")
     parser.add_argument(
         "--committee", action="store_true", help="also a committee of all its runs, on validation"
     )
     args = parser.parse_args()
-    if args.seeds < 1 or args.jobs < 1:
-        parser.error("--seeds and --jobs take a whole number of at least 1")
 
     ladder, what = plan(args.experiment)
-    if args.seed is not None or args.rungs is not None:
-        if args.committee:
-            parser.error("--committee chooses among every run of the ladder: not with a part")
-        part(args, ladder)
-        return
-    names = ladder.below_top(args.seeds, tops=0)  # every rung, the top one too
+    whole = args.seed is None and args.rungs is None
+    if args.committee and not whole:
+        parser.error("--committee chooses among every run of the ladder: not with a part")
+    rungs = args.rungs if args.rungs is not None else list(range(len(ladder.trees)))
+    if not all(0 <= i < len(ladder.trees) for i in rungs):
+        parser.error(f"--rungs: this ladder has rungs 0 to {len(ladder.trees) - 1}")
+    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    names = ladder.runs(rungs, seeds)  # whole: every rung, the top one too
     if args.dirs:
         for name in names:
             print(args.out / args.experiment / "runs" / slug(name))
         return
     data = load_dataset("mnist")
-    ctx = Context(args.out, "full", data, "mnist", seeds=args.seeds, jobs=args.jobs)
+    ctx = Context(args.out, "full", data, "mnist", seeds=len(seeds), jobs=args.jobs)
     runs = ctx.train_many(args.experiment, names)
+    if not whole:
+        print(part_table(ladder, runs, rungs, seeds))
+        return
     top = [runs[ladder.name(len(ladder.trees) - 1, s)] for s in range(args.seeds)]
     result = ablation.collect(ctx, ladder, runs, [top])
     print(ablation.summary(result, what), "", md_table(ablation.table(result, what)), sep="\n")

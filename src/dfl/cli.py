@@ -59,6 +59,22 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def whole_number(least: int) -> Callable[[str], int]:
+    """argparse type: a whole number of at least `least` (a count of 0 or a seed of -1 would
+    silently mean a default, or fail deep inside)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
+        return value
+
+    return parse
+
+
 def add_override_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -350,7 +366,7 @@ def _know_their_parsers(parser: argparse.ArgumentParser) -> None:
 # Options that name a file or directory: an empty one would silently mean the default (or
 # the current directory), so it is refused instead.
 PATH_OPTIONS = ("out", "config", "storage", "dataset", "data_dir")
-PATH_ARGUMENTS = ("run_dir",)  # and the required ones, which have no default
+PATH_ARGUMENTS = ("run_dir", "spec")  # and the required ones, which have no default
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -358,7 +374,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if isinstance(value, str) and not value.strip():
             if name in PATH_ARGUMENTS:
-                raise DflError(f"{name.upper()} is empty; give a path")
+                raise DflError(f"{name.upper()} is empty; name one (see --help)")
             flag = "--" + name.replace("_", "-")
             raise DflError(f"{flag} is empty; give a path, or leave {flag} out for the default")
 

@@ -161,14 +161,14 @@ def reproduce(
     profile = canonical(profile)
     resolved = str(resolve_device(device))
     at_once = min(at_once or default_at_once(), len(selected))
-    # One reproduction at a time in a directory: two would train the same runs and write one
-    # reproduce.json each (a report may then show neither's failures). A refused start, or
-    # one that fails before reproduce.json is written, leaves the directory as it found it.
     if (out / CONFIG).is_file() and not (out / "reproduce.json").exists():
         # A training run's directory: its config.toml, status and checkpoints would sit among
         # the experiments'. Other files are left alone beside them (the notebooks train the
         # user's own runs inside a reproduction's directory).
         raise ConfigError(f"{out} is a training run's directory (it holds {CONFIG}): name another")
+    # One reproduction at a time in a directory: two would train the same runs and write one
+    # reproduce.json each (a report may then show neither's failures). A refused start, or
+    # one that fails before reproduce.json is written, leaves the directory as it found it.
     with claim_run_dir(out, "reproducing it") as claim:
         was = (read_manifest(out) or {}).get("at")
         manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs, at_once)

@@ -5,43 +5,28 @@ from __future__ import annotations
 
 import argparse
 
-from dfl.cli import command
+from dfl.cli import command, whole_number
 from dfl.labtools.attention_check import TOLERANCE, compare_attention, lab_bug_demo
-
-
-def _int_at_least(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
-
-
-def natural(text: str) -> int:
-    return _int_at_least(text, 0)
 
 
 @command("attention", "self-attention in NumPy and PyTorch: shapes, agreement, the lab's bug")
 def add_attention_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=positive_int, default=32, help="tokens (default 32)")
-    p.add_argument("--d", type=positive_int, default=256, help="input width d (default 256)")
+    p.add_argument("--n", type=whole_number(1), default=32, help="tokens (default 32)")
+    p.add_argument("--d", type=whole_number(1), default=256, help="input width d (default 256)")
     p.add_argument(
-        "--dq", type=positive_int, default=64, help="query/key width d_q, all heads (default 64)"
+        "--dq", type=whole_number(1), default=64, help="query/key width d_q, all heads (default 64)"
     )
     p.add_argument(
-        "--dv", type=positive_int, default=32, help="value width d_v, all heads (default 32)"
+        "--dv", type=whole_number(1), default=32, help="value width d_v, all heads (default 32)"
     )
     p.add_argument(
-        "--heads", type=positive_int, default=1, help="heads h; must divide --dq and --dv"
+        "--heads", type=whole_number(1), default=1, help="heads h; must divide --dq and --dv"
     )
     p.add_argument(
-        "--seed", type=natural, default=0, help="seed of the random inputs and weights (>= 0)"
+        "--seed",
+        type=whole_number(0),
+        default=0,
+        help="seed of the random inputs and weights (>= 0)",
     )
     p.add_argument("--causal", action="store_true", help="query i attends to keys 0..i only")
     p.add_argument(

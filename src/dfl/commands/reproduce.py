@@ -6,24 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dfl.cli import add_data_arguments, command
+from dfl.cli import add_data_arguments, command, whole_number
 from dfl.errors import ConfigError
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.report.build import build_report, lab_table_markdown
 from dfl.reproduce import default_profile, reproduce
 from dfl.runtime.run_lock import claim_run_dir
-
-
-def _at_least_one(text: str) -> int:
-    """--seeds: a count; 0 or -1 would silently mean the profile's default, or fail deep in."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +40,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "or fp16",
     )
     p.add_argument(
-        "--seeds", type=_at_least_one, help="seeds behind each mean ± std (default: by profile)"
+        "--seeds", type=whole_number(1), help="seeds behind each mean ± std (default: by profile)"
     )
     p.add_argument(
         "--jobs",

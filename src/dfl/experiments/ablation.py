@@ -12,6 +12,7 @@ is half of whether it is worth having.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean, stdev
@@ -56,14 +57,15 @@ class Ladder:
         # keyed by ingredient: a rung added or left out (cnn.ladder_to) moves no other's runs
         return f"ablation/{slug(self.labels[rung])[:60]}/seed{seed}"
 
+    def runs(self, rungs: Iterable[int], seeds: Iterable[int]) -> dict[str, Overrides]:
+        """Those rungs' runs of those seeds, by name, rung by rung."""
+        seeds = list(seeds)
+        return {self.name(i, s): {**self.trees[i], "seed": s} for i in rungs for s in seeds}
+
     def below_top(self, seeds: int, tops: int = 1) -> dict[str, Overrides]:
         """The runs to train: every rung but the top `tops`, whose runs are the beyond
         stages'."""
-        return {
-            self.name(i, s): {**tree, "seed": s}
-            for i, tree in enumerate(self.trees[: len(self.trees) - tops])
-            for s in range(seeds)
-        }
+        return self.runs(range(len(self.trees) - tops), range(seeds))
 
 
 def ladder(

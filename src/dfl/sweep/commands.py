@@ -58,8 +58,6 @@ def add_storage_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    if not args.spec.strip():
-        raise DflError("SPEC is empty; name a sweep spec TOML (see configs/sweeps/)")
     if args.spec == "status":
         if args.target is None:
             raise DflError("`dfl sweep status` needs a spec file or a study name")
