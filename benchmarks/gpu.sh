@@ -13,14 +13,15 @@
 #   5. many: starts CUDA MPS where the machine has it (kernels of several processes at once),
 #      and times R autoencoder runs side by side, as processes and as threads;
 #   6. reproduce: times the default reproduction on cuda (`dfl reproduce`: the complete
-#      profile) with the card to itself.
+#      profile) with the card to itself;
+#   7. amp: the same reproduction in bf16, its numbers against fp32's (compare_runs.py).
 # Each phase gets what is left of BUDGET. OUT/ receives gpu.txt (the machine, and each phase's
 # exit and wall time), logs.tgz (every phase's log, the Markdown tables and their JSON),
-# traces.tgz (the profiler's Chrome traces) and results.tgz (the reproduction's results.json,
+# traces.tgz (the profiler's Chrome traces) and results.tgz (both reproductions' results.json,
 # reproduce.json, report and each experiment's result.json): few files, as a device tool
 # brings back at most eight.
 #
-# PHASES (default "smoke tests steps profile many reproduce") picks and orders the phases.
+# PHASES (default "smoke tests steps profile many reproduce amp") picks and orders the phases.
 # Run it again and it continues: a phase that finished (STATE/done-PHASE) is skipped and the
 # reproduction resumes from its checkpoints (on the same machine, or with STATE carried).
 set -u
@@ -36,13 +37,13 @@ pack() {
   cp "$W/gpu.txt" "$OUT/" 2>/dev/null
   (cd "$W" && tar czf "$OUT/logs.tgz" --exclude='trace-*' . 2>/dev/null)
   (cd "$W" && compgen -G "trace-*.json" > /dev/null && tar czf "$OUT/traces.tgz" trace-*.json)
-  (cd "$STATE" && find complete -maxdepth 3 \( -name '*.json' -o -name '*.md' -o -name '*.html' -o -name '*.png' \
+  (cd "$STATE" && find complete complete-bf16 -maxdepth 3 \( -name '*.json' -o -name '*.md' -o -name '*.html' -o -name '*.png' \
     \) -print0 2>/dev/null | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null)
 }
 trap pack EXIT
 log() { echo "$*" | tee -a "$W/gpu.txt"; }
 left() { echo $((DEADLINE - $(date +%s))); }
-PHASES=${PHASES:-smoke tests steps profile many reproduce}
+PHASES=${PHASES:-smoke tests steps profile many reproduce amp}
 wanted() { [[ " $PHASES " == *" $1 "* ]]; }
 phase() {  # phase NAME SECONDS COMMAND...: run unless done, within SECONDS and the deadline
   local name=$1 want=$2 t0 rc limit
@@ -110,6 +111,16 @@ print('$e', r.get('status'), round(r.get('wall_s', 0)), 's', r.get('reason', '')
   done
   $PY -c "import json; m = json.load(open('$run/reproduce.json')); \
 print('reproduce: on the clock', round(m['wall_s']), 's')" 2>/dev/null | tee -a "$W/gpu.txt"
+}
+
+# bf16 where the complete profile's numbers stay within the seeds' noise of fp32's: the same
+# reproduction in bf16, every number beside fp32's (what `precision = "auto"` is read from)
+run_amp() {
+  phase amp "${AMP_S:-0}" $PY -m dfl reproduce --device cuda --precision bf16 \
+    --out "$STATE/complete-bf16" --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
+  pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
+  $PY benchmarks/compare_runs.py "$STATE/complete" "$STATE/complete-bf16" > "$W/amp.md" \
+    2>> "$W/gpu.txt" && log "amp: fp32 against bf16 in amp.md"
 }
 
 # the GPU tests, 8 at a time

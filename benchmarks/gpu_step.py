@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_step.py steps    --out DIR   # ms a step: eager, graphed, compiled
     python benchmarks/gpu_step.py profile  --out DIR   # torch.profiler: host against kernels
-    python benchmarks/gpu_step.py many     --out DIR   # several runs on one card, three ways
+    python benchmarks/gpu_step.py many     --out DIR   # several runs on one card: processes, fused
 
 Each writes DIR/NAME.md (a Markdown table) and DIR/NAME.json; `profile` also writes Chrome
 traces (DIR/trace-*.json). benchmarks/gpu.sh runs all three on a GPU machine.
@@ -15,8 +15,9 @@ traces (DIR/trace-*.json). benchmarks/gpu.sh runs all three on a GPU machine.
 - profile: a few steps of the autoencoder at batch 16 and the notebook ViT at batch 128 under
   torch.profiler, eager and graphed: the host's time a step against the GPU kernels' time a step.
 - many: the autoencoder at batch 16 trained for a fixed time as R runs at once: R processes
-  (under CUDA MPS when it runs), or with --threads R threads of one process each on its own
-  CUDA stream; samples per second in all.
+  (under CUDA MPS when it runs), R runs fused into one model in one process
+  (`dfl/training/fused.py`: their layers stacked, one eager step for all R), or with --threads
+  R threads of one process each on its own CUDA stream; samples per second in all.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import torch
 
 from dfl.config import build_config
 from dfl.data import load_dataset
-from dfl.training.trainer import Trainer
+from dfl.training.fused import FusedGroup
+from dfl.training.trainer import Trainer, global_rng_state
 
 NOWHERE = Path(tempfile.gettempdir()) / "dfl-gpu-bench-unused"
 DEVICE = "cuda"  # --device cpu: a dry run of this script where there is no GPU
@@ -196,6 +198,23 @@ def _processes(r: int, seconds: float) -> int:
     return sum(int(p.communicate()[0].split()[-1]) for p in procs)
 
 
+def _fused(r: int, seconds: float) -> int:
+    """Samples trained by `r` runs fused into one group in this process (seeds 0..r-1)."""
+    data = _DATA or load_dataset("mnist")
+    runs = []
+    for seed in range(r):
+        t = trainer(data, "autoencoder", 16, {"enc": 32}, ("adam", 1e-3), 500, seed=seed)
+        runs.append((t, global_rng_state(t.device)))  # each run's dropout draws from its own
+    group = FusedGroup([t for t, _ in runs], [state for _, state in runs])
+    group.train_epoch(1)  # warm
+    per_epoch = sum(len(t.splits["train"]) for t, _ in runs)
+    samples, epoch, end = 0, 2, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        group.train_epoch(epoch)
+        samples, epoch = samples + per_epoch, epoch + 1
+    return samples
+
+
 def _threads(r: int, seconds: float) -> int:
     """Samples trained by `r` threads of this process, each on its own CUDA stream."""
     results = [0] * r
@@ -220,6 +239,7 @@ def many(args: argparse.Namespace) -> None:
     ways = [
         ("1 run", 1, lambda: _train_for(seconds, 0)),
         (f"{r} processes ({mps})", r, lambda: _processes(r, seconds)),
+        (f"{r} runs fused, one process", r, lambda: _fused(r, seconds)),
     ]
     if args.threads:  # on an H200 the second capture failed and the process aborted
         ways.append((f"{r} threads, a stream each", r, lambda: _threads(r, seconds)))

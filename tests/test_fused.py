@@ -96,11 +96,17 @@ def assert_close(fused: list[float], alone: list[float], rel: float) -> None:
 def test_fused_runs_equal_the_runs_trained_alone(family, precision, data, tmp_path):
     if precision == "bf16" and not native_bf16(torch.device("cpu")) and family == "cnn_lab":
         pytest.skip("bf16 convolutions are emulated on this CPU")
+    fused_against_alone(family, precision, data, tmp_path)
+
+
+def fused_against_alone(family: str, precision: str, data, root: Path, **keys) -> None:
+    """The family's seeds trained alone, then as one group: the same numbers to FAMILIES'
+    tolerances (tests/test_gpu.py asks it on CUDA, `keys` naming the device)."""
     _, rel32, rel16 = FAMILIES[family]
-    alone = trainers(family, precision, data, tmp_path, "alone")
+    alone = trainers(family, precision, data, root, "alone", **keys)
     for t in alone:
         assert t.run(epoch_bar=False) == RunStatus.COMPLETED
-    fused = trainers(family, precision, data, tmp_path, "fused")
+    fused = trainers(family, precision, data, root, "fused", **keys)
     assert train_fused(fused, epoch_bar=False) == [RunStatus.COMPLETED] * len(SEEDS)
     for a, f in zip(alone, fused, strict=True):
         assert [h["epoch"] for h in f.history] == list(range(1, a.cfg.epochs + 1))

@@ -1,6 +1,7 @@
-"""On a CUDA device: every model family trains there, replayed from CUDA graphs, and a killed run
-resumes to the uninterrupted one. `pytest -m gpu` (benchmarks/gpu.sh runs it); skipped where
-CUDA is absent, so `make test` on a CPU machine skips them, saying why."""
+"""On a CUDA device: every model family trains there, replayed from CUDA graphs, a killed run
+resumes to the uninterrupted one, and runs fused into one model equal the runs trained alone.
+`pytest -m gpu` (benchmarks/gpu.sh runs it); skipped where CUDA is absent, so `make test` on a
+CPU machine skips them, saying why."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import pytest
 import torch
 
+from conftest import make_dataset
 from dfl.config import build_config
 from dfl.training.trainer import Trainer
 from test_faults import (
@@ -19,6 +21,7 @@ from test_faults import (
     resume_and_compare,
     train_args,
 )
+from test_fused import fused_against_alone
 
 pytestmark = [
     pytest.mark.gpu,
@@ -106,3 +109,16 @@ def test_sigkill_then_resume_matches_on_cuda(tmp_path, model, precision):
     resume_and_compare(args, out, whole)
     assert len(history(out)) == 5
     assert final_status(out)["final"]["device"].startswith("cuda")
+
+
+# Runs fused into one model (dfl/training/fused.py) on CUDA, one family of each way of fusing:
+# stacked layers (mlp, the stacked autoencoder) and vmap (the lab CNN's BatchNorm, the modern
+# ViT's dropout). The lone runs step from their graphs, the group eagerly; tolerances are
+# test_fused's.
+FUSED = ["mlp", "stacked_autoencoder", "cnn_lab", "vit"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("family", FUSED)
+def test_fused_runs_equal_the_runs_trained_alone_on_cuda(tmp_path, family, precision):
+    fused_against_alone(family, precision, make_dataset(512, 128), tmp_path, device="cuda")
