@@ -14,7 +14,8 @@
 #      and times R autoencoder runs side by side, as processes and as threads;
 #   6. reproduce: times the default reproduction on cuda (`dfl reproduce`: the complete
 #      profile) with the card to itself;
-#   7. amp: the same reproduction in bf16, its numbers against fp32's (compare_runs.py).
+#   7. amp: the same reproduction in bf16, its numbers against fp32's (compare_runs.py);
+#   8. full (only when PHASES names it): times the full profile (3 seeds throughout) on cuda.
 # Each phase gets what is left of BUDGET. OUT/ receives gpu.txt (the machine, and each phase's
 # exit and wall time), logs.tgz (every phase's log, the Markdown tables and their JSON),
 # traces.tgz (the profiler's Chrome traces) and results.tgz (both reproductions' results.json,
@@ -37,7 +38,7 @@ pack() {
   cp "$W/gpu.txt" "$OUT/" 2>/dev/null
   (cd "$W" && tar czf "$OUT/logs.tgz" --exclude='trace-*' . 2>/dev/null)
   (cd "$W" && compgen -G "trace-*.json" > /dev/null && tar czf "$OUT/traces.tgz" trace-*.json)
-  (cd "$STATE" && find complete complete-bf16 -maxdepth 3 \( -name '*.json' -o -name '*.md' -o -name '*.html' -o -name '*.png' \
+  (cd "$STATE" && find complete complete-bf16 full -maxdepth 3 \( -name '*.json' -o -name '*.md' -o -name '*.html' -o -name '*.png' \
     \) -print0 2>/dev/null | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null)
 }
 trap pack EXIT
@@ -121,6 +122,15 @@ run_amp() {
   pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
   $PY benchmarks/compare_runs.py "$STATE/complete" "$STATE/complete-bf16" > "$W/amp.md" \
     2>> "$W/gpu.txt" && log "amp: fp32 against bf16 in amp.md"
+}
+
+# the full profile (3 seeds throughout), timed as the complete one
+run_full() {
+  phase full "${FULL_S:-0}" $PY -m dfl reproduce --profile full --device cuda --out "$STATE/full" \
+    --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
+  pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
+  $PY -c "import json; m = json.load(open('$STATE/full/reproduce.json')); \
+print('full: on the clock', round(m['wall_s']), 's')" 2>/dev/null | tee -a "$W/gpu.txt"
 }
 
 # the GPU tests, 8 at a time
