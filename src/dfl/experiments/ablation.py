@@ -114,14 +114,15 @@ def collect(
 
 
 def probabilities_on_test(ctx: Context, run_dir: str | Path) -> torch.Tensor:
-    """Softmax outputs (N, classes) of a finished run's saved weights on the full test set."""
-    return load_trained(run_dir).predict(ctx.data.test_images).softmax(1)
+    """Softmax outputs (N, classes) of a finished run's saved weights on the test set
+    (`Context.test_set`)."""
+    return load_trained(run_dir).predict(ctx.test_set()[0]).softmax(1)
 
 
 def ensemble_accuracy(ctx: Context, run_dirs: list[Path]) -> float:
     """Test accuracy of the runs' averaged probabilities."""
     trained = [load_trained(d) for d in run_dirs]
-    return averaged_accuracy(trained, ctx.data.test_images, ctx.data.test_labels)
+    return averaged_accuracy(trained, *ctx.test_set())
 
 
 def signed(gain: float) -> str:

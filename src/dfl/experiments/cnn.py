@@ -543,16 +543,16 @@ LAB_DRAW = (
 
 def _test_accuracy(ctx: Context, run_dir: Path) -> float:
     pred = ablation.probabilities_on_test(ctx, run_dir).argmax(1)
-    return float((pred == ctx.data.test_labels).float().mean())
+    return float((pred == ctx.test_set()[1]).float().mean())
 
 
 @torch.no_grad()
 def _ensemble(ctx: Context, runs: list[Run]) -> tuple[float, list, list]:
-    """Average the seeds' softmax outputs on the full test set; confusion matrix and the most
-    confidently wrong digits of the ensemble."""
+    """Average the seeds' softmax outputs on the test set (`Context.test_set`); confusion
+    matrix and the most confidently wrong digits of the ensemble."""
     probs = sum(ablation.probabilities_on_test(ctx, r.run_dir) for r in runs)
     probs = probs / len(runs)
-    pred, y = probs.argmax(1), ctx.data.test_labels
+    pred, y = probs.argmax(1), ctx.test_set()[1]
     accuracy = float((pred == y).float().mean())
     k = int(y.max()) + 1
     confusion = torch.zeros(k, k, dtype=torch.long)
@@ -692,9 +692,9 @@ def _figure_confusion(ctx: Canvas, confusion: list[list[int]]) -> Figure:
     )
     return Figure.of(
         plot,
-        "The ensemble's errors on the 10,000 test images: how many of each true digit it "
-        "called each other digit (the correct calls, the diagonal, are left out so the "
-        "colour shows the mistakes).",
+        f"The ensemble's errors on the {sum(map(sum, confusion)):,} test images: how many of "
+        "each true digit it called each other digit (the correct calls, the diagonal, are left "
+        "out so the colour shows the mistakes).",
     )
 
 

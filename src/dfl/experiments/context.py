@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dfl.config import TrainConfig, build_config, merge, set_dotted
 from dfl.data import Dataset
 from dfl.experiments.profiles import PROFILES
@@ -81,6 +83,13 @@ class Context:
         unless the user chose one: `auto` would train CNNs in bf16 on CPUs with native bf16,
         which is a speed choice for our own recipes, not part of the lab's protocol."""
         return {"precision": "fp32"} if self.precision == "auto" else {}
+
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test images and labels a finished model is scored on after training (the search's
+        trials, the ensembles): all of them, but the smoke profile's first 1,000, as it checks
+        that everything runs and sets no numbers."""
+        n = 1000 if self.profile == "smoke" else None
+        return self.data.test_images[:n], self.data.test_labels[:n]
 
     def smoke_cap(self) -> Overrides:
         """Overrides that keep a full-data run small in the smoke profile (none otherwise)."""
