@@ -201,7 +201,11 @@ def run_train(args: argparse.Namespace) -> int:
     from dfl.models import with_model_defaults
 
     config_file = args.config
-    if args.resume and args.out and config_file is None:
+    if args.resume and not args.out:  # else a new run would start under a fresh name
+        raise DflError(
+            "--resume continues the run in --out: name it (dfl train --out RUN --resume)"
+        )
+    if args.resume and config_file is None:
         # Resume with the run's own config (with --seeds, the first seed's: the seed is set
         # for each run below).
         own = Path(args.out) / (f"seed{args.seeds[0]}" if args.seeds else "") / "config.toml"

@@ -81,10 +81,13 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
 def add_lab_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", choices=EXPERIMENTS, help="which lab question to run")
     add_run_arguments(p)
-    p.set_defaults(run=lambda args: run_reproduce(args, [args.experiment]))
+    p.set_defaults(run=lambda args: run_reproduce(args, [args.experiment], "dfl lab"))
 
 
-def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> int:
+def run_reproduce(
+    args: argparse.Namespace, only: list[str] | None = None, said_as: str = "dfl reproduce"
+) -> int:
+    """`dfl reproduce`, or `dfl lab` (`only` its experiment; `said_as` its progress lines')."""
     dataset = args.dataset or "mnist"
     suffix = "" if dataset == "mnist" else "-" + Path(dataset).name
     profile = args.profile or default_profile(args.device)
@@ -104,6 +107,7 @@ def run_reproduce(args: argparse.Namespace, only: list[str] | None = None) -> in
         args.precision,
         args.jobs,
         getattr(args, "experiments_at_once", None),  # `dfl lab` runs one
+        said_as=said_as,
     )
     print(f"report: {report}  (markdown: {report.with_suffix('.md')})")
     return 0
