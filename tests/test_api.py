@@ -18,6 +18,10 @@ def digits(digits: Path) -> dict[str, str]:
     return {"data.dataset": str(digits)}
 
 
+# Where a refused call would have written (a relative path: it must not appear).
+NOWHERE = Path("runs/test-api-refused")
+
+
 def test_import_dfl_loads_no_torch():
     code = "import sys, dfl; dfl.ConfigError; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -125,12 +129,19 @@ def test_a_config_dict_and_a_train_config_start_the_same_run(tmp_path: Path, dig
         (lambda: dfl.train("mlp", epochs="3"), "config key 'epochs'"),
         (lambda: dfl.train(3), "takes a model name"),
         (lambda: dfl.load("/"), "is not a dfl run directory"),
+        (lambda: dfl.train({}), "names no model"),  # not the default model, silently
+        (lambda: dfl.train({1: 2}), "a config key is a dotted name"),
+        (lambda: dfl.lab.run("conv", out=NOWHERE, precision="int8"), "precision must be one of"),
+        (lambda: dfl.lab.run("conv", out=NOWHERE, device="tpu"), "device must be auto, cpu"),
+        (lambda: dfl.lab.run("conv", out=NOWHERE, seeds="2"), "seeds must be a whole number"),
+        (lambda: dfl.sweep.run({}, workers="2", out=NOWHERE), "--workers must be a whole"),
     ],
 )
 def test_errors_are_the_clis_one_line_errors(call, message):
     with pytest.raises(dfl.DflError, match=message) as info:
         call()
     assert "\n" not in str(info.value)
+    assert not NOWHERE.exists()  # refused before anything is written
 
 
 def test_models_and_data(tmp_path: Path, digits):

@@ -257,3 +257,18 @@ def test_print_config_and_models(capsys):
     code, out, _ = run(capsys, "models", "vit")
     assert code == 0 and "heads=4" in out and "autoencoder" not in out
     assert "dfl train vit --set model_args." in out
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ("0,-1", "a seed is 0 to 4294967295, not -1"),  # its config could never be read back
+        ("99999999999", "a seed is 0 to 4294967295, not 99999999999"),
+        ("1,1", "names a seed twice"),
+        ("0,x", "is not a comma-separated list of seeds"),
+    ],
+)
+def test_train_seeds_out_of_range_exit_2_in_one_line(capsys, tmp_path, seeds, message):
+    code, _, err = run(capsys, "train", "mlp", "--seeds", seeds, "--out", str(tmp_path / "o"))
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -130,6 +130,16 @@ CASES = {
     ),
     "sweep --threads 0": (["sweep", "SPEC", "--threads", "0"], 2, "--threads must be"),
     "sweep --workers 0": (["sweep", "SPEC", "--workers", "0"], 2, "--workers must be"),
+    "sweep --workers past 4 a core": (
+        ["sweep", "SPEC", "--workers", "100000"], 2, "more than 4 a core on this machine's",
+    ),
+    "sweep --dry-run --workers past 4 a core": (
+        ["sweep", "SPEC", "--dry-run", "--workers", "100000"], 2, "more than 4 a core",
+    ),
+    "reproduce --seeds of 20 digits": (
+        ["reproduce", "--profile", "smoke", "--seeds", "9" * 20, "--out", "TMP/r"], 2,
+        "seeds must be a whole number from 1 to 100",
+    ),
     "sweep --threads past the cores": (
         ["sweep", "SPEC", "--threads", "100000"], 2, "more than this machine's",
     ),

@@ -52,6 +52,8 @@ GRID = '[grid]\n"optim.lr" = [0.001, 0.01]\n'
          "high = 0.01 }\n", "spec key 'search.space.optim.lr': low (0.1) must be below high"),
         ('name = "s"\n', '[search]\nn_trials = 3\n[search.space]\n"optim.lr" = { low = 0.0, '
          "high = 0.1, log = true }\n", "log needs low > 0"),
+        ('name = "s"\n', '[search]\nn_trials = 3\n[search.space]\n"optim.lr" = { low = 0.001, '
+         "high = 0.1, step = 0 }\n", "step must be above 0 (got 0)"),
         ('name = "s"\n', "[search]\nn_trials = 0\n[search.space]\nepochs = { choices = [1] }\n",
          "spec key 'search.n_trials'"),
         ('name = "s"\n', "[grid]\n" + "".join(

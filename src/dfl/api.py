@@ -97,7 +97,11 @@ def _starting_point(what: Any) -> tuple[Path | None, dict[str, Any]]:
     if isinstance(what, dict):
         tree: dict[str, Any] = {}
         for key, value in what.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"a config key is a dotted name like 'optim.lr', not {key!r}")
             set_dotted(tree, key, value)
+        if "model" not in tree:  # TrainConfig's default: a model nobody chose (as a file's)
+            raise ConfigError("the config dict names no model: add 'model': 'cnn_lab' (say)")
         return None, tree
     if isinstance(what, Path) or (isinstance(what, str) and what.endswith(".toml")):
         return Path(what), {}

@@ -168,6 +168,10 @@ def _seed_list(text: str) -> list[int]:
         ) from None
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"'{text}' names a seed twice")
+    from dfl.config import MAX_SEED
+
+    if wrong := [s for s in seeds if not 0 <= s <= MAX_SEED]:  # what `seed` takes
+        raise argparse.ArgumentTypeError(f"a seed is 0 to {MAX_SEED}, not {wrong[0]}")
     return seeds
 
 

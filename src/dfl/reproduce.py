@@ -21,6 +21,7 @@ import platform
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from dfl.config import TrainConfig
 from dfl.data import load_dataset
 from dfl.errors import ConfigError, ExperimentsFailed, one_line
 from dfl.experiments import EXPERIMENTS
@@ -48,6 +50,11 @@ from dfl.runtime.local_workers import available_cores, run_in_workers
 from dfl.runtime.run_lock import claim_run_dir
 from dfl.training.run_dir import CONFIG, rebase_config
 from dfl.training.trainer import resolve_device
+
+# Seeds behind each mean ± std at most: every number is that many trainings, so a slip of the
+# keyboard (1000, or 20 digits) would start days of work or build a plan that fills memory.
+MAX_SEEDS = 100
+PRECISIONS = typing.get_args(TrainConfig.model_fields["precision"].annotation)
 
 
 def environment(device: str, precision: str, jobs: int = 1, at_once: int = 1) -> dict[str, Any]:
@@ -156,8 +163,10 @@ def reproduce(
         raise ConfigError(f"--experiments-at-once must be at least 1 (got {at_once})")
     if profile not in PROFILES and profile not in ALIASES:
         raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
-    if seeds is not None and seeds < 1:
-        raise ConfigError(f"seeds must be at least 1 (got {seeds})")
+    if precision not in PRECISIONS:  # else it would be written into reproduce.json
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if seeds is not None and not (isinstance(seeds, int) and 1 <= seeds <= MAX_SEEDS):
+        raise ConfigError(f"seeds must be a whole number from 1 to {MAX_SEEDS} (got {seeds!r})")
     profile = canonical(profile)
     resolved = str(resolve_device(device))
     at_once = min(at_once or default_at_once(), len(selected))

@@ -65,11 +65,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         return 0
     if args.target is not None:
         raise DflError(f"unexpected argument '{args.target}' (did you mean `dfl sweep status`?)")
-    from dfl.sweep.launch import dry_run, run_sweep
+    from dfl.sweep.launch import check_counts, dry_run, run_sweep
     from dfl.sweep.status import format_status, require_a_completed_trial
 
-    _check_count("--threads", args.threads, threads=True)
-    _check_count("--workers", args.workers)
+    check_counts(args.workers, args.threads)
     if args.dry_run:
         print(dry_run(args.spec, args.out))
         return 0
@@ -91,21 +90,6 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     print(format_status(status, list_trials=args.trials))  # each failure with its reason
     require_a_completed_trial(status)
     return 0
-
-
-def _check_count(flag: str, value: int | None, threads: bool = False) -> None:
-    """--threads and --workers as `dfl train` takes --threads: at least 1 (0 does not mean
-    "the default"), and no more threads than the machine has cores."""
-    from dfl.config import threads_problem
-
-    if value is None:
-        return
-    if threads:
-        problem = threads_problem(value)
-        if problem:
-            raise DflError(f"{flag} {problem}")
-    elif value < 1:
-        raise DflError(f"{flag} must be at least 1 (got {value}); leave it out for the default")
 
 
 def _status_text(target: str, storage: str | None, out: str | None, list_trials: bool) -> str:
@@ -148,9 +132,10 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
+    from dfl.sweep.launch import check_counts
     from dfl.sweep.worker import run_worker
 
-    _check_count("--threads", args.threads, threads=True)
+    check_counts(None, args.threads)
 
     url = _existing_storage(args.study, args.storage, args.out)
     out = Path(args.out) if args.out else None

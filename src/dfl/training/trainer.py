@@ -79,7 +79,9 @@ def resolve_device(name: str) -> torch.device:
         "cpu": True,
         "cuda": torch.cuda.is_available(),
         "mps": torch.backends.mps.is_available(),
-    }[name]
+    }.get(name)
+    if available is None:
+        raise ConfigError(f"device must be auto, cpu, cuda or mps, not {name!r}")
     if not available:
         raise ConfigError(f"device '{name}' is not available on this machine (use --device auto)")
     return torch.device(name)
