@@ -498,6 +498,12 @@ def test_progress_lines_and_the_lab_table_off_a_terminal(tmp_path: Path, capsys)
     assert "set **3 of the lab's 38 numbers** beside ours" in first
     assert "--profile every" in first  # the command that sets the rest
 
+    # Its finished experiments are over one seed: another count is refused, none continues.
+    with pytest.raises(ConfigError, match="holds a reproduction over 1 seed; leave out --seeds"):
+        reproduce(out, "smoke", str(data), device="cpu", seeds=2, only=["conv"])
+    reproduce(out, "smoke", str(data), device="cpu", only=["conv"])
+    assert json.loads((out / "reproduce.json").read_text())["seeds"] == 1
+
     assert main(["report", str(out), "--lab-table"]) == 0
     table = capsys.readouterr().out
     assert table.count("\n| ") == 38 + 1  # a header and one row per lab number

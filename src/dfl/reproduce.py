@@ -85,12 +85,21 @@ def _manifest(
     selected: list[str],
     device: str,
     precision: str,
+    seeds: int | None,
     jobs: int,
     at_once: int,
 ) -> dict:
-    """This reproduction's description; refuses an --out made with another profile, data or
-    precision (one report, one way of running)."""
+    """This reproduction's description; refuses an --out made with another profile, data,
+    precision or number of seeds (one report, one way of running). `seeds` None: the
+    directory's, or else the profile's."""
     old: dict[str, Any] = read_manifest(out) or {}
+    made_with = PROFILES.get(canonical(old["profile"])) if old else None
+    had = old.get("seeds", made_with.seeds if made_with else None)  # before seeds were kept
+    if seeds is not None and had is not None and seeds != had:  # its finished experiments' own
+        raise ConfigError(
+            f"{out} holds a reproduction over {had} seed{'s' * (had != 1)}; leave out --seeds "
+            f"to continue it, or use another --out for {seeds}"
+        )
     if old:
         was = (old["profile"], old["dataset"], old.get("environment", {}).get("precision", "fp32"))
         made_by = canonical(was[0])
@@ -104,6 +113,7 @@ def _manifest(
         "profile": profile,
         "dataset": dataset,
         "selected": selected,
+        "seeds": seeds or had or PROFILES[profile].seeds,
         "environment": environment(device, precision, jobs, at_once),
         "started": time.time(),
         # on the clock, every invocation in this directory so far (experiments overlap, so
@@ -180,16 +190,17 @@ def reproduce(
     # one that fails before reproduce.json is written, leaves the directory as it found it.
     with claim_run_dir(out, "reproducing it") as claim:
         was = (read_manifest(out) or {}).get("at")
-        manifest = _manifest(out, profile, dataset, selected, resolved, precision, jobs, at_once)
+        manifest = _manifest(
+            out, profile, dataset, selected, resolved, precision, seeds, jobs, at_once
+        )
         _follow_move(out, was, said_as)
         data = load_dataset(dataset, data_dir)
-        default_seeds = PROFILES[profile].seeds
         manifest["data"] = dataset_arg = str(data.path) if data_dir else dataset
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "reproduce.json", manifest)
         claim.started = True  # the reproduction's own files from here: kept whatever happens
         ctx = Context(
-            out, profile, data, dataset_arg, device, seeds or default_seeds, precision, jobs=jobs
+            out, profile, data, dataset_arg, device, manifest["seeds"], precision, jobs=jobs
         )
 
         with _OnTheClock(out / "reproduce.json", manifest):

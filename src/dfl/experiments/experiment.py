@@ -167,6 +167,7 @@ class Manifest(BaseModel):
     started: float = 0.0
     wall_s: float = 0.0
     data: str | None = None
+    seeds: int | None = None  # behind each mean ± std
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
