@@ -90,3 +90,10 @@ def test_bad_toml_file_is_named(tmp_path: Path):
         build_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         build_config(tmp_path / "missing.toml")
+
+
+def test_a_config_saved_with_a_byte_order_mark_reads(tmp_path):
+    """Some Windows editors open UTF-8 with a byte-order mark, which TOML does not allow."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b'\xef\xbb\xbfmodel = "mlp"\nepochs = 3\n')
+    assert build_config(path).epochs == 3

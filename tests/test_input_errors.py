@@ -90,6 +90,13 @@ CASES = {
         ["train", "--config", "TMP/latin.toml"], 2, "is not UTF-8 text",
     ),
     "a sweep spec that is not UTF-8": (["sweep", "TMP/latin.toml"], 2, "is not UTF-8 text"),
+    "a config naming another model than the command": (
+        ["train", "cnn_lab", "--config", "TMP/mlp.toml"], 2,
+        "names model 'mlp' and the command 'cnn_lab': give one",
+    ),
+    "a sweep spec as a run's config": (
+        ["train", "--config", "SPEC"], 2, "is a sweep spec, not a run's config: run it with",
+    ),
     "a directory as --config": (["train", "--config", "TMP"], 2, "is a directory"),
     "a storage file that is not SQLite": (
         ["sweep", "SPEC", "--storage", "TMP/notes.txt"], 2, "is not an SQLite database",
@@ -156,6 +163,7 @@ CASES = {
 def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, capsys, digits, five_classes):
     argv, code, message = CASES[case]
     (tmp_path / "latin.toml").write_bytes(b"\xff\xfe")
+    (tmp_path / "mlp.toml").write_text('model = "mlp"\n')
     (tmp_path / "notes.txt").write_text("not a database, just notes\n")
     spec = write_spec(tmp_path / "spec.toml", digits)
     paths = {"DATA": digits, "FIVE": five_classes, "SPEC": spec, "TMP": tmp_path}

@@ -308,8 +308,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
                 f"config file {path} is {path.stat().st_size:,} bytes; a config is a few "
                 f"hundred (at most {MAX_CONFIG_BYTES:,} read)"
             )
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        # utf-8-sig: a byte-order mark, as some Windows editors save UTF-8, is not TOML's
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply") from None
     except FileNotFoundError:
@@ -345,9 +345,20 @@ def build_config(
 ) -> TrainConfig:
     """defaults < base (an experiment's own defaults) < TOML file < overrides, validated once."""
     tree: dict[str, Any] = dict(base or {})
+    overrides = overrides or {}
     if file is not None:
-        tree = merge(tree, read_toml(file))
-    tree = merge(tree, overrides or {})
+        given = read_toml(file)
+        if "model" in given and "model" in overrides and given["model"] != overrides["model"]:
+            raise ConfigError(
+                f"config file {file} names model '{given['model']}' and the command "
+                f"'{overrides['model']}': give one"
+            )
+        tree = merge(tree, given)
+    tree = merge(tree, overrides)
+    if file is not None and "model" not in tree and {"grid", "search"} & tree.keys():
+        raise ConfigError(
+            f"{file} is a sweep spec, not a run's config: run it with dfl sweep {file}"
+        )
     if file is not None and "model" not in tree:  # TrainConfig's default: a model nobody chose
         raise ConfigError(
             f'config file {file} names no model: add `model = "cnn_lab"` (say) to it, or '
