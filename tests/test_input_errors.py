@@ -94,6 +94,14 @@ CASES = {
         ["train", "cnn_lab", "--config", "TMP/mlp.toml"], 2,
         "names model 'mlp' and the command 'cnn_lab': give one",
     ),
+    "a train subset past the data": (
+        ["train", "mlp", "--dataset", "DATA", "--set", "data.train_subset=999999"], 2,
+        "config key 'data.train_subset': 999,999 images, but the dataset has",
+    ),
+    "an empty dataset key": (["train", "mlp", "--set", "data.dataset=''"], 2, "'data.dataset'"),
+    "a file as --dataset": (
+        ["train", "mlp", "--dataset", "TMP/notes.txt"], 2, "(a file, not a directory)",
+    ),
     "a sweep spec as a run's config": (
         ["train", "--config", "SPEC"], 2, "is a sweep spec, not a run's config: run it with",
     ),

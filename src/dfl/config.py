@@ -50,7 +50,7 @@ def threads_problem(threads: int) -> str | None:
 
 
 class DataConfig(Strict):
-    dataset: str = "mnist"  # "mnist", "fashion-mnist" or a directory of IDX files
+    dataset: str = Field("mnist", min_length=1)  # "mnist", "fashion-mnist" or an IDX directory
     data_dir: str | None = None  # a directory holding the four IDX files; tried first
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # held out of train for selection
     split_seed: Seed = 42  # the split is a property of the experiment, not of the run's seed

@@ -121,9 +121,10 @@ def _locate(
     root = Path(dataset).expanduser()
     if not root.is_dir():
         known = ", ".join(KNOWN_DATASETS)
+        what = "a file, not a directory" if root.exists() else "no such directory"
         raise DataError(
             f"unknown dataset {str(dataset)!r}: expected one of {known} "
-            "or a directory of IDX files (no such directory)"
+            f"or a directory of IDX files ({what})"
         )
     if data_dir is not None and Path(data_dir).expanduser().resolve() != root.resolve():
         raise DataError(

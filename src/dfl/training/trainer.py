@@ -163,6 +163,15 @@ def prepare_splits(cfg: TrainConfig, data: Dataset, device: torch.device) -> dic
     seed = subset_seed(cfg)
     train_x, train_y = data.train_images, data.train_labels
     test_x, test_y = data.test_images, data.test_labels
+    for key, size, n in (
+        ("train", d.train_subset, len(train_y)),
+        ("test", d.test_subset, len(test_y)),
+    ):
+        if size and size > n:  # named as the user set it, not as random_subset takes it
+            raise ConfigError(
+                f"config key 'data.{key}_subset': {size:,} images, but the dataset has {n:,} "
+                f"{key} images"
+            )
     if d.train_subset:
         idx = random_subset(len(train_y), d.train_subset, seed)
         train_x, train_y = train_x[idx], train_y[idx]
