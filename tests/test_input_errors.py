@@ -155,6 +155,9 @@ CASES = {
         ["reproduce", "--profile", "smoke", "--seeds", "9" * 20, "--out", "TMP/r"], 2,
         "seeds must be a whole number from 1 to 100",
     ),
+    "sweep --out under a file": (
+        ["sweep", "SPEC", "--out", "TMP/notes.txt/sweep"], 2, "cannot be made (Not a directory)",
+    ),
     "sweep --threads past the cores": (
         ["sweep", "SPEC", "--threads", "100000"], 2, "more than this machine's",
     ),

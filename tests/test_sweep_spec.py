@@ -174,6 +174,14 @@ def test_a_bad_spec_is_one_line_and_exit_2(tmp_path: Path, capsys):
     assert cli.main(["sweep", "status"]) == 2
     assert cli.main(["sweep", "status", "nosuchsweep", "--out", str(tmp_path / "none")]) == 2
     assert "no sweep 'nosuchsweep'" in capsys.readouterr().err
+    # The database given where the spec goes: said so, not "not UTF-8 text".
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "study.db").execute("CREATE TABLE t (x)").connection.close()
+    assert cli.main(["sweep", "status", str(tmp_path / "study.db")]) == 2
+    assert "is a sweep's database: give the sweep's spec or name, with --storage" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

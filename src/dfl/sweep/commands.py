@@ -102,11 +102,21 @@ def _status_text(target: str, storage: str | None, out: str | None, list_trials:
         raise DflError("`dfl sweep status` got an empty name; give a spec file or a study name")
     if target.endswith(".toml") and not Path(target).is_file():  # a spec's path, mistyped
         raise DflError(f"spec file {target} is not a file (or give the study's name)")
+    if Path(target).is_file() and _is_sqlite(Path(target)):
+        raise DflError(
+            f"{target} is a sweep's database: give the sweep's spec or name, with --storage "
+            f"{target}"
+        )
     name = load_spec(target).name if Path(target).is_file() else target
     url = _existing_storage(name, storage, out)
     store = open_storage(url)
     study, spec = studies.load(name, store)
     return format_status(sweep_status(study, spec, describe_url(url)), list_trials)
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(16) == b"SQLite format 3\0"  # every SQLite file's first bytes
 
 
 def _existing_storage(name: str, storage: str | None, out: str | None) -> str:

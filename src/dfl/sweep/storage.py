@@ -119,7 +119,13 @@ def open_storage(
     engine_kwargs: dict[str, Any] = {}
     if is_sqlite:
         path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file in the path, a read-only or virtual file system
+            raise DflError(
+                f"the sweep database's directory {path.parent} cannot be made ({e.strerror}): "
+                "give --out or --storage a place that can"
+            ) from None
         _use_wal(path)
         # isolation_level=None: the driver emits no BEGIN of its own; ours follows below.
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None}
