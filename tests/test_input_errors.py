@@ -94,6 +94,9 @@ CASES = {
         ["train", "cnn_lab", "--config", "TMP/mlp.toml"], 2,
         "names model 'mlp' and the command 'cnn_lab': give one",
     ),
+    "a width of 0 in a list of widths": (
+        ["train", "mlp", "--set", "model_args.hidden=[0]"], 2, "model 'mlp' (hidden=[0], ",
+    ),
     "a train subset past the data": (
         ["train", "mlp", "--dataset", "DATA", "--set", "data.train_subset=999999"], 2,
         "config key 'data.train_subset': 999,999 images, but the dataset has",

@@ -89,7 +89,8 @@ def create(name: str, **args: Any) -> nn.Module:
     except ConfigError as e:  # a layer its arguments built is invalid: name the arguments
         if str(e).startswith("model '") or "layers" in args:  # said already, or the user's
             raise
-        given = ", ".join(f"{k}={v!r}" for k, v in args.items() if not isinstance(v, list | dict))
+        # every argument short enough to read in one line (a list of widths, not a layer table)
+        given = ", ".join(f"{k}={v!r}" for k, v in args.items() if len(repr(v)) <= 40)
         raise ConfigError(f"model '{name}' ({given or 'its defaults'}): {e}") from None
     except ValueError as e:  # arguments valid one by one that do not fit together
         raise ConfigError(f"model '{name}': {e} (model_args)") from None
