@@ -78,9 +78,9 @@ def run(
     jobs: int = 1,
 ) -> LabRun:
     """Run (or resume, or reuse) the lab question `name` (one of EXPERIMENTS) in `profile`
-    (one of PROFILES: smoke, preview, lab, every, full) into `out` (default `runs/PROFILE`, as
-    `dfl lab`), and return it. Raises `ConfigError` for an unknown name or profile and
-    `ExperimentsFailed` when the experiment failed (its reason in the message)."""
+    (one of PROFILES: smoke, preview, lab, every, complete, full) into `out` (default
+    `runs/PROFILE`, as `dfl lab`), and return it. Raises `ConfigError` for an unknown name or
+    profile and `ExperimentsFailed` when the experiment failed (its reason in the message)."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown lab question '{name}' (choose from {', '.join(EXPERIMENTS)})")
     out = Path(out) if out is not None else Path("runs") / canonical(profile)

@@ -72,15 +72,15 @@ PROFILES = {
     for p in (
         Profile(
             "smoke",
-            "tiny data, one epoch: checks that it all runs, not numbers",
-            "tiny data and one epoch: for tests, not numbers",
+            "tiny data, an epoch or two: checks that it all runs, not numbers",
+            "tiny data and an epoch or two: for tests, not numbers",
             1,
         ),
         Profile(
             "preview",
-            "every table and figure, epochs cut short: 8 of the 38 lab numbers",
-            "a first look: every table and figure, epochs cut short; sets 8 of the 38 lab "
-            "numbers beside ours, the rest not comparable",
+            "the lab's experiments, epochs cut short: 8 of the 38 lab numbers",
+            "a first look: the lab's experiments with epochs cut short (no CNN search, modern "
+            "ViT or ablations); sets 8 of the 38 lab numbers beside ours, the rest not comparable",
             2,
         ),
         Profile(
@@ -96,8 +96,9 @@ PROFILES = {
         Profile(
             "every",
             "lab, and the six other ViTs at the lab's protocol: all 38 numbers",
-            "all 38 lab numbers at the lab's protocol (the lab profile plus the other six ViT "
-            "configurations, 20 epochs each on all 60,000 images); resumes across invocations",
+            "all 38 lab numbers at the lab's protocol (the lab profile with the other six ViT "
+            "configurations, 20 epochs each on all 60,000 images, in place of its size study); "
+            "resumes across invocations",
             2,
             faithful_seeds=1,
         ),
@@ -111,9 +112,9 @@ PROFILES = {
         ),
         Profile(
             "full",
-            "complete, with 3 seeds throughout",
-            "the lab's settings for every run, 3 seeds throughout, and the beyond-the-lab stages "
-            "at full length",
+            "complete, with 3 seeds behind every mean",
+            "the lab's settings for every run, 3 seeds behind every mean (a lab-protocol number "
+            "stays one run, as the lab's), and the beyond-the-lab stages at full length",
             3,
         ),
     )
