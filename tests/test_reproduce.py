@@ -583,7 +583,7 @@ def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
         (out / "reproduce.json").write_text(json.dumps(manifest))
         return out
 
-    args = ("mnist", ["conv"], "cpu", "auto", 1, 1)
+    args = ("mnist", ["conv"], "cpu", "auto", None, 1, 1)  # seeds: the directory's
     assert _manifest(made_by("quick"), "preview", *args)["profile"] == "preview"
     assert _manifest(made_by("lab"), "every", *args)["profile"] == "every"
     with pytest.raises(ConfigError, match="profile every"):
