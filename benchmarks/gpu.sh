@@ -9,20 +9,22 @@
 #      and points dfl at the embedded MNIST in .gpu/wheels;
 #   2. smoke: trains one tiny run on the GPU (a broken setup stops here, in seconds);
 #   3. tests: the GPU tests (`pytest -m gpu`, 8 at a time);
-#   4. steps, profile: times the training step (benchmarks/gpu_step.py) and profiles it;
-#   5. many: starts CUDA MPS where the machine has it (kernels of several processes at once),
-#      and times R autoencoder runs side by side, as processes and as threads;
-#   6. reproduce: times the default reproduction on cuda (`dfl reproduce`: the complete
-#      profile) with the card to itself;
+#   4. reproduce: times the default reproduction on cuda (`dfl reproduce`: the complete
+#      profile) with the card to itself, for its target's 5 minutes (REPRODUCE_S=300; a run
+#      of the script again continues it, its time on the clock adding up in reproduce.json);
+#   5. many: R autoencoder runs side by side, as processes, fused into one model in one
+#      process, and (--threads) as threads;
+#   6. steps, profile: times the training step (benchmarks/gpu_step.py) and profiles it;
 #   7. amp: the same reproduction in bf16, its numbers against fp32's (compare_runs.py);
-#   8. full (only when PHASES names it): times the full profile (3 seeds throughout) on cuda.
-# Each phase gets what is left of BUDGET. OUT/ receives gpu.txt (the machine, and each phase's
+#   8. full (only when PHASES names it): times the full profile (3 seeds behind every mean).
+# CUDA MPS (kernels of several processes at once) is started before the first phase that runs
+# processes side by side, where the machine has it. Each phase gets what is left of BUDGET. OUT/ receives gpu.txt (the machine, and each phase's
 # exit and wall time), logs.tgz (every phase's log, the Markdown tables and their JSON),
 # traces.tgz (the profiler's Chrome traces) and results.tgz (both reproductions' results.json,
 # reproduce.json, report and each experiment's result.json): few files, as a device tool
 # brings back at most eight.
 #
-# PHASES (default "smoke tests steps profile many reproduce amp") picks and orders the phases.
+# PHASES (default "smoke tests reproduce many steps profile amp") picks and orders the phases.
 # Run it again and it continues: a phase that finished (STATE/done-PHASE) is skipped and the
 # reproduction resumes from its checkpoints (on the same machine, or with STATE carried).
 set -u
@@ -44,7 +46,7 @@ pack() {
 trap pack EXIT
 log() { echo "$*" | tee -a "$W/gpu.txt"; }
 left() { echo $((DEADLINE - $(date +%s))); }
-PHASES=${PHASES:-smoke tests steps profile many reproduce amp}
+PHASES=${PHASES:-smoke tests reproduce many steps profile amp}
 wanted() { [[ " $PHASES " == *" $1 "* ]]; }
 phase() {  # phase NAME SECONDS COMMAND...: run unless done, within SECONDS and the deadline
   local name=$1 want=$2 t0 rc limit
@@ -79,9 +81,11 @@ run_smoke() {
     --set data.train_subset=2000 || { log "smoke run failed: see smoke.log"; exit 1; }
 }
 
-# runs side by side: with CUDA MPS where the machine has it (kernels of several processes at
-# once; it then stays on for the reproduction), else time-sliced
-run_many() {
+# CUDA MPS where the machine has it (kernels of several processes at once; it stays on), else
+# processes side by side are time-sliced
+start_mps() {
+  [ -n "${MPS_TRIED:-}" ] && return 0
+  MPS_TRIED=1
   if command -v nvidia-cuda-mps-control > /dev/null; then
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
@@ -96,13 +100,19 @@ run_many() {
   else
     log "mps: nvidia-cuda-mps-control not on this machine"
   fi
+}
+
+# R runs side by side: as processes, fused into one model, (--threads) as threads
+run_many() {
+  start_mps
   phase many 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 4
 }
 
 # the default reproduction on the GPU (the complete profile), the card to itself
 run_reproduce() {
   local run=$STATE/complete e
-  phase reproduce "${REPRODUCE_S:-0}" $PY -m dfl reproduce --device cuda --out "$run" \
+  start_mps
+  phase reproduce "${REPRODUCE_S:-300}" $PY -m dfl reproduce --device cuda --out "$run" \
     --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
   pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
   for e in ae cnn sae vit conv attention; do
@@ -117,6 +127,10 @@ print('reproduce: on the clock', round(m['wall_s']), 's')" 2>/dev/null | tee -a 
 # bf16 where the complete profile's numbers stay within the seeds' noise of fp32's: the same
 # reproduction in bf16, every number beside fp32's (what `precision = "auto"` is read from)
 run_amp() {
+  if [ ! -e "$STATE/done-reproduce" ]; then
+    log "amp: waits for the fp32 reproduction to finish (run the script again)"; return 0
+  fi
+  start_mps
   phase amp "${AMP_S:-0}" $PY -m dfl reproduce --device cuda --precision bf16 \
     --out "$STATE/complete-bf16" --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
   pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
@@ -126,6 +140,7 @@ run_amp() {
 
 # the full profile (3 seeds throughout), timed as the complete one
 run_full() {
+  start_mps
   phase full "${FULL_S:-0}" $PY -m dfl reproduce --profile full --device cuda --out "$STATE/full" \
     --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
   pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
