@@ -98,8 +98,8 @@ def _use_wal(path: Path) -> None:
             time.sleep(0.05 + 0.1 * random.random())  # apart, not in step with the other
         except sqlite3.DatabaseError as e:  # "file is not a database": some other file
             raise DflError(
-                f"--storage {path} is not an SQLite database ({e}); give the sweep's study.db "
-                "or a path that does not exist yet"
+                f"the sweep database {path} is not an SQLite database ({e}); give --storage a "
+                "sweep's study.db or a path that does not exist yet, or --out another directory"
             ) from None
 
 
