@@ -140,9 +140,16 @@ def test_cli_table_and_json(capsys):
 
 def test_cli_candidate_exits_2_with_one_line(capsys):
     assert main(["shapes", CANDIDATE]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.count("\n") == 1
     assert "layer 14 (linear) gets input [2304]" in err and "12544" in err
+    # Above it, the layers that fit, down to the flatten that makes the 2,304.
+    table = out.splitlines()
+    assert table[0].startswith("the layers that fit: input [1, 28, 28]")
+    assert table[-3].split()[:3] == ["13", "Flatten", "[2304]"]
+    assert table[-1].split()[:2] == ["total", "[2304]"]
+    assert main(["shapes", CANDIDATE, "--json"]) == 2  # JSON, or nothing, on stdout
+    assert capsys.readouterr().out == ""
     assert main(["shapes", FIXED]) == 0
 
 

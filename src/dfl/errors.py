@@ -30,7 +30,10 @@ class DataError(DflError):
 
 
 class ShapeError(DflError):
-    """A layer that cannot take the shape of its input."""
+    """A layer that cannot take the shape of its input. `fitted`: the layers before it, as a
+    module, where a layer list was being built (`dfl shapes` shows them)."""
+
+    fitted: object = None
 
 
 class UnloadableRun(DflError):

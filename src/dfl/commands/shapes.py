@@ -44,7 +44,14 @@ def add_shapes_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    label, model = model_from_spec(args.spec, args.overrides, args.input)
+    try:
+        label, model = model_from_spec(args.spec, args.overrides, args.input)
+    except ShapeError as e:
+        # The layers before the one that does not fit, as a table: where the shapes went
+        # (the error line follows on stderr).
+        if e.fitted is not None and len(e.fitted) and not args.json:
+            print(format_summary("the layers that fit", model_summary(e.fitted, args.input)))
+        raise
     try:
         summary = model_summary(model, args.input)
     except ShapeError as e:

@@ -211,7 +211,9 @@ def model_from_spec(
     try:
         return label, build()
     except ShapeError as e:
-        raise ShapeError(f"{label}: {e}") from None
+        named = ShapeError(f"{label}: {e}")
+        named.fitted = e.fitted
+        raise named from None
 
 
 def format_summary(label: str, summary: ModelSummary) -> str:

@@ -188,7 +188,11 @@ def build_layers(
     specs = parse_layers([s.model_dump() if isinstance(s, _Layer) else s for s in raw])
     modules, shapes, shape = [], [], tuple(in_shape)
     for index, spec in enumerate(specs):
-        module, shape = spec.build(index, shape)
+        try:
+            module, shape = spec.build(index, shape)
+        except ShapeError as e:
+            e.fitted = nn.Sequential(*modules)  # what fits, where the shapes went wrong
+            raise
         modules.append(module)
         shapes.append(shape)
     return nn.Sequential(*modules), shapes
