@@ -18,7 +18,8 @@
 #   7. amp: the same reproduction in bf16, its numbers against fp32's (compare_runs.py);
 #   8. full (only when PHASES names it): times the full profile (3 seeds behind every mean).
 # CUDA MPS (kernels of several processes at once) is started before the first phase that runs
-# processes side by side, where the machine has it. Each phase gets what is left of BUDGET. OUT/ receives gpu.txt (the machine, and each phase's
+# processes side by side, where the machine has it; steps and profile run outside it. Each
+# phase gets what is left of BUDGET. OUT/ receives gpu.txt (the machine, and each phase's
 # exit and wall time), logs.tgz (every phase's log, the Markdown tables and their JSON),
 # traces.tgz (the profiler's Chrome traces) and results.tgz (both reproductions' results.json,
 # reproduce.json, report and each experiment's result.json): few files, as a device tool
@@ -134,11 +135,11 @@ run_amp() {
   phase amp "${AMP_S:-0}" $PY -m dfl reproduce --device cuda --precision bf16 \
     --out "$STATE/complete-bf16" --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
   pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
-  $PY benchmarks/compare_runs.py "$STATE/complete" "$STATE/complete-bf16" > "$W/amp.md" \
-    2>> "$W/gpu.txt" && log "amp: fp32 against bf16 in amp.md"
+  [ -e "$STATE/done-amp" ] && $PY benchmarks/compare_runs.py "$STATE/complete" \
+    "$STATE/complete-bf16" > "$W/amp.md" 2>> "$W/gpu.txt" && log "amp: fp32 against bf16 in amp.md"
 }
 
-# the full profile (3 seeds throughout), timed as the complete one
+# the full profile (3 seeds behind every mean), timed as the complete one
 run_full() {
   start_mps
   phase full "${FULL_S:-0}" $PY -m dfl reproduce --profile full --device cuda --out "$STATE/full" \
@@ -150,13 +151,15 @@ print('full: on the clock', round(m['wall_s']), 's')" 2>/dev/null | tee -a "$W/g
 
 # the GPU tests, 8 at a time
 run_tests() {
-  phase tests 150 $PY -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_gpu.py \
+  phase tests 180 $PY -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_gpu.py \
     ${TESTS_K:+-k "$TESTS_K"}
 }
 
-# the step: timings and the profiler's view
-run_steps() { phase steps 120 $PY benchmarks/gpu_step.py steps --out "$W"; }
-run_profile() { phase profile 40 $PY benchmarks/gpu_step.py profile --out "$W"; }
+# the step: timings and the profiler's view, one process on the card as GPU.md measured them
+# (not an MPS client, where an earlier phase started MPS)
+NO_MPS=(env -u CUDA_MPS_PIPE_DIRECTORY -u CUDA_MPS_LOG_DIRECTORY)
+run_steps() { phase steps 120 "${NO_MPS[@]}" $PY benchmarks/gpu_step.py steps --out "$W"; }
+run_profile() { phase profile 40 "${NO_MPS[@]}" $PY benchmarks/gpu_step.py profile --out "$W"; }
 
 for p in $PHASES; do "run_$p"; done
 log "total $(($(date +%s) - T_START)) s"

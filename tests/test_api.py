@@ -134,7 +134,7 @@ def test_a_config_dict_and_a_train_config_start_the_same_run(tmp_path: Path, dig
         (lambda: dfl.lab.run("conv", out=NOWHERE, precision="int8"), "precision must be one of"),
         (lambda: dfl.lab.run("conv", out=NOWHERE, device="tpu"), "device must be auto, cpu"),
         (lambda: dfl.lab.run("conv", out=NOWHERE, seeds="2"), "seeds must be a whole number"),
-        (lambda: dfl.sweep.run({}, workers="2", out=NOWHERE), "--workers must be a whole"),
+        (lambda: dfl.sweep.run({}, workers="2", out=NOWHERE), "workers= must be a whole"),
     ],
 )
 def test_errors_are_the_clis_one_line_errors(call, message):

@@ -105,6 +105,9 @@ def test_train_on_an_idx_directory(tmp_path: Path, capsys):
     # A mistyped run directory is named, not taken for a missing model.
     code, _, err = run(capsys, "train", "--resume", "--out", str(out_dir) + "x")
     assert code == 2 and "x holds no run" in err
+    # Another model than the run's: named as the run's, not as a config file's.
+    code, _, err = run(capsys, "train", "cnn_lab", "--resume", "--out", str(out_dir))
+    assert code == 2 and f"{out_dir} holds a mlp run: leave out the model" in err
     # --resume with no run to continue starts nothing.
     code, _, err = run(capsys, "train", "mlp", "--resume")
     assert code == 2 and "--resume continues the run in --out" in err

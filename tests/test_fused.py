@@ -113,7 +113,10 @@ def fused_against_alone(family: str, precision: str, data, root: Path, **keys) -
         assert_close(losses(f.history), losses(a.history), rel32 if precision == "fp32" else rel16)
         assert_close(losses(f.history[:1]), losses(a.history[:1]), 5e-3)
         if "test_accuracy" in a.final:  # what a report shows, to its digits
-            tolerance = 2 / 128 if family == "cnn_lab" else 0  # 2 images of 128 (see FAMILIES)
+            # 2 images of 128 for the CNN (see FAMILIES); on CUDA the lone runs replay graphed
+            # kernels and the group steps eagerly, so one image may tip either way
+            on_cuda = keys.get("device") == "cuda"
+            tolerance = 2 / 128 if family == "cnn_lab" else 1 / 128 if on_cuda else 0
             assert abs(f.final["test_accuracy"] - a.final["test_accuracy"]) <= tolerance
     # Each run trained from its own seed: fused, the runs still differ from one another.
     assert len({f.final["test_loss"] for f in fused}) == len(SEEDS)

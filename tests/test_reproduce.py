@@ -185,10 +185,17 @@ def test_profile_mismatch_is_refused(tmp_path: Path, capsys):
     assert "profile full" in capsys.readouterr().err
 
 
-def test_jobs_below_one_is_refused(tmp_path: Path, capsys):
+@pytest.mark.parametrize(
+    ("jobs", "message"),
+    [
+        ("0", "--jobs must be a whole number, at least 1"),
+        ("100000", "--jobs 100000 is more than 4"),
+    ],
+)
+def test_jobs_out_of_range_are_refused(tmp_path: Path, capsys, jobs: str, message: str):
     out = tmp_path / "r"
-    assert main(["reproduce", "--profile", "smoke", "--jobs", "0", "--out", str(out)]) == 2
-    assert "--jobs must be at least 1" in capsys.readouterr().err
+    assert main(["reproduce", "--profile", "smoke", "--jobs", jobs, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err  # named as given, not as the sweep's --workers
     assert not out.exists()  # refused before anything was written
 
 
@@ -588,6 +595,11 @@ def test_quick_is_preview_and_every_continues_a_lab_directory(tmp_path: Path):
     assert _manifest(made_by("lab"), "every", *args)["profile"] == "every"
     with pytest.raises(ConfigError, match="profile every"):
         _manifest(made_by("every"), "lab", *args)  # lab would drop what every trained
+    # A reproduce.json that records no seeds takes the count given (it may have been made so).
+    (tmp_path / "lab").rename(tmp_path / "made")
+    assert (
+        _manifest(tmp_path / "made", "lab", "mnist", ["conv"], "cpu", "auto", 3, 1, 1)["seeds"] == 3
+    )
 
 
 def test_lab_verdicts_and_their_reasons():

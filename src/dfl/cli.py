@@ -215,6 +215,14 @@ def run_train(args: argparse.Namespace) -> int:
         own = Path(args.out) / (f"seed{args.seeds[0]}" if args.seeds else "") / "config.toml"
         if own.exists():
             config_file = own
+            from dfl.config import read_toml
+
+            saved = read_toml(own).get("model")
+            if args.model is not None and saved is not None and args.model != saved:
+                raise DflError(
+                    f"{args.out} holds a {saved} run: leave out the model to resume it, or give "
+                    "another --out"
+                )
         elif args.model is None:
             raise DflError(
                 f"--resume: {own.parent} holds no run (no config.toml): check the path, or name "

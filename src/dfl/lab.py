@@ -59,9 +59,9 @@ class LabRun:
 
 
 SMOKE_NOTE = (
-    "Profile smoke: tiny data and one epoch, to check that everything runs. These numbers are "
-    "not results (a classifier may sit at chance, about 0.1); the profile lab gives the lab's "
-    "protocol and numbers that mean something."
+    "Profile smoke: tiny data and an epoch or two, to check that everything runs. These numbers "
+    "are not results (a classifier may sit at chance, about 0.1); the profile lab gives the "
+    "lab's protocol and numbers that mean something."
 )
 
 

@@ -46,7 +46,7 @@ from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.experiments.registry import REGISTRY
 from dfl.report.build import build_report
 from dfl.runtime.atomic import atomic_write_json
-from dfl.runtime.local_workers import available_cores, run_in_workers
+from dfl.runtime.local_workers import available_cores, check_counts, run_in_workers
 from dfl.runtime.run_lock import claim_run_dir
 from dfl.training.run_dir import CONFIG, rebase_config
 from dfl.training.trainer import resolve_device
@@ -93,13 +93,7 @@ def _manifest(
     precision or number of seeds (one report, one way of running). `seeds` None: the
     directory's, or else the profile's."""
     old: dict[str, Any] = read_manifest(out) or {}
-    made_with = PROFILES.get(canonical(old["profile"])) if old else None
-    had = old.get("seeds", made_with.seeds if made_with else None)  # before seeds were kept
-    if seeds is not None and had is not None and seeds != had:  # its finished experiments' own
-        raise ConfigError(
-            f"{out} holds a reproduction over {had} seed{'s' * (had != 1)}; leave out --seeds "
-            f"to continue it, or use another --out for {seeds}"
-        )
+    had = old.get("seeds")  # None in a reproduce.json that does not record them
     if old:
         was = (old["profile"], old["dataset"], old.get("environment", {}).get("precision", "fp32"))
         made_by = canonical(was[0])
@@ -109,6 +103,11 @@ def _manifest(
                 f"{out} holds a reproduction with profile {was[0]} on {was[1]} in precision "
                 f"{was[2]}; use another --out for profile {profile} on {dataset} in {precision}"
             )
+    if seeds is not None and had is not None and seeds != had:  # its finished experiments'
+        raise ConfigError(
+            f"{out} holds a reproduction over {had} seed{'s' * (had != 1)}; leave out --seeds "
+            f"to continue it, or use another --out for {seeds}"
+        )
     return {
         "profile": profile,
         "dataset": dataset,
@@ -167,8 +166,7 @@ def reproduce(
             f"--only: unknown experiment(s) {', '.join(unknown)} "
             f"(choose from {','.join(EXPERIMENTS)})"
         )
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
+    check_counts(jobs, None, ("--jobs", ""))  # the sweeps' workers: at most 4 a core
     if at_once is not None and at_once < 1:
         raise ConfigError(f"--experiments-at-once must be at least 1 (got {at_once})")
     if profile not in PROFILES and profile not in ALIASES:

@@ -113,8 +113,8 @@ PROFILES = {
         Profile(
             "full",
             "complete, with 3 seeds behind every mean",
-            "the lab's settings for every run, 3 seeds behind every mean (a lab-protocol number "
-            "stays one run, as the lab's), and the beyond-the-lab stages at full length",
+            "the lab's settings for every run, 3 seeds behind every mean, and the beyond-the-lab "
+            "stages at full length",
             3,
         ),
     )

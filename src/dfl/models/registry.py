@@ -89,8 +89,10 @@ def create(name: str, **args: Any) -> nn.Module:
     except ConfigError as e:  # a layer its arguments built is invalid: name the arguments
         if str(e).startswith("model '") or "layers" in args:  # said already, or the user's
             raise
-        # every argument short enough to read in one line (a list of widths, not a layer table)
-        given = ", ".join(f"{k}={v!r}" for k, v in args.items() if len(repr(v)) <= 40)
+        # every argument, its value where it is short (a list of widths, not a layer table)
+        given = ", ".join(
+            f"{k}={v!r}" if len(repr(v)) <= 40 else f"{k}=[…]" for k, v in args.items()
+        )
         raise ConfigError(f"model '{name}' ({given or 'its defaults'}): {e}") from None
     except ValueError as e:  # arguments valid one by one that do not fit together
         raise ConfigError(f"model '{name}': {e} (model_args)") from None

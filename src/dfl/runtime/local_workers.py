@@ -66,6 +66,37 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# Local worker processes a sweep or a reproduction starts at most, a core each: every one is a
+# Python with torch (a few hundred MB before it trains), so thousands exhaust memory before any
+# trial runs, and more than a few a core only take turns on it. Workers on other machines (`dfl
+# worker`) are not counted.
+WORKERS_PER_CORE = 4
+
+
+def check_counts(
+    workers: int | None, threads: int | None, names: tuple[str, str] = ("--workers", "--threads")
+) -> None:
+    """Worker processes and their threads (None: the default), checked before anything is
+    created; `names` are the options the caller took them as (`--jobs`, `workers=`)."""
+    from dfl.config import threads_problem
+
+    if threads is not None and (problem := threads_problem(threads)):
+        raise DflError(f"{names[1]} {problem}")
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DflError(
+            f"{names[0]} must be a whole number, at least 1 (got {workers!r}); leave it out for "
+            "the default"
+        )
+    cores = available_cores()
+    if workers > WORKERS_PER_CORE * cores:
+        raise DflError(
+            f"{names[0]} {workers} is more than {WORKERS_PER_CORE} a core on this machine's "
+            f"{cores} cores: give {WORKERS_PER_CORE * cores} or fewer"
+        )
+
+
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """Intra-op threads for each of `workers` processes: workers x threads = cores."""
     return max(1, (cores if cores is not None else available_cores()) // max(1, workers))

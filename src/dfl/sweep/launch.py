@@ -57,34 +57,6 @@ def count_runs(spec: SweepSpec, reuse_epochs: int | None) -> int:
     return len({run_dir_name(run_plan(spec, p, reuse_epochs).params) for p in spec.grid_points()})
 
 
-# Local worker processes a sweep starts at most, a core each: every one is a Python with torch
-# (a few hundred MB before it trains), so thousands exhaust memory before any trial runs, and
-# more than a few a core only take turns on it. Workers on other machines are not counted.
-WORKERS_PER_CORE = 4
-
-
-def check_counts(workers: int | None, threads: int | None) -> None:
-    """--workers and --threads (None: the default), checked before anything is created."""
-    from dfl.config import threads_problem
-
-    if threads is not None and (problem := threads_problem(threads)):
-        raise DflError(f"--threads {problem}")
-    if workers is None:
-        return
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise DflError(
-            f"--workers must be a whole number, at least 1 (got {workers!r}); leave it out for "
-            "the default"
-        )
-    cores = local_workers.available_cores()
-    if workers > WORKERS_PER_CORE * cores:
-        raise DflError(
-            f"--workers {workers} is more than {WORKERS_PER_CORE} a core on this machine's "
-            f"{cores} cores: give {WORKERS_PER_CORE * cores} or fewer (`dfl worker` adds workers "
-            "on other machines)"
-        )
-
-
 def run_sweep(
     spec: SweepSpec | str | Path,
     *,
@@ -102,7 +74,7 @@ def run_sweep(
     # sys.stderr as it is now, not as it was at import (a notebook or a test may replace it)
     progress = progress or sys.stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    check_counts(workers, threads)
+    local_workers.check_counts(workers, threads)
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     reuse = check_trials(spec)

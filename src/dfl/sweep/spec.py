@@ -86,7 +86,7 @@ class Distribution(Strict):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.step is not None:
             raise ValueError("log and step cannot be combined")
-        if self.step is not None and not self.step > 0:  # Optuna's own error came per trial
+        if self.step is not None and not self.step > 0:  # else Optuna fails every trial
             raise ValueError(f"step must be above 0 (got {self.step})")
         if self.log and self.low <= 0:
             raise ValueError(f"log needs low > 0 (got {self.low})")
