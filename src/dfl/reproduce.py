@@ -46,7 +46,7 @@ from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 from dfl.experiments.registry import REGISTRY
 from dfl.report.build import build_report
 from dfl.runtime.atomic import atomic_write_json
-from dfl.runtime.local_workers import available_cores, check_counts, run_in_workers
+from dfl.runtime.local_workers import available_cores, check_workers, run_in_workers
 from dfl.runtime.run_lock import claim_run_dir
 from dfl.training.run_dir import CONFIG, rebase_config
 from dfl.training.trainer import resolve_device
@@ -166,7 +166,7 @@ def reproduce(
             f"--only: unknown experiment(s) {', '.join(unknown)} "
             f"(choose from {','.join(EXPERIMENTS)})"
         )
-    check_counts(jobs, None, ("--jobs", ""))  # the sweeps' workers: at most 4 a core
+    check_workers(jobs, "--jobs")  # the sweeps' workers too: at most 4 a core
     if at_once is not None and at_once < 1:
         raise ConfigError(f"--experiments-at-once must be at least 1 (got {at_once})")
     if profile not in PROFILES and profile not in ALIASES:

@@ -73,26 +73,20 @@ def available_cores() -> int:
 WORKERS_PER_CORE = 4
 
 
-def check_counts(
-    workers: int | None, threads: int | None, names: tuple[str, str] = ("--workers", "--threads")
-) -> None:
-    """Worker processes and their threads (None: the default), checked before anything is
-    created; `names` are the options the caller took them as (`--jobs`, `workers=`)."""
-    from dfl.config import threads_problem
-
-    if threads is not None and (problem := threads_problem(threads)):
-        raise DflError(f"{names[1]} {problem}")
+def check_workers(workers: int | None, name: str = "--workers") -> None:
+    """A count of worker processes (None: the default), checked before anything is created;
+    `name` is the option the caller took it as (`--jobs`, `workers=`)."""
     if workers is None:
         return
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DflError(
-            f"{names[0]} must be a whole number, at least 1 (got {workers!r}); leave it out for "
+            f"{name} must be a whole number, at least 1 (got {workers!r}); leave it out for "
             "the default"
         )
     cores = available_cores()
     if workers > WORKERS_PER_CORE * cores:
         raise DflError(
-            f"{names[0]} {workers} is more than {WORKERS_PER_CORE} a core on this machine's "
+            f"{name} {workers} is more than {WORKERS_PER_CORE} a core on this machine's "
             f"{cores} cores: give {WORKERS_PER_CORE * cores} or fewer"
         )
 

@@ -36,8 +36,7 @@ def run(
     its directory (default `sweeps/NAME`), `storage` a database URL (default SQLite in `out`).
     Returns the sweep's status (`.trials`, `.best`); raises `ConfigError` for a bad spec, and
     `SweepFailed` (its `.status` the same) when no trial completed, as `dfl sweep` exits 4."""
-    from dfl.runtime.local_workers import check_counts
-    from dfl.sweep.launch import run_sweep
+    from dfl.sweep.launch import check_counts, run_sweep
     from dfl.sweep.spec import spec_from_dict
     from dfl.sweep.status import require_a_completed_trial
 

@@ -65,8 +65,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         return 0
     if args.target is not None:
         raise DflError(f"unexpected argument '{args.target}' (did you mean `dfl sweep status`?)")
-    from dfl.runtime.local_workers import check_counts
-    from dfl.sweep.launch import dry_run, run_sweep
+    from dfl.sweep.launch import check_counts, dry_run, run_sweep
     from dfl.sweep.status import format_status, require_a_completed_trial
 
     check_counts(args.workers, args.threads)
@@ -143,7 +142,7 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
-    from dfl.runtime.local_workers import check_counts
+    from dfl.sweep.launch import check_counts
     from dfl.sweep.worker import run_worker
 
     check_counts(None, args.threads)

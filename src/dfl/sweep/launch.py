@@ -57,6 +57,18 @@ def count_runs(spec: SweepSpec, reuse_epochs: int | None) -> int:
     return len({run_dir_name(run_plan(spec, p, reuse_epochs).params) for p in spec.grid_points()})
 
 
+def check_counts(
+    workers: int | None, threads: int | None, names: tuple[str, str] = ("--workers", "--threads")
+) -> None:
+    """A sweep's worker processes and their threads (None: the default), checked before
+    anything is created; `names` are the options the caller took them as."""
+    from dfl.config import threads_problem
+
+    if threads is not None and (problem := threads_problem(threads)):
+        raise DflError(f"{names[1]} {problem}")
+    local_workers.check_workers(workers, names[0])
+
+
 def run_sweep(
     spec: SweepSpec | str | Path,
     *,
@@ -74,7 +86,7 @@ def run_sweep(
     # sys.stderr as it is now, not as it was at import (a notebook or a test may replace it)
     progress = progress or sys.stderr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    local_workers.check_counts(workers, threads)
+    check_counts(workers, threads)
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     reuse = check_trials(spec)
