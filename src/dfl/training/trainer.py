@@ -155,29 +155,30 @@ def subset_seed(cfg: TrainConfig) -> int:
     return cfg.seed if cfg.data.subset_seed is None else cfg.data.subset_seed
 
 
+def _subset(
+    x: torch.Tensor, y: torch.Tensor, size: int | None, seed: int, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lab's random subset of `size` images (None: all of them), its config key named
+    where the data holds fewer (random_subset's own check knows no key)."""
+    if not size:
+        return x, y
+    if size > len(y):
+        raise ConfigError(
+            f"config key 'data.{split}_subset': {size:,} images, but the dataset has "
+            f"{len(y):,} {split} images"
+        )
+    idx = random_subset(len(y), size, seed)
+    return x[idx], y[idx]
+
+
 def prepare_splits(cfg: TrainConfig, data: Dataset, device: torch.device) -> dict[str, Split]:
     """train / val / test on the device. Faithful runs draw the lab's random subsets first;
     the validation split is carved out of (the subset of) the training images, seeded by
     `data.split_seed` so every run of an experiment sees the same split."""
     d = cfg.data
     seed = subset_seed(cfg)
-    train_x, train_y = data.train_images, data.train_labels
-    test_x, test_y = data.test_images, data.test_labels
-    for key, size, n in (
-        ("train", d.train_subset, len(train_y)),
-        ("test", d.test_subset, len(test_y)),
-    ):
-        if size and size > n:  # named as the user set it, not as random_subset takes it
-            raise ConfigError(
-                f"config key 'data.{key}_subset': {size:,} images, but the dataset has {n:,} "
-                f"{key} images"
-            )
-    if d.train_subset:
-        idx = random_subset(len(train_y), d.train_subset, seed)
-        train_x, train_y = train_x[idx], train_y[idx]
-    if d.test_subset:
-        idx = random_subset(len(test_y), d.test_subset, seed + 1)
-        test_x, test_y = test_x[idx], test_y[idx]
+    train_x, train_y = _subset(data.train_images, data.train_labels, d.train_subset, seed, "train")
+    test_x, test_y = _subset(data.test_images, data.test_labels, d.test_subset, seed + 1, "test")
     splits = {"test": Split.of(test_x, test_y, device)}
     if d.val_fraction > 0:
         tr, va = train_val_split(len(train_y), d.val_fraction, d.split_seed)
