@@ -109,20 +109,33 @@ run_many() {
   phase many 60 $PY benchmarks/gpu_step.py many --out "$W" --seconds 4
 }
 
-# the default reproduction on the GPU (the complete profile), the card to itself
-run_reproduce() {
-  local run=$STATE/complete e
+# reproduction NAME SECONDS DIR [OPTIONS...]: `dfl reproduce OPTIONS` on cuda into STATE/DIR
+# as phase NAME, the card to itself, and what a timeout left running stopped
+reproduction() {
+  local name=$1 want=$2 run=$STATE/$3
+  shift 3
   start_mps
-  phase reproduce "${REPRODUCE_S:-300}" $PY -m dfl reproduce --device cuda --out "$run" \
-    --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
+  phase "$name" "$want" $PY -m dfl reproduce --device cuda --out "$run" \
+    --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}" "$@"
   pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
+}
+
+# on_the_clock NAME DIR: a reproduction's time on the clock over every invocation so far
+on_the_clock() {
+  $PY -c "import json; m = json.load(open('$STATE/$2/reproduce.json')); \
+print('$1: on the clock', round(m['wall_s']), 's')" 2>/dev/null | tee -a "$W/gpu.txt"
+}
+
+# the default reproduction on the GPU (the complete profile)
+run_reproduce() {
+  local e
+  reproduction reproduce "${REPRODUCE_S:-300}" complete
   for e in ae cnn sae vit conv attention; do
-    $PY -c "import json; r = json.load(open('$run/$e/result.json')); \
+    $PY -c "import json; r = json.load(open('$STATE/complete/$e/result.json')); \
 print('$e', r.get('status'), round(r.get('wall_s', 0)), 's', r.get('reason', ''))" \
       2>/dev/null | tee -a "$W/gpu.txt"
   done
-  $PY -c "import json; m = json.load(open('$run/reproduce.json')); \
-print('reproduce: on the clock', round(m['wall_s']), 's')" 2>/dev/null | tee -a "$W/gpu.txt"
+  on_the_clock reproduce complete
 }
 
 # bf16 where the complete profile's numbers stay within the seeds' noise of fp32's: the same
@@ -131,22 +144,15 @@ run_amp() {
   if [ ! -e "$STATE/done-reproduce" ]; then
     log "amp: waits for the fp32 reproduction to finish (run the script again)"; return 0
   fi
-  start_mps
-  phase amp "${AMP_S:-0}" $PY -m dfl reproduce --device cuda --precision bf16 \
-    --out "$STATE/complete-bf16" --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
-  pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
+  reproduction amp "${AMP_S:-0}" complete-bf16 --precision bf16
   [ -e "$STATE/done-amp" ] && $PY benchmarks/compare_runs.py "$STATE/complete" \
     "$STATE/complete-bf16" > "$W/amp.md" 2>> "$W/gpu.txt" && log "amp: fp32 against bf16 in amp.md"
 }
 
 # the full profile (3 seeds behind every mean), timed as the complete one
 run_full() {
-  start_mps
-  phase full "${FULL_S:-0}" $PY -m dfl reproduce --profile full --device cuda --out "$STATE/full" \
-    --jobs "${JOBS:-4}" --experiments-at-once "${AT_ONCE:-4}"
-  pkill -9 -f "dfl.sweep"; pkill -9 -f "multiprocessing.spawn"; sleep 1  # left by a timeout
-  $PY -c "import json; m = json.load(open('$STATE/full/reproduce.json')); \
-print('full: on the clock', round(m['wall_s']), 's')" 2>/dev/null | tee -a "$W/gpu.txt"
+  reproduction full "${FULL_S:-0}" full --profile full
+  on_the_clock full full
 }
 
 # the GPU tests, 8 at a time
