@@ -37,7 +37,21 @@ GRID = '[grid]\n"optim.lr" = [0.001, 0.01]\n'
 @pytest.mark.parametrize(
     ("head", "tail", "message"),
     [
-        ('name = "s"\nmetrics = "val_loss"\n', GRID, "spec key 'metrics': unknown key"),
+        ('name = "s"\nmetrics = "val_loss"\n', GRID,
+         "spec key 'metrics': unknown key (did you mean 'metric'?)"),
+        ('name = "s"\nepochs = 3\n', GRID,
+         "spec key 'epochs': unknown key (a training key: put it under [base])"),
+        ('name = "s"\n', "[search]\nn_trial = 3\n[search.space]\nepochs = { choices = [1] }\n",
+         "spec key 'search.n_trial': unknown key (did you mean 'search.n_trials'?)"),
+        ('name = "s"\n', "[search]\nn_trials = 3\nspaces = 1\n[search.space]\n"
+         "epochs = { choices = [1] }\n", "spec key 'search.spaces': unknown key (did you mean "
+         "'search.space'?)"),
+        ('name = "s"\n', "[search]\nn_trials = 3\nzzz = 1\n[search.space]\n"
+         "epochs = { choices = [1] }\n", "spec key 'search.zzz': unknown key ([search] keys: "
+         "n_trials, sampler_seed, pruner, startup_trials, warmup_epochs, space)"),
+        ('name = "s"\n', '[search]\nn_trials = 3\n[search.space]\n"optim.lr" = { low = 0.001, '
+         "high = 0.1, logg = true }\n", "spec key 'search.space.optim.lr.logg': unknown key "
+         "(did you mean 'search.space.optim.lr.log'?)"),
         ('name = "s"\nmetric = "test_accuracy"\n', GRID, "not a validation metric"),
         ('name = "s"\n', "", "give exactly one of [grid]"),
         ('name = "s"\n', GRID + "[search]\nn_trials = 2\n[search.space]\n"

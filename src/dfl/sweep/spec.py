@@ -27,6 +27,7 @@ value over the base's section.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import json
 import math
@@ -289,9 +290,27 @@ def describe_spec_error(error: ValidationError) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            msg = "unknown key (spec keys: " + ", ".join(SweepSpec.model_fields) + ")"
+            msg = _unknown_spec_key(item["loc"])
         parts.append(f"spec key '{key}': {msg}" if key != "(top level)" else msg)
     return "; ".join(parts)
+
+
+def _unknown_spec_key(loc: tuple) -> str:
+    """ "unknown key", and the key meant: a close one of the same table, else that table's
+    keys. A training key at the top (`model`, `epochs`) belongs under [base]."""
+    name = str(loc[-1])
+    if len(loc) == 1 and name in TrainConfig.model_fields:
+        return "unknown key (a training key: put it under [base])"
+    if len(loc) == 1:
+        table, keys = "spec", list(SweepSpec.model_fields)
+    elif loc[0] == "search" and len(loc) == 2:
+        table, keys = "[search]", list(SearchSpec.model_fields)
+    else:  # a searched key's distribution
+        table, keys = "a searched key", list(Distribution.model_fields)
+    close = difflib.get_close_matches(name, keys, n=1)
+    if close:
+        return f"unknown key (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)"
+    return f"unknown key ({table} keys: {', '.join(keys)})"
 
 
 def check_trials(spec: SweepSpec) -> int | None:
@@ -446,7 +465,9 @@ def _is_axis(value: Any) -> bool:
 
 
 def _is_distribution(value: Any) -> bool:
-    return not isinstance(value, dict) or (bool(value) and set(value) <= DISTRIBUTION_KEYS)
+    # A table with any distribution key is one (no config key is called low, high, log, step
+    # or choices): a misspelt key beside them is then named, not taken for a config section.
+    return not isinstance(value, dict) or bool(set(value) & DISTRIBUTION_KEYS)
 
 
 def _check_unique(values: list[Any], what: str = "choices") -> None:
