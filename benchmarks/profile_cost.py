@@ -15,8 +15,10 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 from dfl.experiments import EXPERIMENTS
 from dfl.runtime.atomic import atomic_file
@@ -33,13 +35,32 @@ def reproduction(profile: str, out: Path) -> tuple[float, float]:
     t0 = time.perf_counter()
     with open(log, "w") as f:
         command = [sys.executable, "-m", "dfl", "reproduce", "--profile", profile, "--out", out]
-        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT)
-        # This child's own peak: RUSAGE_CHILDREN would also count the threads study's workers.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
+        code, peak_mb = run_with_peak(command, f)
+    if code:
         raise SystemExit(f"the {profile} reproduction failed; see {log}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+    return time.perf_counter() - t0, peak_mb
+
+
+def run_with_peak(command: list, output: IO[str]) -> tuple[int, float]:
+    """Run `command` (its output to `output`): its exit code and the peak resident MB of its
+    largest process, itself or one of its workers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "peak"
+        launcher = [sys.executable, "-c", PEAK_OF_TREE, peak, *command]
+        code = subprocess.call(launcher, stdout=output, stderr=subprocess.STDOUT)
+        return code, int(peak.read_text()) / 1024 if peak.exists() else 0.0
+
+
+# Runs a command and writes the peak resident KB of its largest process (it, its workers).
+# Through this small launcher because Linux starts a child's ru_maxrss at its parent's size at
+# the fork: timed straight from the benchmark, grown to GBs by then, a reproduction reported
+# the benchmark's own size.
+PEAK_OF_TREE = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)"
+)
 
 
 def record_cost(profile: str, out: Path, wall_s: float, peak_mb: float, how: str) -> None:

@@ -249,11 +249,17 @@ def main() -> None:
         record_cost(args.profile, out, wall, rss, "`make bench`")
         report.text(
             f"Reproduction (`dfl reproduce --profile {args.profile} --out {out}`, "
-            f"a fresh directory): {wall / 60:.1f} min wall, peak resident memory {rss:.0f} MB."
+            f"a fresh directory): {wall / 60:.1f} min wall, its largest process's peak resident "
+            f"memory {rss:.0f} MB."
         )
         if args.compare_with:
             # 'auto' changes the precision of the CNN runs only: compare those.
             lines = compare_runs.table(Path(args.compare_with), out, ["cnn"])
+            if len(lines) == 2:  # the header alone: no CNN number in both
+                lines = [
+                    f"The {args.profile} profile sets no CNN number from a run that auto trains "
+                    "in bf16 (its lab-protocol runs train in fp32): nothing to compare."
+                ]
             report.parts.append(
                 f"\n### {args.profile} accuracies: {args.compare_with} against the default "
                 "precision (this run; auto is bf16 for the CNNs)\n\n" + "\n".join(lines) + "\n"
