@@ -185,3 +185,17 @@ def test_token_linear_follows_bf16_autocast_like_nn_linear(monkeypatch):
     x = torch.randn(4, 5, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert TokenLinear(8, 3)(x).dtype == torch.nn.Linear(8, 3)(x).dtype == torch.bfloat16
+
+
+def test_a_vit_with_its_token_wise_layers_swapped_compiles_in_one_graph(monkeypatch):
+    """`compile = true` on an AMD CPU: the swapped layers trace as nn.Linear, with no graph
+    break (there was one at every layer, each recompiling TokenLinear.forward until dynamo
+    gave up on it and ran it eagerly)."""
+    from dfl.runtime import onednn
+
+    monkeypatch.setattr(onednn, "_amd_cpu", lambda: True)
+    model = models.create("vit_lab", depth=2)
+    assert onednn.cpu_swaps(model, "cpu") > 0
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.randn(2, 1, 28, 28))
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -44,6 +44,11 @@ class TokenLinear(nn.Linear):
     1x1 convolution (oneDNN's GEMM); nn.Linear itself everywhere else."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Compiled, it is nn.Linear: the thread count cannot be traced (a graph break at every
+        # layer, each a recompilation of this forward until dynamo gives up on it), and
+        # inductor chooses the product's kernel itself.
+        if torch.compiler.is_compiling():
+            return super().forward(x)
         detour = x.device.type == "cpu" and torch.get_num_threads() > 1
         if not detour or x.numel() == 0:  # a convolution needs rows
             return super().forward(x)
