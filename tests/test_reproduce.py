@@ -747,3 +747,30 @@ def test_the_lab_protocol_trains_in_the_labs_precision(tmp_path: Path, tiny_data
     with pytest.raises(StopIteration):
         cnn._notebook_stage(ctx, cnn.PROFILES["smoke"])
     assert {ctx.config(o).precision for o in asked_runs.values()} == {faithful}
+
+
+def test_progress_says_no_estimate_once_a_running_experiment_is_past_its_measured_time(
+    capsys, monkeypatch
+):
+    """An experiment running longer than its measured time left the line at "about 0m00s
+    left" for minutes; it now names the experiment and gives no estimate."""
+    from types import SimpleNamespace
+
+    from dfl.reproduce import Progress
+
+    clock = [100.0]
+    monkeypatch.setattr("dfl.reproduce.time.perf_counter", lambda: clock[0])
+    profile = SimpleNamespace(estimate_s={"cnn": 200.0, "conv": 1.0})
+    progress = Progress(profile, ["cnn", "conv"], enabled=True, at_once=2)
+    progress.start("cnn")
+    clock[0] += 150
+    progress.start("conv")
+    assert progress.overdue() == []
+    clock[0] += 100  # cnn at 250 s of its 200
+    progress.end("conv", SimpleNamespace(status="completed"))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("cnn: started (elapsed 0m00s, about 3m20s left)")
+    assert err[1].endswith("conv: started (elapsed 2m30s, about 0m50s left)")
+    assert err[2].endswith(
+        "(elapsed 4m10s, cnn past its measured time: no estimate of what is left)"
+    )

@@ -459,11 +459,22 @@ class Progress:
             tqdm.write(f"dfl: {name} failed: {record.reason}", file=sys.stderr)
         self._say(f"{name}: {record.status} in {_minutes(seconds)}")
 
+    def _scale(self) -> float:
+        """How this invocation's experiments ran against their measured times (a slower
+        machine, another job sharing the cores)."""
+        return min(max(self.spent / self.expected, 0.5), 3.0) if self.expected > 1 else 1.0
+
+    def overdue(self) -> list[str]:
+        """The running experiments past their (scaled) measured time: what is left of them
+        cannot be told."""
+        now, scale = time.perf_counter(), self._scale()
+        return [n for n, t in self.started.items() if now - t > scale * self.estimate[n]]
+
     def time_left(self) -> float:
         """The measured estimates of the experiments left (less what the running ones have
         done), shared among the processes, scaled by how this invocation's experiments ran
-        against theirs (a slower machine, another job sharing the cores)."""
-        scale = min(max(self.spent / self.expected, 0.5), 3.0) if self.expected > 1 else 1.0
+        against theirs."""
+        scale = self._scale()
         now = time.perf_counter()
         left = [
             max(self.estimate[n] - (now - self.started[n]), 0.0)
@@ -477,6 +488,10 @@ class Progress:
         if self.enabled:
             elapsed = _minutes(time.perf_counter() - self.t0)
             left = f"about {_minutes(self.time_left())} left" if self.left else "done"
+            late = self.overdue()
+            if self.left and late:
+                left = f"{' and '.join(late)} past {'its' if len(late) == 1 else 'their'} "
+                left += "measured time: no estimate of what is left"
             if self.left and not self.measured:
                 left = "no measured time to estimate what is left"
             line = f"{self.said_as}: {what} (elapsed {elapsed}, {left})\n"
