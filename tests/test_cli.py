@@ -168,6 +168,10 @@ def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path,
             ["train", "mlp", "--set", "optim.lrr=0.1"],
             "'optim.lrr': unknown key (did you mean 'optim.lr'?)",
         ),
+        (  # an optional section's keys too
+            ["train", "stacked_autoencoder", "--set", "pretrain.epoch=1"],
+            "'pretrain.epoch': unknown key (did you mean 'pretrain.epochs'?)",
+        ),
         (
             ["train", "mlp", "--set", "enc=64"],
             "under model_args, and `dfl models MODEL` lists them",

@@ -5,6 +5,7 @@ share them, and imports nothing of dfl."""
 from __future__ import annotations
 
 import difflib
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -37,7 +38,7 @@ def describe_item(
     key = ".".join(str(p) for p in item["loc"]) or "(top level)"
     msg = item["msg"].removeprefix("Value error, ")
     if item["type"] == "extra_forbidden":
-        msg = "unknown key" + (_closest(model, item["loc"], prefix) or hint)
+        msg = "unknown key" + (did_you_mean(model, item["loc"], prefix) or hint)
     elif item["type"] == "value_error":
         pass  # our own validators' messages say what they got
     elif "input" in item and item["type"] not in ("missing",):
@@ -45,15 +46,38 @@ def describe_item(
     return f"config key '{prefix}{key}': {msg}"
 
 
-def _closest(model: type[BaseModel] | None, loc: tuple, prefix: str) -> str:
+def did_you_mean(model: type[BaseModel] | None, loc: tuple, prefix: str) -> str:
     """ " (did you mean 'optim.lr'?)" for the unknown key at `loc`, or ""."""
-    for part in loc[:-1]:  # down to the section that holds the key
-        field = model.model_fields.get(str(part)) if model else None
-        model = field.annotation if field else None
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return ""
-    if model is None:
+    section = section_at(model, loc) if model else None
+    if section is None:
         return ""
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
     path = "".join(f"{p}." for p in loc[:-1])
     return f" (did you mean '{prefix}{path}{close[0]}'?)" if close else ""
+
+
+def section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The model class of the table that holds the key at `loc` (a ValidationError's
+    location), through optional sections (`pretrain: PretrainConfig | None`) and tables of
+    named ones (`space: dict[str, Distribution]`, whose names are in `loc` too); None where
+    the way leads elsewhere (a list, a union of several models)."""
+    parts = iter(loc[:-1])
+    section: type[BaseModel] | None = model
+    for part in parts:
+        field = section.model_fields.get(str(part)) if section else None
+        section, named = _model_in(field.annotation) if field else (None, False)
+        if named:
+            next(parts, None)  # the table's own name for it
+    return section
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The one model an annotation holds (`X`, `X | None`, or `dict[str, X]`: then True, as
+    a name comes before its keys), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is dict and len(args) == 2:
+        return _model_in(args[1])[0], True
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    return (models[0], False) if len(models) == 1 and type(None) in args else (None, False)

@@ -27,7 +27,6 @@ value over the base's section.
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import json
 import math
@@ -48,7 +47,7 @@ from dfl.config import (
     set_dotted,
 )
 from dfl.errors import ConfigError
-from dfl.validation import Strict, describe_validation_error
+from dfl.validation import Strict, describe_validation_error, did_you_mean, section_at
 
 MAX_GRID_POINTS = 10_000  # already days of training for the smallest of the lab's models
 
@@ -298,19 +297,12 @@ def describe_spec_error(error: ValidationError) -> str:
 def _unknown_spec_key(loc: tuple) -> str:
     """ "unknown key", and the key meant: a close one of the same table, else that table's
     keys. A training key at the top (`model`, `epochs`) belongs under [base]."""
-    name = str(loc[-1])
-    if len(loc) == 1 and name in TrainConfig.model_fields:
+    if len(loc) == 1 and str(loc[0]) in TrainConfig.model_fields:
         return "unknown key (a training key: put it under [base])"
-    if len(loc) == 1:
-        table, keys = "spec", list(SweepSpec.model_fields)
-    elif loc[0] == "search" and len(loc) == 2:
-        table, keys = "[search]", list(SearchSpec.model_fields)
-    else:  # a searched key's distribution
-        table, keys = "a searched key", list(Distribution.model_fields)
-    close = difflib.get_close_matches(name, keys, n=1)
-    if close:
-        return f"unknown key (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)"
-    return f"unknown key ({table} keys: {', '.join(keys)})"
+    section = section_at(SweepSpec, loc)
+    table = {SweepSpec: "spec", SearchSpec: "[search]"}.get(section, "a searched key")
+    hint = f" ({table} keys: {', '.join(section.model_fields)})" if section else ""
+    return "unknown key" + (did_you_mean(SweepSpec, loc, "") or hint)
 
 
 def check_trials(spec: SweepSpec) -> int | None:
