@@ -487,15 +487,18 @@ class Progress:
     def _say(self, what: str) -> None:
         if self.enabled:
             elapsed = _minutes(time.perf_counter() - self.t0)
-            left = f"about {_minutes(self.time_left())} left" if self.left else "done"
-            late = self.overdue()
-            if self.left and late:
-                left = f"{' and '.join(late)} past {'its' if len(late) == 1 else 'their'} "
-                left += "measured time: no estimate of what is left"
-            if self.left and not self.measured:
-                left = "no measured time to estimate what is left"
-            line = f"{self.said_as}: {what} (elapsed {elapsed}, {left})\n"
+            line = f"{self.said_as}: {what} (elapsed {elapsed}, {self._left_text()})\n"
             tqdm.write(line, file=sys.stderr, end="")  # one write with its newline: see `say`
+
+    def _left_text(self) -> str:
+        if not self.left:
+            return "done"
+        if not self.measured:
+            return "no measured time to estimate what is left"
+        if late := self.overdue():
+            their = "its" if len(late) == 1 else "their"
+            return f"{' and '.join(late)} past {their} measured time: no estimate of what is left"
+        return f"about {_minutes(self.time_left())} left"
 
 
 def _minutes(seconds: float) -> str:
