@@ -68,8 +68,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from dfl.sweep.launch import check_counts, dry_run, run_sweep
     from dfl.sweep.status import format_status, require_a_completed_trial
 
-    check_counts(args.workers, args.threads)
-    if args.dry_run:
+    if args.dry_run:  # run_sweep checks them itself
+        check_counts(args.workers, args.threads)
         print(dry_run(args.spec, args.out))
         return 0
     try:
