@@ -226,6 +226,34 @@ def test_a_directory_of_other_files_is_refused(where, tmp_path, capsys, digits, 
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+PRETRAINED = ["stacked_autoencoder", "--set", "pretrain.epochs=1", "--set",
+              "model_args.sizes=[784,16]", "--epochs", "1",
+              "--device", "cpu", "--threads", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["mlp", "pretrained"])
+def test_what_a_killed_start_half_wrote_is_not_foreign(model, tmp_path, capsys, digits):
+    """A kill between a run's first temporary file and its rename (a sweep worker killed as it
+    starts a trial) leaves `.config.toml.<random>.part`: the rerun takes the directory and
+    removes it. Anyone else's hidden file is still refused."""
+    args = ["mlp", *TINY] if model == "mlp" else PRETRAINED
+    out = tmp_path / "trial"
+    out.mkdir()
+    (out / ".config.toml.4lokmo8n.part").write_text("half")
+    code, _, err = run(capsys, "train", *args, "--dataset", str(digits), "--out", str(out))
+    assert code == 0, err
+    assert not list(out.rglob(".*.part"))
+    assert (out / "config.toml").exists()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".notes.txt.4lokmo8n.part").write_text("theirs")
+    code, _, err = run(capsys, "train", *args, "--dataset", str(digits), "--out", str(other))
+    assert code == 2
+    assert_one_error(err, ".notes.txt.4lokmo8n.part")
+    assert (other / ".notes.txt.4lokmo8n.part").read_text() == "theirs"
+
+
 # --- unwritable and full -------------------------------------------------------------------
 
 

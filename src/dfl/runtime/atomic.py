@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,6 +24,12 @@ def temp_path_in(directory: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
     os.close(fd)
     return Path(tmp)
+
+
+def is_interrupted_write(name: str, finals: Iterable[str]) -> bool:
+    """Whether the file `name` is the temporary file of a write to one of `finals` that a kill
+    stopped before its rename (`.config.toml.x1y2z3.part`): it holds nothing anyone will read."""
+    return name.endswith(".part") and any(name.startswith(f".{final}.") for final in finals)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from typing import Any
 from dfl.config import EarlyStopConfig, ScheduleConfig, TrainConfig
 from dfl.errors import DflError
 from dfl.models.registry import with_model_defaults
+from dfl.training.run_dir import foreign_files
 
 FINETUNE = "finetune"  # the phase whose run is the pretrained run's result
 
@@ -73,7 +74,7 @@ def check_folder(out: Path, names: list[str]) -> None:
     run's own files, or someone's, would mix with them."""
     if out.exists() and not out.is_dir():
         raise DflError(f"{out} is a file; give --out a new or empty directory")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in names) if out.exists() else []
+    foreign = foreign_files(out, names) if out.exists() else []
     if foreign:
         raise DflError(
             f"{out} holds {', '.join(foreign[:3])}, not a layer-wise pretrained run's phases; "

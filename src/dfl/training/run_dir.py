@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from dfl.config import TrainConfig, build_config, dict_to_toml, read_toml
 from dfl.errors import ConfigError, DflError
 from dfl.models.registry import spelled_out
-from dfl.runtime.atomic import atomic_write_bytes, atomic_write_json
+from dfl.runtime.atomic import atomic_write_bytes, atomic_write_json, is_interrupted_write
 from dfl.training import checkpoint
 
 CONFIG = "config.toml"
@@ -198,11 +198,25 @@ def _same_place(a: object, b: object) -> bool:
 RUN_FILES = {CONFIG, METRICS, STATUS, CHECKPOINTS, WEIGHTS, ".lock"}
 
 
+def foreign_files(directory: Path, own: Iterable[str]) -> list[str]:
+    """The sorted names in `directory` other than `own`. What a kill left half-written of an
+    own file (the temporary file of an atomic write that never got renamed) is removed: it is
+    the killed run's, and holds nothing anyone will read."""
+    own = set(own)
+    foreign = []
+    for path in directory.iterdir():
+        if is_interrupted_write(path.name, own):
+            path.unlink(missing_ok=True)
+        elif path.name not in own:
+            foreign.append(path.name)
+    return sorted(foreign)
+
+
 def refuse_foreign_files(run_dir: Path) -> None:
     """A directory that holds no run must be empty: a run written into `.`, `/` or a folder of
     someone's files would mix its files with theirs (and a failed start would have to tell
     them apart to clean up)."""
-    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES)
+    foreign = foreign_files(run_dir, RUN_FILES)
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise DflError(
