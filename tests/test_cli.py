@@ -40,10 +40,16 @@ def test_every_command_and_option_has_help(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("argv", "parser"), [(["train", "mlp"], "dfl train"), (["data", "info"], "dfl data info")]
+    ("argv", "parser"),
+    [
+        (["train", "mlp", "--bogus"], "dfl train"),
+        (["data", "info", "--bogus"], "dfl data info"),
+        (["data", "--bogus", "info"], "dfl data"),
+        (["--bogus", "models"], "dfl"),
+    ],
 )
 def test_an_unknown_option_is_said_by_its_commands_parser(capsys, argv, parser):
-    code, _, err = run(capsys, *argv, "--bogus")
+    code, _, err = run(capsys, *argv)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"{parser}: error: unrecognized arguments: --bogus (see {parser} --help)")
 

@@ -365,18 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, add in COMMANDS.items():
         add(sub.add_parser(name, help=add.help, description=add.help))
-    _know_their_parsers(parser)
     return parser
 
 
-def _know_their_parsers(parser: argparse.ArgumentParser) -> None:
-    """Each command's (and subcommand's) parser as its parsed arguments' default, the
-    innermost winning: the one whose --help lists the options an unknown one was meant as."""
-    parser.set_defaults(parser_of_command=parser)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                _know_their_parsers(child)
+def parser_before(
+    parser: argparse.ArgumentParser, argv: list[str], token: str
+) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser named in `argv` before `token`: `dfl --bogus models`
+    is the top-level parser's unknown option, `dfl models --bogus` the models parser's."""
+    for word in argv[: argv.index(token)]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and word in action.choices:
+                parser = action.choices[word]
+    return parser
 
 
 # Options that name a file or directory: an empty one would silently mean the default (or
@@ -404,9 +405,12 @@ def main(argv: list[str] | None = None) -> int:
             with deferred_interrupt():
                 parser = build_parser()
                 from dfl.runtime import flushed_to_zero
-            args, extra = parser.parse_known_args(argv)
+            given = sys.argv[1:] if argv is None else list(argv)
+            args, extra = parser.parse_known_args(given)
             if extra:  # said by the (sub)command's parser, whose --help lists its options
-                args.parser_of_command.error(f"unrecognized arguments: {' '.join(extra)}")
+                parser_before(parser, given, extra[0]).error(
+                    f"unrecognized arguments: {' '.join(extra)}"
+                )
             _check_paths(args)
             with flushed_to_zero():  # before torch starts its threads: they inherit it
                 return args.run(args) or 0
