@@ -242,8 +242,9 @@ def test_what_a_killed_start_half_wrote_is_not_foreign(model, tmp_path, capsys, 
     (out / ".config.toml.4lokmo8n.part").write_text("half")
     code, _, err = run(capsys, "train", *args, "--dataset", str(digits), "--out", str(out))
     assert code == 0, err
-    assert not list(out.rglob(".*.part"))
     assert (out / "config.toml").exists()
+    if model == "mlp":  # removed under the run's lock (a pretrained folder has none: kept)
+        assert not list(out.glob(".*.part"))
 
     other = tmp_path / "other"
     other.mkdir()

@@ -199,23 +199,21 @@ RUN_FILES = {CONFIG, METRICS, STATUS, CHECKPOINTS, WEIGHTS, ".lock"}
 
 
 def foreign_files(directory: Path, own: Iterable[str]) -> list[str]:
-    """The sorted names in `directory` other than `own`. What a kill left half-written of an
-    own file (the temporary file of an atomic write that never got renamed) is removed: it is
-    the killed run's, and holds nothing anyone will read."""
+    """The sorted names in `directory` other than `own` and what a kill left half-written of
+    them (the temporary file of an atomic write that never got renamed)."""
     own = set(own)
-    foreign = []
-    for path in directory.iterdir():
-        if is_interrupted_write(path.name, own):
-            path.unlink(missing_ok=True)
-        elif path.name not in own:
-            foreign.append(path.name)
-    return sorted(foreign)
+    names = (p.name for p in directory.iterdir())
+    return sorted(n for n in names if n not in own and not is_interrupted_write(n, own))
 
 
 def refuse_foreign_files(run_dir: Path) -> None:
     """A directory that holds no run must be empty: a run written into `.`, `/` or a folder of
     someone's files would mix its files with theirs (and a failed start would have to tell
-    them apart to clean up)."""
+    them apart to clean up). What a killed start left half-written is removed: the caller
+    holds the directory's lock, so no other process is writing it."""
+    for path in run_dir.iterdir():
+        if is_interrupted_write(path.name, RUN_FILES):
+            path.unlink(missing_ok=True)
     foreign = foreign_files(run_dir, RUN_FILES)
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
