@@ -217,6 +217,31 @@ def test_a_fused_group_pauses_and_resumes_to_the_uninterrupted_group(data, tmp_p
         assert a.final["test_loss"] == w.final["test_loss"]
 
 
+def test_a_run_resumed_after_its_early_stop_is_not_trained_on(data, tmp_path):
+    """A group stopped (or killed) after one run's early stop, at epoch 2, and before the
+    group's end: resumed, that run completes at epoch 2, and the others train on as one
+    group, to the uninterrupted group's numbers."""
+
+    def group(name: str) -> list[Trainer]:
+        made = trainers("mlp", "fp32", data, tmp_path, name, epochs=4)
+        stops = config("mlp", "fp32", 1, epochs=4, early_stop={"patience": 1, "min_delta": 1e9})
+        made[1] = Trainer(stops, made[1].run_dir, data)
+        return made
+
+    whole = group("whole")
+    train_fused(whole, epoch_bar=False)
+    assert len(whole[1].history) == 2 and "early stop at epoch 2" in whole[1].final["early_stopped"]
+    assert train_fused(group("part"), epoch_bar=False, until_epoch=3)[0] == RunStatus.PAUSED
+    again = [
+        Trainer(w.cfg, tmp_path / f"part{seed}", data) for w, seed in zip(whole, SEEDS, strict=True)
+    ]
+    assert train_fused(again, epoch_bar=False) == [RunStatus.COMPLETED] * 3
+    for w, a in zip(whole, again, strict=True):
+        assert losses(a.history) == losses(w.history)
+        assert a.final["test_loss"] == w.final["test_loss"]
+    assert again[1].final["early_stopped"] == whole[1].final["early_stopped"]
+
+
 def test_a_group_whose_step_runs_out_of_memory_records_each_run_failed(data, tmp_path, monkeypatch):
     """The group's own step failing (out of memory, here injected) is every run's end: each
     run directory says failed, with the hint a lone run gives, and none is left running."""
@@ -322,8 +347,11 @@ def test_an_experiments_runs_that_differ_in_their_seed_train_as_one(data, tmp_pa
 
 @pytest.mark.slow
 def test_a_killed_fused_group_resumes_exactly(digits, tmp_path):
-    """SIGKILL mid-epoch 3 of `dfl train --seeds` (the fault tests' way), then the same
-    command with --resume: every run ends with the uninterrupted group's history."""
+    """SIGKILL mid-checkpoint of epoch 3 of `dfl train --seeds` (the fault tests' way), then
+    the same command with --resume: every run ends with the uninterrupted group's history.
+    The first run holds still before renaming its epoch-3 checkpoint, so every run is killed
+    at epoch 2 and the group resumes as one (runs at different epochs would go alone, equal
+    to the group only up to rounding)."""
 
     def args(out: Path) -> list[str]:
         return [*DFL, "train", "mlp", "--seeds", "0,1,2", "--fuse", "on", "--epochs", "4",
@@ -333,11 +361,10 @@ def test_a_killed_fused_group_resumes_exactly(digits, tmp_path):
 
     subprocess.run(args(tmp_path / "whole"), check=True, capture_output=True)
     out = tmp_path / "killed"
-    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "4:60"}
+    env = {**os.environ, "DFL_FAULT_PAUSE_BEFORE_RENAME": "3:60"}
     proc = subprocess.Popen(args(out), env=env, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: all((out / f"seed{s}" / "checkpoints" / "epoch-0002").exists()
-                             for s in (0, 1, 2)))  # fmt: skip
+        wait_for(lambda: any((out / "seed0" / "checkpoints").glob(".epoch-0003.tmp-*/state.json")))
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -99,6 +99,27 @@ def test_early_stopping_really_stops(tmp_path: Path, tiny_data):
     assert "early stop at epoch 3" in result.final["early_stopped"]
 
 
+def test_a_run_killed_after_its_early_stop_completes_there(tmp_path: Path, tiny_data):
+    """A kill between the early stop's checkpoint and the run's end (its weights saved, tested,
+    status.json completed) leaves the run 'running' at its stopping epoch: resumed, it
+    completes there, with the uninterrupted run's numbers, and trains no further epoch."""
+    cfg = config(
+        "epochs=20", 'optim.name="sgd"', "optim.lr=1e-12", "early_stop.patience=2",
+        "early_stop.min_delta=0.01",
+    )  # fmt: skip
+    whole = fit(cfg, tmp_path / "es", dataset=tiny_data)
+    status = json.loads((tmp_path / "es" / "status.json").read_text())
+    (tmp_path / "es" / "status.json").write_text(json.dumps({**status, "status": "running"}))
+    (tmp_path / "es" / WEIGHTS).unlink()  # as the kill leaves the run
+
+    again = fit(cfg, tmp_path / "es", dataset=tiny_data, resume=True)
+    assert again.status == RunStatus.COMPLETED
+    assert again.final["early_stopped"] == whole.final["early_stopped"]
+    assert "early stop at epoch 3" in again.final["early_stopped"]
+    assert again.history == whole.history and len(read_history(tmp_path / "es")) == 3
+    assert again.final["test_loss"] == whole.final["test_loss"]
+
+
 def test_early_stopping_needs_a_validation_split(tmp_path: Path, tiny_data):
     with pytest.raises(ConfigError, match="validation split"):
         fit(

@@ -61,14 +61,20 @@ class Best:
             self.value, self.epoch = value, record["epoch"]
             if self.keep_weights:  # restored before testing
                 self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return self.stop_reason(record["epoch"])
+
+    def stop_reason(self, epoch: int) -> str | None:
+        """Why early stopping ends the run after `epoch` (the last epoch `update` took), or
+        None. Asked again of a resumed run: one killed between its early stop's checkpoint and
+        its end has already stopped, and must not train on."""
         patience = self.patience
-        if patience and record["epoch"] - self.epoch >= patience:
-            return (
-                f"early stop at epoch {record['epoch']}: {self.metric} has not improved for "
-                f"{patience} epoch{'' if patience == 1 else 's'} "
-                f"(best {self.value:.6g} at epoch {self.epoch})"
-            )
-        return None
+        if not patience or self.epoch is None or epoch - self.epoch < patience:
+            return None
+        return (
+            f"early stop at epoch {epoch}: {self.metric} has not improved for "
+            f"{patience} epoch{'' if patience == 1 else 's'} "
+            f"(best {self.value:.6g} at epoch {self.epoch})"
+        )
 
     def summary(self) -> dict[str, Any]:
         """What a finished run's final metrics say of its selection."""

@@ -367,19 +367,22 @@ def train_fused(
             t.runtime = rt
             starts[i] = t.begin()
             rng[i] = global_rng_state(device)  # as `begin` left it for this run
-        if len(set(starts.values())) > 1:  # resumed from different epochs: each goes alone
-            for i, t in enumerate(trainers):
+            if stopped := t.best.stop_reason(starts[i] - 1):  # resumed after its early stop
+                outcome[i] = t.finish(0.0, stopped, last_epoch)
+        active = [i for i in range(len(trainers)) if i not in outcome]
+        if len({starts[i] for i in active}) > 1:  # resumed from different epochs: each alone
+            for i in active:
                 set_global_rng_state(device, rng[i])
-                outcome[i] = _alone(t, epoch_bar, until_epoch, starts[i])
+                outcome[i] = _alone(trainers[i], epoch_bar, until_epoch, starts[i])
+            active = []
+        if not active:
             return [outcome[i] for i in range(len(trainers))]
-        active = list(range(len(trainers)))
-        t_run = time.perf_counter()
+        t_run, first = time.perf_counter(), starts[active[0]]
         bar = progress(
-            range(starts[0], last_epoch + 1), f"{len(trainers)} runs as one", "epoch",
-            leave=True, disable=None if epoch_bar else True, initial=starts[0] - 1,
-            total=cfg.epochs,
+            range(first, last_epoch + 1), f"{len(active)} runs as one", "epoch", leave=True,
+            disable=None if epoch_bar else True, initial=first - 1, total=cfg.epochs,
         )  # fmt: skip
-        group = FusedGroup(trainers, [rng[i] for i in active])
+        group = FusedGroup([trainers[i] for i in active], [rng[i] for i in active])
         for epoch in bar:
             lr = {i: trainers[i].optimizer.param_groups[0]["lr"] for i in active}  # first step's
             t0 = time.perf_counter()

@@ -526,11 +526,12 @@ class Trainer:
         """The epochs from `start_epoch` (`begin`'s) on, to the end or to `until_epoch`."""
         last_epoch = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
         t_run = time.perf_counter()
+        stopped = self.best.stop_reason(start_epoch - 1)  # resumed after its early stop
         bar = progress(
-            range(start_epoch, last_epoch + 1), self.run_dir.name, "epoch", leave=True,
-            disable=None if epoch_bar else True, initial=start_epoch - 1, total=self.cfg.epochs,
+            range(start_epoch, start_epoch if stopped else last_epoch + 1), self.run_dir.name,
+            "epoch", leave=True, disable=None if epoch_bar else True, initial=start_epoch - 1,
+            total=self.cfg.epochs,
         )  # fmt: skip
-        stopped = None
         for epoch in bar:
             lr, t0 = self.optimizer.param_groups[0]["lr"], time.perf_counter()
             train = self.train_epoch(epoch)
