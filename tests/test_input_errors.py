@@ -31,11 +31,12 @@ TINY = ["--set", "model_args.hidden=[16]", "--device", "cpu", "--threads", "1"]
 
 
 def tiny_options(argv: list[str]) -> list[str]:
-    """TINY, less what the case sets itself (a second value would be its own error)."""
+    """TINY, less what the case sets itself (a second value would be its own error, and
+    another model's arguments do not mix with an mlp's)."""
     extra = ["--device", "cpu"]
     if "--threads" not in argv:
         extra += ["--threads", "1"]
-    if not any(a.startswith("model_args.hidden") for a in argv):
+    if not any(a.startswith("model_args.") for a in argv):  # an mlp's, and the case's own
         extra += ["--set", "model_args.hidden=[16]"]
     return extra
 
@@ -93,6 +94,31 @@ CASES = {
     "a config naming another model than the command": (
         ["train", "cnn_lab", "--config", "TMP/mlp.toml"], 2,
         "names model 'mlp' and the command 'cnn_lab': give one",
+    ),
+    "a reconstruction objective for a classifier": (
+        ["train", "mlp", "--dataset", "DATA", "--set", 'objective="reconstruction"'], 2,
+        "config key 'objective': 'mlp' is trained for classification, not reconstruction",
+    ),
+    "layer-wise pretraining of a model without layers to pretrain": (
+        ["train", "vit_lab", "--set", 'objective="layerwise"'], 2,
+        "'layerwise' pretrains a stacked_autoencoder's layers, and 'vit_lab' has none",
+    ),
+    "a pretraining layer past the last": (
+        ["train", "stacked_autoencoder", "--set", 'objective="layerwise"', "--set", "layer=5"],
+        2, "config key 'layer': 5 is past the last of the model's 2 layers",
+    ),
+    "an autoencoder whose input is not the image's size": (
+        ["train", "autoencoder", "--dataset", "DATA", "--epochs", "1", "--set",
+         "model_args.in_features=100"],
+        2, "model 'autoencoder' (in_features=100) does not fit the data's 28x28 images",
+    ),
+    "a code of width 0": (
+        ["train", "autoencoder", "--set", "model_args.enc=0"], 2,
+        "model 'autoencoder': model_args.enc: Input should be greater than 0",
+    ),
+    "a stacked autoencoder layer of width 0": (
+        ["train", "stacked_autoencoder", "--set", "model_args.sizes=[784,0]"], 2,
+        "model 'stacked_autoencoder': model_args.sizes.1: Input should be greater than 0",
     ),
     "a width of 0 in a list of widths": (
         ["train", "mlp", "--set", "model_args.hidden=[0]"], 2, "model 'mlp' (hidden=[0], ",

@@ -167,8 +167,35 @@ class TrainConfig(Strict):
                 "config key 'pretrain': layer-wise pretraining starts a stacked_autoencoder "
                 f"from random initialisation (this config has {has})"
             )
+        self._check_objective()
         self._check_early_stop_metric()
         return self
+
+    def _check_objective(self) -> None:
+        """An objective the model can be trained for: a classifier's logits are no
+        reconstruction, and only the stacked autoencoder rebuilds one layer's input."""
+        from dfl.models import registry
+
+        entry = registry.get(self.model)
+        if self.objective == "layerwise":
+            if self.model != "stacked_autoencoder":
+                raise ConfigError(
+                    f"config key 'objective': 'layerwise' pretrains a stacked_autoencoder's "
+                    f'layers, and {self.model!r} has none (leave objective = "auto")'
+                )
+            sizes = {**entry.defaults(), **self.model_args}.get("sizes")
+            layers = len(sizes) - 1 if isinstance(sizes, list) else None
+            if layers is not None and self.layer >= layers:
+                raise ConfigError(
+                    f"config key 'layer': {self.layer} is past the last of the model's "
+                    f"{layers} layers (sizes {sizes}); use 0 to {layers - 1}"
+                )
+        elif self.objective not in ("auto", entry.objective):
+            raise ConfigError(
+                f"config key 'objective': {self.model!r} is trained for {entry.objective}, "
+                f'not {self.objective} (leave objective = "auto", or choose a model made '
+                f"for {self.objective})"
+            )
 
     def _check_early_stop_metric(self) -> None:
         """The metric early stopping watches must be one this run records each epoch, or the

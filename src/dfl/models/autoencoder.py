@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 
 from dfl.models.registry import register
@@ -31,7 +32,7 @@ class DenseAutoencoder(nn.Module):
 
 
 @register("autoencoder", objective="reconstruction")
-def autoencoder(*, enc: int = 32, in_features: int = 784) -> nn.Module:
+def autoencoder(*, enc: PositiveInt = 32, in_features: PositiveInt = 784) -> nn.Module:
     """Lab 3.1 Q1 dense autoencoder: Linear(784, enc) -> ReLU -> Linear(enc, 784) -> sigmoid."""
     return DenseAutoencoder(enc, in_features)
 
@@ -60,8 +61,8 @@ class DeepAutoencoder(DenseAutoencoder):
 @register("autoencoder_deep", objective="reconstruction")
 def autoencoder_deep(
     *,
-    enc: int = 32,
-    hidden: list[int] = [512, 256],  # noqa: B006 (never mutated)
+    enc: PositiveInt = 32,
+    hidden: list[PositiveInt] = [512, 256],  # noqa: B006 (never mutated)
     linear_code: bool = False,
 ) -> nn.Module:
     """Deeper dense autoencoder: 784-512-256-enc-256-512-784, ReLU inside (and on the code
@@ -84,7 +85,12 @@ class LinearProbe(nn.Module):
 
 
 @register("autoencoder_probe")
-def autoencoder_probe(*, enc: int = 32, hidden: list[int] = [], num_classes: int = 10) -> nn.Module:  # noqa: B006 (never mutated)
+def autoencoder_probe(
+    *,
+    enc: PositiveInt = 32,
+    hidden: list[PositiveInt] = [],  # noqa: B006 (never mutated)
+    num_classes: PositiveInt = 10,
+) -> nn.Module:
     """Linear probe: an autoencoder's encoder (load it with init_from) + Linear(enc, classes)."""
     ae = DeepAutoencoder(enc, hidden) if hidden else DenseAutoencoder(enc)
     return LinearProbe(ae.encoder, enc, num_classes)

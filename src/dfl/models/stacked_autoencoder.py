@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 
 from dfl.models.registry import register
@@ -50,7 +51,11 @@ class StackedAutoencoder(nn.Module):
 
 
 @register("stacked_autoencoder")
-def stacked_autoencoder(*, sizes: list[int] = [784, 256, 64], num_classes: int = 10) -> nn.Module:  # noqa: B006 (never mutated)
+def stacked_autoencoder(
+    *,
+    sizes: list[PositiveInt] = [784, 256, 64],  # noqa: B006 (never mutated)
+    num_classes: PositiveInt = 10,
+) -> nn.Module:
     """Lab 3.1 Q2 stacked autoencoder: sigmoid AE layers 784-256-64 + Linear(64, 10) classifier."""
     if len(sizes) < 2:
         raise ValueError("sizes needs at least an input and one hidden size, e.g. [784, 256, 64]")

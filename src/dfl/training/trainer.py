@@ -36,7 +36,7 @@ from dfl import models
 from dfl.config import TrainConfig
 from dfl.data import Dataset, random_subset, train_val_split
 from dfl.data.batches import Split, affine_draws, model_input
-from dfl.errors import ConfigError, TrainingDiverged
+from dfl.errors import ConfigError, TrainingDiverged, one_line
 from dfl.objectives import Objective, objective_for
 from dfl.runtime.context import RunContext, run_context
 from dfl.runtime.onednn import cpu_swaps
@@ -405,21 +405,37 @@ class Trainer:
         self.final: dict[str, Any] = {}  # what `run` ends with: status.json's final metrics
         self.best = Best.of(cfg, self.objective, validated="val" in self.splits)
         self._saved_at = time.monotonic()
-        self._check_labels()
+        self._check_fit()
         # Dropout draws from the global generator, which the seed set before the model's init
         # drew from it: where it stands now is where this run's training starts.
         self._built_rng = global_rng_state(self.device)
 
     @torch.no_grad()
-    def _check_labels(self) -> None:
-        """A classifier's outputs, counted on one image, cover the data's labels."""
-        if self.objective.name != "classification":
-            return
+    def _check_fit(self) -> None:
+        """The objective's step on two training images, before anything is written: a model
+        whose arguments do not fit the data (an autoencoder of 100 inputs on 784 pixels) is a
+        ConfigError here rather than a torch error in the first epoch. A classifier's outputs
+        must also cover the data's labels."""
+        train = self.splits["train"]
+        x, y = self._inputs(train.images[:2], False), train.labels[:2]
         self.model.eval()
-        with self.autocast:
-            outputs = self.model(self._inputs(self.splits["train"].images[:1], False)).shape[-1]
-        self.model.train()
-        check_labels(self.cfg, self.splits, outputs)
+        try:
+            with self.autocast:
+                out = self.objective.outputs(self.model, x)
+                if self.objective.name == "classification":  # before cross-entropy meets them
+                    check_labels(self.cfg, self.splits, out.shape[-1])
+                self.objective.loss(out, x, y)
+        except RuntimeError as e:
+            args = ", ".join(f"{k}={v}" for k, v in self.cfg.model_args.items())
+            shape = "x".join(map(str, train.images.shape[1:]))
+            given = f" ({args})" if args else ""
+            raise ConfigError(
+                f"model '{self.cfg.model}'{given} does not fit the data's {shape} images "
+                f"({one_line(e)}); `dfl shapes {self.cfg.model} --set ...` shows each layer's "
+                "shape"
+            ) from None
+        finally:
+            self.model.train()
 
     # --- one epoch --------------------------------------------------------------------------
 
