@@ -672,6 +672,29 @@ def test_damaged_final_weights_are_named_not_loaded(tmp_path, digits):
         load_trained(tmp_path / "run")
 
 
+def test_init_from_damaged_weights_is_one_line_and_trains_nothing(tmp_path, capsys, digits):
+    """A run started from another's weights checks them as loading does: a flipped byte
+    (it trained on them silently) and a cut file (a SafetensorError traceback) are refused."""
+    run(capsys, "train", "mlp", "--dataset", str(digits), *TINY, "--epochs", "1",
+        "--out", str(tmp_path / "first"))  # fmt: skip
+    weights = tmp_path / "first" / "model.safetensors"
+    raw = weights.read_bytes()
+    for damage, said in [
+        (
+            bytes(raw[:-100]) + bytes([raw[-100] ^ 0x40]) + raw[-99:],
+            "is not the file the run wrote",
+        ),
+        (raw[:6], "model.safetensors is damaged (SafetensorError"),
+    ]:
+        weights.write_bytes(damage)
+        out, start = tmp_path / "second", f'init_from="{tmp_path / "first"}"'
+        code, _, err = run(capsys, "train", "mlp", "--dataset", str(digits), *TINY,
+                           "--set", start, "--out", str(out))  # fmt: skip
+        assert code == 2
+        assert_one_error(err, f"init_from: cannot load run {tmp_path / 'first'}: ")
+        assert said in err and not out.exists()
+
+
 def test_train_from_python_gives_back_the_callers_thread_count(tmp_path, digits):
     import torch
 

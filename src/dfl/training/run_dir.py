@@ -11,14 +11,18 @@ them; sweeps, reports and `load_trained` read them).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
 from dfl.config import TrainConfig, build_config, dict_to_toml, read_toml
-from dfl.errors import ConfigError, DflError
+from dfl.errors import ConfigError, DflError, UnloadableRun, one_line
 from dfl.models.registry import spelled_out
 from dfl.runtime.atomic import atomic_write_bytes, atomic_write_json, is_interrupted_write
 from dfl.training import checkpoint
@@ -186,6 +190,29 @@ def rebase_config(run_dir: Path, was: str, now: str) -> bool:
     if changed:
         atomic_write_bytes(path, dict_to_toml(tree).encode())
     return changed
+
+
+def read_final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """A finished run's weights file, checked: a cut or garbled file, or one whose sha256 is
+    not the one the run recorded when it wrote it (a flipped byte parses and fits), is an
+    UnloadableRun naming it. Runs from before the sha256 was recorded are not checked."""
+    path = run_dir / WEIGHTS
+    try:
+        weights = load_file(str(path))
+    except Exception as e:  # SafetensorError (a cut or garbled file), OSError
+        raise UnloadableRun(
+            f"cannot load run {run_dir}: its {WEIGHTS} is damaged ({one_line(e)}); train "
+            "the run again in another --out"
+        ) from None
+    recorded = None
+    with contextlib.suppress(DflError):  # a damaged status.json: nothing to check against
+        recorded = ((read_status(run_dir) or {}).get("final") or {}).get("weights_sha256")
+    if checkpoint.weights_damaged(path, recorded):
+        raise UnloadableRun(
+            f"cannot load run {run_dir}: its {WEIGHTS} is not the file the run wrote (its "
+            "sha256 differs from the one in status.json); train the run again"
+        )
+    return weights
 
 
 def _same_place(a: object, b: object) -> bool:

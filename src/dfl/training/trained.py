@@ -8,12 +8,10 @@ its evaluation used. No dataset is loaded and no other run is read.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from dfl import models
@@ -27,6 +25,7 @@ from dfl.training.run_dir import (
     WEIGHTS,
     RunStatus,
     load_saved_config,
+    read_final_weights,
     read_status,
 )
 from dfl.training.trainer import build_model
@@ -83,7 +82,6 @@ def load_trained(run_dir: str | Path) -> Trained:
     except DflError as e:
         raise UnloadableRun(f"cannot rebuild the model of run {run_dir}: {_one_line(e)}") from None
     _check_fits(run_dir, cfg, model, weights)
-    _check_unchanged(run_dir)
     model.load_state_dict(weights)
     return Trained(cfg, model.eval(), run_dir)
 
@@ -92,23 +90,7 @@ def final_weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """A finished run's weights as tensors by name (a figure of its filters), checked as
     `load_trained` checks them: a missing, cut or changed file is an UnloadableRun naming
     the run, not a SafetensorError."""
-    run_dir = Path(run_dir)
-    weights = _weights(run_dir)
-    _check_unchanged(run_dir)
-    return weights
-
-
-def _check_unchanged(run_dir: Path) -> None:
-    """Weights that parse and fit can still have a flipped byte: the sha256 the run recorded
-    when it wrote them tells (runs from before it was recorded are not checked)."""
-    path, recorded = run_dir / WEIGHTS, None
-    with contextlib.suppress(DflError):  # a damaged status.json: nothing to check against
-        recorded = ((read_status(run_dir) or {}).get("final") or {}).get("weights_sha256")
-    if path.exists() and checkpoint.weights_damaged(path, recorded):
-        raise UnloadableRun(
-            f"cannot load run {run_dir}: its {WEIGHTS} is not the file the run wrote (its "
-            "sha256 differs from the one in status.json); train the run again"
-        )
+    return _weights(Path(run_dir))
 
 
 def _config(run_dir: Path) -> TrainConfig:
@@ -128,15 +110,8 @@ def _config(run_dir: Path) -> TrainConfig:
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    path = run_dir / WEIGHTS
-    if path.exists():
-        try:
-            return load_file(str(path))
-        except Exception as e:  # SafetensorError (a cut or garbled file), OSError
-            raise UnloadableRun(
-                f"cannot load run {run_dir}: its {WEIGHTS} is damaged ({_one_line(e)}); train "
-                "the run again in another --out"
-            ) from None
+    if (run_dir / WEIGHTS).exists():
+        return read_final_weights(run_dir)
     try:
         status = read_status(run_dir)
     except DflError as e:

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -36,7 +35,7 @@ from dfl import models
 from dfl.config import TrainConfig
 from dfl.data import Dataset, random_subset, train_val_split
 from dfl.data.batches import Split, affine_draws, model_input
-from dfl.errors import ConfigError, TrainingDiverged, one_line
+from dfl.errors import ConfigError, TrainingDiverged, UnloadableRun, one_line
 from dfl.objectives import Objective, objective_for
 from dfl.runtime.context import RunContext, run_context
 from dfl.runtime.onednn import cpu_swaps
@@ -47,6 +46,7 @@ from dfl.training.run_dir import (
     CHECKPOINTS,
     WEIGHTS,
     RunStatus,
+    read_final_weights,
     write_metrics,
 )
 
@@ -226,7 +226,7 @@ def build_model(
         args["num_classes"] = num_classes  # a custom dataset's class count, read from its labels
     model = models.create(cfg.model, **args)
     if cfg.init_from:
-        load_weights(model, Path(cfg.init_from) / WEIGHTS)
+        load_weights(model, Path(cfg.init_from))
     freeze(model, cfg.freeze)
     if device is not None:
         cpu_swaps(model, device)
@@ -236,12 +236,18 @@ def build_model(
     return model, objective
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Start from another run's final weights, matched by parameter name (a pretraining phase,
-    or a probe reusing an encoder); parameters the run did not have keep their fresh init."""
+def load_weights(model: nn.Module, run_dir: Path) -> None:
+    """Start from the final weights of the run in `run_dir`, matched by parameter name (a
+    pretraining phase, or a probe reusing an encoder); parameters the run did not have keep
+    their fresh init. Weights cut, garbled or changed since the run wrote them are refused."""
+    path = run_dir / WEIGHTS
     if not path.exists():
         raise ConfigError(f"init_from: {path} does not exist (has that run finished?)")
-    saved, own = load_file(str(path)), model.state_dict()
+    try:
+        saved = read_final_weights(run_dir)
+    except UnloadableRun as e:
+        raise ConfigError(f"init_from: {e}") from None
+    own = model.state_dict()
     shared = {k: v for k, v in saved.items() if k in own}
     if not shared:
         raise ConfigError(f"init_from: no parameter of {path} fits this model (another model?)")
