@@ -419,12 +419,25 @@ def test_a_finished_run_with_a_truncated_metrics_file(tmp_path, capsys, digits):
     assert_one_error(err, f"{metrics} is damaged at line 1")
 
 
-def test_a_status_file_of_the_wrong_shape(tmp_path, capsys, digits):
+@pytest.mark.parametrize(
+    ("status", "problem"),
+    [
+        ("[1, 2]", 'no "status" field'),
+        ('{"status": "completed", "final": [1, 2]}', '"final" is a list'),
+        ('{"status": "completed", "final": {"test_accuracy": "high"}}',
+         "final \"test_accuracy\" is 'high', not a number"),
+        ('{"status": "completed", "final": {"epochs_run": "x"}}', "not a count"),
+        ('{"status": "completed"}', "a completed run without final metrics"),
+    ],
+)  # fmt: skip
+def test_a_status_file_of_the_wrong_shape(status, problem, tmp_path, capsys, digits):
+    """Final metrics of the wrong shape were tracebacks where the CLI formats them."""
     out = paused_run(tmp_path / "run", digits)
-    (out / "status.json").write_text("[1, 2]")
+    (out / "status.json").write_text(status)
     code, _, err = run(capsys, "train", "--resume", "--out", str(out))
     assert code == 2
     assert_one_error(err, "is not a run status")
+    assert problem in err
 
 
 def test_saved_threads_beyond_this_machine_do_not_block_a_resume(tmp_path, capsys, digits):

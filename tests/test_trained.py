@@ -4,6 +4,7 @@ experiments did it), and a run that cannot be loaded says why on one line."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -207,7 +208,14 @@ def test_damaged_weights(copy):
 
 
 def test_weights_of_another_model(copy):
+    """Weights rewritten as another model's: the sha256 the run recorded tells first; a run
+    that recorded none (an older dfl's) is told by the shapes."""
     weights = load_file(str(copy / WEIGHTS))
+    save_file({"extra": torch.zeros(1), **weights}, str(copy / WEIGHTS))
+    unloadable(copy, "is not the file the run wrote")
+    status = json.loads((copy / "status.json").read_text())
+    del status["final"]["weights_sha256"]
+    (copy / "status.json").write_text(json.dumps(status))
     first = next(iter(weights))
     save_file({k: v for k, v in weights.items() if k != first}, str(copy / WEIGHTS))
     unloadable(copy, "do not fit the 'autoencoder' model", f"lack '{first}'")

@@ -267,7 +267,7 @@ def _print_result(result, out: Path) -> None:
     summary = [
         f"{k} {f[k]:.6g}"
         for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
-        if k in f
+        if f.get(k) is not None  # null: a NaN
     ]
     print(
         f"{result.status}: {'  '.join(summary)}  ({n} epoch{'' if n == 1 else 's'}, "

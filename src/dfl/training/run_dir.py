@@ -77,10 +77,36 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
             f"{path} is not a run status ('{status['status']}' is none of "
             f"{', '.join(_STATUS_VALUES)}); delete the run directory to start over"
         )
+    problem = _final_problem(status)
+    if problem:
+        raise DflError(f"{path} is not a run status ({problem}); delete the run directory to "
+                       "start over")  # fmt: skip
     return {**status, "status": RunStatus(status["status"])}
 
 
 _STATUS_VALUES = tuple(s.value for s in RunStatus)
+
+
+def _final_problem(status: dict[str, Any]) -> str:
+    """What is wrong with a status's final metrics, which reports and the CLI format as
+    numbers; "" when nothing. A completed run has them; a metric may be null (NaN)."""
+    final = status.get("final")
+    if final is None:
+        return "a completed run without final metrics" if status["status"] == "completed" else ""
+    if not isinstance(final, dict):
+        return f'"final" is a {type(final).__name__}, not a table of metrics'
+    for key, value in final.items():
+        counts = key in ("epochs_run", "params")
+        numeric = counts or key.startswith(("train_", "val_", "test_")) or key == "best_value"
+        if counts and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f'final "{key}" is {value!r}, not a count'
+        if numeric and value is not None and not _is_number(value):
+            return f'final "{key}" is {value!r}, not a number'
+    return ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def write_status(run_dir: Path, status: RunStatus, **fields: Any) -> None:
