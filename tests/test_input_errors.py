@@ -685,6 +685,29 @@ def test_damaged_final_weights_are_named_not_loaded(tmp_path, digits):
         load_trained(tmp_path / "run")
 
 
+def test_resuming_a_finished_run_whose_weights_are_gone_or_changed(tmp_path, capsys, digits):
+    """`--resume` of a completed run hands on its weights (a sweep's or a reproduction's
+    reuse too): missing or changed, it said `completed` and exit 0; now one line, exit 2."""
+    out = tmp_path / "run"
+    run(capsys, "train", "mlp", "--dataset", str(digits), *TINY, "--epochs", "1",
+        "--out", str(out))  # fmt: skip
+    weights = out / "model.safetensors"
+    raw = weights.read_bytes()
+    for damage, said in [
+        (
+            bytes(raw[:-100]) + bytes([raw[-100] ^ 0x40]) + raw[-99:],
+            "is not the file the run wrote",
+        ),
+        (None, "it has no model.safetensors"),
+    ]:
+        weights.unlink(missing_ok=True)
+        if damage is not None:
+            weights.write_bytes(damage)
+        code, _, err = run(capsys, "train", "--resume", "--out", str(out))
+        assert code == 2
+        assert_one_error(err, said)
+
+
 def test_init_from_damaged_weights_is_one_line_and_trains_nothing(tmp_path, capsys, digits):
     """A run started from another's weights checks them as loading does: a flipped byte
     (it trained on them silently) and a cut file (a SafetensorError traceback) are refused."""

@@ -33,6 +33,7 @@ from dfl.training.run_dir import (
     RunStatus,
     check_same_config,
     finished_history,
+    read_final_weights,
     read_history,
     read_status,
     refuse_foreign_files,
@@ -371,6 +372,7 @@ def _start(
     if status is not None:
         check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
         if status["status"] == RunStatus.COMPLETED:
+            read_final_weights(run_dir)  # what reusing the run hands on: refused if damaged
             history = finished_history(run_dir)
             return Run(run_dir, cfg, status["status"], history, status.get("final", {}))
         if until_epoch:

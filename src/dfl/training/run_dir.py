@@ -223,6 +223,10 @@ def read_final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     not the one the run recorded when it wrote it (a flipped byte parses and fits), is an
     UnloadableRun naming it. Runs from before the sha256 was recorded are not checked."""
     path = run_dir / WEIGHTS
+    if not path.exists():
+        raise UnloadableRun(
+            f"cannot load run {run_dir}: it has no {WEIGHTS}; train the run again in another --out"
+        )
     try:
         weights = load_file(str(path))
     except Exception as e:  # SafetensorError (a cut or garbled file), OSError
