@@ -310,7 +310,8 @@ def check_trials(spec: SweepSpec) -> int | None:
     trained to when shorter points are read off longer curves (None: no epoch reuse).
 
     A grid is checked point by point. A search is checked at each key's extremes (its low and
-    high, or each choice) with the others at the base values. Models are built once per
+    high, as floats unless low, high and step are all integers, as the sampler draws them; or
+    each choice) with the others at the base values. Models are built once per
     distinct (model, model_args), so an unknown model argument fails here, named."""
     from dfl import models
 
@@ -320,20 +321,35 @@ def check_trials(spec: SweepSpec) -> int | None:
         points = [{}]
         for key, dist in spec.search.space.items():  # type: ignore[union-attr]
             values = dist.choices if dist.choices is not None else [dist.low, dist.high]
+            if dist.choices is None and not dist.is_int:  # drawn as floats: 8 comes as 8.0
+                values = [float(v) for v in values]
             points += [{key: v} for v in values]
-    configs = [spec.trial_config(p) for p in points]
-    built: set[str] = set()
-    for params, cfg in zip(points, configs, strict=True):
-        where = f"trial {format_params(params)}" if params else "[base]"
-        _check_metric(spec, cfg, where)
-        signature = json.dumps([cfg.model, cfg.model_args], sort_keys=True, default=str)
-        if signature not in built:
-            built.add(signature)
-            try:
-                models.create(cfg.model, **cfg.model_args)
-            except ConfigError as e:
-                raise ConfigError(f"{where}: {e}") from None
+    try:
+        configs = [spec.trial_config(p) for p in points]
+        built: set[str] = set()
+        for params, cfg in zip(points, configs, strict=True):
+            where = f"trial {format_params(params)}" if params else "[base]"
+            _check_metric(spec, cfg, where)
+            signature = json.dumps([cfg.model, cfg.model_args], sort_keys=True, default=str)
+            if signature not in built:
+                built.add(signature)
+                try:
+                    models.create(cfg.model, **cfg.model_args)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:
+        if "valid integer" in str(e) and _fractional_steps(spec):
+            raise ConfigError(
+                f"{e} (a fractional step draws floats; give an integer key an integer step)"
+            ) from None
+        raise
     return _epoch_reuse(spec, configs)
+
+
+def _fractional_steps(spec: SweepSpec) -> bool:
+    """Whether a searched range has integer bounds and a step that is not an integer."""
+    space = spec.search.space if spec.search is not None else {}
+    return any(d.step is not None and not d.is_int and d.choices is None for d in space.values())
 
 
 def _check_metric(spec: SweepSpec, cfg: TrainConfig, where: str) -> None:
