@@ -2,6 +2,7 @@
 fails cleanly on a diverged loss, and survives a damaged checkpoint."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,18 @@ def test_a_run_killed_after_its_early_stop_completes_there(tmp_path: Path, tiny_
     assert "early stop at epoch 3" in again.final["early_stopped"]
     assert again.history == whole.history and len(read_history(tmp_path / "es")) == 3
     assert again.final["test_loss"] == whole.final["test_loss"]
+
+
+def test_a_resume_without_checkpoints_says_it_starts_over(tmp_path: Path, tiny_data, capfd):
+    """A run whose checkpoints are gone trains again from epoch 1 on --resume, and says so:
+    its metrics.jsonl, which it rewrites, held the epochs it had."""
+    cfg = config("epochs=3")
+    fit(cfg, tmp_path / "r", dataset=tiny_data, until_epoch=2)
+    shutil.rmtree(tmp_path / "r" / "checkpoints")
+    capfd.readouterr()
+    again = fit(cfg, tmp_path / "r", dataset=tiny_data, resume=True)
+    assert "has no checkpoint to resume from: training from epoch 1" in capfd.readouterr().err
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
 
 
 def test_early_stopping_needs_a_validation_split(tmp_path: Path, tiny_data):

@@ -304,5 +304,8 @@ def load_latest(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | 
                 file=sys.stderr,
             )
     if problems:
-        raise DflError(f"every checkpoint under {root} is damaged: {'; '.join(problems)}")
+        raise DflError(
+            f"every checkpoint under {root} is damaged: {'; '.join(problems)}; delete {root} "
+            "and resume to train the run again from epoch 1, or use another --out"
+        )
     return None

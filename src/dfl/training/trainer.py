@@ -44,6 +44,7 @@ from dfl.training.best import Best
 from dfl.training.device_step import DeviceStep
 from dfl.training.run_dir import (
     CHECKPOINTS,
+    METRICS,
     WEIGHTS,
     RunStatus,
     read_final_weights,
@@ -660,6 +661,13 @@ class Trainer:
         """Load the newest intact checkpoint; returns its epoch (0 when starting fresh)."""
         found = checkpoint.restore_training(self.run_dir / CHECKPOINTS, **self._resumable())
         if found is None:
+            recorded = self.run_dir / METRICS
+            if recorded.exists() and recorded.stat().st_size:  # resumed without a checkpoint
+                print(
+                    f"dfl: warning: {self.run_dir} has no checkpoint to resume from: training "
+                    f"from epoch 1 (its {METRICS} is rewritten)",
+                    file=sys.stderr,
+                )
             return 0
         epoch, self.history = found
         if self.log:
