@@ -2,6 +2,7 @@
 random shapes, the rows/columns a stride never reaches, and clear errors."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -120,6 +121,10 @@ def test_parsing_matrices(tmp_path):
         read_matrix_file(tmp_path / "missing.txt")
     with pytest.raises(DflError, match="'1e400' in row 1 is not a finite number"):
         parse_matrix("1e400 1")  # JSON output has no infinity
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warnings leaked to the terminal
+        with pytest.raises(DflError, match=r"overflow .* give smaller numbers"):
+            convolve2d(parse_matrix("1e308 1e308"), parse_matrix("1e308 -1e308"))
     path.write_bytes(b"\xef\xbb\xbf1,2\n3,4\n")  # a spreadsheet's CSV opens with a BOM
     assert read_matrix_file(path).tolist() == [[1, 2], [3, 4]]
     path.write_bytes(b"\xff\xfe\x00\x81")

@@ -165,23 +165,29 @@ def convolve2d(
     padded = np.pad(matrix, ((ph, ph), (pw, pw)))
     output = np.zeros((rows["output"], cols["output"]))
     windows = []
-    for i in range(rows["output"]):
-        for j in range(cols["output"]):
-            r_idx = i * sh + dh * np.arange(kernel.shape[0])  # padded coordinates
-            c_idx = j * sw + dw * np.arange(kernel.shape[1])
-            window = padded[np.ix_(r_idx, c_idx)]
-            products = window * kernel
-            output[i, j] = products.sum()
-            windows.append(
-                {
-                    "out": [i, j],
-                    "rows": (r_idx - ph).tolist(),  # input coordinates; outside = padding
-                    "columns": (c_idx - pw).tolist(),
-                    "values": _plain(window),
-                    "products": _plain(products),
-                    "sum": _plain(output[i, j]),
-                }
-            )
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+        for i in range(rows["output"]):
+            for j in range(cols["output"]):
+                r_idx = i * sh + dh * np.arange(kernel.shape[0])  # padded coordinates
+                c_idx = j * sw + dw * np.arange(kernel.shape[1])
+                window = padded[np.ix_(r_idx, c_idx)]
+                products = window * kernel
+                output[i, j] = products.sum()
+                windows.append(
+                    {
+                        "out": [i, j],
+                        "rows": (r_idx - ph).tolist(),  # input coordinates; outside = padding
+                        "columns": (c_idx - pw).tolist(),
+                        "values": _plain(window),
+                        "products": _plain(products),
+                        "sum": _plain(output[i, j]),
+                    }
+                )
+    if not np.isfinite(output).all():
+        raise DflError(
+            "the products or sums overflow (past 1.8e308, the largest float64): give smaller "
+            "numbers"
+        )
     return {
         "input": _plain(matrix),
         "kernel": _plain(kernel),
