@@ -43,6 +43,12 @@ def test_train_load_and_resume(tmp_path: Path, digits):
         "mlp", epochs=2, lr=1e-2, out=out, resume=True, **{"model_args.hidden": [16], **digits}
     )
     assert again.history == run.history  # a finished run is returned as it is
+    # a config.toml edited to name no model: an error, not TrainConfig's default model
+    config = out / "config.toml"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.startswith("model = ")))  # fmt: skip
+    with pytest.raises(dfl.DflError, match=r"config\.toml names no model"):
+        dfl.load(out)
 
 
 def test_status_is_the_same_plain_str_after_train_and_after_load(tmp_path: Path, digits):

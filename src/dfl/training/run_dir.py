@@ -189,6 +189,8 @@ def load_saved_config(run_dir: Path) -> TrainConfig | None:
     if not path.exists():
         return None
     tree = {k: v for k, v in read_toml(path).items() if k not in RESUMABLE_DIFFERENCES}
+    if "model" not in tree:  # TrainConfig's default model is not what this run trained
+        raise ConfigError(f"{path} names no model (every run's config.toml does: an edit?)")
     try:
         return build_config(overrides=tree)
     except ConfigError as e:
