@@ -543,6 +543,26 @@ def test_sigterm_winds_down_like_ctrl_c_and_exits_143(tmp_path, digits):
     assert read_status(out)["status"] == "running"  # --resume continues it
 
 
+@pytest.mark.slow
+def test_a_reader_that_goes_away_ends_the_run_resumable(tmp_path, digits):
+    """`dfl train 2>&1 | head -1`: the next progress line met a closed pipe, and the run was
+    recorded failed (BrokenPipeError). Now it ends as a Ctrl-C does, resumable, with a
+    shell's SIGPIPE code."""
+    out = tmp_path / "run"
+    args = [*DFL, "train", "mlp", "--dataset", str(digits), *TINY, "--epochs", "10000"]
+    proc = subprocess.Popen([*args, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        while line and not line.startswith("epoch"):  # a warning first, on some machine
+            line = proc.stderr.readline()
+        assert line.startswith("epoch   1"), line
+        proc.stderr.close()  # as `head -1` exits
+        assert proc.wait(timeout=60) == 141
+    finally:
+        proc.kill()
+    assert read_status(out)["status"] == "running"  # --resume continues it
+
+
 def test_a_progress_line_goes_out_with_its_newline_in_one_write(monkeypatch):
     """`print` wrote an epoch line and its newline apart; a SIGTERM between the two put
     "dfl: interrupted" at the end of the epoch line, where nothing looking for it found it."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from dfl.errors import DflError
 from dfl.runtime.interrupts import (
     InterruptOnce,
+    ReaderGone,
     SigtermAsInterrupt,
     deferred_interrupt,
     interrupted_exit_code,
@@ -424,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             where = f" ({e.filename})" if e.filename else ""
             print(f"dfl: error: {e.strerror or e}{where}", file=sys.stderr)
             return 1
+        except ReaderGone:
+            return 141  # as a shell reports a command ended by SIGPIPE; nobody reads a message
         except KeyboardInterrupt:
             # `dfl train` asks for --resume; reproduce, lab and sweep always continue.
             again = " with --resume" if getattr(args, "command", None) == "train" else ""

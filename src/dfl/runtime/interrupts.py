@@ -19,6 +19,7 @@ Ctrl-C, 143 after SIGTERM (`interrupted_exit_code`).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -112,9 +113,19 @@ class SigtermAsInterrupt:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+class ReaderGone(KeyboardInterrupt):
+    """The reader of dfl's progress lines went away (`dfl train 2>&1 | head -1`). The command
+    ends as after a Ctrl-C, its run resumable, and exits as a shell's SIGPIPE would: a training
+    must not be recorded failed because nobody reads its log."""
+
+
 def say(line: str) -> None:
     """`line` on stderr in one write with its newline. `print` writes the two apart, and a
     Ctrl-C or SIGTERM between them left the line open, so "dfl: interrupted" ended up at the end
     of a progress line instead of on its own."""
-    sys.stderr.write(f"{line}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"{line}\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # later writes vanish
+        raise ReaderGone from None
