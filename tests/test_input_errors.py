@@ -705,6 +705,22 @@ def test_damaged_final_weights_are_named_not_loaded(tmp_path, digits):
         load_trained(tmp_path / "run")
 
 
+def test_a_folder_of_seeds_is_named_with_the_seeds_to_give(tmp_path, capsys, digits):
+    """`dfl train --seeds 0,1` leaves seed0/ and seed1/; the folder taken for one run said it
+    held no run, or was not empty."""
+    out = tmp_path / "seeds"
+    code, _, err = run(capsys, "train", "mlp", "--dataset", str(digits), *TINY, "--epochs", "1",
+                       "--seeds", "0,1", "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(capsys, "train", "--resume", "--out", str(out))
+    assert code == 2
+    assert_one_error(err, "holds the runs of several seeds: give --seeds 0,1 to resume them")
+    code, _, err = run(capsys, "train", "mlp", "--dataset", str(digits), *TINY, "--out", str(out))
+    assert code == 2
+    assert_one_error(err, "holds the runs of several seeds (seed0, seed1), not one run: give "
+                          "--seeds 0,1 to train or resume them")  # fmt: skip
+
+
 def test_resuming_a_finished_run_whose_weights_are_gone_or_changed(tmp_path, capsys, digits):
     """`--resume` of a completed run hands on its weights (a sweep's or a reproduction's
     reuse too): missing or changed, it said `completed` and exit 0; now one line, exit 2."""

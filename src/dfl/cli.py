@@ -225,6 +225,13 @@ def run_train(args: argparse.Namespace) -> int:
                     "another --out"
                 )
         elif args.model is None:
+            seeds = sorted(int(p.name[4:]) for p in own.parent.glob("seed*/")
+                           if p.name[4:].isdigit()) if own.parent.is_dir() else []  # fmt: skip
+            if seeds and not args.seeds:
+                raise DflError(
+                    f"--resume: {own.parent} holds the runs of several seeds: give --seeds "
+                    f"{','.join(map(str, seeds))} to resume them"
+                )
             raise DflError(
                 f"--resume: {own.parent} holds no run (no config.toml): check the path, or name "
                 "a model or --config to start one there"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -274,8 +275,14 @@ def refuse_foreign_files(run_dir: Path) -> None:
         if is_interrupted_write(path.name, RUN_FILES):
             path.unlink(missing_ok=True)
     foreign = foreign_files(run_dir, RUN_FILES)
+    shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    seeds = sorted(int(n[4:]) for n in foreign if re.fullmatch(r"seed\d+", n))
+    if foreign and len(seeds) == len(foreign):  # `dfl train --seeds`' folder
+        raise DflError(
+            f"{run_dir} holds the runs of several seeds ({shown}), not one run: give "
+            f"--seeds {','.join(map(str, seeds))} to train or resume them"
+        )
     if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise DflError(
             f"{run_dir} is not empty ({shown}) and holds no dfl run; give --out a new or "
             "empty directory"
