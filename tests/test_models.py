@@ -99,6 +99,11 @@ def test_shape_errors(layers, message):
 def test_bad_layer_spec_is_a_config_error():
     with pytest.raises(ConfigError, match=r"layers\.0"):
         build_layers([{"type": "conv"}])  # no `out`
+    # a string for the list: one error, not one per letter
+    with pytest.raises(
+        ConfigError, match=r"layers must be a list of tables.*\(got the str 'conv'\)"
+    ):
+        build_layers("conv")
 
 
 def test_cnn_search_defaults_are_the_lab_exploration_model():

@@ -185,6 +185,11 @@ def build_layers(
     raw: list[dict] | list[_Layer], in_shape: Shape = (1, 28, 28)
 ) -> tuple[nn.Sequential, list[Shape]]:
     """Infer every shape, then build: returns the network and each layer's output shape."""
+    if not isinstance(raw, list | tuple):  # a string would be checked letter by letter
+        raise ConfigError(
+            f'layers must be a list of tables, e.g. [{{type = "conv", out = 8, kernel = 3}}]'
+            f" (got the {type(raw).__name__} {raw!r})"
+        )
     specs = parse_layers([s.model_dump() if isinstance(s, _Layer) else s for s in raw])
     modules, shapes, shape = [], [], tuple(in_shape)
     for index, spec in enumerate(specs):
