@@ -100,11 +100,12 @@ CASES = {
         "config key 'objective': 'mlp' is trained for classification, not reconstruction",
     ),
     "layer-wise pretraining of a model without layers to pretrain": (
-        ["train", "vit_lab", "--set", 'objective="layerwise"'], 2,
+        ["train", "vit_lab", "--set", 'objective="layerwise"', "--set", "model_args.depth=1"], 2,
         "'layerwise' pretrains a stacked_autoencoder's layers, and 'vit_lab' has none",
     ),
     "a pretraining layer past the last": (
-        ["train", "stacked_autoencoder", "--set", 'objective="layerwise"', "--set", "layer=5"],
+        ["train", "stacked_autoencoder", "--set", 'objective="layerwise"', "--set", "layer=5",
+         "--set", "model_args.sizes=[784,32,16]"],
         2, "config key 'layer': 5 is past the last of the model's 2 layers",
     ),
     "an autoencoder whose input is not the image's size": (
@@ -714,10 +715,10 @@ def test_a_folder_of_seeds_is_named_with_the_seeds_to_give(tmp_path, capsys, dig
     assert code == 0, err
     code, _, err = run(capsys, "train", "--resume", "--out", str(out))
     assert code == 2
-    assert_one_error(err, "holds the runs of several seeds: give --seeds 0,1 to resume them")
+    assert_one_error(err, "holds the runs of --seeds: give --seeds 0,1 to resume them")
     code, _, err = run(capsys, "train", "mlp", "--dataset", str(digits), *TINY, "--out", str(out))
     assert code == 2
-    assert_one_error(err, "holds the runs of several seeds (seed0, seed1), not one run: give "
+    assert_one_error(err, "holds the runs of --seeds (seed0, seed1), not one run: give "
                           "--seeds 0,1 to train or resume them")  # fmt: skip
 
 
@@ -742,6 +743,9 @@ def test_resuming_a_finished_run_whose_weights_are_gone_or_changed(tmp_path, cap
         code, _, err = run(capsys, "train", "--resume", "--out", str(out))
         assert code == 2
         assert_one_error(err, said)
+        # a sweep trial that reads the run's curve (until_epoch) needs no weights
+        cfg = build_config(out / "config.toml", {"device": "cpu", "threads": 1})
+        assert len(fit(cfg, out, resume=True, until_epoch=1, epoch_bar=False).history) >= 1
 
 
 def test_init_from_damaged_weights_is_one_line_and_trains_nothing(tmp_path, capsys, digits):

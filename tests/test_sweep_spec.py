@@ -93,10 +93,10 @@ def test_spec_errors_name_the_key(tmp_path: Path, head: str, tail: str, message:
          "reconstruction run"),
         ('[search]\nn_trials = 4\n[search.space]\n"optim.momentum" = { low = 0.5, high = 1.5 }\n',
          "trial optim.momentum=1.5: config key 'optim.momentum'"),
-        # a fractional step draws floats, which an integer key refuses in every trial
+        # a float step draws floats, which an integer key refuses in every trial
         ('[search]\nn_trials = 4\n[search.space]\nepochs = { low = 1, high = 3, step = 0.5 }\n',
-         r"trial epochs=1.0: .*\(a fractional step draws floats; give an integer key an "
-         "integer step\\)"),
+         r"trial epochs=1.0: .*\(a float step draws floats; give an integer key integer low, "
+         r"high and step\)"),
     ],
 )  # fmt: skip
 def test_every_trial_config_is_checked_before_the_sweep(tmp_path: Path, tail: str, message: str):

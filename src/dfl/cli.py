@@ -204,6 +204,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
 def run_train(args: argparse.Namespace) -> int:
     from dfl.config import build_config, config_to_toml
     from dfl.models import with_model_defaults
+    from dfl.training.run_dir import seed_runs
 
     config_file = args.config
     if args.resume and not args.out:  # else a new run would start under a fresh name
@@ -225,11 +226,10 @@ def run_train(args: argparse.Namespace) -> int:
                     "another --out"
                 )
         elif args.model is None:
-            seeds = sorted(int(p.name[4:]) for p in own.parent.glob("seed*/")
-                           if p.name[4:].isdigit()) if own.parent.is_dir() else []  # fmt: skip
+            seeds = seed_runs(own.parent) if own.parent.is_dir() else []
             if seeds and not args.seeds:
                 raise DflError(
-                    f"--resume: {own.parent} holds the runs of several seeds: give --seeds "
+                    f"--resume: {own.parent} holds the runs of --seeds: give --seeds "
                     f"{','.join(map(str, seeds))} to resume them"
                 )
             raise DflError(
@@ -381,7 +381,8 @@ def parser_before(
 ) -> argparse.ArgumentParser:
     """The innermost (sub)command parser named in `argv` before `token`: `dfl --bogus models`
     is the top-level parser's unknown option, `dfl models --bogus` the models parser's."""
-    for word in argv[: argv.index(token)]:
+    at = len(argv) - 1 - argv[::-1].index(token)  # its last place: `dfl data info info`
+    for word in argv[:at]:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction) and word in action.choices:
                 parser = action.choices[word]

@@ -185,7 +185,7 @@ class TrainConfig(Strict):
                 )
             sizes = {**entry.defaults(), **self.model_args}.get("sizes")
             layers = len(sizes) - 1 if isinstance(sizes, list) else None
-            if layers is not None and self.layer >= layers:
+            if layers and self.layer >= layers:  # no layer at all: the model's own error
                 raise ConfigError(
                     f"config key 'layer': {self.layer} is past the last of the model's "
                     f"{layers} layers (sizes {sizes}); use 0 to {layers - 1}"

@@ -89,11 +89,7 @@ def create(name: str, **args: Any) -> nn.Module:
     except ConfigError as e:  # a layer its arguments built is invalid: name the arguments
         if str(e).startswith("model '") or "layers" in args:  # said already, or the user's
             raise
-        # every argument, its value where it is short (a list of widths, not a layer table)
-        given = ", ".join(
-            f"{k}={v!r}" if len(repr(v)) <= 40 else f"{k}=[…]" for k, v in args.items()
-        )
-        raise ConfigError(f"model '{name}' ({given or 'its defaults'}): {e}") from None
+        raise ConfigError(f"{described(name, args)}: {e}") from None
     except ValueError as e:  # arguments valid one by one that do not fit together
         raise ConfigError(f"model '{name}': {e} (model_args)") from None
     except (MemoryError, RuntimeError) as e:
@@ -104,6 +100,13 @@ def create(name: str, **args: Any) -> nn.Module:
             "make it smaller",
             exit_code=1,
         ) from None
+
+
+def described(name: str, args: dict[str, Any]) -> str:
+    """ "model 'mlp' (hidden=[0], num_classes=10)": every argument, its value where it is
+    short (a list of widths, not a layer table)."""
+    given = ", ".join(f"{k}={v!r}" if len(repr(v)) <= 40 else f"{k}=[…]" for k, v in args.items())
+    return f"model '{name}' ({given or 'its defaults'})"
 
 
 def names() -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dfl.cli import command
 from dfl.errors import DflError
-from dfl.runtime.interrupts import interrupted_exit_code
+from dfl.runtime.interrupts import ReaderGone, interrupted_exit_code
 
 
 @command("sweep", "run a sweep spec (grid or search) as an Optuna study; `dfl sweep status X`")
@@ -81,6 +81,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             out=args.out,
             retry_failed=args.retry_failed,
         )
+    except ReaderGone:
+        raise  # nobody reads a message: the CLI exits as after SIGPIPE
     except KeyboardInterrupt:
         raise DflError(
             "interrupted: running trials are back in the queue with their checkpoints; rerun "

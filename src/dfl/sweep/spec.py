@@ -338,18 +338,20 @@ def check_trials(spec: SweepSpec) -> int | None:
                 except ConfigError as e:
                     raise ConfigError(f"{where}: {e}") from None
     except ConfigError as e:
-        if "valid integer" in str(e) and _fractional_steps(spec):
+        stepped = [f"trial {key}=" for key in _float_steps(spec)]
+        if "valid integer" in str(e) and str(e).startswith(tuple(stepped)):
             raise ConfigError(
-                f"{e} (a fractional step draws floats; give an integer key an integer step)"
+                f"{e} (a float step draws floats; give an integer key integer low, high and step)"
             ) from None
         raise
     return _epoch_reuse(spec, configs)
 
 
-def _fractional_steps(spec: SweepSpec) -> bool:
-    """Whether a searched range has integer bounds and a step that is not an integer."""
+def _float_steps(spec: SweepSpec) -> list[str]:
+    """The searched keys whose range has a step and is drawn as floats (a float among low,
+    high and step)."""
     space = spec.search.space if spec.search is not None else {}
-    return any(d.step is not None and not d.is_int and d.choices is None for d in space.values())
+    return [k for k, d in space.items() if d.step is not None and not d.is_int and not d.choices]
 
 
 def _check_metric(spec: SweepSpec, cfg: TrainConfig, where: str) -> None:

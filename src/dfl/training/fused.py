@@ -368,7 +368,10 @@ def train_fused(
             starts[i] = t.begin()
             rng[i] = global_rng_state(device)  # as `begin` left it for this run
             if stopped := t.best.stop_reason(starts[i] - 1):  # resumed after its early stop
-                outcome[i] = t.finish(0.0, stopped, last_epoch)
+                try:
+                    outcome[i] = t.finish(0.0, stopped, last_epoch)
+                except Exception as e:  # this run ends failed, the others go on
+                    outcome[i] = e
         active = [i for i in range(len(trainers)) if i not in outcome]
         if len({starts[i] for i in active}) > 1:  # resumed from different epochs: each alone
             for i in active:

@@ -372,7 +372,8 @@ def _start(
     if status is not None:
         check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
         if status["status"] == RunStatus.COMPLETED:
-            read_final_weights(run_dir)  # what reusing the run hands on: refused if damaged
+            if not until_epoch:  # reused whole, it hands on its weights: refused if damaged
+                read_final_weights(run_dir)
             history = finished_history(run_dir)
             return Run(run_dir, cfg, status["status"], history, status.get("final", {}))
         if until_epoch:

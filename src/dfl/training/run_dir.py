@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -228,14 +227,14 @@ def read_final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     path = run_dir / WEIGHTS
     if not path.exists():
         raise UnloadableRun(
-            f"cannot load run {run_dir}: it has no {WEIGHTS}; train the run again in another --out"
+            f"cannot load run {run_dir}: it has no {WEIGHTS}; delete {run_dir} and train it again"
         )
     try:
         weights = load_file(str(path))
     except Exception as e:  # SafetensorError (a cut or garbled file), OSError
         raise UnloadableRun(
-            f"cannot load run {run_dir}: its {WEIGHTS} is damaged ({one_line(e)}); train "
-            "the run again in another --out"
+            f"cannot load run {run_dir}: its {WEIGHTS} is damaged ({one_line(e)}); delete "
+            f"{run_dir} and train it again"
         ) from None
     recorded = None
     with contextlib.suppress(DflError):  # a damaged status.json: nothing to check against
@@ -243,7 +242,7 @@ def read_final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     if checkpoint.weights_damaged(path, recorded):
         raise UnloadableRun(
             f"cannot load run {run_dir}: its {WEIGHTS} is not the file the run wrote (its "
-            "sha256 differs from the one in status.json); train the run again"
+            f"sha256 differs from the one in status.json); delete {run_dir} and train it again"
         )
     return weights
 
@@ -269,24 +268,30 @@ def foreign_files(directory: Path, own: Iterable[str]) -> list[str]:
 def refuse_foreign_files(run_dir: Path) -> None:
     """A directory that holds no run must be empty: a run written into `.`, `/` or a folder of
     someone's files would mix its files with theirs (and a failed start would have to tell
-    them apart to clean up). What a killed start left half-written is removed: the caller
-    holds the directory's lock, so no other process is writing it."""
-    for path in run_dir.iterdir():
-        if is_interrupted_write(path.name, RUN_FILES):
-            path.unlink(missing_ok=True)
+    them apart to clean up). What a killed start left half-written is removed once the
+    directory is taken: the caller holds its lock, so no other process is writing it."""
     foreign = foreign_files(run_dir, RUN_FILES)
     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-    seeds = sorted(int(n[4:]) for n in foreign if re.fullmatch(r"seed\d+", n))
-    if foreign and len(seeds) == len(foreign):  # `dfl train --seeds`' folder
+    seeds = seed_runs(run_dir)
+    if foreign and len(seeds) == len(foreign):
         raise DflError(
-            f"{run_dir} holds the runs of several seeds ({shown}), not one run: give "
-            f"--seeds {','.join(map(str, seeds))} to train or resume them"
+            f"{run_dir} holds the runs of --seeds ({shown}), not one run: give --seeds "
+            f"{','.join(map(str, seeds))} to train or resume them"
         )
     if foreign:
         raise DflError(
             f"{run_dir} is not empty ({shown}) and holds no dfl run; give --out a new or "
             "empty directory"
         )
+    for path in run_dir.iterdir():
+        if is_interrupted_write(path.name, RUN_FILES):
+            path.unlink(missing_ok=True)
+
+
+def seed_runs(directory: Path) -> list[int]:
+    """The seeds whose runs `dfl train --seeds` made in `directory` (its seedN folders)."""
+    found = (p.name[4:] for p in directory.glob("seed*/") if p.is_dir())
+    return sorted(int(n) for n in found if n.isdigit())
 
 
 def check_same_config(

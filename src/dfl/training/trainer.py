@@ -35,7 +35,8 @@ from dfl import models
 from dfl.config import TrainConfig
 from dfl.data import Dataset, random_subset, train_val_split
 from dfl.data.batches import Split, affine_draws, model_input
-from dfl.errors import ConfigError, TrainingDiverged, UnloadableRun, one_line
+from dfl.errors import ConfigError, TrainingDiverged, UnloadableRun, one_line, out_of_memory
+from dfl.models.registry import described
 from dfl.objectives import Objective, objective_for
 from dfl.runtime.context import RunContext, run_context
 from dfl.runtime.onednn import cpu_swaps
@@ -433,11 +434,12 @@ class Trainer:
                     check_labels(self.cfg, self.splits, out.shape[-1])
                 self.objective.loss(out, x, y)
         except RuntimeError as e:
-            args = ", ".join(f"{k}={v}" for k, v in self.cfg.model_args.items())
+            if out_of_memory(e) or isinstance(e, NotImplementedError):  # no misfit: said as is
+                raise
             shape = "x".join(map(str, train.images.shape[1:]))
-            given = f" ({args})" if args else ""
             raise ConfigError(
-                f"model '{self.cfg.model}'{given} does not fit the data's {shape} images "
+                f"{described(self.cfg.model, self.cfg.model_args)} does not fit the data's "
+                f"{shape} images "
                 f"({one_line(e)}); `dfl shapes {self.cfg.model} --set ...` shows each layer's "
                 "shape"
             ) from None
