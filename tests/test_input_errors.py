@@ -699,11 +699,14 @@ def test_damaged_final_weights_are_named_not_loaded(tmp_path, digits):
     fit(cfg, tmp_path / "run", epoch_bar=False)
     load_trained(tmp_path / "run")  # intact: loads
     weights = tmp_path / "run" / "model.safetensors"
-    raw = bytearray(weights.read_bytes())
-    raw[-100] ^= 0x40  # inside the last tensor's data
-    weights.write_bytes(bytes(raw))
+    weights.write_bytes(with_a_flipped_byte(weights.read_bytes()))
     with pytest.raises(UnloadableRun, match="is not the file the run wrote"):
         load_trained(tmp_path / "run")
+
+
+def with_a_flipped_byte(raw: bytes) -> bytes:
+    """A weights file with one bit changed inside its last tensor's data: it still parses."""
+    return raw[:-100] + bytes([raw[-100] ^ 0x40]) + raw[-99:]
 
 
 def test_a_folder_of_seeds_is_named_with_the_seeds_to_give(tmp_path, capsys, digits):
@@ -731,10 +734,7 @@ def test_resuming_a_finished_run_whose_weights_are_gone_or_changed(tmp_path, cap
     weights = out / "model.safetensors"
     raw = weights.read_bytes()
     for damage, said in [
-        (
-            bytes(raw[:-100]) + bytes([raw[-100] ^ 0x40]) + raw[-99:],
-            "is not the file the run wrote",
-        ),
+        (with_a_flipped_byte(raw), "is not the file the run wrote"),
         (None, "it has no model.safetensors"),
     ]:
         weights.unlink(missing_ok=True)
@@ -756,10 +756,7 @@ def test_init_from_damaged_weights_is_one_line_and_trains_nothing(tmp_path, caps
     weights = tmp_path / "first" / "model.safetensors"
     raw = weights.read_bytes()
     for damage, said in [
-        (
-            bytes(raw[:-100]) + bytes([raw[-100] ^ 0x40]) + raw[-99:],
-            "is not the file the run wrote",
-        ),
+        (with_a_flipped_byte(raw), "is not the file the run wrote"),
         (raw[:6], "model.safetensors is damaged (SafetensorError"),
     ]:
         weights.write_bytes(damage)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from torch import nn
 
 from dfl.errors import NO_ROOM_WORDS, DflError, DiskFull
 from dfl.runtime.atomic import atomic_write_json, fsync_dir
+from dfl.runtime.interrupts import say
 from dfl.training.best import Best
 
 KEEP = 2  # the newest checkpoint and the one before it
@@ -299,10 +299,7 @@ def load_latest(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | 
             return tensors, state
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
             problems.append(f"{path}: {e}")
-            print(
-                f"dfl: warning: checkpoint {path} is damaged ({e}); trying an older one",
-                file=sys.stderr,
-            )
+            say(f"dfl: warning: checkpoint {path} is damaged ({e}); trying an older one")
     if problems:
         raise DflError(
             f"every checkpoint under {root} is damaged: {'; '.join(problems)}; delete {root} "

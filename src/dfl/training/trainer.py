@@ -39,6 +39,7 @@ from dfl.errors import ConfigError, TrainingDiverged, UnloadableRun, one_line, o
 from dfl.models.registry import described
 from dfl.objectives import Objective, objective_for
 from dfl.runtime.context import RunContext, run_context
+from dfl.runtime.interrupts import say
 from dfl.runtime.onednn import cpu_swaps
 from dfl.training import checkpoint
 from dfl.training.best import Best
@@ -665,10 +666,9 @@ class Trainer:
         if found is None:
             recorded = self.run_dir / METRICS
             if recorded.exists() and recorded.stat().st_size:  # resumed without a checkpoint
-                print(
+                say(
                     f"dfl: warning: {self.run_dir} has no checkpoint to resume from: training "
-                    f"from epoch 1 (its {METRICS} is rewritten)",
-                    file=sys.stderr,
+                    f"from epoch 1 (its {METRICS} is rewritten)"
                 )
             return 0
         epoch, self.history = found
