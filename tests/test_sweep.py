@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import pwd
+import re
 import resource
 import shutil
 import signal
@@ -480,7 +481,7 @@ def test_grid_with_two_workers_on_postgres_runs_each_point_once(
 @pytest.mark.slow
 @pytest.mark.parametrize("grid", [GRID_2X2, SEEDS_2X2], ids=["alone", "grouped"])
 def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(
-    tmp_path: Path, idx_dir: Path, grid: str
+    tmp_path: Path, idx_dir: Path, grid: str, capsys
 ):
     spec_path = write_spec(tmp_path / "s.toml", idx_dir, grid)
     slow_enough(spec_path, 6)
@@ -488,6 +489,19 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_the_checkpoint(
     command = [*CLI, "sweep", str(spec_path), "--workers", "2", "--threads", "1", "--out", str(out)]
     victim = kill_mid_trial(command, out / "trials")
     assert read_status(victim)["status"] == "running"  # as a kill leaves it
+    # Past the grace period (2 s), `dfl sweep status` tells the dead trials from live ones.
+    status = ["sweep", "status", str(spec_path), "--out", str(out), "--trials"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert cli.main(status) == 0
+        shown = capsys.readouterr().out
+        if "no worker is alive" in shown:
+            break
+        time.sleep(0.5)
+    assert "no worker is alive: run the sweep again" in shown, shown
+    assert "stalled: trial " in shown and "its worker is gone" in shown and "ETA" not in shown
+    assert re.search(r"running (\d) \(\1 stalled\)", shown), shown
+    assert re.search(r"^  \d+ +stalled ", shown, re.MULTILINE), shown  # in the --trials table
     saved = max(
         int(p.name.removeprefix("epoch-")) for p in (victim / "checkpoints").glob("epoch-*")
     )

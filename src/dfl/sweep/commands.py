@@ -98,7 +98,7 @@ def _status_text(target: str, storage: str | None, out: str | None, list_trials:
     from dfl.sweep import study as studies
     from dfl.sweep.spec import load_spec
     from dfl.sweep.status import format_status, sweep_status
-    from dfl.sweep.storage import describe_url, open_storage
+    from dfl.sweep.storage import describe_url, open_storage, stalled_trials
 
     if not target.strip():
         raise DflError("`dfl sweep status` got an empty name; give a spec file or a study name")
@@ -113,7 +113,9 @@ def _status_text(target: str, storage: str | None, out: str | None, list_trials:
     url = _existing_storage(name, storage, out)
     store = open_storage(url)
     study, spec = studies.load(name, store)
-    return format_status(sweep_status(study, spec, describe_url(url)), list_trials)
+    assert spec.grace_period is not None  # the spec sets it from the heartbeat if not given
+    stalled = stalled_trials(url, name, spec.heartbeat_interval, spec.grace_period)
+    return format_status(sweep_status(study, spec, describe_url(url), stalled), list_trials)
 
 
 def _is_sqlite(path: Path) -> bool:

@@ -34,6 +34,9 @@ class SweepStatus:
     best: FrozenTrial | None
     eta_s: float | None  # None until a trial has finished
     trials: list[FrozenTrial] = field(repr=False, default_factory=list)
+    # Running trials whose worker has been silent past the grace period: it is gone, and the
+    # next worker to look at the study requeues the trial (from its newest checkpoint).
+    stalled: frozenset[int] = frozenset()
 
     @property
     def finished(self) -> bool:
@@ -79,7 +82,11 @@ def require_a_completed_trial(
     raise SweepFailed(f"sweep {status.spec.name}: no trial completed ({what}); {retry}", status)
 
 
-def sweep_status(study: optuna.Study, spec: SweepSpec, storage: str) -> SweepStatus:
+def sweep_status(
+    study: optuna.Study, spec: SweepSpec, storage: str, stalled: frozenset[int] = frozenset()
+) -> SweepStatus:
+    """Where `study` stands; `stalled`: the numbers of its running trials whose worker is gone
+    (`dfl.sweep.storage.stalled_trials`)."""
     trials = study.get_trials(deepcopy=False)
     retried = superseded(trials)
     live = [t for t in trials if t.number not in retried]
@@ -87,7 +94,9 @@ def sweep_status(study: optuna.Study, spec: SweepSpec, storage: str) -> SweepSta
     result = {name: counts.get(name, 0) for name in STATE_NAMES.values()}
     result["retried"] = len(retried)
     result["to_start"] = max(spec.n_trials - len(live), 0)
-    return SweepStatus(spec, storage, result, _best(live, spec), _eta(live, result), trials)
+    stalled = frozenset(t.number for t in live if t.state == TrialState.RUNNING) & stalled
+    eta = _eta(live, result, stalled)
+    return SweepStatus(spec, storage, result, _best(live, spec), eta, trials, stalled)
 
 
 def _best(trials: list[FrozenTrial], spec: SweepSpec) -> FrozenTrial | None:
@@ -98,9 +107,16 @@ def _best(trials: list[FrozenTrial], spec: SweepSpec) -> FrozenTrial | None:
     return pick(done, key=lambda t: t.value)
 
 
-def _eta(trials: list[FrozenTrial], counts: dict[str, int]) -> float | None:
-    """Mean finished-trial duration x trials left, over the workers now running (at least one).
-    Trials read off a longer run's curve take no time, and pull the mean down as they should."""
+def _eta(
+    trials: list[FrozenTrial], counts: dict[str, int], stalled: frozenset[int]
+) -> float | None:
+    """Mean finished-trial duration x trials left, over the workers now running; None when no
+    trial has finished, or no worker is alive to finish the rest. Trials read off a longer
+    run's curve take no time, and pull the mean down as they should. A stalled trial is work
+    left, for the worker that requeues it."""
+    workers = counts["running"] - len(stalled)
+    if stalled and not workers:
+        return None
     durations = [
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
@@ -118,17 +134,18 @@ def _eta(trials: list[FrozenTrial], counts: dict[str, int]) -> float | None:
         for t in trials
         if t.state == TrialState.RUNNING and t.datetime_start
     )
-    return left / max(counts["running"], 1)
+    return left / max(workers, 1)
 
 
 def format_status(status: SweepStatus, list_trials: bool = False) -> str:
-    spec, c = status.spec, status.counts
+    spec, c, stalled = status.spec, status.counts, len(status.stalled)
     lines = [
         f"sweep {spec.name}: {spec.kind} of {spec.n_trials} trials, {spec.direction} "
         f"{spec.metric}  ({status.storage})",
         "  "
         + "  ".join(
-            f"{name} {c[name]}" for name in ("complete", "running", "waiting", "pruned", "failed")
+            f"{name} {c[name]}" + (f" ({stalled} stalled)" if name == "running" and stalled else "")
+            for name in ("complete", "running", "waiting", "pruned", "failed")
         )
         + (f"  not started {c['to_start']}" if c["to_start"] else "")
         + (f"  retried {c['retried']}" if c["retried"] else ""),
@@ -141,12 +158,21 @@ def format_status(status: SweepStatus, list_trials: bool = False) -> str:
         )
     else:
         lines.append("  best: none yet")
+    workers = c["running"] - len(status.stalled)
     if status.finished:
         lines.append("  finished")
+    elif status.stalled and not workers:
+        lines.append("  no worker is alive: run the sweep again (or `dfl worker`) to go on")
     elif status.eta_s is not None:
-        lines.append(f"  ETA {format_seconds(status.eta_s)} at {max(c['running'], 1)} worker(s)")
+        lines.append(f"  ETA {format_seconds(status.eta_s)} at {max(workers, 1)} worker(s)")
     else:
         lines.append("  ETA: after the first trial finishes")
+    for t in status.trials:
+        if t.number in status.stalled:
+            lines.append(
+                f"  stalled: trial {t.number} ({format_trial_params(t)}): no heartbeat for "
+                f"over {spec.grace_period}s, its worker is gone; the next worker requeues it"
+            )
     for t in failed_trials(status):
         lines.append(f"  failed: trial {t.number} ({format_trial_params(t)}): {reason(t)}")
     if list_trials:
@@ -160,6 +186,7 @@ def format_table(status: SweepStatus) -> str:
     rows = [("trial", "state", spec.metric, "epochs", "time", "params")]
     for t in status.trials:
         state = "retried" if t.number in retried else STATE_NAMES[t.state]
+        state = "stalled" if t.number in status.stalled else state
         value = f"{t.value:.6g}" if t.value is not None else "-"
         # A running trial has no curve yet: the epochs it reported so far show its progress.
         epochs = str(len(t.user_attrs.get("curve") or t.intermediate_values))

@@ -188,6 +188,18 @@ def study_id(storage: optuna.storages.RDBStorage, name: str) -> int:
         raise DflError(f"no study '{name}' in {describe_url(storage.url)}{hint}") from None
 
 
+def stalled_trials(
+    url: str, name: str, heartbeat_interval: int, grace_period: int
+) -> frozenset[int]:
+    """The numbers of study `name`'s running trials whose worker has not beaten for
+    `grace_period` seconds, judged by the database's clock as the workers judge them. It only
+    looks: failing and requeueing them is the next worker's job. (Optuna's judgement,
+    `_get_stale_trial_ids`, is private; fail_stale_trials, its public user, also fails them.)"""
+    storage = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    stale = storage._get_stale_trial_ids(study_id(storage, name))
+    return frozenset(storage.get_trial_number_from_id(trial_id) for trial_id in stale)
+
+
 # ---------------------------------------------------------------------------------------------
 # Riding out a database server's outage
 
