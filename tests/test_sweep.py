@@ -42,7 +42,14 @@ from dfl.config import build_config
 from dfl.sweep import study as studies
 from dfl.sweep.launch import run_sweep
 from dfl.sweep.spec import check_trials, load_spec
-from dfl.sweep.storage import ReconnectingStorage, describe_url, open_storage, storage_url, study_id
+from dfl.sweep.storage import (
+    ReconnectingStorage,
+    describe_url,
+    open_storage,
+    stalled_trials,
+    storage_url,
+    study_id,
+)
 from dfl.sweep.trial import WorkerContext, run_dir_name
 from dfl.sweep.worker import _claim, _fail_stale_trials, claim_siblings, pop_waiting, run_worker
 from dfl.training.run import fit
@@ -692,6 +699,32 @@ def test_every_storage_call_that_opens_a_transaction_waits_out_an_outage():
     }
     assert len(opens) > 20
     assert [n for n in opens if getattr(ReconnectingStorage, n) is getattr(RDBStorage, n)] == []
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_stalled_trials_are_the_running_ones_silent_past_the_grace_period(
+    tmp_path: Path, backend: str, request
+):
+    """`dfl sweep status`'s judgement, by the database's clock (SQLite's has whole seconds):
+    a trial that beat 3 s ago is stalled at a grace period of 2 s, one that beat just now is
+    not, nor one that never beat (a claim being made), nor a finished one; nothing changes."""
+    given = request.getfixturevalue("postgres_url") if backend == "postgres" else None
+    url = storage_url(given, tmp_path)
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name=f"stall-{backend}-{os.getpid()}")
+    sid = storage.get_study_id_from_name(study.study_name)
+    dead, live, silent, done = (storage.create_new_trial(sid) for _ in range(4))
+    storage.record_heartbeat(dead)
+    storage.record_heartbeat(done)
+    storage.set_trial_state_values(done, TrialState.COMPLETE, [1.0])
+    time.sleep(3.2)
+    storage.record_heartbeat(live)
+    stalled = stalled_trials(url, study.study_name, heartbeat_interval=1, grace_period=2)
+    assert stalled == {storage.get_trial_number_from_id(dead)}
+    states = [storage.get_trial(t).state for t in (dead, live, silent, done)]
+    assert states == [TrialState.RUNNING] * 3 + [TrialState.COMPLETE]
 
 
 @pytest.mark.slow
