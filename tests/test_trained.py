@@ -17,7 +17,7 @@ from conftest import make_dataset
 from dfl import models
 from dfl.config import build_config, parse_overrides
 from dfl.data.batches import to_input
-from dfl.errors import DflError, UnloadableRun
+from dfl.errors import ConfigError, DflError, UnloadableRun
 from dfl.training import checkpoint
 from dfl.training.run import fit
 from dfl.training.run_dir import WEIGHTS, RunStatus
@@ -69,6 +69,30 @@ def built_by_hand(run_dir: Path, name: str, args: dict, images: torch.Tensor) ->
     model.eval()
     x = to_input(images)
     return torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (lambda x: x.float() / 255, r"takes uint8 images \(pixels 0-255.*not float32; for "),
+        (lambda x: x.numpy().astype("float64"), r"not float64"),
+        (lambda x: x.tolist(), r"as a tensor or a NumPy array, not list"),
+        (lambda x: None, r"not NoneType"),
+        (lambda x: x[0], r"not shape \(28, 28\): one image is images\[None\]"),
+        (lambda x: x[:, None], r"a batch of images \(N, H, W\), not shape \(4, 1, 28, 28\)$"),
+        (lambda x: x[:, :14, :14], r"'autoencoder' of .* does not take 14x14 images \("),
+    ],
+    ids=["floats in [0, 1]", "numpy float", "list", "None", "one image", "4-d", "14x14"],
+)
+def test_predict_refuses_images_it_would_misread(runs, data, given, said):
+    """Float pixels in [0, 1] were taken as 0-255 and divided by 255 again: a classifier's
+    outputs for near-black digits, at chance, with no error. Each wrong input is one line."""
+    trained = load_trained(runs["ae"][0])
+    with pytest.raises(ConfigError, match=said):
+        trained.predict(given(data.test_images[:4]))
+    assert torch.equal(  # a NumPy uint8 array is taken as the tensor it holds
+        trained.predict(data.test_images[:4].numpy()), trained.predict(data.test_images[:4])
+    )
 
 
 @pytest.mark.parametrize(

@@ -135,11 +135,10 @@ class Run:
         """An autoencoder run's reconstructions: `images` (uint8 (N, H, W), a tensor or an
         array: a few test digits) on the top row, the model's outputs for them
         (`run.trained.predict`) below."""
-        import torch
-
         from dfl.training.inline_figure import InlineFigure
+        from dfl.training.trained import as_images
 
-        images = torch.as_tensor(images)
+        images = as_images(images, "plot_reconstructions")
         if len(images) == 0:
             raise ConfigError("plot_reconstructions takes at least one image (got none)")
         rebuilt = self.trained.predict(images)

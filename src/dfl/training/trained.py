@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from dfl import models
 from dfl.config import TrainConfig
 from dfl.data.batches import model_input
-from dfl.errors import DflError, UnloadableRun
+from dfl.errors import ConfigError, DflError, UnloadableRun, one_line, out_of_memory
 from dfl.training import checkpoint
 from dfl.training.run_dir import (
     CHECKPOINTS,
@@ -57,10 +59,46 @@ class Trained:
         images for an autoencoder), computed without gradients in chunks of 1000 images.
         Always in fp32, as the model is stored: a run that trained with bf16 autocast (a CNN
         under precision "auto" on a CPU with native bf16) was also evaluated in bf16, so its
-        recorded test metrics can differ slightly from those of these outputs."""
-        x = self.inputs(images)
+        recorded test metrics can differ slightly from those of these outputs. Images of
+        another type or shape are a ConfigError saying what the model takes."""
+        x = self.inputs(as_images(images, "predict"))
         starts = range(0, len(x), PREDICT_CHUNK) or [0]
-        return torch.cat([self.model(x[i : i + PREDICT_CHUNK]).float() for i in starts])
+        try:
+            return torch.cat([self.model(x[i : i + PREDICT_CHUNK]).float() for i in starts])
+        except RuntimeError as e:  # a layer that does not take images of this size
+            if out_of_memory(e):
+                raise
+            raise ConfigError(
+                f"model '{self.config.model}' of {self.run_dir} does not take "
+                f"{'x'.join(map(str, x.shape[2:]))} images ({one_line(e)}); give it images "
+                "of the size it trained on"
+            ) from None
+
+
+def as_images(images: Any, taker: str) -> torch.Tensor:
+    """`images` as the uint8 (N, H, W) tensor `taker` needs (a tensor or a NumPy array), or
+    a ConfigError saying how to make one. Float images are refused rather than guessed at:
+    pixels in [0, 1] taken as 0-255 would be divided by 255 twice, and the outputs of a
+    model fed near-black digits look like outputs."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise ConfigError(
+            f"{taker} takes uint8 images (N, H, W) as a tensor or a NumPy array, not "
+            f"{type(images).__name__}"
+        )
+    if images.dtype != torch.uint8:
+        raise ConfigError(
+            f"{taker} takes uint8 images (pixels 0-255, as dfl.data.load gives them), not "
+            f"{str(images.dtype).removeprefix('torch.')}; for pixels in [0, 1] give "
+            "(images * 255).round().to(torch.uint8)"
+        )
+    if images.dim() != 3:
+        hint = ": one image is images[None]" if images.dim() == 2 else ""
+        raise ConfigError(
+            f"{taker} takes a batch of images (N, H, W), not shape {tuple(images.shape)}{hint}"
+        )
+    return images
 
 
 def load_trained(run_dir: str | Path) -> Trained:
