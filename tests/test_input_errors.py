@@ -169,6 +169,11 @@ CASES = {
          "early_stop.patience=2"],
         2, "'foo' is not a metric this run records",
     ),
+    "an accuracy watched for a fall": (
+        ["train", "mlp", "--dataset", "DATA", "--set", 'early_stop.metric="val_accuracy"', "--set",
+         'early_stop.mode="min"'],
+        2, "'min' would count val_accuracy getting worse as progress",
+    ),
     "an accuracy for an autoencoder": (
         ["train", "autoencoder", "--set", 'early_stop.metric="val_accuracy"'],
         2, "the reconstruction objective records train_loss, val_loss, test_loss",

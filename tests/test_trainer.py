@@ -100,6 +100,18 @@ def test_early_stopping_really_stops(tmp_path: Path, tiny_data):
     assert "early stop at epoch 3" in result.final["early_stopped"]
 
 
+def test_early_stopping_on_an_accuracy_keeps_its_highest_epoch(tmp_path: Path, tiny_data):
+    """An accuracy improves as it rises: without a mode, early stopping watches it that way
+    (it watched for a fall, stopped a learning run and kept its worst epoch)."""
+    cfg = config("epochs=4", 'early_stop.metric="val_accuracy"', "early_stop.patience=4")
+    assert cfg.early_stop.mode == "max"
+    result = fit(cfg, tmp_path / "es", dataset=tiny_data)
+    accuracies = [r["val_accuracy"] for r in result.history]
+    assert len(set(accuracies)) > 1, accuracies  # else any epoch is the best
+    assert result.final["best_value"] == max(accuracies)
+    assert result.final["best_epoch"] == 1 + accuracies.index(max(accuracies))
+
+
 def test_a_run_killed_after_its_early_stop_completes_there(tmp_path: Path, tiny_data):
     """A kill between the early stop's checkpoint and the run's end (its weights saved, tested,
     status.json completed) leaves the run 'running' at its stopping epoch: resumed, it

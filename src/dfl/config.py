@@ -82,8 +82,25 @@ class ScheduleConfig(Strict):
 class EarlyStopConfig(Strict):
     patience: int | None = Field(None, gt=0)  # epochs without improvement; None = never stop
     metric: str = "val_loss"  # any per-epoch metric name
-    mode: Literal["min", "max"] = "min"
+    # None: the metric's own direction (a loss falls, an accuracy rises)
+    mode: Literal["min", "max"] | None = None
     min_delta: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _metric_direction(self) -> EarlyStopConfig:
+        """The mode a metric improves in; the other one is refused: an accuracy watched for a
+        fall stops the run as it learns, and keeps its worst epoch."""
+        direction = "max" if self.metric.endswith("accuracy") else "min"
+        if self.mode is None:
+            self.mode = direction
+        elif self.mode != direction:
+            better = "rises" if direction == "max" else "falls"
+            raise ConfigError(
+                f"config key 'early_stop.mode': '{self.mode}' would count {self.metric} getting "
+                f"worse as progress (it improves as it {better}); leave mode out, or set "
+                f"'{direction}'"
+            )
+        return self
 
 
 class PretrainConfig(Strict):
