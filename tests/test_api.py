@@ -91,6 +91,20 @@ def test_figures_show_in_jupyter_without_matplotlib_inline(tmp_path: Path, digit
     assert [t for t in fig.axes[0].get_xticks() if 0.5 <= t <= 1.5] == [1]  # whole epochs
 
 
+def test_runs_given_no_directory_within_one_second_get_their_own(
+    tmp_path: Path, digits, monkeypatch
+):
+    """The default directory is named to the second: the second and third runs started in
+    that second were refused (or, with resume=True, handed the first run back)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda _: "20261207-120000")  # one second, frozen
+    runs = [dfl.train("mlp", epochs=1, **{"model_args.hidden": [4], **digits}) for _ in range(3)]
+    assert [r.run_dir.name for r in runs] == [
+        "mlp-20261207-120000", "mlp-20261207-120000-2", "mlp-20261207-120000-3"
+    ]  # fmt: skip
+    assert all(r.status == "completed" and r.run_dir.parent == Path("runs/train") for r in runs)
+
+
 def test_plot_reconstructions_draws_an_autoencoders_digits(tmp_path: Path, digits):
     ae = dfl.train("autoencoder", epochs=1, out=tmp_path / "ae", **{"model_args.enc": 8, **digits})
     images = dfl.data.load(digits["data.dataset"]).test_images[:5]

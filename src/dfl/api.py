@@ -12,14 +12,13 @@ raised as `DflError` subclasses with the CLI's one-line message (a notebook sees
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from dfl.config import TrainConfig, UserKeys, build_config, merge, set_dotted
 from dfl.errors import ConfigError, UnloadableRun
 from dfl.training.layerwise import FINETUNE
-from dfl.training.run import Run, fit
+from dfl.training.run import Run, default_run_dir, fit
 from dfl.training.run_dir import CONFIG, load_saved_config, read_history, read_status
 
 __all__ = ["Run", "load", "train"]
@@ -61,7 +60,7 @@ def train(
     messages."""
     config_file, tree = _starting_point(model_or_config)
     cfg = build_config(config_file, merge(tree, _overrides(overrides)))
-    run_dir = out if out is not None else _default_out(cfg)  # fit refuses "" as it is
+    run_dir = out if out is not None else default_run_dir(cfg.model)  # fit refuses "" as it is
     return fit(cfg, run_dir, resume=resume)
 
 
@@ -120,7 +119,3 @@ def _overrides(given: dict[str, Any]) -> dict[str, Any]:
     for name, value in given.items():
         keys.set(NAMED.get(name, name), value, f"{name}=")
     return keys.tree
-
-
-def _default_out(cfg: TrainConfig) -> Path:
-    return Path("runs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -10,7 +10,6 @@ import argparse
 import importlib
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -249,9 +248,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(config_to_toml(with_model_defaults(cfg), show_unset=True))
         return 0
     with deferred_interrupt():  # imports: see dfl/runtime/interrupts.py
-        from dfl.training.run import fit, fit_group
+        from dfl.training.run import default_run_dir, fit, fit_group
 
-    out = Path(args.out or f"runs/train/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out) if args.out else default_run_dir(cfg.model)
     log = say
     if args.seeds is None:
         run = fit(cfg, out, resume=args.resume, log=log)

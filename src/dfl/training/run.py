@@ -159,6 +159,17 @@ class Run:
         return fig
 
 
+def default_run_dir(model: str, root: Path = Path("runs/train")) -> Path:
+    """Where a run given no directory goes: ROOT/MODEL-DATE-TIME, with -2, -3, ... when that
+    is taken (runs started within one second would otherwise meet in one directory)."""
+    stem = f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    taken = {p.name for p in root.glob(f"{stem}*")} if root.is_dir() else set()
+    return root / next(
+        name for name in (stem, *(f"{stem}-{k}" for k in range(2, len(taken) + 3)))
+        if name not in taken
+    )  # fmt: skip
+
+
 def _same_precision(old: str, new: str, cfg: TrainConfig) -> bool:
     """'auto' is the same as what it resolves to for this model and device, so a run made
     with fp32 (the default before 'auto') resumes under 'auto' where auto picks fp32 too."""
