@@ -36,6 +36,8 @@ def test_train_load_and_resume(tmp_path: Path, digits):
     # It learned: chance is 0.1; seeds 0-2 reach 0.66-0.89 on the 64 test digits.
     assert run.final["test_accuracy"] > 0.5
     assert isinstance(run.plot(), Figure) and isinstance(run.plot(["train_loss"]), Figure)
+    with pytest.raises(dfl.ConfigError, match=r"^Run.plot: metrics= takes list\[str\] \| None"):
+        run.plot("train_loss")  # said "recorded no _, a, i, l, n, o, r, s, t"
     loaded = dfl.load(out)
     assert (loaded.history, loaded.final) == (run.history, run.final)
     assert loaded.model.training is False  # rebuilt from the directory, in eval mode
@@ -147,14 +149,32 @@ def test_a_config_dict_and_a_train_config_start_the_same_run(tmp_path: Path, dig
         (lambda: dfl.train("mlp", lr=1e-3, **{"optim.lr": 1}), "'optim.lr' is given twice"),
         (lambda: dfl.train("no_such_model"), "config key 'model'"),
         (lambda: dfl.train("mlp", epochs="3"), "config key 'epochs'"),
-        (lambda: dfl.train(3), "takes a model name"),
+        (lambda: dfl.train(3), r"model_or_config= takes str \| Path \| TrainConfig \| dict"),
         (lambda: dfl.load("/"), "is not a dfl run directory"),
         (lambda: dfl.train({}), "names no model"),  # not the default model, silently
-        (lambda: dfl.train({1: 2}), "a config key is a dotted name"),
+        (lambda: dfl.train({1: 2}), r"takes .*dict\[str, Any\], not dict \(\{1: 2\}\)"),
         (lambda: dfl.lab.run("conv", out=NOWHERE, precision="int8"), "precision must be one of"),
         (lambda: dfl.lab.run("conv", out=NOWHERE, device="tpu"), "device must be auto, cpu"),
-        (lambda: dfl.lab.run("conv", out=NOWHERE, seeds="2"), "seeds must be a whole number"),
-        (lambda: dfl.sweep.run({}, workers="2", out=NOWHERE), "workers= must be a whole"),
+        (
+            lambda: dfl.lab.run("conv", out=NOWHERE, seeds="2"),
+            r"seeds= takes int \| None, not str \('2'\)",
+        ),
+        (
+            lambda: dfl.sweep.run({}, workers="2", out=NOWHERE),
+            r"workers= takes int \| None, not str",
+        ),
+        # Arguments of the wrong type: a TypeError from deep inside, or a "no" taken as true.
+        (lambda: dfl.train("mlp", out=5), r"^dfl.train: out= takes str \| Path \| None, not int"),
+        (lambda: dfl.train("mlp", out=NOWHERE, resume="no"), r"resume= takes bool, not str"),
+        (lambda: dfl.load(None), r"^dfl.load: run_dir= takes str \| Path, not NoneType"),
+        (lambda: dfl.data.load("mnist", 5), r"^dfl.data.load: data_dir= takes .*, not int \(5\)"),
+        (lambda: dfl.lab.run(["ae"], out=NOWHERE), r"^dfl.lab.run: name= takes str, not list"),
+        (lambda: dfl.lab.run("conv", out=NOWHERE, jobs=True), r"jobs= takes int, not bool"),
+        (lambda: dfl.lab.run("conv", bogus=1), "got an unexpected keyword argument 'bogus'"),
+        (
+            lambda: dfl.sweep.run({}, out=NOWHERE, retry_failed="no"),
+            r"^dfl.sweep.run: retry_failed= takes bool, not str \('no'\)",
+        ),
     ],
 )
 def test_errors_are_the_clis_one_line_errors(call, message):

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "dfl"
 # Lowest first. A module may import its own layer and those below; a name matches a module
 # and everything under it, the longest name winning (dfl.sweep.commands is a command).
 LAYERS = [
-    "dfl.errors dfl.validation dfl.runtime",
+    "dfl.errors dfl.validation dfl.arguments dfl.runtime",
     "dfl.data",
     "dfl.models",
     "dfl.objectives",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dfl.arguments import checked
 from dfl.config import TrainConfig, UserKeys, build_config, merge, set_dotted
 from dfl.errors import ConfigError, UnloadableRun
 from dfl.training.layerwise import FINETUNE
@@ -35,6 +36,7 @@ NAMED = {
 }
 
 
+@checked("dfl.train")
 def train(
     model_or_config: str | Path | TrainConfig | dict[str, Any],
     *,
@@ -64,6 +66,7 @@ def train(
     return fit(cfg, run_dir, resume=resume)
 
 
+@checked("dfl.load")
 def load(run_dir: str | Path) -> Run:
     """The run in `run_dir`, finished or not (a paused run resumes with `dfl.train(...,
     resume=True)`); `UnloadableRun` when it is not a dfl run directory."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dfl.arguments import checked
 from dfl.data import load_dataset
 from dfl.errors import ConfigError
 from dfl.experiments import EXPERIMENTS
@@ -65,6 +66,7 @@ SMOKE_NOTE = (
 )
 
 
+@checked("dfl.lab.run")
 def run(
     name: str,
     *,

@@ -6,11 +6,13 @@ mirrors, in that order (see docs/DATA.md), and checks every known file against i
 
 from __future__ import annotations
 
+from dfl.arguments import checked
+
 from .dataset import Dataset, load_dataset
 from .info import dataset_info, format_info
 from .splits import random_subset, train_val_split
 
-load = load_dataset  # `dfl.data.load("mnist")`
+load = checked("dfl.data.load")(load_dataset)  # `dfl.data.load("mnist")`
 
 __all__ = [
     "Dataset",

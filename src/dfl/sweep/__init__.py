@@ -21,7 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dfl.arguments import checked
 
+
+@checked("dfl.sweep.run")
 def run(
     spec: str | Path | dict[str, Any],
     *,

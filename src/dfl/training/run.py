@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfl import models
+from dfl.arguments import checked
 from dfl.config import TrainConfig, config_to_toml
 from dfl.data import Dataset, load_dataset
 from dfl.errors import ConfigError, DflError, one_line, out_of_memory
@@ -99,6 +100,7 @@ class Run:
         """The trained `torch.nn.Module`, on the CPU in eval mode."""
         return self.trained.model
 
+    @checked("Run.plot")
     def plot(self, metrics: list[str] | None = None) -> InlineFigure:
         """A matplotlib figure of the per-epoch curves (default: every loss and accuracy the
         run recorded), losses and accuracies on their own axes. Each epoch is a marker on a
