@@ -244,3 +244,15 @@ def test_a_section_valued_axis_merges_over_the_base_section(tmp_path: Path):
         ("fashion-mnist", 0.1, None, 7),
     ]
     assert spec.base["data"] == {"dataset": "fashion-mnist", "val_fraction": 0.3}  # untouched
+
+
+@pytest.mark.parametrize("grid", ['"optim.lr" = [0.001]', 'model = ["mlp", "cnn_lab"]'])
+def test_a_spec_names_its_model(tmp_path: Path, grid: str):
+    """In [base] or as an axis; without one every trial trained the default model on the
+    whole of MNIST (as `dfl.train({})` refuses to)."""
+    path = write_spec(tmp_path, f'name = "s"\n[grid]\n{grid}\n')
+    if grid.startswith("model"):
+        assert load_spec(path).keys == ["model"]
+    else:
+        with pytest.raises(ConfigError, match=r"the spec names no model: add model = "):
+            load_spec(path)

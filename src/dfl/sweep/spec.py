@@ -164,6 +164,10 @@ class SweepSpec(Strict):
             raise ValueError("give exactly one of [grid] (lists of values) or [search]")
         if not self.keys:
             raise ValueError("[grid] names no config key to vary")
+        if "model" not in self.base and "model" not in self.keys:  # as dfl.train({}) refuses
+            raise ValueError(
+                "the spec names no model: add model = \"cnn_lab\" (say) to [base], or vary it"
+            )
         for key in self.keys:
             if key in SWEEP_CONTROLLED:
                 raise ValueError(f"'{key}' is set by the sweep (selection is on validation only)")
