@@ -147,6 +147,14 @@ def test_a_config_dict_and_a_train_config_start_the_same_run(tmp_path: Path, dig
     [
         (lambda: dfl.train("mlp", **{"optim.lrr": 1}), "config key 'optim.lrr': unknown key"),
         (lambda: dfl.train("mlp", lr=1e-3, **{"optim.lr": 1}), "'optim.lr' is given twice"),
+        (  # it trained cnn_lab
+            lambda: dfl.train("mlp", model="cnn_lab", out=NOWHERE),
+            r"'model' is given twice \(the model name 'mlp' and model=\)",
+        ),
+        (  # the later one won
+            lambda: dfl.train({"model": "mlp", "optim": {"lr": 1e-3}, "optim.lr": 1e-2}),
+            r"'optim.lr' is given twice \(the dict's 'optim' and the dict's 'optim.lr'\)",
+        ),
         (lambda: dfl.train("no_such_model"), "config key 'model'"),
         (lambda: dfl.train("mlp", epochs="3"), "config key 'epochs'"),
         (lambda: dfl.train(3), r"model_or_config= takes str \| Path \| TrainConfig \| dict"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dfl.arguments import checked
-from dfl.config import TrainConfig, UserKeys, build_config, merge, set_dotted
+from dfl.config import TrainConfig, UserKeys, build_config, merge
 from dfl.errors import ConfigError, UnloadableRun
 from dfl.training.layerwise import FINETUNE
 from dfl.training.run import Run, default_run_dir, fit
@@ -50,7 +50,9 @@ def train(
     a `TrainConfig`, or a dict of config keys. `overrides` set config keys: the common ones by
     name (`epochs`, `batch_size`, `lr`, `seed`, `device`, `precision`, `threads`) and any other
     by its dotted key, as `--set` takes it: `dfl.train("mlp", lr=3e-4, **{"data.train_subset":
-    2000, "model_args.hidden": [128]})`. A key given twice (`lr` and `optim.lr`) is refused.
+    2000, "model_args.hidden": [128]})`. A key given twice (`lr` and `optim.lr`, a model name
+    and `model=`, a dict's `optim` and `optim.lr`) is refused; overrides of a config file's,
+    a TrainConfig's or a dict's keys are what overrides are for.
 
     The run is written to `out` (default `runs/train/MODEL-TIME`); `resume=True` continues an
     unfinished run there from its newest checkpoint, or returns a finished one as it is.
@@ -60,8 +62,11 @@ def train(
     Raises `ConfigError` for a bad key or value (naming the key), `DataError` for data that
     cannot be read, `TrainingDiverged` for a NaN loss, and other `DflError`s with one-line
     messages."""
-    config_file, tree = _starting_point(model_or_config)
-    cfg = build_config(config_file, merge(tree, _overrides(overrides)))
+    keys = UserKeys()
+    config_file, tree = _starting_point(model_or_config, keys)
+    for name, value in overrides.items():
+        keys.set(NAMED.get(name, name), value, f"{name}=")
+    cfg = build_config(config_file, merge(tree, keys.tree))
     run_dir = out if out is not None else default_run_dir(cfg.model)  # fit refuses "" as it is
     return fit(cfg, run_dir, resume=resume)
 
@@ -92,33 +97,27 @@ def load(run_dir: str | Path) -> Run:
     )
 
 
-def _starting_point(what: Any) -> tuple[Path | None, dict[str, Any]]:
-    """(config file, config tree) for a model name, a file, a TrainConfig or a dict."""
+def _starting_point(what: Any, keys: UserKeys) -> tuple[Path | None, dict[str, Any]]:
+    """(config file, config tree) for a file, a TrainConfig or a dict (each key of a dict
+    given once), which overrides may change; a model name is a key given in `keys`, as the
+    overrides are."""
     if isinstance(what, TrainConfig):
         return None, what.model_dump(mode="json")
     if isinstance(what, dict):
-        tree: dict[str, Any] = {}
+        given = UserKeys()
         for key, value in what.items():
             if not isinstance(key, str):
                 raise ConfigError(f"a config key is a dotted name like 'optim.lr', not {key!r}")
-            set_dotted(tree, key, value)
-        if "model" not in tree:  # TrainConfig's default: a model nobody chose (as a file's)
+            given.set(key, value, f"the dict's '{key}'")
+        if "model" not in given.tree:  # TrainConfig's default: a model nobody chose
             raise ConfigError("the config dict names no model: add 'model': 'cnn_lab' (say)")
-        return None, tree
+        return None, given.tree
     if isinstance(what, Path) or (isinstance(what, str) and what.endswith(".toml")):
         return Path(what), {}
     if isinstance(what, str):
-        return None, {"model": what}
+        keys.set("model", what, f"the model name '{what}'")
+        return None, {}
     raise ConfigError(
         f"dfl.train takes a model name, a config file, a TrainConfig or a dict of config keys, "
         f"not {type(what).__name__}"
     )
-
-
-def _overrides(given: dict[str, Any]) -> dict[str, Any]:
-    """The config tree of `train`'s keyword arguments; a key set twice (`lr=` and
-    `optim.lr=`, `data=` and `data.train_subset=`) is refused."""
-    keys = UserKeys()
-    for name, value in given.items():
-        keys.set(NAMED.get(name, name), value, f"{name}=")
-    return keys.tree

@@ -166,7 +166,7 @@ class SweepSpec(Strict):
             raise ValueError("[grid] names no config key to vary")
         if "model" not in self.base and "model" not in self.keys:  # as dfl.train({}) refuses
             raise ValueError(
-                "the spec names no model: add model = \"cnn_lab\" (say) to [base], or vary it"
+                'the spec names no model: add model = "cnn_lab" (say) to [base], or vary it'
             )
         for key in self.keys:
             if key in SWEEP_CONTROLLED:
