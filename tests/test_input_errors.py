@@ -169,6 +169,12 @@ CASES = {
          "early_stop.patience=2"],
         2, "'foo' is not a metric this run records",
     ),
+    "a freeze prefix of a later phase": (  # refused after two phases had trained
+        ["train", "stacked_autoencoder", "--dataset", "DATA", "--set", "model_args.sizes=[784, 8]",
+         "--set", "pretrain.epochs=1",
+         "--set", "pretrain.classifier_epochs=1", "--set", 'pretrain.classifier_freeze=["no"]'],
+        2, "pretrain.classifier_freeze: no parameter starts with 'no'",
+    ),
     "an accuracy watched for a fall": (
         ["train", "mlp", "--dataset", "DATA", "--set", 'early_stop.metric="val_accuracy"', "--set",
          'early_stop.mode="min"'],

@@ -45,6 +45,7 @@ from dfl.training.trainer import (
     Outcome,
     StopRun,
     Trainer,
+    check_freeze,
     resolve_device,
     resolve_precision,
 )
@@ -221,6 +222,10 @@ def _fit_phases(
     `dfl train --out RUN --resume` finds it, then each phase's run in turn in its folder."""
     named = layerwise.phases(cfg, run_dir)
     layerwise.check_folder(run_dir, [CONFIG, *named])
+    # The later phases' freeze lists, before the first phase trains (not after two).
+    assert cfg.pretrain is not None
+    check_freeze(cfg, cfg.pretrain.classifier_freeze, "pretrain.classifier_freeze")
+    check_freeze(cfg, cfg.freeze, "freeze")
     if (run_dir / CONFIG).exists():  # another config into the same folder is refused
         check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
     fresh = not run_dir.exists()

@@ -239,6 +239,14 @@ def build_model(
     return model, objective
 
 
+def check_freeze(cfg: TrainConfig, prefixes: list[str], key: str) -> None:
+    """`freeze`'s check of `prefixes` against `cfg`'s model, built without memory (on the
+    meta device), before a run whose later phase freezes them trains its first."""
+    with torch.device("meta"):
+        model = models.create(cfg.model, **cfg.model_args)
+    freeze(model, prefixes, key)
+
+
 def load_weights(model: nn.Module, run_dir: Path) -> None:
     """Start from the final weights of the run in `run_dir`, matched by parameter name (a
     pretraining phase, or a probe reusing an encoder); parameters the run did not have keep
@@ -263,13 +271,14 @@ def load_weights(model: nn.Module, run_dir: Path) -> None:
     model.load_state_dict(shared, strict=False)
 
 
-def freeze(model: nn.Module, prefixes: list[str]) -> None:
-    """Fix every parameter whose name starts with one of `prefixes` (e.g. "encoders.0")."""
+def freeze(model: nn.Module, prefixes: list[str], key: str = "freeze") -> None:
+    """Fix every parameter whose name starts with one of `prefixes` (e.g. "encoders.0"); a
+    prefix no parameter has is a ConfigError naming the config `key` that gave it."""
     names = [name for name, _ in model.named_parameters()]
     for prefix in prefixes:
         if not any(n.startswith(prefix) for n in names):
             raise ConfigError(
-                f"freeze: no parameter starts with '{prefix}' "
+                f"{key}: no parameter starts with '{prefix}' "
                 f"(parameters: {', '.join(names[:8])}...)"
             )
     for name, param in model.named_parameters():
