@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,15 @@ def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path,
     code, out, _ = run(capsys, "train", "--out", str(out_dir / "seed0"), "--resume")
     assert code == 0 and f"-> {out_dir / 'seed0' / 'finetune'}" in out
     assert dfl.load(out_dir / "seed0").run_dir == out_dir / "seed0" / "finetune"
+    # moved, and its fine-tuning to train again: the phases' init_from follow the folder (the
+    # saved ones named the old place: refused as a changed config)
+    moved = tmp_path / "moved"
+    (out_dir / "seed1").rename(moved)
+    shutil.rmtree(moved / "finetune")
+    code, out, err = run(capsys, "train", "--out", str(moved), "--resume")
+    assert code == 0 and f"-> {moved / 'finetune'}" in out, err
+    for phase, start in (("pretrain1", "pretrain0"), ("finetune", "classifier")):
+        assert f'init_from = "{moved / start}"' in (moved / phase / "config.toml").read_text()
     # fusing them is refused, and sizes that are no list are a one-line error
     code, _, err = run(capsys, *argv, "--resume", "--fuse", "on")
     assert code == 2 and "train one seed at a time" in err

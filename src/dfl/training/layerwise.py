@@ -17,7 +17,7 @@ from typing import Any
 from dfl.config import EarlyStopConfig, ScheduleConfig, TrainConfig
 from dfl.errors import DflError
 from dfl.models.registry import with_model_defaults
-from dfl.training.run_dir import foreign_files
+from dfl.training.run_dir import CONFIG, foreign_files, load_saved_config, rebase_config
 
 FINETUNE = "finetune"  # the phase whose run is the pretrained run's result
 
@@ -67,6 +67,21 @@ def frozen_while_pretraining(k: int, layers: int) -> list[str]:
     and decoder, and the classifier."""
     others = [j for j in range(layers) if j != k]
     return [f"{part}.{j}" for part in ("encoders", "decoders") for j in others] + ["classifier"]
+
+
+def rebase_phases(out: Path, named: dict[str, TrainConfig]) -> None:
+    """Point the phases' saved `init_from` at their siblings in `out` as it is spelled now. A
+    phase starts from the one before it in the same folder, named by the path the folder was
+    given when it began (`sae`, relative to where it was started): given as `../sae` from
+    elsewhere, or after the folder moved, that path names nothing, and the resume was refused
+    as a changed config."""
+    for name, phase in named.items():
+        saved = load_saved_config(out / name) if (out / name / CONFIG).exists() else None
+        if saved is None or not saved.init_from or not phase.init_from:
+            continue
+        was, now = Path(saved.init_from), Path(phase.init_from)
+        if was != now and was.name == now.name:  # the same sibling, named another way
+            rebase_config(out / name, str(was.parent), str(now.parent))
 
 
 def check_folder(out: Path, names: list[str]) -> None:

@@ -228,6 +228,7 @@ def _fit_phases(
     check_freeze(cfg, cfg.freeze, "freeze")
     if (run_dir / CONFIG).exists():  # another config into the same folder is refused
         check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
+        layerwise.rebase_phases(run_dir, named)
     fresh = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
