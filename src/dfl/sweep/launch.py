@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from dfl.errors import DflError
+from dfl.errors import ConfigError, DflError
 from dfl.runtime import local_workers
 from dfl.sweep import study as studies
 from dfl.sweep.spec import SweepSpec, check_trials, format_params, load_spec, run_plan
@@ -34,6 +34,7 @@ from dfl.sweep.status import (
 )
 from dfl.sweep.storage import describe_url, open_storage, storage_url
 from dfl.sweep.trial import file_lock, run_dir_name
+from dfl.training.run_dir import CONFIG
 
 POLL_S = 1.0  # how often the progress display reads the study
 
@@ -91,6 +92,11 @@ def run_sweep(
         spec = load_spec(spec)
     reuse = check_trials(spec)
     sweep_dir = Path(out) if out is not None else Path("sweeps") / spec.name
+    for holds, what in ((CONFIG, "a training run's"), ("reproduce.json", "a reproduction's")):
+        if (sweep_dir / holds).is_file():  # its study.db, trials and logs would mix with it
+            raise ConfigError(
+                f"{sweep_dir} is {what} directory (it holds {holds}): give the sweep another --out"
+            )
     url = storage_url(storage, sweep_dir)
     store = open_storage(url, log=lambda line: tqdm.write(line, file=progress))
     # Two `dfl sweep` commands started together on one new study must not both queue the
