@@ -154,3 +154,27 @@ def test_the_out_path_is_quoted_not_read_as_markdown(small_reproduction, tmp_pat
     shutil.copytree(small_reproduction / "r", out)
     build_report(out)
     assert f"saved under `'{out}'`" in (out / "report.md").read_text()
+
+
+def test_a_report_of_no_reproduction_names_the_reproductions_beside_it(
+    small_reproduction, tmp_path, digits
+):
+    """`dfl report runs/lab` after only a smoke run said "not a directory"; a training run's
+    directory was told to run `dfl reproduce` into it."""
+    import shutil
+
+    from dfl.cli import main
+
+    shutil.copytree(small_reproduction / "r", tmp_path / "smoke")
+    run = tmp_path / "run"
+    argv = ["train", "mlp", "--dataset", str(digits), "--epochs", "1", "--out", str(run)]
+    assert main([*argv, "--set", "model_args.hidden=[4]"]) == 0
+    beside = f"(reproductions there: {tmp_path / 'smoke'})"
+    for where, said in (
+        (tmp_path / "lab", "is not a directory: name the --out of a `dfl reproduce` "),
+        (run, "is a training run (dfl train), which has no report: "),
+    ):
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            assert main(["report", str(where)]) == 2
+        assert said in err.getvalue() and err.getvalue().rstrip().endswith(beside), err.getvalue()
+    assert not (run / "report.md").exists()

@@ -501,7 +501,8 @@ def test_progress_lines_and_the_lab_table_off_a_terminal(tmp_path: Path, capsys)
     ae = by_key["ae", "val_mse.b64.e128.ep60"]
     assert ae["verdict"] == "missing" and "--only" in ae["reason"]
 
-    first = (out / "report.md").read_text().split("\n\n")[1]
+    warning, first = (out / "report.md").read_text().split("\n\n")[1:3]
+    assert warning.startswith("**Profile smoke: ") and "These numbers are not results" in warning
     assert "set **3 of the lab's 38 numbers** beside ours" in first
     assert "--profile every" in first  # the command that sets the rest
 
@@ -662,6 +663,41 @@ def test_verdicts_that_are_not_measurements_are_computed_too(monkeypatch):
     assert test_mse_comparison("test_mse.best", 0.00024).verdict == "reproduced"
     odd = test_mse_comparison("test_mse.best", 0.0010)
     assert odd.detail == "differs (4.41x)" and "not the lab's known slip" in odd.reason
+
+
+def test_ae_test_mses_of_shortened_runs_are_not_compared():
+    """The smoke profile's 1-epoch baseline on 500 images was "differs (128.83x)" beside the
+    lab's 20 epochs on 10,000 (a verdict on a run that measures nothing); the lab's own
+    protocol is compared."""
+    from dfl.experiments.ae import _shorter
+
+    assert _shorter(20, 20, 10_000, 10_000) == "" and _shorter(60, 60, None, None) == ""
+    assert _shorter(1, 20, 500, 10_000) == (
+        "this profile trains 1 epoch, the lab 20; on 500 training images, the lab on 10,000"
+    )
+    assert _shorter(60, 60, 2000, None) == "on 2,000 training images, the lab on all"
+
+
+def test_what_the_ae_grid_says_matters_is_measured():
+    """The sentence was fixed ("the encoding size dominates ... batch size and the last
+    epochs matter little") whatever the grid measured."""
+    from dfl.experiments.ae import _what_matters
+
+    def grid(mse) -> list[dict]:
+        return [
+            {"enc": e, "batch": b, "epochs": ep, "val_mse": mse(e, b, ep)}
+            for e in (32, 64) for b in (16, 64) for ep in (40, 60)
+        ]  # fmt: skip
+
+    said = _what_matters(grid(lambda e, b, ep: 1 / e))
+    assert said.startswith("Worst over best level's mean validation MSE") and said.endswith(
+        "the encoding size matters most here."
+    )
+    assert "the encoding size 2.00x, " in said and "the batch size 1.00x" in said
+    by_batch = _what_matters(grid(lambda e, b, ep: b * (1 + 0.1 * (e == 32))))
+    assert by_batch.endswith("the batch size matters most here.") and "4.00x" in by_batch
+    one_batch = [r for r in grid(lambda e, b, ep: 1 / e) if r["batch"] == 64]
+    assert "(the batch size not varied in this profile)" in _what_matters(one_batch)
 
 
 def test_a_result_saved_by_another_dfl_is_rerun_not_misread(tmp_path: Path):

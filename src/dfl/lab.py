@@ -23,7 +23,7 @@ from dfl.experiments import EXPERIMENTS
 from dfl.experiments.context import Canvas
 from dfl.experiments.document import Figure, Section
 from dfl.experiments.experiment import Result, load_record
-from dfl.experiments.profiles import PROFILES, canonical
+from dfl.experiments.profiles import PROFILES, SMOKE_NOTE, canonical
 from dfl.experiments.registry import REGISTRY
 from dfl.report.build import lab_table
 from dfl.report.render import md_table
@@ -57,13 +57,6 @@ class LabRun:
         if self.profile == "smoke":  # chance-level numbers must not pass for results
             title += f"*{SMOKE_NOTE}*\n\n"
         return title + md_table(lab_table(self.comparisons))
-
-
-SMOKE_NOTE = (
-    "Profile smoke: tiny data and an epoch or two, to check that everything runs. These numbers "
-    "are not results (a classifier may sit at chance, about 0.1); the profile lab gives the "
-    "lab's protocol and numbers that mean something."
-)
 
 
 @checked("dfl.lab.run")

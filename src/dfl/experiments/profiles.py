@@ -121,6 +121,15 @@ PROFILES = {
 }
 ALIASES = {"quick": "preview"}  # the preview profile's old name
 
+# Said above a smoke run's numbers wherever they are shown (its report, a notebook's table):
+# chance-level numbers must not pass for results.
+SMOKE_NOTE = (
+    "Profile smoke: tiny data and an epoch or two, to check that everything runs. These numbers "
+    "are not results (a classifier may sit at chance, about 0.1), and neither are the "
+    "conclusions drawn from them; the profile lab gives the lab's protocol and numbers that "
+    "mean something."
+)
+
 
 def canonical(profile: str) -> str:
     """A profile's name, given its name or its old name (`quick` is `preview`)."""

@@ -576,7 +576,7 @@ def section(result: SAEResult, figs: list[Figure]) -> Section:
             [
                 _gains(
                     full["deeper"],
-                    f"Beyond the lab, a deeper, wider network ({full['deeper']['label']})",
+                    f"Beyond the lab, a network of another size ({full['deeper']['label']})",
                 )
             ]
             if "deeper" in full

@@ -26,7 +26,7 @@ from dfl.experiments.experiment import (
     read_manifest,
 )
 from dfl.experiments.lab_numbers import LAB
-from dfl.experiments.profiles import PROFILES
+from dfl.experiments.profiles import PROFILES, SMOKE_NOTE
 from dfl.experiments.registry import REGISTRY
 from dfl.report.render import md_table, to_html, to_markdown
 from dfl.runtime.atomic import atomic_write_bytes, atomic_write_json
@@ -232,7 +232,8 @@ def _environment(manifest: dict[str, Any], saved: dict[str, Saved]) -> Table:
 
 def _summary(entries: list[dict], manifest: dict, saved: dict[str, Saved], out: Path) -> list[str]:
     done = sum(1 for s in saved.values() if s.result is not None)
-    summary = [
+    summary = [f"**{SMOKE_NOTE}**"] if manifest["profile"] == "smoke" else []
+    summary += [
         _headline(entries, manifest, saved, out),
         f"Profile **{manifest['profile']}** on **{manifest['dataset']}** "
         f"({manifest['environment'].get('device', '?')}); {done} of {len(EXPERIMENTS)} "
@@ -257,15 +258,31 @@ def _summary(entries: list[dict], manifest: dict, saved: dict[str, Saved], out: 
     return summary
 
 
+def _reproductions_near(out: Path) -> str:
+    """ " (reproductions there: runs/smoke, runs/lab)": those beside `out` (in its parent), or
+    "" when there are none."""
+    parent = out.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    found = sorted(p.parent for p in parent.glob("*/reproduce.json"))[:5]
+    return f" (reproductions there: {', '.join(map(str, found))})" if found else ""
+
+
 def build_report(out: Path) -> Path:
     out = Path(out)
     manifest_path = out / "reproduce.json"
     if not out.is_dir():
-        raise DflError(f"{out} is not a directory: name the --out of a `dfl reproduce`")
+        raise DflError(f"{out} is not a directory: name the --out of a `dfl reproduce`"
+                       + _reproductions_near(out))  # fmt: skip
+    if (out / "config.toml").is_file() and not manifest_path.exists():
+        raise DflError(
+            f"{out} is a training run (dfl train), which has no report: `dfl report` rebuilds "
+            "a `dfl reproduce` directory's" + _reproductions_near(out)
+        )
     if not manifest_path.exists():
         raise DflError(
             f"{out} holds no reproduction (no reproduce.json); run `dfl reproduce "
-            f"--out {out}` first"
+            f"--out {out}` first" + _reproductions_near(out)
         )
     manifest = read_manifest(out)
     saved = {name: _saved(out, name) for name in EXPERIMENTS}
