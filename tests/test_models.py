@@ -39,8 +39,10 @@ def test_the_deeper_autoencoders_linear_code_keeps_negative_units():
 
 
 def test_unknown_model_and_bad_argument_are_named():
-    with pytest.raises(ConfigError, match="unknown model 'cnnn'"):
-        models.create("cnnn")
+    with pytest.raises(ConfigError, match=r"unknown model 'cnn_lb' \(did you mean 'cnn_lab'\? "):
+        models.create("cnn_lb")
+    with pytest.raises(ConfigError, match=r"unknown model 'zzz' \(known: autoencoder, "):
+        models.create("zzz")
     with pytest.raises(ConfigError, match=r"model_args\.encc"):
         models.create("autoencoder", encc=3)
     with pytest.raises(ConfigError, match=r"model_args\.enc"):

@@ -75,14 +75,14 @@ def whole_number(least: int) -> Callable[[str], int]:
     return parse
 
 
-def add_override_argument(p: argparse.ArgumentParser) -> None:
+def add_override_argument(p: argparse.ArgumentParser, example: str = "optim.lr=3e-4") -> None:
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key: --set optim.lr=3e-4 (repeatable)",
+        help=f"override a key: --set {example} (repeatable)",
     )
 
 

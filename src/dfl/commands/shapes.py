@@ -32,7 +32,7 @@ def add_shapes_arguments(p: argparse.ArgumentParser) -> None:
         help="a registered model (`dfl models`), a TOML config with model/model_args "
         "(as `dfl train --config`), or a TOML file with `layers = [...]`",
     )
-    add_override_argument(p)
+    add_override_argument(p, "model_args.enc=64")
     p.add_argument(
         "--input",
         type=_input_shape,

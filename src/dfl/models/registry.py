@@ -57,8 +57,12 @@ def register(name: str, *, objective: str = "classification") -> Callable:
 
 def get(name: str) -> ModelEntry:
     if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), _REGISTRY, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         known = ", ".join(sorted(_REGISTRY))
-        raise ConfigError(f"unknown model '{name}' (known: {known}; `dfl models` describes them)")
+        raise ConfigError(
+            f"unknown model '{name}' ({hint}known: {known}; `dfl models` describes them)"
+        )
     return _REGISTRY[name]
 
 

@@ -26,11 +26,15 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=int,
+        metavar="N",
         help="local worker processes, each with cores/N threads (default: one per core on CPU, "
         "one on a GPU machine)",
     )
     p.add_argument(
-        "--threads", type=int, help="intra-op threads per worker (default: cores / workers)"
+        "--threads",
+        type=int,
+        metavar="T",
+        help="intra-op threads per worker (default: cores / workers)",
     )
     add_storage_arguments(p)
     p.add_argument(
@@ -140,7 +144,9 @@ def _existing_storage(name: str, storage: str | None, out: str | None) -> str:
 def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", metavar="STUDY", help="the sweep's name (its spec's `name`)")
     add_storage_arguments(p)
-    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's, all cores)")
+    p.add_argument(
+        "--threads", type=int, metavar="T", help="intra-op threads (default: torch's, all cores)"
+    )
     p.add_argument("--index", type=int, help=argparse.SUPPRESS)  # set by `dfl sweep`: seeds
     p.set_defaults(run=run_worker_command)
 
