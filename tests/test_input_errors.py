@@ -177,7 +177,7 @@ CASES = {
     ),
     "an accuracy watched for a fall": (
         ["train", "mlp", "--dataset", "DATA", "--set", 'early_stop.metric="val_accuracy"', "--set",
-         'early_stop.mode="min"'],
+         'early_stop.mode="min"', "--set", "early_stop.patience=2"],
         2, "'min' would count val_accuracy getting worse as progress",
     ),
     "an accuracy for an autoencoder": (

@@ -104,7 +104,7 @@ def test_early_stopping_on_an_accuracy_keeps_its_highest_epoch(tmp_path: Path, t
     """An accuracy improves as it rises: without a mode, early stopping watches it that way
     (it watched for a fall, stopped a learning run and kept its worst epoch)."""
     cfg = config("epochs=4", 'early_stop.metric="val_accuracy"', "early_stop.patience=4")
-    assert cfg.early_stop.mode == "max"
+    assert cfg.early_stop.direction == "max" and cfg.early_stop.mode is None
     result = fit(cfg, tmp_path / "es", dataset=tiny_data)
     accuracies = [r["val_accuracy"] for r in result.history]
     assert len(set(accuracies)) > 1, accuracies  # else any epoch is the best

@@ -82,25 +82,42 @@ class ScheduleConfig(Strict):
 class EarlyStopConfig(Strict):
     patience: int | None = Field(None, gt=0)  # epochs without improvement; None = never stop
     metric: str = "val_loss"  # any per-epoch metric name
-    # None: the metric's own direction (a loss falls, an accuracy rises)
+    # None: the way the metric improves (a loss falls, an accuracy rises), `direction`
     mode: Literal["min", "max"] | None = None
     min_delta: float = Field(0.0, ge=0.0)
 
+    @property
+    def direction(self) -> str:
+        """ "min" or "max": the mode early stopping watches its metric in."""
+        return self.mode or metric_direction(self.metric) or "min"
+
     @model_validator(mode="after")
     def _metric_direction(self) -> EarlyStopConfig:
-        """The mode a metric improves in; the other one is refused: an accuracy watched for a
-        fall stops the run as it learns, and keeps its worst epoch."""
-        direction = "max" if self.metric.endswith("accuracy") else "min"
-        if self.mode is None:
-            self.mode = direction
-        elif self.mode != direction:
-            better = "rises" if direction == "max" else "falls"
+        """A mode against the way its metric improves is refused where it would be used (an
+        accuracy watched for a fall stopped a learning run and kept its worst epoch). The
+        metric's own mode is kept as unset, so that a config changing only the metric later
+        (a saved run's, a sweep's) carries no stale mode."""
+        own = metric_direction(self.metric)
+        if self.mode is not None and self.mode == own:
+            self.mode = None
+        elif self.mode is not None and own is not None and self.patience:
+            better = "rises" if own == "max" else "falls"
             raise ConfigError(
                 f"config key 'early_stop.mode': '{self.mode}' would count {self.metric} getting "
                 f"worse as progress (it improves as it {better}); leave mode out, or set "
-                f"'{direction}'"
+                f"'{own}'"
             )
         return self
+
+
+def metric_direction(metric: str) -> Literal["min", "max"] | None:
+    """How a metric improves, read off its name: a loss falls, an accuracy rises; None for a
+    name that says neither."""
+    if metric.endswith("loss"):
+        return "min"
+    if metric.endswith("accuracy"):
+        return "max"
+    return None
 
 
 class PretrainConfig(Strict):

@@ -42,6 +42,7 @@ from dfl.config import (
     UNKNOWN_KEY_HINT,
     TrainConfig,
     merge,
+    metric_direction,
     overlapping_key,
     read_toml,
     set_dotted,
@@ -174,12 +175,10 @@ class SweepSpec(Strict):
         if self.grid is not None:
             self._check_grid_size()
         if self.direction is None:
-            if self.metric.endswith("loss"):
-                self.direction = "minimize"
-            elif self.metric.endswith("accuracy"):
-                self.direction = "maximize"
-            else:
+            own = metric_direction(self.metric)
+            if own is None:
                 raise ValueError(f"set direction (minimize or maximize) for metric {self.metric}")
+            self.direction = "minimize" if own == "min" else "maximize"
         if self.grace_period is None:
             self.grace_period = 3 * self.heartbeat_interval
         if self.grace_period <= self.heartbeat_interval:

@@ -37,7 +37,7 @@ class Best:
             raise ConfigError("restore_best needs a validation split (set data.val_fraction > 0)")
         es = cfg.early_stop
         if es.patience:
-            metric, mode = es.metric, es.mode
+            metric, mode = es.metric, es.direction
         else:
             metric, mode = objective.select_metric, objective.select_mode
         return cls(metric, mode, es.min_delta, es.patience, bool(es.patience or cfg.restore_best))
