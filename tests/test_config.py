@@ -97,3 +97,17 @@ def test_a_config_saved_with_a_byte_order_mark_reads(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes(b'\xef\xbb\xbfmodel = "mlp"\nepochs = 3\n')
     assert build_config(path).epochs == 3
+
+
+def test_early_stop_mode_follows_a_metric_changed_later(tmp_path):
+    """The mode is saved unset when it is the metric's own way, so a saved config whose metric
+    is changed (`--config RUN/config.toml --set early_stop.metric=...`) watches the new metric
+    the way it improves; a run saved with the old default `mode = "min"` reads the same."""
+    saved = tmp_path / "config.toml"
+    saved.write_text(config_to_toml(build_config(overrides={"model": "mlp"})))
+    assert 'mode = "' not in saved.read_text() and "[early_stop]\n" in saved.read_text()
+    changed = {"early_stop": {"metric": "val_accuracy", "patience": 2}}
+    assert build_config(saved, changed).early_stop.direction == "max"
+    old = saved.read_text().replace("[early_stop]\n", '[early_stop]\nmode = "min"\n')
+    saved.write_text(old)
+    assert build_config(saved).early_stop == build_config(overrides={"model": "mlp"}).early_stop
