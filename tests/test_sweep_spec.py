@@ -10,7 +10,17 @@ import pytest
 
 from dfl import cli
 from dfl.errors import ConfigError
-from dfl.sweep.spec import check_trials, decode, encode, load_spec, run_plan
+from dfl.sweep import study as studies
+from dfl.sweep.spec import (
+    SweepSpec,
+    check_trials,
+    decode,
+    encode,
+    load_spec,
+    run_plan,
+    spec_from_dict,
+)
+from dfl.sweep.storage import open_storage, storage_url
 from dfl.sweep.trial import run_dir_name
 
 BASE = """
@@ -247,12 +257,19 @@ def test_a_section_valued_axis_merges_over_the_base_section(tmp_path: Path):
 
 
 @pytest.mark.parametrize("grid", ['"optim.lr" = [0.001]', 'model = ["mlp", "cnn_lab"]'])
-def test_a_spec_names_its_model(tmp_path: Path, grid: str):
+def test_a_spec_names_its_model(tmp_path: Path, grid: str, capsys):
     """In [base] or as an axis; without one every trial trained the default model on the
-    whole of MNIST (as `dfl.train({})` refuses to)."""
+    whole of MNIST (as `dfl.train({})` refuses to). A study made from such a spec before the
+    check is still read back: its status shows."""
     path = write_spec(tmp_path, f'name = "s"\n[grid]\n{grid}\n')
     if grid.startswith("model"):
         assert load_spec(path).keys == ["model"]
-    else:
-        with pytest.raises(ConfigError, match=r"the spec names no model: add model = "):
-            load_spec(path)
+        return
+    with pytest.raises(ConfigError, match=r"spec.toml: the spec names no model: add model = "):
+        load_spec(path)
+    with pytest.raises(ConfigError, match=r"^sweep spec: the spec names no model"):
+        spec_from_dict({"name": "s", "grid": {"optim.lr": [0.001]}})
+    old = SweepSpec.model_validate({"name": "s", "grid": {"optim.lr": [0.001]}})
+    studies.create_or_load(old, open_storage(storage_url(None, tmp_path)), tmp_path)
+    assert cli.main(["sweep", "status", "s", "--out", str(tmp_path)]) == 0
+    assert "grid of 1 trials" in capsys.readouterr().out

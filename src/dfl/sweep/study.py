@@ -111,7 +111,7 @@ def load(
     attrs = storage.get_study_user_attrs(study_id(storage, name))
     if SPEC_ATTR not in attrs:
         raise DflError(f"study '{name}' in {describe_url(storage.url)} was not made by `dfl sweep`")
-    spec = spec_from_dict(attrs[SPEC_ATTR])
+    spec = spec_from_dict(attrs[SPEC_ATTR], stored=True)
     study = optuna.load_study(
         study_name=name,
         storage=storage,
