@@ -100,24 +100,17 @@ def load(run_dir: str | Path) -> Run:
 def _starting_point(what: Any, keys: UserKeys) -> tuple[Path | None, dict[str, Any]]:
     """(config file, config tree) for a file, a TrainConfig or a dict (each key of a dict
     given once), which overrides may change; a model name is a key given in `keys`, as the
-    overrides are."""
+    overrides are. (`checked` has refused any other type, and a dict key that is no str.)"""
     if isinstance(what, TrainConfig):
         return None, what.model_dump(mode="json")
     if isinstance(what, dict):
         given = UserKeys()
         for key, value in what.items():
-            if not isinstance(key, str):
-                raise ConfigError(f"a config key is a dotted name like 'optim.lr', not {key!r}")
             given.set(key, value, f"the dict's '{key}'")
         if "model" not in given.tree:  # TrainConfig's default: a model nobody chose
             raise ConfigError("the config dict names no model: add 'model': 'cnn_lab' (say)")
         return None, given.tree
-    if isinstance(what, Path) or (isinstance(what, str) and what.endswith(".toml")):
+    if isinstance(what, Path) or what.endswith(".toml"):
         return Path(what), {}
-    if isinstance(what, str):
-        keys.set("model", what, f"the model name '{what}'")
-        return None, {}
-    raise ConfigError(
-        f"dfl.train takes a model name, a config file, a TrainConfig or a dict of config keys, "
-        f"not {type(what).__name__}"
-    )
+    keys.set("model", what, f"the model name '{what}'")
+    return None, {}

@@ -66,7 +66,7 @@ def run(
     profile: str = "lab",
     out: str | Path | None = None,
     dataset: str = "mnist",
-    data_dir: str | None = None,
+    data_dir: str | Path | None = None,
     device: str = "auto",
     seeds: int | None = None,
     precision: str = "auto",

@@ -145,7 +145,7 @@ def reproduce(
     out: Path,
     profile: str = "lab",
     dataset: str = "mnist",
-    data_dir: str | None = None,
+    data_dir: str | Path | None = None,
     device: str = "auto",
     seeds: int | None = None,
     only: list[str] | None = None,

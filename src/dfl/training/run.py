@@ -13,7 +13,7 @@ import functools
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,7 +102,7 @@ class Run:
         return self.trained.model
 
     @checked("Run.plot")
-    def plot(self, metrics: list[str] | None = None) -> InlineFigure:
+    def plot(self, metrics: Sequence[str] | None = None) -> InlineFigure:
         """A matplotlib figure of the per-epoch curves (default: every loss and accuracy the
         run recorded), losses and accuracies on their own axes. Each epoch is a marker on a
         short run, so a one-epoch run shows its one point."""
