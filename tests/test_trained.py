@@ -78,11 +78,12 @@ def built_by_hand(run_dir: Path, name: str, args: dict, images: torch.Tensor) ->
         (lambda x: x.numpy().astype("float64"), r"not float64"),
         (lambda x: x.tolist(), r"as a tensor or a NumPy array, not list"),
         (lambda x: None, r"not NoneType"),
+        (lambda x: x.long(), r"not int64$"),
         (lambda x: x[0], r"not shape \(28, 28\): one image is images\[None\]"),
-        (lambda x: x[:, None], r"a batch of images \(N, H, W\), not shape \(4, 1, 28, 28\)$"),
-        (lambda x: x[:, :14, :14], r"'autoencoder' of .* does not take 14x14 images \("),
+        (lambda x: x[:, None], r"images \(N, 28, 28\), as every .* not shape \(4, 1, 28, 28\)$"),
+        (lambda x: x[:, :14, :14], r"not shape \(4, 14, 14\)$"),
     ],
-    ids=["floats in [0, 1]", "numpy float", "list", "None", "one image", "4-d", "14x14"],
+    ids=["floats in [0, 1]", "numpy float", "list", "None", "int64", "one image", "4-d", "14x14"],
 )
 def test_predict_refuses_images_it_would_misread(runs, data, given, said):
     """Float pixels in [0, 1] were taken as 0-255 and divided by 255 again: a classifier's
@@ -93,6 +94,8 @@ def test_predict_refuses_images_it_would_misread(runs, data, given, said):
     assert torch.equal(  # a NumPy uint8 array is taken as the tensor it holds
         trained.predict(data.test_images[:4].numpy()), trained.predict(data.test_images[:4])
     )
+    flipped = data.test_images[:4].numpy()[:, ::-1]  # a view torch cannot share
+    assert torch.equal(trained.predict(flipped), trained.predict(data.test_images[:4].flip(1)))
 
 
 @pytest.mark.parametrize(

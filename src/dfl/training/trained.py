@@ -19,7 +19,8 @@ from torch import nn
 from dfl import models
 from dfl.config import TrainConfig
 from dfl.data.batches import model_input
-from dfl.errors import ConfigError, DflError, UnloadableRun, one_line, out_of_memory
+from dfl.data.dataset import IMAGE_SIZE
+from dfl.errors import ConfigError, DflError, UnloadableRun
 from dfl.training import checkpoint
 from dfl.training.run_dir import (
     CHECKPOINTS,
@@ -63,16 +64,7 @@ class Trained:
         another type or shape are a ConfigError saying what the model takes."""
         x = self.inputs(as_images(images, "predict"))
         starts = range(0, len(x), PREDICT_CHUNK) or [0]
-        try:
-            return torch.cat([self.model(x[i : i + PREDICT_CHUNK]).float() for i in starts])
-        except RuntimeError as e:  # a layer that does not take images of this size
-            if out_of_memory(e):
-                raise
-            raise ConfigError(
-                f"model '{self.config.model}' of {self.run_dir} does not take "
-                f"{'x'.join(map(str, x.shape[2:]))} images ({one_line(e)}); give it images "
-                "of the size it trained on"
-            ) from None
+        return torch.cat([self.model(x[i : i + PREDICT_CHUNK]).float() for i in starts])
 
 
 def as_images(images: Any, taker: str) -> torch.Tensor:
@@ -81,22 +73,27 @@ def as_images(images: Any, taker: str) -> torch.Tensor:
     pixels in [0, 1] taken as 0-255 would be divided by 255 twice, and the outputs of a
     model fed near-black digits look like outputs."""
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
+        images = torch.from_numpy(np.ascontiguousarray(images))  # a flipped view has no torch twin
     if not isinstance(images, torch.Tensor):
         raise ConfigError(
             f"{taker} takes uint8 images (N, H, W) as a tensor or a NumPy array, not "
             f"{type(images).__name__}"
         )
     if images.dtype != torch.uint8:
+        hint = (
+            "; for pixels in [0, 1] give (images * 255).round().to(torch.uint8)"
+            if images.dtype.is_floating_point
+            else ""
+        )
         raise ConfigError(
             f"{taker} takes uint8 images (pixels 0-255, as dfl.data.load gives them), not "
-            f"{str(images.dtype).removeprefix('torch.')}; for pixels in [0, 1] give "
-            "(images * 255).round().to(torch.uint8)"
+            f"{str(images.dtype).removeprefix('torch.')}{hint}"
         )
-    if images.dim() != 3:
-        hint = ": one image is images[None]" if images.dim() == 2 else ""
+    if images.dim() != 3 or tuple(images.shape[1:]) != IMAGE_SIZE:
+        hint = ": one image is images[None]" if tuple(images.shape) == IMAGE_SIZE else ""
         raise ConfigError(
-            f"{taker} takes a batch of images (N, H, W), not shape {tuple(images.shape)}{hint}"
+            f"{taker} takes a batch of 28x28 images (N, 28, 28), as every dfl dataset holds, "
+            f"not shape {tuple(images.shape)}{hint}"
         )
     return images
 
