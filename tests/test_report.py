@@ -166,7 +166,7 @@ def test_a_report_of_no_reproduction_names_the_reproductions_beside_it(
     from dfl.cli import main
 
     shutil.copytree(small_reproduction / "r", tmp_path / "smoke")
-    run = tmp_path / "run"
+    run = tmp_path / "train" / "run"  # as runs/train/MODEL-TIME lies beside runs/lab
     argv = ["train", "mlp", "--dataset", str(digits), "--epochs", "1", "--out", str(run)]
     assert main([*argv, "--set", "model_args.hidden=[4]"]) == 0
     beside = f"(reproductions there: {tmp_path / 'smoke'})"

@@ -259,12 +259,11 @@ def _summary(entries: list[dict], manifest: dict, saved: dict[str, Saved], out: 
 
 
 def _reproductions_near(out: Path) -> str:
-    """ " (reproductions there: runs/smoke, runs/lab)": those beside `out` (in its parent), or
-    "" when there are none."""
-    parent = out.parent
-    while not parent.is_dir() and parent != parent.parent:
-        parent = parent.parent
-    found = sorted(p.parent for p in parent.glob("*/reproduce.json"))[:5]
+    """ " (reproductions there: runs/smoke, runs/lab)": those beside `out` or beside its
+    folder (`runs/train/mlp-...` is two levels below `runs/lab`), or "" when there are none."""
+    found = sorted(
+        {p.parent for up in (out.parent, out.parent.parent) for p in up.glob("*/reproduce.json")}
+    )[:5]
     return f" (reproductions there: {', '.join(map(str, found))})" if found else ""
 
 

@@ -39,6 +39,11 @@ class SweepStatus:
     stalled: frozenset[int] = frozenset()
 
     @property
+    def workers(self) -> int:
+        """Workers alive now: one per running trial that is not stalled."""
+        return self.counts["running"] - len(self.stalled)
+
+    @property
     def finished(self) -> bool:
         c = self.counts
         return c["running"] == 0 and c["waiting"] == 0 and c["to_start"] == 0
@@ -112,8 +117,8 @@ def _eta(
 ) -> float | None:
     """Mean finished-trial duration x trials left, over the workers now running; None when no
     trial has finished, or no worker is alive to finish the rest. Trials read off a longer
-    run's curve take no time, and pull the mean down as they should. A stalled trial is work
-    left, for the worker that requeues it."""
+    run's curve take no time, and pull the mean down as they should. A running trial's part
+    left is the mean less its time so far, a stalled one's too (resumed from its checkpoint)."""
     workers = counts["running"] - len(stalled)
     if stalled and not workers:
         return None
@@ -158,20 +163,20 @@ def format_status(status: SweepStatus, list_trials: bool = False) -> str:
         )
     else:
         lines.append("  best: none yet")
-    workers = c["running"] - len(status.stalled)
     if status.finished:
         lines.append("  finished")
-    elif status.stalled and not workers:
+    elif status.stalled and not status.workers:
         lines.append("  no worker is alive: run the sweep again (or `dfl worker`) to go on")
     elif status.eta_s is not None:
-        lines.append(f"  ETA {format_seconds(status.eta_s)} at {max(workers, 1)} worker(s)")
+        lines.append(f"  ETA {format_seconds(status.eta_s)} at {max(status.workers, 1)} worker(s)")
     else:
         lines.append("  ETA: after the first trial finishes")
     for t in status.trials:
         if t.number in status.stalled:
             lines.append(
                 f"  stalled: trial {t.number} ({format_trial_params(t)}): no heartbeat for "
-                f"over {spec.grace_period}s, its worker is gone; the next worker requeues it"
+                f"over {spec.grace_period}s, its worker is gone; the next worker to start "
+                "requeues it (or fails it, once its retries are spent)"
             )
     for t in failed_trials(status):
         lines.append(f"  failed: trial {t.number} ({format_trial_params(t)}): {reason(t)}")

@@ -79,9 +79,9 @@ def rebase_phases(out: Path, named: dict[str, TrainConfig]) -> None:
         saved = load_saved_config(out / name) if (out / name / CONFIG).exists() else None
         if saved is None or not saved.init_from or not phase.init_from:
             continue
-        was, now = Path(saved.init_from), Path(phase.init_from)
-        if was != now and was.name == now.name:  # the same sibling, named another way
-            rebase_config(out / name, str(was.parent), str(now.parent))
+        was, now = saved.init_from, phase.init_from
+        if was != now and Path(was).name == Path(now).name:  # the same sibling, named anew
+            rebase_config(out / name, was, now)
 
 
 def check_folder(out: Path, names: list[str]) -> None:
