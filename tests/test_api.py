@@ -173,6 +173,15 @@ def test_a_config_dict_and_a_train_config_start_the_same_run(tmp_path: Path, dig
             lambda: dfl.sweep.run({}, workers="2", out=NOWHERE),
             r"workers= takes int \| None, not str",
         ),
+        (  # "(top level)": the empty part was not named
+            lambda: dfl.train({"model": "mlp", ".lr": 1}),
+            r"config key '.lr' has an empty part: a key is like 'optim.lr'",
+        ),
+        (  # a tuple, as Python writes one
+            lambda: dfl.train("mlp", out=NOWHERE, **{"model_args.hidden": (8,)}),
+            r"model_args.hidden: Input should be a valid list: give a list, \[8\]$",
+        ),
+        (lambda: dfl.data.load("mnist", data_dir=__file__), r"data directory .* is a file \("),
         # Arguments of the wrong type: a TypeError from deep inside, or a "no" taken as true.
         (lambda: dfl.train("mlp", out=5), r"^dfl.train: out= takes str \| Path \| None, not int"),
         (lambda: dfl.train("mlp", out=NOWHERE, resume="no"), r"resume= takes bool, not str"),

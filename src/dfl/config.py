@@ -277,6 +277,8 @@ def parse_value(text: str) -> Any:
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """Set `tree[a][b][c] = value` for key "a.b.c", creating sections on the way."""
     *parents, leaf = key.split(".")
+    if not all([*parents, leaf]):
+        raise ConfigError(f"config key '{key}' has an empty part: a key is like 'optim.lr'")
     node = tree
     for part in parents:
         child = node.setdefault(part, {})

@@ -42,8 +42,16 @@ def describe_item(
     elif item["type"] == "value_error":
         pass  # our own validators' messages say what they got
     elif "input" in item and item["type"] not in ("missing",):
-        msg = f"{msg} (got {item['input']!r})"
+        msg = f"{msg} (got {item['input']!r}){list_hint(item)}"
     return f"config key '{prefix}{key}': {msg}"
+
+
+def list_hint(item: Any) -> str:
+    """What to give instead of a tuple where a list is wanted (Python code writes `(8,)`,
+    which strict validation does not take for a list), or ""."""
+    if item["type"] == "list_type" and isinstance(item.get("input"), tuple):
+        return f": give a list, {list(item['input'])!r}"
+    return ""
 
 
 def did_you_mean(model: type[BaseModel] | None, loc: tuple, prefix: str) -> str:

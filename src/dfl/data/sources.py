@@ -69,7 +69,8 @@ def _layouts(root: Path, name: str | None) -> list[Path]:
 def locate_in_dir(root: Path, name: str | None) -> Located:
     """The four files in a user-named directory (or its raw layouts), else a DataError."""
     if not root.is_dir():
-        raise DataError(f"data directory {root} does not exist (expected a directory of IDX files)")
+        what = "is a file" if root.exists() else "does not exist"
+        raise DataError(f"data directory {root} {what} (expected a directory of IDX files)")
     best: tuple[Path, dict[str, Path]] | None = None
     for directory in _layouts(root, name):
         files = find_idx_files(directory)

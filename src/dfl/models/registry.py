@@ -22,6 +22,7 @@ from pydantic import ConfigDict, ValidationError, validate_call
 from torch import nn
 
 from dfl.errors import ConfigError, DflError, one_line, out_of_memory
+from dfl.validation import list_hint
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def create(name: str, **args: Any) -> nn.Module:
             + (
                 unknown_argument(entry, str(err["loc"][-1]))
                 if err["type"] == "unexpected_keyword_argument"
-                else err["msg"]
+                else err["msg"] + list_hint(err)
             )
             for err in e.errors()
         )
