@@ -41,6 +41,10 @@ def test_train_load_and_resume(tmp_path: Path, digits):
     ):
         run.plot("train_loss")  # said "recorded no _, a, i, l, n, o, r, s, t"
     loaded = dfl.load(out)
+    with pytest.raises(dfl.UnloadableRun, match="is a run's config: give its directory"):
+        dfl.load(out / "config.toml")
+    with pytest.raises(dfl.UnloadableRun, match="got an empty path"):
+        dfl.load("")  # it loaded the current directory
     assert (loaded.history, loaded.final) == (run.history, run.final)
     assert loaded.model.training is False  # rebuilt from the directory, in eval mode
     again = dfl.train(

@@ -75,7 +75,11 @@ def train(
 def load(run_dir: str | Path) -> Run:
     """The run in `run_dir`, finished or not (a paused run resumes with `dfl.train(...,
     resume=True)`); `UnloadableRun` when it is not a dfl run directory."""
+    if not str(run_dir):  # Path("") is the current directory: not what an empty name meant
+        raise UnloadableRun("dfl.load got an empty path: give a run's directory")
     run_dir = Path(run_dir)
+    if run_dir.name == CONFIG and run_dir.is_file():
+        raise UnloadableRun(f"{run_dir} is a run's config: give its directory, {run_dir.parent}")
     cfg = load_saved_config(run_dir) if run_dir.is_dir() else None
     if cfg is None:
         raise UnloadableRun(f"{run_dir} is not a dfl run directory (it has no {CONFIG})")
