@@ -76,6 +76,43 @@ def test_resume_equals_uninterrupted(tmp_path: Path, tiny_data, extra):
     assert resumed.final["test_loss"] == whole.final["test_loss"]
 
 
+@pytest.mark.parametrize("group", [False, True], ids=["alone", "fused group"])
+def test_an_interrupted_run_is_recorded_paused_and_resumes_exactly(
+    tmp_path: Path, tiny_data, group: bool
+):
+    """Ctrl-C (a notebook's interrupt) in epoch 2: the run said `running` with no process
+    behind it; now it is paused, with the reason, and resumes to the uninterrupted numbers
+    (a fused group's to an uninterrupted fused group's)."""
+    from dfl.training.run import fit_each
+
+    cfg = config("epochs=3")
+
+    def train(where: Path, resume: bool = False, callbacks=()) -> list:
+        if not group:
+            return [fit(cfg, where / "seed0", dataset=tiny_data, resume=resume,
+                        epoch_bar=False, callbacks=callbacks)]  # fmt: skip
+        cfgs = [cfg, cfg.model_copy(update={"seed": 1})]
+        return fit_each(cfgs, [where / "seed0", where / "seed1"], fuse="on", dataset=tiny_data,
+                        resume=resume, epoch_bar=False, callbacks=[callbacks, ()])  # fmt: skip
+
+    def interrupt(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    whole = train(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "r", callbacks=[interrupt])
+    for run_dir in sorted((tmp_path / "r").iterdir()):
+        status = read_status(run_dir)
+        assert status["status"] == "paused" and status["reason"] == "interrupted; resume to go on"
+    resumed = train(tmp_path / "r", resume=True)
+    for again, uninterrupted in zip(resumed, whole, strict=True):
+        assert again.status == "completed"
+        assert [r["train_loss"] for r in again.history] == [
+            r["train_loss"] for r in uninterrupted.history
+        ]
+
+
 def test_completed_run_is_reused_and_not_overwritten(tmp_path: Path, tiny_data):
     fit(config(), tmp_path / "r", dataset=tiny_data)
     with pytest.raises(DflError, match="already holds a run"):

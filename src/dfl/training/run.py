@@ -13,7 +13,7 @@ import functools
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -207,7 +207,26 @@ def fit(
         if isinstance(ready, Run):
             return ready
         trainer, status_of = ready
-        return _record(trainer, status_of, _train_alone(trainer, epoch_bar, until_epoch))
+        with _paused_when_stopped([(trainer, status_of)]):
+            outcome = _train_alone(trainer, epoch_bar, until_epoch)
+        return _record(trainer, status_of, outcome)
+
+
+@contextlib.contextmanager
+def _paused_when_stopped(runs: list[tuple[Trainer, Callable[..., None]]]) -> Iterator[None]:
+    """Ctrl-C, SIGTERM or a reader gone while `runs` train: each one still running is recorded
+    paused, as a run stopped at `until_epoch` is (it said running with no process behind it;
+    paused, `dfl.load` gives its newest checkpoint's model), and the interrupt goes on. A
+    SIGKILL leaves it running: `--resume` continues either."""
+    try:
+        yield
+    except KeyboardInterrupt:  # ReaderGone is one
+        for trainer, status_of in runs:
+            with contextlib.suppress(Exception):  # recording must not mask the interrupt
+                if read_status(trainer.run_dir)["status"] == RunStatus.RUNNING:
+                    status_of(RunStatus.PAUSED, epochs_run=len(trainer.history),
+                              reason="interrupted; resume to go on")  # fmt: skip
+        raise
 
 
 def _fit_phases(
@@ -332,22 +351,23 @@ def fit_each(
         fused = fuse != "off" and len(trainers) > 1 and not blocker
         if fused and fuse == "auto":
             fused = fuse_pays(trainers[0].cfg, trainers[0].model)
-        if fused:
-            if log:
-                log(f"training {len(trainers)} runs as one fused model")
-            try:
-                outcomes = train_fused(trainers, epoch_bar, until_epoch)
-            except Exception as e:  # the group's own step failed (out of memory): every run's
-                outcomes = [e] * len(trainers)
-            done = [
-                _ended(trainer, status_of, o)
-                for (trainer, status_of), o in zip(pending, outcomes, strict=True)
-            ]
-        else:  # each recorded as soon as it ends, as `fit` one after another would
-            done = [
-                _ended(t, status_of, _train_alone(t, epoch_bar, until_epoch))
-                for t, status_of in pending
-            ]
+        with _paused_when_stopped(pending):
+            if fused:
+                if log:
+                    log(f"training {len(trainers)} runs as one fused model")
+                try:
+                    outcomes = train_fused(trainers, epoch_bar, until_epoch)
+                except Exception as e:  # the group's own step failed (out of memory): each run's
+                    outcomes = [e] * len(trainers)
+                done = [
+                    _ended(trainer, status_of, o)
+                    for (trainer, status_of), o in zip(pending, outcomes, strict=True)
+                ]
+            else:  # each recorded as soon as it ends, as `fit` one after another would
+                done = [
+                    _ended(t, status_of, _train_alone(t, epoch_bar, until_epoch))
+                    for t, status_of in pending
+                ]
         finished = iter(done)
         return [next(finished) if r is None else r for r in ended]
 

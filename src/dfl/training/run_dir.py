@@ -44,8 +44,10 @@ class RunStatus(enum.StrEnum):
     """How a run stands, as status.json spells it. A str: it equals, prints and serialises as
     its value ("completed"), so code comparing with plain strings keeps working."""
 
-    RUNNING = "running"  # training now, or killed while it trained
-    PAUSED = "paused"  # stopped after `until_epoch`; resumes like a killed run
+    RUNNING = "running"  # training now, or killed (SIGKILL) while it trained
+    # stopped: by Ctrl-C, SIGTERM or its reader gone, or after `until_epoch`; resumes like a
+    # killed run
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
     PRUNED = "pruned"  # ended early by a callback (a sweep's pruner)
