@@ -372,6 +372,29 @@ def test_a_worker_claims_a_whole_group_rather_than_the_rest_of_one_being_claimed
     assert rest is not None and batch[rest[0].number] == batch[taken]
 
 
+def test_a_continued_search_draws_new_points(tmp_path: Path, idx_dir: Path):
+    """A search extended from 3 to 6 trials drew its first 3 points again (each launch seeded
+    its worker alike), read them back from their run directories in no time, and spent half
+    its budget on nothing new. A fresh search by one worker still repeats itself."""
+    body = (
+        '[search]\nn_trials = 3\npruner = "none"\n'
+        '[search.space]\n"optim.lr" = { low = 1e-4, high = 0.1, log = true }\n'
+    )
+    spec_path = write_spec(tmp_path / "s.toml", idx_dir, body, name="continued")
+    spec_path.write_text(spec_path.read_text().replace("batch_size = 32", "batch_size = 256"))
+
+    def drawn(out: Path) -> list[float]:
+        url = prepare(spec_path, out)
+        run_worker("continued", url, sweep_dir=out, index=0, log=lambda s: None)
+        return [t.params["optim.lr"] for t in trials_of(spec_path, url)]
+
+    first = drawn(tmp_path / "a")
+    assert drawn(tmp_path / "b") == first  # the same search, again from scratch
+    spec_path.write_text(spec_path.read_text().replace("n_trials = 3", "n_trials = 6"))
+    extended = drawn(tmp_path / "a")
+    assert extended[:3] == first and len(set(extended)) == 6, extended
+
+
 def test_search_with_median_pruner_prunes(tmp_path: Path, idx_dir: Path):
     body = (
         "[search]\nn_trials = 8\nsampler_seed = 3\nstartup_trials = 2\nwarmup_epochs = 0\n"

@@ -101,7 +101,7 @@ class Distribution(Strict):
 
 class SearchSpec(Strict):
     n_trials: int = Field(gt=0)  # trials to run (pruned and failed ones count)
-    sampler_seed: int = 0  # TPE's seed; a single worker then repeats the same search
+    sampler_seed: int = 0  # TPE's seed: a fresh search by one worker repeats itself
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(5, ge=0)  # median: trials that finish before any is pruned
     warmup_epochs: int = Field(1, ge=0)  # median: epochs every trial runs before pruning

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -40,14 +41,24 @@ class QueuedGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(spec: SweepSpec, worker_index: int | None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    spec: SweepSpec, worker_index: int | None, trials_before: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The spec's sampler for local worker `worker_index`, in a study that held
+    `trials_before` trials when the worker joined it."""
     if spec.grid is not None:
         space = {key: [encode(v) for v in values] for key, values in spec.grid.items()}
         return QueuedGridSampler(space, seed=0)
     assert spec.search is not None
     # Workers with one seed would draw the same random start-up points, so each local worker
-    # offsets it; a worker joining from elsewhere (no index) draws its own.
-    seed = None if worker_index is None else spec.search.sampler_seed + worker_index
+    # seeds its own, and so does each launch: a search continued (rerun after a kill, or with
+    # more n_trials) drew its first points again, into the same run directories, and spent
+    # its budget reading them back. A fresh search from one worker repeats itself. A worker
+    # joining from elsewhere (no index) draws its own.
+    seed = None
+    if worker_index is not None:
+        entropy = [spec.search.sampler_seed, worker_index, trials_before]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # constant_liar: a running trial counts as a poor result, so concurrent workers spread.
@@ -112,10 +123,11 @@ def load(
     if SPEC_ATTR not in attrs:
         raise DflError(f"study '{name}' in {describe_url(storage.url)} was not made by `dfl sweep`")
     spec = spec_from_dict(attrs[SPEC_ATTR], stored=True)
+    trials_before = len(storage.get_all_trials(study_id(storage, name), deepcopy=False))
     study = optuna.load_study(
         study_name=name,
         storage=storage,
-        sampler=make_sampler(spec, worker_index),
+        sampler=make_sampler(spec, worker_index, trials_before),
         pruner=make_pruner(spec),
     )
     return study, spec
