@@ -152,6 +152,12 @@ def test_grid_points_longest_epochs_first_and_reuse_only_where_exact(tmp_path: P
         )
     early = grid.replace("[grid]", "[base.early_stop]\npatience = 2\n[grid]")
     assert check_trials(spec_from(tmp_path, 'name = "s"\n', early)) is None
+    # A restore_best run's value is its best epoch's: a shorter point read off the longer
+    # run's curve at its last epoch gave another number than the point trained alone.
+    best = "restore_best = true\n" + grid  # in [base]
+    assert check_trials(spec_from(tmp_path, 'name = "s"\n', best)) is None
+    with pytest.raises(ConfigError, match="restore_best selects each run's best epoch"):
+        check_trials(spec_from(tmp_path, forced, best))
     off = spec_from(tmp_path, 'name = "s"\nreuse_epochs = false\n', grid)
     assert check_trials(off) is None
     step = grid.replace("[grid]", '[base.schedule]\nname = "step"\nstep_size = 1\n[grid]')

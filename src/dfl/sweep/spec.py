@@ -394,6 +394,8 @@ def _epoch_reuse(spec: SweepSpec, configs: list[TrainConfig]) -> int | None:
                 why_not = f"schedule '{cfg.schedule.name}' depends on the number of epochs"
             elif cfg.early_stop.patience is not None:
                 why_not = "early stopping makes a run's end depend on its later epochs"
+            elif cfg.restore_best:  # its value is its best epoch's, not the curve's at ep
+                why_not = "restore_best selects each run's best epoch, not its last"
             if why_not:
                 break
     if why_not is None:
