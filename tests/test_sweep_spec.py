@@ -63,6 +63,9 @@ GRID = '[grid]\n"optim.lr" = [0.001, 0.01]\n'
          "high = 0.1, logg = true }\n", "spec key 'search.space.optim.lr.logg': unknown key "
          "(did you mean 'search.space.optim.lr.log'?)"),
         ('name = "s"\nmetric = "test_accuracy"\n', GRID, "not a validation metric"),
+        ('name = "s"\nmetric = "val_accuracy"\ndirection = "minimize"\n', GRID,
+         "direction 'minimize' would select the worst val_accuracy (it is best high): leave "
+         "direction out, or set 'maximize'"),
         ('name = "s"\n', "", "give exactly one of [grid]"),
         ('name = "s"\n', GRID + "[search]\nn_trials = 2\n[search.space]\n"
          '"optim.lr" = { low = 0.001, high = 0.1 }\n', "give exactly one of [grid]"),

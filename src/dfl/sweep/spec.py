@@ -113,8 +113,8 @@ class SweepSpec(Strict):
     metric: str = "val_loss"  # the validation metric each trial reports and the study selects on
     direction: Literal["minimize", "maximize"] | None = None  # default from the metric's name
     # Read a shorter-epoch grid point off the longer run's curve: None = where exact (epochs
-    # is a grid axis, the schedule does not depend on the total, no early stopping), true =
-    # require it, false = never.
+    # is a grid axis, the schedule does not depend on the total, no early stopping or
+    # restore_best), true = require it, false = never.
     reuse_epochs: bool | None = None
     # Seconds between a running trial's heartbeats (a database write each). Much shorter costs
     # speed: a worker's thread that wakes every second stalled a 2-thread torch run 4x.
@@ -170,11 +170,12 @@ class SweepSpec(Strict):
                 raise ValueError(f"'{key}' is set by the sweep (selection is on validation only)")
         if self.grid is not None:
             self._check_grid_size()
+        own = metric_direction(self.metric)
+        way = {"min": "minimize", "max": "maximize"}.get(own or "")
         if self.direction is None:
-            own = metric_direction(self.metric)
-            if own is None:
+            if way is None:
                 raise ValueError(f"set direction (minimize or maximize) for metric {self.metric}")
-            self.direction = "minimize" if own == "min" else "maximize"
+            self.direction = way  # type: ignore[assignment]
         if self.grace_period is None:
             self.grace_period = 3 * self.heartbeat_interval
         if self.grace_period <= self.heartbeat_interval:
@@ -270,7 +271,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a spec file (keys and types only; `check_trials` checks every trial)."""
     tree = read_toml(path)
     try:
-        return _names_a_model(SweepSpec.model_validate(tree), f"{path}")
+        return _checked_new(SweepSpec.model_validate(tree), f"{path}")
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_spec_error(e)}") from None
 
@@ -279,18 +280,27 @@ def spec_from_dict(tree: dict[str, Any], stored: bool = False) -> SweepSpec:
     """A spec given as data; `stored`: one a study holds, read back as it was made."""
     try:
         spec = SweepSpec.model_validate(tree)
-        return spec if stored else _names_a_model(spec, "sweep spec")
+        return spec if stored else _checked_new(spec, "sweep spec")
     except ValidationError as e:
         raise ConfigError(f"sweep spec: {describe_spec_error(e)}") from None
 
 
-def _names_a_model(spec: SweepSpec, where: str) -> SweepSpec:
-    """A spec the user gives names its model, in [base] or as an axis: without one every trial
-    trained the default mlp on all of MNIST (as `dfl.train({})` refuses to). Checked here,
-    not in SweepSpec, so that a study made before the check can still be read back."""
+def _checked_new(spec: SweepSpec, where: str) -> SweepSpec:
+    """What a spec the user gives must also do; checked here, not in SweepSpec, so that a
+    study made before a check can still be read back:
+    - name its model, in [base] or as an axis: without one every trial trained the default
+      mlp on all of MNIST (as `dfl.train({})` refuses to);
+    - select in the way its metric improves: `maximize` a loss selected the worst trial."""
     if "model" not in spec.base and "model" not in spec.keys:
         raise ConfigError(
             f'{where}: the spec names no model: add model = "cnn_lab" (say) to [base], or vary it'
+        )
+    own = metric_direction(spec.metric)
+    way = {"min": "minimize", "max": "maximize"}.get(own or "")
+    if way is not None and spec.direction != way:
+        raise ConfigError(
+            f"{where}: direction '{spec.direction}' would select the worst {spec.metric} (it "
+            f"is best {'low' if own == 'min' else 'high'}): leave direction out, or set '{way}'"
         )
     return spec
 
