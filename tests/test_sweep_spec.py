@@ -71,6 +71,13 @@ GRID = '[grid]\n"optim.lr" = [0.001, 0.01]\n'
          '"optim.lr" = { low = 0.001, high = 0.1 }\n', "give exactly one of [grid]"),
         ('name = "s"\n', "[grid]\nepochs = []\n", "grid axis 'epochs' has no values"),
         ('name = "s"\n', "[grid]\nepochs = [2, 2]\n", "repeats a value"),
+        ('name = "s"\n', '[grid]\n"optim.lr" = [1, 1.0]\n', "repeats a value"),  # ran twice
+        ('name = "s"\n', '[search]\nn_trials = 2\n[search.space]\n"optim.lr" = { low = 0.001, '
+         "high = 0.01, step = 1.0 }\n", "step (1.0) exceeds high - low (0.009): every trial would "
+         "draw low (0.001)"),
+        ('name = "s"\n', "[search]\nn_trials = 2\n[search.space]\nbatch_size = { low = 16, "
+         "high = 70, step = 16 }\n", "high - low (54) is not a multiple of step (16): the search "
+         "would stop at 64; set high to 64"),
         ('name = "a b"\n', GRID, "spec key 'name'"),
         ('name = "s"\nmetric = "val_f1"\n', GRID, "set direction"),
         ('name = "s"\n', "[grid]\nevaluate_test = [true]\n", "set by the sweep"),

@@ -89,6 +89,20 @@ class Distribution(Strict):
             raise ValueError("log and step cannot be combined")
         if self.step is not None and not self.step > 0:  # else Optuna fails every trial
             raise ValueError(f"step must be above 0 (got {self.step})")
+        if self.step is not None:  # Optuna narrows such a range with a warning in a log
+            span = self.high - self.low
+            steps = math.floor(span / self.step + 1e-9)
+            if steps == 0:
+                raise ValueError(
+                    f"step ({self.step}) exceeds high - low ({span:g}): every trial would draw "
+                    f"low ({self.low})"
+                )
+            if abs(span - steps * self.step) > 1e-9 * max(abs(span), 1):
+                top = self.low + steps * self.step
+                raise ValueError(
+                    f"high - low ({span:g}) is not a multiple of step ({self.step}): the "
+                    f"search would stop at {top:g}; set high to {top:g}"
+                )
         if self.log and self.low <= 0:
             raise ValueError(f"log needs low > 0 (got {self.low})")
         return self
@@ -505,6 +519,9 @@ def _is_distribution(value: Any) -> bool:
 
 
 def _check_unique(values: list[Any], what: str = "choices") -> None:
-    seen = [encode(v) for v in values]
-    if len({json.dumps(v) for v in seen}) != len(seen):
+    def same(v: Any) -> Any:  # 1 and 1.0 are one learning rate, one trial's config
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        return float(v) if number else json.dumps(encode(v), sort_keys=True)
+
+    if len({same(v) for v in values}) != len(values):
         raise ValueError(f"{what} repeats a value (each trial would run twice)")
