@@ -242,6 +242,9 @@ def test_sweep_run_takes_a_spec_as_data(tmp_path: Path, digits):
     }  # fmt: skip
     status = dfl.sweep.run(spec, out=tmp_path / "sweep", workers=1)
     assert sorted(t.state.name for t in status.trials) == ["COMPLETE", "COMPLETE"]
+    # Not into another sweep's directory: the trials of both met in one trials/ folder.
+    with pytest.raises(dfl.ConfigError, match=r"sweep holds sweep 'api': give sweep 'other' its"):
+        dfl.sweep.run({**spec, "name": "other"}, out=tmp_path / "sweep", workers=1)
     # Not into a training run's directory: its study.db, trials and logs went in beside it.
     run = dfl.train("mlp", out=tmp_path / "run", epochs=1, **{"model_args.hidden": [4], **digits})
     before = sorted(p.name for p in run.run_dir.iterdir())

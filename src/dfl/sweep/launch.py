@@ -99,6 +99,11 @@ def run_sweep(
             )
     url = storage_url(storage, sweep_dir)
     store = open_storage(url, log=lambda line: tqdm.write(line, file=progress))
+    others = [s.study_name for s in store.get_all_studies() if s.study_name != spec.name]
+    if storage is None and others:  # its trials' run directories would meet theirs
+        raise ConfigError(
+            f"{sweep_dir} holds sweep '{others[0]}': give sweep '{spec.name}' its own --out"
+        )
     # Two `dfl sweep` commands started together on one new study must not both queue the
     # grid: creating and queueing happen under a lock in the sweep's directory.
     with file_lock(sweep_dir / "create.lock"):
