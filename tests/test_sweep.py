@@ -885,7 +885,10 @@ def test_a_sweep_whose_every_trial_failed_exits_4_naming_the_failures(
         f"dfl: error: sweep {load_spec(spec).name}: no trial completed (2 failed, the first: "
         "trial 0 (optim.lr=1e+20): non-finite loss at epoch 1, step "
     )
-    assert error.endswith("); fix the cause, then rerun with --retry-failed")
+    assert error.endswith(
+        "); if the cause lies outside the spec (disk, memory), fix it and rerun with "
+        "--retry-failed; a changed spec is a new sweep (rename it)"
+    )
 
 
 @pytest.mark.slow

@@ -69,7 +69,13 @@ def failed_trials(status: SweepStatus) -> list[FrozenTrial]:
 
 
 def require_a_completed_trial(
-    status: SweepStatus, retry: str = "fix the cause, then rerun with --retry-failed"
+    status: SweepStatus,
+    # --retry-failed reruns the same spec: it mends a cause outside it, and a rate or a
+    # grad_clip changed in the spec is another sweep (the study refuses a changed spec).
+    retry: str = (
+        "if the cause lies outside the spec (disk, memory), fix it and rerun with "
+        "--retry-failed; a changed spec is a new sweep (rename it)"
+    ),
 ) -> SweepStatus:
     """`status`, if a trial completed; else `SweepFailed` with the count of failures, the
     first one's reason and `retry` (a sweep whose every trial failed is no success)."""
