@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import optuna
 import pytest
 
 from dfl import cli
@@ -289,3 +290,24 @@ def test_a_spec_names_its_model(tmp_path: Path, grid: str, capsys):
     studies.create_or_load(old, open_storage(storage_url(None, tmp_path)), tmp_path)
     assert cli.main(["sweep", "status", "s", "--out", str(tmp_path)]) == 0
     assert "grid of 1 trials" in capsys.readouterr().out
+
+
+def test_status_counts_workers_not_trials(tmp_path: Path):
+    """A worker training a fused group of three was shown as "3 worker(s)"; a sweep stopped
+    by Ctrl-C (its trials requeued, none running) showed an ETA at 1 worker, with none."""
+    from dfl.sweep.status import format_status, sweep_status
+
+    spec = spec_from_dict(
+        {"name": "w", "base": {"model": "mlp"}, "grid": {"seed": [0, 1, 2, 3, 4]}}
+    )
+    study = studies.create_or_load(spec, open_storage(storage_url(None, tmp_path)), tmp_path)
+    for _ in range(4):
+        trial = study.ask()
+        trial.set_user_attr("worker", "host:1")
+    study.tell(trial, 0.5)  # one finished, for an ETA; three running in one worker's group
+    shown = format_status(sweep_status(study, spec, "here"))
+    assert sweep_status(study, spec, "here").workers == 1 and " at 1 worker(s)" in shown, shown
+    for t in study.get_trials(states=[optuna.trial.TrialState.RUNNING]):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    shown = format_status(sweep_status(study, spec, "here"))
+    assert "no worker is alive: run the sweep again" in shown and "ETA" not in shown, shown

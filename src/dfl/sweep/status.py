@@ -37,11 +37,9 @@ class SweepStatus:
     # Running trials whose worker has been silent past the grace period: it is gone, and the
     # next worker to look at the study requeues the trial (from its newest checkpoint).
     stalled: frozenset[int] = frozenset()
-
-    @property
-    def workers(self) -> int:
-        """Workers alive now: one per running trial that is not stalled."""
-        return self.counts["running"] - len(self.stalled)
+    # Workers alive now: those of the running trials that are not stalled (a worker training
+    # a fused group runs several trials)
+    workers: int = 0
 
     @property
     def finished(self) -> bool:
@@ -105,9 +103,13 @@ def sweep_status(
     result = {name: counts.get(name, 0) for name in STATE_NAMES.values()}
     result["retried"] = len(retried)
     result["to_start"] = max(spec.n_trials - len(live), 0)
-    stalled = frozenset(t.number for t in live if t.state == TrialState.RUNNING) & stalled
-    eta = _eta(live, result, stalled)
-    return SweepStatus(spec, storage, result, _best(live, spec), eta, trials, stalled)
+    running = [t for t in live if t.state == TrialState.RUNNING]
+    stalled = frozenset(t.number for t in running) & stalled
+    workers = len({t.user_attrs.get("worker", t.number) for t in running} - {
+        t.user_attrs.get("worker", t.number) for t in running if t.number in stalled
+    })  # fmt: skip
+    eta = _eta(live, result, workers)
+    return SweepStatus(spec, storage, result, _best(live, spec), eta, trials, stalled, workers)
 
 
 def _best(trials: list[FrozenTrial], spec: SweepSpec) -> FrozenTrial | None:
@@ -118,15 +120,12 @@ def _best(trials: list[FrozenTrial], spec: SweepSpec) -> FrozenTrial | None:
     return pick(done, key=lambda t: t.value)
 
 
-def _eta(
-    trials: list[FrozenTrial], counts: dict[str, int], stalled: frozenset[int]
-) -> float | None:
-    """Mean finished-trial duration x trials left, over the workers now running; None when no
-    trial has finished, or no worker is alive to finish the rest. Trials read off a longer
+def _eta(trials: list[FrozenTrial], counts: dict[str, int], workers: int) -> float | None:
+    """Mean finished-trial duration x trials left, over the `workers` now running; None when
+    no trial has finished, or no worker is alive to finish the rest. Trials read off a longer
     run's curve take no time, and pull the mean down as they should. A running trial's part
     left is the mean less its time so far, a stalled one's too (resumed from its checkpoint)."""
-    workers = counts["running"] - len(stalled)
-    if stalled and not workers:
+    if not workers:
         return None
     durations = [
         (t.datetime_complete - t.datetime_start).total_seconds()
@@ -145,7 +144,7 @@ def _eta(
         for t in trials
         if t.state == TrialState.RUNNING and t.datetime_start
     )
-    return left / max(workers, 1)
+    return left / workers
 
 
 def format_status(status: SweepStatus, list_trials: bool = False) -> str:
@@ -171,10 +170,10 @@ def format_status(status: SweepStatus, list_trials: bool = False) -> str:
         lines.append("  best: none yet")
     if status.finished:
         lines.append("  finished")
-    elif status.stalled and not status.workers:
+    elif not status.workers:  # after Ctrl-C or a kill: an ETA would promise work nobody does
         lines.append("  no worker is alive: run the sweep again (or `dfl worker`) to go on")
     elif status.eta_s is not None:
-        lines.append(f"  ETA {format_seconds(status.eta_s)} at {max(status.workers, 1)} worker(s)")
+        lines.append(f"  ETA {format_seconds(status.eta_s)} at {status.workers} worker(s)")
     else:
         lines.append("  ETA: after the first trial finishes")
     for t in status.trials:
