@@ -242,6 +242,10 @@ def test_sweep_run_takes_a_spec_as_data(tmp_path: Path, digits):
     }  # fmt: skip
     status = dfl.sweep.run(spec, out=tmp_path / "sweep", workers=1)
     assert sorted(t.state.name for t in status.trials) == ["COMPLETE", "COMPLETE"]
+    again = dfl.sweep.run(spec, out=tmp_path / "sweep", storage=tmp_path / "sweep" / "study.db")
+    assert [t.number for t in again.trials] == [t.number for t in status.trials]  # a Path too
+    with pytest.raises(dfl.ConfigError, match=r"'grid.optim.lr': .*: give a list, \[0.1, 0.2\]"):
+        dfl.sweep.run({**spec, "grid": {"optim.lr": (0.1, 0.2)}}, out=NOWHERE)
     # Not into another sweep's directory: the trials of both met in one trials/ folder.
     with pytest.raises(dfl.ConfigError, match=r"sweep holds sweep 'api': give sweep 'other' its"):
         dfl.sweep.run({**spec, "name": "other"}, out=tmp_path / "sweep", workers=1)

@@ -30,7 +30,7 @@ def run(
     *,
     out: str | Path | None = None,
     workers: int | None = None,
-    storage: str | None = None,
+    storage: str | Path | None = None,
     threads: int | None = None,
     retry_failed: bool = False,
 ) -> Any:
@@ -47,6 +47,11 @@ def run(
     if isinstance(spec, dict):
         spec = spec_from_dict(spec)
     status = run_sweep(
-        spec, workers=workers, storage=storage, out=out, threads=threads, retry_failed=retry_failed
+        spec,
+        workers=workers,
+        storage=None if storage is None else str(storage),
+        out=out,
+        threads=threads,
+        retry_failed=retry_failed,
     )
     return require_a_completed_trial(status)

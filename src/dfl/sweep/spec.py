@@ -48,7 +48,13 @@ from dfl.config import (
     set_dotted,
 )
 from dfl.errors import ConfigError
-from dfl.validation import Strict, describe_validation_error, did_you_mean, section_at
+from dfl.validation import (
+    Strict,
+    describe_validation_error,
+    did_you_mean,
+    list_hint,
+    section_at,
+)
 
 MAX_GRID_POINTS = 10_000  # already days of training for the smallest of the lab's models
 
@@ -323,7 +329,7 @@ def describe_spec_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"].removeprefix("Value error, ")
+        msg = item["msg"].removeprefix("Value error, ") + list_hint(item)
         if item["type"] == "extra_forbidden":
             msg = _unknown_spec_key(item["loc"])
         parts.append(f"spec key '{key}': {msg}" if key != "(top level)" else msg)
