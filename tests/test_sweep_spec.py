@@ -311,3 +311,11 @@ def test_status_counts_workers_not_trials(tmp_path: Path):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     shown = format_status(sweep_status(study, spec, "here"))
     assert "no worker is alive: run the sweep again" in shown and "ETA" not in shown, shown
+
+
+def test_a_directory_given_as_the_sweep_database_says_so(tmp_path: Path, capsys):
+    assert cli.main(["sweep", "status", "s", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"({tmp_path} is a directory: give the sweep's study.db, or --out its "
+                        "directory)"), err  # fmt: skip
+    assert "\n" not in err

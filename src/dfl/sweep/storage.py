@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import os
 import random
 import sqlite3
 import threading
@@ -94,7 +95,9 @@ def _use_wal(path: Path) -> None:
             return
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) or time.monotonic() > deadline:
-                raise DflError(f"cannot open the sweep database {path}: {e}") from None
+                raise DflError(
+                    f"cannot open the sweep database {path}: {e}{_sqlite_hint(path)}"
+                ) from None
             time.sleep(0.05 + 0.1 * random.random())  # apart, not in step with the other
         except sqlite3.DatabaseError as e:  # "file is not a database": some other file
             raise DflError(
@@ -169,6 +172,19 @@ def open_storage(
     if is_sqlite:
         event.listen(storage.engine, "begin", _begin_immediate)
     return storage
+
+
+def _sqlite_hint(path: Path) -> str:
+    """Why SQLite cannot open `path`, where the file system says: a directory given for the
+    database, or a read-only folder (SQLite writes its journal beside the file, even to read)."""
+    if path.is_dir():
+        return f" ({path} is a directory: give the sweep's study.db, or --out its directory)"
+    if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
+        return (
+            f" ({path.parent} is read-only, and SQLite writes its journal beside the database "
+            "even to read it: copy the sweep's directory somewhere writable)"
+        )
+    return ""
 
 
 def _first_line(error: BaseException) -> str:
