@@ -99,14 +99,14 @@ def run_sweep(
             )
     url = storage_url(storage, sweep_dir)
     store = open_storage(url, log=lambda line: tqdm.write(line, file=progress))
-    others = [s.study_name for s in store.get_all_studies() if s.study_name != spec.name]
-    if storage is None and others:  # its trials' run directories would meet theirs
-        raise ConfigError(
-            f"{sweep_dir} holds sweep '{others[0]}': give sweep '{spec.name}' its own --out"
-        )
     # Two `dfl sweep` commands started together on one new study must not both queue the
     # grid: creating and queueing happen under a lock in the sweep's directory.
     with file_lock(sweep_dir / "create.lock"):
+        others = [s.study_name for s in store.get_all_studies() if s.study_name != spec.name]
+        if storage is None and others:  # its trials' run directories would meet theirs
+            raise ConfigError(
+                f"{sweep_dir} holds sweep '{others[0]}': give sweep '{spec.name}' its own --out"
+            )
         study = studies.create_or_load(spec, store, sweep_dir)
     if retry_failed and (again := studies.retry_failed(study)):
         print(f"queued {again} failed trial{'s' if again > 1 else ''} again", file=progress)

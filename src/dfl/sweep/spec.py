@@ -95,20 +95,6 @@ class Distribution(Strict):
             raise ValueError("log and step cannot be combined")
         if self.step is not None and not self.step > 0:  # else Optuna fails every trial
             raise ValueError(f"step must be above 0 (got {self.step})")
-        if self.step is not None:  # Optuna narrows such a range with a warning in a log
-            span = self.high - self.low
-            steps = math.floor(span / self.step + 1e-9)
-            if steps == 0:
-                raise ValueError(
-                    f"step ({self.step}) exceeds high - low ({span:g}): every trial would draw "
-                    f"low ({self.low})"
-                )
-            if abs(span - steps * self.step) > 1e-9 * max(abs(span), 1):
-                top = self.low + steps * self.step
-                raise ValueError(
-                    f"high - low ({span:g}) is not a multiple of step ({self.step}): the "
-                    f"search would stop at {top:g}; set high to {top:g}"
-                )
         if self.log and self.low <= 0:
             raise ValueError(f"log needs low > 0 (got {self.low})")
         return self
@@ -310,7 +296,8 @@ def _checked_new(spec: SweepSpec, where: str) -> SweepSpec:
     study made before a check can still be read back:
     - name its model, in [base] or as an axis: without one every trial trained the default
       mlp on all of MNIST (as `dfl.train({})` refuses to);
-    - select in the way its metric improves: `maximize` a loss selected the worst trial."""
+    - select in the way its metric improves: `maximize` a loss selected the worst trial;
+    - repeat no value (1 and 1.0 ran twice), and step its ranges evenly."""
     if "model" not in spec.base and "model" not in spec.keys:
         raise ConfigError(
             f'{where}: the spec names no model: add model = "cnn_lab" (say) to [base], or vary it'
@@ -322,7 +309,42 @@ def _checked_new(spec: SweepSpec, where: str) -> SweepSpec:
             f"{where}: direction '{spec.direction}' would select the worst {spec.metric} (it "
             f"is best {'low' if own == 'min' else 'high'}): leave direction out, or set '{way}'"
         )
+    space = spec.search.space if spec.search else {}
+    axes = {**(spec.grid or {}), **{k: d.choices for k, d in space.items() if d.choices}}
+    for key, values in axes.items():
+        if len({_as_value(v) for v in values}) != len(values):  # 1 and 1.0 ran twice
+            raise ConfigError(f"{where}: '{key}' repeats a value (each trial would run twice)")
+    for key, d in space.items():
+        problem = _step_problem(d)
+        if problem:
+            raise ConfigError(f"{where}: search.space '{key}': {problem}")
     return spec
+
+
+def _as_value(v: Any) -> Any:
+    """What a trial's config gets: 1 and 1.0 are one learning rate."""
+    number = isinstance(v, int | float) and not isinstance(v, bool)
+    return float(v) if number else json.dumps(encode(v), sort_keys=True)
+
+
+def _step_problem(d: Distribution) -> str:
+    """Why a stepped range draws other points than it says ("" when it does not): Optuna
+    narrows it, with a warning in a worker's log."""
+    if d.step is None or d.low is None or d.high is None:
+        return ""
+    span = d.high - d.low
+    steps = math.floor(span / d.step + 1e-9)
+    if steps == 0:
+        return (
+            f"step ({d.step}) exceeds high - low ({span:g}): every trial would draw low ({d.low})"
+        )
+    if abs(span - steps * d.step) > 1e-9 * max(abs(span), 1):
+        top = d.low + steps * d.step
+        return (
+            f"high - low ({span:g}) is not a multiple of step ({d.step}): the search would stop "
+            f"at {top:g}; set high to {top:g}"
+        )
+    return ""
 
 
 def describe_spec_error(error: ValidationError) -> str:
@@ -525,9 +547,6 @@ def _is_distribution(value: Any) -> bool:
 
 
 def _check_unique(values: list[Any], what: str = "choices") -> None:
-    def same(v: Any) -> Any:  # 1 and 1.0 are one learning rate, one trial's config
-        number = isinstance(v, int | float) and not isinstance(v, bool)
-        return float(v) if number else json.dumps(encode(v), sort_keys=True)
-
-    if len({same(v) for v in values}) != len(values):
+    seen = [encode(v) for v in values]
+    if len({json.dumps(v) for v in seen}) != len(seen):
         raise ValueError(f"{what} repeats a value (each trial would run twice)")

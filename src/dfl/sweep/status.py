@@ -170,8 +170,13 @@ def format_status(status: SweepStatus, list_trials: bool = False) -> str:
         lines.append("  best: none yet")
     if status.finished:
         lines.append("  finished")
-    elif not status.workers:  # after Ctrl-C or a kill: an ETA would promise work nobody does
+    elif status.stalled and not status.workers:  # killed: an ETA would promise idle work
         lines.append("  no worker is alive: run the sweep again (or `dfl worker`) to go on")
+    elif not status.workers:  # after Ctrl-C; or workers starting, or between two trials
+        lines.append(
+            "  no trial running now: if no `dfl sweep` or `dfl worker` runs on this study "
+            "either, run the sweep again to go on"
+        )
     elif status.eta_s is not None:
         lines.append(f"  ETA {format_seconds(status.eta_s)} at {status.workers} worker(s)")
     else:

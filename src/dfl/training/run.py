@@ -224,8 +224,8 @@ def _paused_when_stopped(runs: list[tuple[Trainer, Callable[..., None]]]) -> Ite
         for trainer, status_of in runs:
             with contextlib.suppress(Exception):  # recording must not mask the interrupt
                 if read_status(trainer.run_dir)["status"] == RunStatus.RUNNING:
-                    status_of(RunStatus.PAUSED, epochs_run=len(trainer.history),
-                              reason="interrupted; resume to go on")  # fmt: skip
+                    # no epoch count: the newest checkpoint may be behind the history
+                    status_of(RunStatus.PAUSED, reason="interrupted; resume to go on")
         raise
 
 
