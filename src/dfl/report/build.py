@@ -273,12 +273,12 @@ def build_report(out: Path) -> Path:
     if not out.is_dir():
         raise DflError(f"{out} is not a directory: name the --out of a `dfl reproduce`"
                        + _reproductions_near(out))  # fmt: skip
-    if (out / "config.toml").is_file() and not manifest_path.exists():
-        raise DflError(
-            f"{out} is a training run (dfl train), which has no report: `dfl report` rebuilds "
-            "a `dfl reproduce` directory's" + _reproductions_near(out)
-        )
     if not manifest_path.exists():
+        if (out / "config.toml").is_file():
+            raise DflError(
+                f"{out} is a training run (dfl train), which has no report: `dfl report` "
+                "rebuilds a `dfl reproduce` directory's" + _reproductions_near(out)
+            )
         raise DflError(
             f"{out} holds no reproduction (no reproduce.json); run `dfl reproduce "
             f"--out {out}` first" + _reproductions_near(out)

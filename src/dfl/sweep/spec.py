@@ -176,8 +176,7 @@ class SweepSpec(Strict):
                 raise ValueError(f"'{key}' is set by the sweep (selection is on validation only)")
         if self.grid is not None:
             self._check_grid_size()
-        own = metric_direction(self.metric)
-        way = {"min": "minimize", "max": "maximize"}.get(own or "")
+        way = study_direction(self.metric)
         if self.direction is None:
             if way is None:
                 raise ValueError(f"set direction (minimize or maximize) for metric {self.metric}")
@@ -302,12 +301,12 @@ def _checked_new(spec: SweepSpec, where: str) -> SweepSpec:
         raise ConfigError(
             f'{where}: the spec names no model: add model = "cnn_lab" (say) to [base], or vary it'
         )
-    own = metric_direction(spec.metric)
-    way = {"min": "minimize", "max": "maximize"}.get(own or "")
+    way = study_direction(spec.metric)
     if way is not None and spec.direction != way:
         raise ConfigError(
             f"{where}: direction '{spec.direction}' would select the worst {spec.metric} (it "
-            f"is best {'low' if own == 'min' else 'high'}): leave direction out, or set '{way}'"
+            f"is best {'low' if way == 'minimize' else 'high'}): leave direction out, or set "
+            f"'{way}'"
         )
     space = spec.search.space if spec.search else {}
     axes = {**(spec.grid or {}), **{k: d.choices for k, d in space.items() if d.choices}}
@@ -319,6 +318,12 @@ def _checked_new(spec: SweepSpec, where: str) -> SweepSpec:
         if problem:
             raise ConfigError(f"{where}: search.space '{key}': {problem}")
     return spec
+
+
+def study_direction(metric: str) -> str | None:
+    """The Optuna direction that selects the best `metric` (a loss minimised, an accuracy
+    maximised), or None for a name that says neither."""
+    return {"min": "minimize", "max": "maximize"}.get(metric_direction(metric) or "")
 
 
 def _as_value(v: Any) -> Any:

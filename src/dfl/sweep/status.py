@@ -105,9 +105,9 @@ def sweep_status(
     result["to_start"] = max(spec.n_trials - len(live), 0)
     running = [t for t in live if t.state == TrialState.RUNNING]
     stalled = frozenset(t.number for t in running) & stalled
-    workers = len({t.user_attrs.get("worker", t.number) for t in running} - {
-        t.user_attrs.get("worker", t.number) for t in running if t.number in stalled
-    })  # fmt: skip
+    workers = len(
+        {t.user_attrs.get("worker", t.number) for t in running if t.number not in stalled}
+    )
     eta = _eta(live, result, workers)
     return SweepStatus(spec, storage, result, _best(live, spec), eta, trials, stalled, workers)
 
