@@ -567,18 +567,15 @@ def section(result: SAEResult, figs: list[Figure]) -> Section:
     table = _table(lab, full)
     lab_recipe, fixed = full["lab"], full["corrected"]
     few = result.scarce
+    n_test = result.test_images
+    faithful = min((len(entry["after"]) for entry in lab.values()), default=1)
     paragraphs = [
-        _gains(lab_recipe, "With the lab's recipe on the full data"),
+        _gains(lab_recipe, "With the lab's recipe on the full data", n_test),
         _why_lab_recipe(lab_recipe, result.mean_image_mse),
-        _gains(fixed, f"With the corrected recipe ({fixed['recipe']})")
+        _gains(fixed, f"With the corrected recipe ({fixed['recipe']})", n_test)
         + f" Its first layer reaches reconstruction MSE {fmean(fixed['first_layer_mse']):.4f}.",
         *(
-            [
-                _gains(
-                    full["deeper"],
-                    f"Beyond the lab, a network of another size ({full['deeper']['label']})",
-                )
-            ]
+            [_gains(full["deeper"], "Beyond the lab, a network of another size", n_test)]
             if "deeper" in full
             else []
         ),
@@ -587,8 +584,13 @@ def section(result: SAEResult, figs: list[Figure]) -> Section:
         "random-init columns measure what it still buys these networks"
         + (" with every label, and the table below what it buys with few." if few else "."),
         "The notebook measured neither number. Its runs used 1,000-image test subsets, so their "
-        "accuracies move in steps of 0.001 and differ between draws; our lab-protocol rows are "
-        "means over seeds for that reason.",
+        "accuracies move in steps of 0.001 and differ between draws; "
+        + (
+            f"our lab-protocol rows are means over {faithful} seeds for that reason."
+            if faithful > 1
+            else "our lab-protocol rows are one run each, as the notebook's, so differences of a "
+            "few thousandths between them are within that noise."
+        ),
     ]
     tables = [table]
     if few:
@@ -597,20 +599,26 @@ def section(result: SAEResult, figs: list[Figure]) -> Section:
     return Section(EXPERIMENT.title, QUESTION, paragraphs, tables, figs)
 
 
-def _gains(entry: dict[str, Any], lead: str) -> str:
-    before, after, random = (fmean(entry[k]) for k in ("before", "after", "random"))
-    verdict = (
-        "pretraining helped"
-        if after > random
-        else "pretraining did not help: the randomly initialised network, given the same epochs "
-        "end to end, is as good or better"
-    )
+def _gains(entry: dict[str, Any], lead: str, test_images: int) -> str:
+    """Fine-tuning's and pretraining's gains, judged against the seeds' spread as the
+    scarce-label study judges them; one seed has no spread, and says so."""
+    before, after = fmean(entry["before"]), fmean(entry["after"])
+    gain, verdict = scarce_labels.judge(entry["after"], entry["random"], test_images)
+    seeds = len(entry["after"])
+    said = {
+        "helped": "pretraining helped, beyond the seeds' spread",
+        "hurt": "pretraining hurt: the randomly initialised network, given the same epochs end "
+        "to end, is better beyond the seeds' spread",
+        "noise": "within the seeds' spread, pretraining made no measurable difference",
+    }[verdict]
+    if seeds == 1:
+        said = "pretraining " + ("helped" if gain > 0 else "did not help") + " in this one run"
     return (
-        f"{lead}, the test accuracy before fine-tuning (pretraining, then the classifier phase "
-        f"with the bottom layer frozen) is {before:.4f}; fine-tuning every layer brings it to "
-        f"{after:.4f} ({after - before:+.4f}). Against the same network trained from random "
-        f"initialisation with the same total epochs, layer-wise pretraining gives "
-        f"{after - random:+.4f}: {verdict}."
+        f"{lead} ({entry['label']}), the test accuracy before fine-tuning (pretraining, then "
+        f"the classifier phase with the bottom layer frozen) is {before:.4f}; fine-tuning every "
+        f"layer brings it to {mean_std(entry['after'])} ({after - before:+.4f}). Against the "
+        f"same network trained from random initialisation with the same total epochs, "
+        f"{mean_std(entry['random'])}, layer-wise pretraining gives {gain:+.4f}: {said}."
     )
 
 

@@ -70,13 +70,16 @@ def verdicts(study: dict[str, Any], test_images: int) -> list[tuple[dict[str, An
     """Each row with the pretrained network's gain over random initialisation (means over
     seeds) and what it amounts to: "helped" or "hurt" beyond the seeds' spread (the larger
     range of the two arms, at least one test image), else "noise"."""
-    out = []
-    for row in study["rows"]:
-        p, r = row["pretrained"], row["random"]
-        gain = fmean(p) - fmean(r)
-        band = max(max(p) - min(p), max(r) - min(r), 1 / test_images)
-        out.append((row, gain, "helped" if gain > band else "hurt" if -gain > band else "noise"))
-    return out
+    return [(row, *judge(row["pretrained"], row["random"], test_images)) for row in study["rows"]]
+
+
+def judge(pretrained: list[float], random: list[float], test_images: int) -> tuple[float, str]:
+    """The pretrained network's gain over random initialisation (means over seeds), and
+    "helped" or "hurt" where it is beyond the larger of the two arms' ranges (at least one
+    test image), else "noise"."""
+    gain = fmean(pretrained) - fmean(random)
+    band = max(max(pretrained) - min(pretrained), max(random) - min(random), 1 / test_images)
+    return gain, "helped" if gain > band else "hurt" if -gain > band else "noise"
 
 
 def table(study: dict[str, Any], test_images: int) -> Table:

@@ -10,6 +10,7 @@ rollout maps of what it looks at.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -263,6 +264,14 @@ def _lab_protocol(row: dict[str, Any]) -> bool:
     return row["epochs"] == 20 and row["subset"] is None
 
 
+def _protocol_note(row: dict[str, Any]) -> str:
+    """Said after a number from a run shorter or smaller than the lab's: not its result."""
+    if _lab_protocol(row):
+        return ""
+    images = f" on {row['subset']:,} images" if row["subset"] else ""
+    return f" (after {_epochs(row['epochs'])}{images}, not the lab's protocol of 20 epochs)"
+
+
 def _config_compare(row: dict[str, Any]) -> Comparison:
     shown = {"faithful": fmt(row["test_accuracy"])}
     if not _lab_protocol(row):
@@ -358,15 +367,16 @@ def _study_discussion(result: ViTResult) -> list[str]:
         f"{min(gap.values()):+.4f} ({min(gap, key=gap.get)}) to {max(gap.values()):+.4f} "
         f"({max(gap, key=gap.get)}); at this budget the larger models "
         + (
-            "fit their training images more than the smaller ones do."
-            if gap[costly] > gap[cheap]
-            else "do not yet fit their training images more than the smaller ones."
+            f"({costly}) fit their training images more than the smaller ones ({cheap}) do."
+            if gap[costly] - gap[cheap] > band
+            else f"({costly}) do not fit their training images more than the smaller ones "
+            f"({cheap}) beyond the noise."
         ),
         f"Training dynamics: after one epoch validation accuracy ranges from "
         f"{fmt(min(early.values()))} ({min(early, key=early.get)}) to "
         f"{fmt(max(early.values()))} ({max(early, key=early.get)}); {len(still)} of "
-        f"{len(first)} were still improving at the last epoch, so a longer budget can reorder "
-        "the close ones.",
+        f"{len(first)} were still improving at the last epoch"
+        + (", so a longer budget can reorder the close ones." if still else "."),
         f"Computational cost: multiply-adds per image from {macs[cheap]:,} ({cheap}) to "
         f"{macs[costly]:,} ({costly}), {macs[costly] / macs[cheap]:.0f}x; training seconds per "
         f"1,000 images from {per_k[fast]:.2f} ({fast}) to {per_k[slow]:.2f} ({slow}), "
@@ -430,21 +440,30 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
     costly = max(rows, key=lambda r: r["macs"])
     cheap = min(rows, key=lambda r: r["macs"])
     gaps = [r["train_accuracy"] - r["test_accuracy"] for r in rows]
-    # Where the test loss bottomed out, against where it ended.
+    # Where the test loss bottomed out, against where it ended; and whether the train loss went
+    # on falling after it (from the test loss's lowest epoch to the last).
     turns = [
-        (min(range(len(t)), key=t.__getitem__) + 1, min(t), t[-1])
-        for t in (r["test_loss_curve"] for r in rows)
+        (min(range(len(t)), key=t.__getitem__) + 1, min(t), t[-1], r["train_loss_curve"])
+        for r in rows
+        for t in [r["test_loss_curve"]]
     ]
-    rising = [(ep, lo, end) for ep, lo, end in turns if end > 1.05 * lo]
+    rising = [(ep, lo, end, tr) for ep, lo, end, tr in turns if end > 1.05 * lo]
+    train_fell = [tr[-1] < tr[ep - 1] for ep, _, _, tr in rising]
+    always_down = sum(
+        all(b < a for a, b in itertools.pairwise(r["train_loss_curve"])) for r in rows
+    )
+    epochs = max(r["epochs"] for r in rows)
     # Per 1,000 training images: the quick profile trains some configurations on a subset.
     per_k = {name(r): 1000 * r["seconds_per_epoch"] / (r["subset"] or 60000) for r in rows}
     fast, slow = min(per_k, key=per_k.get), max(per_k, key=per_k.get)
     if len(rows) == 1:  # the lab profile: the base configuration only
         return [
             f"Performance: {name(best)} ({best['params']:,} parameters, {best['macs']:,} "
-            f"multiply-adds per image) reaches {fmt(best['test_accuracy'])} test accuracy, "
-            f"{fmt(gaps[0])} below its train accuracy; {per_k[fast]:.2f} s per 1,000 training "
-            "images. The other six configurations: `dfl reproduce --profile every`."
+            f"multiply-adds per image) reaches {fmt(best['test_accuracy'])} test accuracy"
+            + _protocol_note(best)
+            + f", {fmt(abs(gaps[0]))} {'below' if gaps[0] > 0 else 'above'} its train "
+            f"accuracy; {per_k[fast]:.2f} s per 1,000 training images. The other six "
+            "configurations: `dfl reproduce --profile every`."
         ]
     return [
         f"Performance: test accuracy ranges from {fmt(worst['test_accuracy'])} ({name(worst)}, "
@@ -452,26 +471,30 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
         f"{best['params']:,} parameters)"
         + (
             f": {best['params'] / worst['params']:.0f}x the parameters buys "
-            f"{best['test_accuracy'] - worst['test_accuracy']:.4f}."
+            f"{best['test_accuracy'] - worst['test_accuracy']:.4f}"
             if best["params"] > worst["params"]
-            else ": the smaller model is the better one here."
-        ),
+            else ": the smaller model is the better one here"
+        )
+        + " (one run of each, as the lab's protocol trains)"
+        + (_protocol_note(best) if not all(map(_lab_protocol, rows)) else "")
+        + ".",
         f"Overfitting: train accuracy minus test accuracy ends between {fmt(min(gaps))} and "
         f"{fmt(max(gaps))}"
         + (" (above test accuracy in every configuration)" if min(gaps) > 0 else "")
         + (
             f", and in {len(rising)} of {len(rows)} the test loss ends above its minimum "
             f"(reached at epoch {min(t[0] for t in rising)}-{max(t[0] for t in rising)}; "
-            f"the final test loss is {min(e / lo for _, lo, e in rising):.2f}-"
-            f"{max(e / lo for _, lo, e in rising):.2f}x that minimum) while the train loss "
-            "keeps falling: they grow more confident, on the digits they get wrong too."
+            f"the final test loss is {min(e / lo for _, lo, e, _ in rising):.2f}-"
+            f"{max(e / lo for _, lo, e, _ in rising):.2f}x that minimum), while from that "
+            f"epoch on the train loss fell in {sum(train_fell)} of them."
             if rising
-            else "."
+            else "; no configuration's test loss ends more than 5% above its minimum."
         ),
         "Training dynamics: the exponential schedule shrinks the step by 5% per epoch "
-        f"({0.95 ** (max(r['epochs'] for r in rows) - 1):.2f}x the first step by the last "
-        "epoch), so late epochs refine rather than explore; the curves below show the train "
-        "loss falling throughout and the test loss bottoming out early.",
+        f"({0.95 ** (epochs - 1):.2f}x the first step by the last epoch), so late epochs "
+        f"refine rather than explore. The train loss fell at every epoch in {always_down} of "
+        f"{len(rows)} configurations; the test loss was lowest at epoch "
+        f"{min(t[0] for t in turns)}-{max(t[0] for t in turns)} of {epochs}.",
         f"Computational cost: multiply-adds per image range from {cheap['macs']:,} "
         f"({name(cheap)}) to {costly['macs']:,} ({name(costly)}), "
         f"{costly['macs'] / cheap['macs']:.0f}x; training seconds per 1,000 images from "
