@@ -87,3 +87,23 @@ def test_ae_deeper_autoencoder_says_its_epochs_and_which_way_the_ratio_goes():
     text = ae._deep_paragraph(deep)
     assert "lower than the validation MSE" in text and "no lower" not in text
     assert "the lab's best enc-32" not in text  # the lab has no enc-16 number
+
+
+def test_sae_lab_recipe_claims_a_poor_code_only_where_the_classifier_on_it_was_poor():
+    entry = {"first_layer_mse": [0.07], "train_after": [0.97], "after": [0.96]}
+    poor = sae._why_lab_recipe({**entry, "before": [0.28]}, mean_image_mse=0.067)
+    assert "its code carries little class information" in poor
+    good = sae._why_lab_recipe({**entry, "before": [0.90]}, mean_image_mse=0.067)
+    assert "class information" not in good
+    fine = sae._why_lab_recipe({**entry, "before": [0.28], "first_layer_mse": [0.01]}, 0.067)
+    assert "class information" not in fine
+
+
+def test_vit_one_epoch_runs_claim_no_dynamics_and_an_equal_gap_is_said_so():
+    rows = [vit_row((32, 6, 8, 64), 0.5, 0.6, [0.9], [1.0], epochs=1, subset=2000),
+            vit_row((128, 8, 8, 256), 0.6, 0.7, [0.8], [0.9], epochs=1, subset=1000)]  # fmt: skip
+    text = " ".join(vit._discussion(rows))
+    assert "fell at every epoch" not in text  # one epoch has no direction
+    assert "32-6-8-64, 128-8-8-256 after fewer epochs or images than its 20 epochs" in text
+    (alone,) = vit._discussion([vit_row((64, 6, 8, 128), 0.97, 0.97, [0.2], [0.3])])
+    assert "equal to its train accuracy" in alone and "0.0000" not in alone

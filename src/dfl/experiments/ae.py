@@ -121,7 +121,7 @@ def run(ctx: Context, p: Settings) -> AEResult:
     selected_mse = numbers["selected.test_mse"].value
     return AEResult(
         grid=grid,
-        best={k: best[k] for k in ("batch", "enc", "epochs", "val_mse")},
+        best={k: best[k] for k in ("batch", "enc", "epochs", "val_mse", "val_mse_seeds")},
         baseline_lab_protocol=baseline.final["test_loss"],
         selected_test=selected_mse,
         baseline_test=numbers["baseline.test_mse"].value,
@@ -492,6 +492,13 @@ def _deep_paragraph(deep: dict[str, Any]) -> str:
     )
 
 
+def _val_mse(point: dict[str, Any]) -> str:
+    """A grid point's validation MSE: its mean ± std over the grid's seeds where it has
+    several (results saved before the seeds were kept have the mean alone)."""
+    seeds = point.get("val_mse_seeds", [])
+    return mean_std(seeds) if len(seeds) > 1 else fmt(point["val_mse"])
+
+
 def _than(ours: float, other: float) -> str:
     return "lower than" if ours < other else "no lower than"
 
@@ -501,7 +508,7 @@ def section(result: AEResult, figs: list[Figure]) -> Section:
     printed = {k: float(lab_value(NAME, f"test_mse.{k}")) for k in ("best", "baseline")}
     paragraphs = [
         f"Selected on validation: batch {best['batch']}, encoding size {best['enc']}, "
-        f"{epochs(best['epochs'])} (validation MSE {fmt(best['val_mse'])}). "
+        f"{epochs(best['epochs'])} (validation MSE {_val_mse(best)}). "
         + _what_matters(result.grid),
         f"The lab reported test losses of {printed['best']:.6f} (selected) and "
         f"{printed['baseline']:.6f} (baseline). The notebook summed the loss over 1,000 sampled "
@@ -528,7 +535,7 @@ def _grid_table(grid: list[dict[str, Any]]) -> Table:
             r["batch"],
             r["enc"],
             r["epochs"],
-            mean_std(r["val_mse_seeds"]) if len(r.get("val_mse_seeds", [])) > 1 else r["val_mse"],
+            _val_mse(r),
             r["lab_epochs"],
             r["lab"],
             (r["val_mse"] / r["lab"]) if r["lab"] else None,

@@ -735,9 +735,9 @@ def section(result: CNNResult, figs: list[Figure]) -> Section:
             "full profile's: `dfl reproduce --profile full --only cnn`."
         )
     paragraphs.append(
-        "The notebook chose its best epoch on the test set; every choice here uses a "
-        "validation split. The test accuracies shown beside other runs are reported, never "
-        "used to choose."
+        "The notebook chose its best epoch on the test set (its table's 'best epoch on test' "
+        "column shows what that gives); every other choice here uses a validation split, and "
+        "the test accuracies shown are reported, never used to choose."
     )
     return Section(EXPERIMENT.title, QUESTION, paragraphs, tables, figs)
 

@@ -109,8 +109,15 @@ def answer(study: dict[str, Any], test_images: int, pretrain_images: int) -> str
     text = (
         f"What pretraining layer by layer buys, measured: each layer pretrained for "
         f"{epochs(study['pretrain_epochs'])} on all {pretrain_images:,} training images without "
-        f"their labels, then the whole network fine-tuned on n labelled images, against the same "
-        f"network from random initialisation on the same images and epochs. {steps}. "
+        f"their labels, then the whole network fine-tuned on n labelled images"
+        + (
+            f" for {epochs(study['finetune_epochs'])} (more where so few labels make an epoch "
+            "only a few steps)"
+            if "finetune_epochs" in study
+            else ""
+        )
+        + f", against the same network from random initialisation on the same images and "
+        f"epochs. {steps}. "
     )
     if helped and len(helped) == len(judged):
         text += "Pretraining helped at every label count, beyond the seeds' spread."

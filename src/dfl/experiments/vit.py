@@ -269,7 +269,10 @@ def _protocol_note(row: dict[str, Any]) -> str:
     if _lab_protocol(row):
         return ""
     images = f" on {row['subset']:,} images" if row["subset"] else ""
-    return f" (after {_epochs(row['epochs'])}{images}, not the lab's protocol of 20 epochs)"
+    return (
+        f" (after {_epochs(row['epochs'])}{images}, not the lab's protocol of 20 epochs on "
+        "every training image)"
+    )
 
 
 def _config_compare(row: dict[str, Any]) -> Comparison:
@@ -449,10 +452,11 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
     ]
     rising = [(ep, lo, end, tr) for ep, lo, end, tr in turns if end > 1.05 * lo]
     train_fell = [tr[-1] < tr[ep - 1] for ep, _, _, tr in rising]
-    always_down = sum(
-        all(b < a for a, b in itertools.pairwise(r["train_loss_curve"])) for r in rows
-    )
+    curves = [r["train_loss_curve"] for r in rows if len(r["train_loss_curve"]) > 1]
+    always_down = sum(all(b < a for a, b in itertools.pairwise(c)) for c in curves)
     epochs = max(r["epochs"] for r in rows)
+    of_epochs = f" of {epochs}" if len({r["epochs"] for r in rows}) == 1 else ""
+    shortened = [name(r) for r in rows if not _lab_protocol(r)]
     # Per 1,000 training images: the quick profile trains some configurations on a subset.
     per_k = {name(r): 1000 * r["seconds_per_epoch"] / (r["subset"] or 60000) for r in rows}
     fast, slow = min(per_k, key=per_k.get), max(per_k, key=per_k.get)
@@ -461,8 +465,12 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
             f"Performance: {name(best)} ({best['params']:,} parameters, {best['macs']:,} "
             f"multiply-adds per image) reaches {fmt(best['test_accuracy'])} test accuracy"
             + _protocol_note(best)
-            + f", {fmt(abs(gaps[0]))} {'below' if gaps[0] > 0 else 'above'} its train "
-            f"accuracy; {per_k[fast]:.2f} s per 1,000 training images. The other six "
+            + (
+                f", {fmt(abs(gaps[0]))} {'below' if gaps[0] > 0 else 'above'} its train accuracy"
+                if gaps[0]
+                else ", equal to its train accuracy"
+            )
+            + f"; {per_k[fast]:.2f} s per 1,000 training images. The other six "
             "configurations: `dfl reproduce --profile every`."
         ]
     return [
@@ -475,9 +483,14 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
             if best["params"] > worst["params"]
             else ": the smaller model is the better one here"
         )
-        + " (one run of each, as the lab's protocol trains)"
-        + (_protocol_note(best) if not all(map(_lab_protocol, rows)) else "")
-        + ".",
+        + " (one run of each, as the lab's protocol trains"
+        + (
+            f"; {', '.join(shortened)} after fewer epochs or images than its 20 epochs on "
+            "every training image"
+            if shortened
+            else ""
+        )
+        + ").",
         f"Overfitting: train accuracy minus test accuracy ends between {fmt(min(gaps))} and "
         f"{fmt(max(gaps))}"
         + (" (above test accuracy in every configuration)" if min(gaps) > 0 else "")
@@ -492,9 +505,14 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
         ),
         "Training dynamics: the exponential schedule shrinks the step by 5% per epoch "
         f"({0.95 ** (epochs - 1):.2f}x the first step by the last epoch), so late epochs "
-        f"refine rather than explore. The train loss fell at every epoch in {always_down} of "
-        f"{len(rows)} configurations; the test loss was lowest at epoch "
-        f"{min(t[0] for t in turns)}-{max(t[0] for t in turns)} of {epochs}.",
+        "refine rather than explore."
+        + (
+            f" The train loss fell at every epoch in {always_down} of {len(curves)} "
+            f"configurations trained more than one epoch; the test loss was lowest at epoch "
+            f"{min(t[0] for t in turns)}-{max(t[0] for t in turns)}{of_epochs}."
+            if curves
+            else ""
+        ),
         f"Computational cost: multiply-adds per image range from {cheap['macs']:,} "
         f"({name(cheap)}) to {costly['macs']:,} ({name(costly)}), "
         f"{costly['macs'] / cheap['macs']:.0f}x; training seconds per 1,000 images from "

@@ -193,7 +193,8 @@ def _headline(
         f"This run (profile **{profile}** on {where}, {wall / 60:.1f} min on the clock for its "
         f"experiments) set "
         f"**{beside} of the lab's {total} numbers** beside ours: {n['reproduced']} reproduced, "
-        f"{n['differs']} differ (each with its reason); {n['not comparable']} not comparable "
+        f"{n['differs']} differ{'s' * (n['differs'] == 1)} (each with its reason); "
+        f"{n['not comparable']} not comparable "
         f"(fewer epochs or images than the lab, or another dataset), {n['missing']} missing."
     )
     if profile in ("complete", "full"):
