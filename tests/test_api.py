@@ -247,7 +247,9 @@ def test_sweep_run_takes_a_spec_as_data(tmp_path: Path, digits):
     with pytest.raises(dfl.ConfigError, match=r"'grid.optim.lr': .*: give a list, \[0.1, 0.2\]"):
         dfl.sweep.run({**spec, "grid": {"optim.lr": (0.1, 0.2)}}, out=NOWHERE)
     # Not into another sweep's directory: the trials of both met in one trials/ folder.
-    with pytest.raises(dfl.ConfigError, match=r"sweep holds sweep 'api': give sweep 'other' its"):
+    with pytest.raises(
+        dfl.ConfigError, match=r"holds sweep 'api': give sweep 'other' its own out=$"
+    ):
         dfl.sweep.run({**spec, "name": "other"}, out=tmp_path / "sweep", workers=1)
     # Not into a training run's directory: its study.db, trials and logs went in beside it.
     run = dfl.train("mlp", out=tmp_path / "run", epochs=1, **{"model_args.hidden": [4], **digits})
@@ -287,3 +289,25 @@ def test_arguments_of_the_kinds_a_notebook_holds_are_taken(tmp_path: Path, digit
     monkeypatch.chdir(tmp_path)
     lab = dfl.lab.run("conv", profile="smoke", seeds=np.int64(1), data_dir=None)
     assert lab.comparisons
+
+
+def test_messages_name_options_as_the_caller_gives_them(tmp_path: Path, digits, capsys):
+    """From Python an error says `resume=True` and `out=`, where the CLI says `--resume` and
+    `--out`; the resume it suggests for a damaged history is a call that works."""
+    from dfl.cli import main
+    from dfl.errors import CALLER, resume_command
+
+    args = {"model_args.hidden": [4], "epochs": 1, **digits}
+    run = dfl.train("mlp", out=tmp_path / "run", **args)
+    said = r"pass resume=True to continue or reuse it, or choose another out=$"
+    with pytest.raises(dfl.DflError, match=said):
+        dfl.train("mlp", out=run.run_dir, **args)
+    flags = ["--set", "model_args.hidden=[4]", "--set", f"data.dataset={digits['data.dataset']}"]
+    assert main(["train", "mlp", "--epochs", "1", "--out", str(run.run_dir), *flags]) == 2
+    assert "pass --resume to continue or reuse it, or choose another --out" in (
+        capsys.readouterr().err
+    )
+    assert CALLER.get() == "python"  # the command's wording ended with it
+    call = resume_command(run.run_dir).strip("`")
+    again = eval(call, {"dfl": dfl})  # the suggestion, as a user would paste it
+    assert again.run_dir == run.run_dir and again.history == run.history

@@ -199,3 +199,22 @@ def test_a_killed_launcher_takes_its_workers_with_it(tmp_path: Path):
     _, left = psutil.wait_procs(workers, timeout=10)
     assert left == []
     assert "Traceback" not in launcher.communicate(timeout=10)[1]
+
+
+def caller_here(_: int) -> str:
+    from dfl.errors import CALLER
+
+    return CALLER.get()
+
+
+def test_spawned_workers_word_their_messages_for_the_caller_that_started_them():
+    """A `dfl reproduce` lane words its errors as the command does (`--out`), a notebook's
+    `dfl.lab.run` lane as the API does (`out=`): the caller travels to the spawned process."""
+    from dfl.errors import CALLER
+
+    assert run_in_workers(caller_here, {"a": (0,)}, workers=1, pin=False) == {"a": "python"}
+    token = CALLER.set("cli")
+    try:
+        assert run_in_workers(caller_here, {"a": (0,)}, workers=1, pin=False) == {"a": "cli"}
+    finally:
+        CALLER.reset(token)

@@ -218,8 +218,8 @@ def test_a_waiting_holder_refuses_a_refusing_claim_and_waiters_take_turns(tmp_pa
             pass
         assert str(refused.value) == (
             f"run directory {out} is in use by process {first.pid}, which is still training "
-            "it; wait for it to finish (then --resume), or choose another --out"
-        )
+            "it; wait for it to finish (then resume=True), or choose another out="
+        )  # called from Python, it names the API's keywords (the CLI's flags: test_input_errors)
         procs.append(second := hold(out, "wait"))
         assert line_of(second) == f"waiting for process {first.pid}"
         seen = []

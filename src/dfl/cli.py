@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dfl.errors import DflError
+from dfl.errors import CALLER, DflError
 from dfl.runtime.interrupts import (
     InterruptOnce,
     ReaderGone,
@@ -405,6 +405,14 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    caller = CALLER.set("cli")  # messages name options as flags (--out), not keywords (out=)
+    try:
+        return _main(argv)
+    finally:
+        CALLER.reset(caller)
+
+
+def _main(argv: list[str] | None) -> int:
     args: argparse.Namespace | None = None
     with InterruptOnce(), SigtermAsInterrupt():
         try:

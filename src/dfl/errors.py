@@ -8,6 +8,36 @@ line and exits with `exit_code`; nothing else is allowed to escape as a tracebac
 from __future__ import annotations
 
 import errno
+import shlex
+from contextvars import ContextVar
+from pathlib import Path
+
+# Where the user is calling from: "python" (the API, a notebook) unless a `dfl` command's entry
+# point says "cli" (dfl.cli.main, the sweep's worker processes); the processes dfl starts carry
+# it on (dfl.runtime.local_workers). Messages name options as that caller gives them.
+CALLER: ContextVar[str] = ContextVar("dfl_caller", default="python")
+
+
+def option(name: str, value: object = None) -> str:
+    """An option as the caller gives it: `--out` (`--device auto`) on the command line, `out=`
+    (`device='auto'`) in Python; a switch (resume, retry-failed) as `resume=True`."""
+    if CALLER.get() == "cli":
+        return f"--{name}" + (f" {value}" if value is not None else "")
+    keyword = name.replace("-", "_")
+    if name in SWITCHES:
+        return f"{keyword}=True"
+    return f"{keyword}=" + (repr(value) if value is not None else "")
+
+
+SWITCHES = {"resume", "retry-failed"}
+
+
+def resume_command(run_dir: Path) -> str:
+    """How the caller resumes the run in `run_dir`: a command, or the API's call, either one
+    that works when pasted (the path quoted)."""
+    if CALLER.get() == "cli":
+        return f"`dfl train --resume --out {shlex.quote(str(run_dir))}`"
+    return f"`dfl.train({str(run_dir / 'config.toml')!r}, out={str(run_dir)!r}, resume=True)`"
 
 
 class DflError(Exception):

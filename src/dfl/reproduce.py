@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from dfl.config import TrainConfig
 from dfl.data import load_dataset
-from dfl.errors import ConfigError, ExperimentsFailed, one_line
+from dfl.errors import ConfigError, ExperimentsFailed, one_line, option
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.context import Context
 from dfl.experiments.engine import for_workers, in_worker
@@ -101,12 +101,13 @@ def _manifest(
         if not same or was[1:] != (dataset, precision):
             raise ConfigError(
                 f"{out} holds a reproduction with profile {was[0]} on {was[1]} in precision "
-                f"{was[2]}; use another --out for profile {profile} on {dataset} in {precision}"
+                f"{was[2]}; use another {option('out')} for profile {profile} on {dataset} in "
+                f"{precision}"
             )
     if seeds is not None and had is not None and seeds != had:  # its finished experiments'
         raise ConfigError(
-            f"{out} holds a reproduction over {had} seed{'s' * (had != 1)}; leave out --seeds "
-            f"to continue it, or use another --out for {seeds}"
+            f"{out} holds a reproduction over {had} seed{'s' * (had != 1)}; leave out "
+            f"{option('seeds')} to continue it, or use another {option('out')} for {seeds}"
         )
     return {
         "profile": profile,
@@ -166,11 +167,13 @@ def reproduce(
             f"--only: unknown experiment(s) {', '.join(unknown)} "
             f"(choose from {','.join(EXPERIMENTS)})"
         )
-    check_workers(jobs, "--jobs")  # the sweeps' workers too: at most 4 a core
+    check_workers(jobs, "jobs")  # the sweeps' workers too: at most 4 a core
     if at_once is not None and at_once < 1:
         raise ConfigError(f"--experiments-at-once must be at least 1 (got {at_once})")
     if profile not in PROFILES and profile not in ALIASES:
-        raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, not '{profile}'")
+        raise ConfigError(
+            f"{option('profile')} must be one of {', '.join(PROFILES)}, not '{profile}'"
+        )
     if precision not in PRECISIONS:  # else it would be written into reproduce.json
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if seeds is not None and not (isinstance(seeds, int) and 1 <= seeds <= MAX_SEEDS):

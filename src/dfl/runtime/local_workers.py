@@ -44,7 +44,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from dfl.errors import DflError, one_line
+from dfl.errors import CALLER, DflError, one_line, option
 from dfl.runtime.interrupts import INTERRUPTED, TERMINATED, note_sigterm
 
 STOP_WAIT_S = 15.0  # how long workers get to wind down (requeue a trial) before each signal
@@ -73,20 +73,21 @@ def available_cores() -> int:
 WORKERS_PER_CORE = 4
 
 
-def check_workers(workers: int | None, name: str = "--workers") -> None:
+def check_workers(workers: int | None, name: str = "workers") -> None:
     """A count of worker processes (None: the default), checked before anything is created;
-    `name` is the option the caller took it as (`--jobs`, `workers=`)."""
+    `name` is the option it was given as (jobs, workers), named as the caller gives it."""
     if workers is None:
         return
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DflError(
-            f"{name} must be a whole number, at least 1 (got {workers!r}); leave it out for "
+            f"{option(name)} must be a whole number, at least 1 (got {workers!r}); leave it "
+            "out for "
             "the default"
         )
     cores = available_cores()
     if workers > WORKERS_PER_CORE * cores:
         raise DflError(
-            f"{name} {workers} is more than {WORKERS_PER_CORE} a core on this machine's "
+            f"{option(name, workers)} is more than {WORKERS_PER_CORE} a core on this machine's "
             f"{cores} cores: give {WORKERS_PER_CORE * cores} or fewer"
         )
 
@@ -177,6 +178,7 @@ class WorkerGroup:
     def start_command(self, argv: Sequence[str], *, threads: int, log: Path) -> Worker:
         """Start `argv` with `threads` OpenMP/MKL threads, its output appended to `log`."""
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env["DFL_CALLER"] = CALLER.get()  # a dfl command there words its messages for ours
         log_file = open(log, "a")  # noqa: SIM115 (closed when the group ends)
         self._logs.append(log_file)
         proc = subprocess.Popen(
@@ -191,7 +193,8 @@ class WorkerGroup:
 
     def start_function(self, target: Callable[..., Any], *args: Any) -> Worker:
         """Start `target(*args)` in a spawned process (the arguments travel pickled)."""
-        process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+        spawn = multiprocessing.get_context("spawn")
+        process = spawn.Process(target=_as_caller, args=(CALLER.get(), target, *args))
         process.start()
         worker = _Spawned(process)
         self.workers.append(worker)
@@ -254,6 +257,13 @@ class WorkerGroup:
                 signal.signal(signal.SIGTERM, self._previous)
             for f in self._logs:
                 f.close()
+
+
+def _as_caller(caller: str, target: Callable[..., Any], *args: Any) -> Any:
+    """`target(*args)` in a spawned process, its messages worded for the caller that started
+    it (a command's flags, or the API's keywords)."""
+    CALLER.set(caller)
+    return target(*args)
 
 
 # ---------------------------------------------------------------------------------------------

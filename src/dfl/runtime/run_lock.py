@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dfl.errors import DflError, DiskFull, disk_full
+from dfl.errors import DflError, DiskFull, disk_full, option
 
 LOCK_NAME = ".lock"
 ATTEMPTS = 5  # the lock file can vanish under us when another claim gives up its directory
@@ -183,7 +183,9 @@ def _acquire(
             vanished += 1
             continue
         except NotADirectoryError:
-            raise DflError(f"{run_dir} is a file, not a directory; choose another --out") from None
+            raise DflError(
+                f"{run_dir} is a file, not a directory; choose another {option('out')}"
+            ) from None
         except OSError as e:
             _remove_dirs(made)
             raise unwritable(run_dir, e) from None
@@ -238,11 +240,11 @@ def _lock(fd: int, deadline: float | None, block: bool = True) -> bool:
 
 
 def _in_use(run_dir: Path, holder: str, doing: str, waited: float | None = None) -> RunDirInUse:
-    then = " (then --resume)" if doing == "training it" else ""
+    then = f" (then {option('resume')})" if doing == "training it" else ""
     after = "" if waited is None else f" after {waited:g}s of waiting"
     return RunDirInUse(
         f"run directory {run_dir} is in use by {holder}, which is still {doing}{after}; "
-        f"wait for it to finish{then}, or choose another --out"
+        f"wait for it to finish{then}, or choose another {option('out')}"
     )
 
 
@@ -265,7 +267,8 @@ def _make_dirs(run_dir: Path) -> list[Path]:
     except NotADirectoryError:
         _remove_dirs(made)
         raise DflError(
-            f"cannot create run directory {run_dir}: a parent is a file; choose another --out"
+            f"cannot create run directory {run_dir}: a parent is a file; choose another "
+            f"{option('out')}"
         ) from None
     except OSError as e:
         _remove_dirs(made)
@@ -281,11 +284,12 @@ def _remove_dirs(made: list[Path]) -> None:
 
 def unwritable(run_dir: Path, e: OSError) -> DflError:
     """A directory that cannot be written (permissions, read-only, full): exit 1."""
+    elsewhere = f"choose another {option('out')}"
     how = {
-        errno.ENOSPC: "free some space or choose another --out",
-        errno.EDQUOT: "free some space or choose another --out",
-        errno.EFBIG: "free some space or choose another --out",
-    }.get(e.errno or 0, "choose a directory you can write to with --out")
+        errno.ENOSPC: f"free some space or {elsewhere}",
+        errno.EDQUOT: f"free some space or {elsewhere}",
+        errno.EFBIG: f"free some space or {elsewhere}",
+    }.get(e.errno or 0, f"choose a directory you can write to with {option('out')}")
     kind = DiskFull if disk_full(e) else DflError
     return kind(f"cannot write to run directory {run_dir}: {e.strerror or e} ({how})", exit_code=1)
 

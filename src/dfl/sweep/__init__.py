@@ -43,7 +43,7 @@ def run(
     from dfl.sweep.spec import spec_from_dict
     from dfl.sweep.status import require_a_completed_trial
 
-    check_counts(workers, threads, ("workers=", "threads="))
+    check_counts(workers, threads)
     if isinstance(spec, dict):
         spec = spec_from_dict(spec)
     status = run_sweep(

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from dfl.cli import Parser
-from dfl.errors import DflError
+from dfl.errors import CALLER, DflError
 from dfl.runtime import flushed_to_zero
 from dfl.runtime.interrupts import InterruptOnce, SigtermAsInterrupt, interrupted_exit_code
 from dfl.sweep.commands import add_worker_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Started by `dfl sweep` (a command) or by dfl.sweep.run (the API): word it as they do.
+    CALLER.set(os.environ.get("DFL_CALLER", "cli"))
     parser = Parser(prog="python -m dfl.sweep")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_worker_arguments(sub.add_parser("worker"))

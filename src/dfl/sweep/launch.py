@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from dfl.errors import ConfigError, DflError
+from dfl.errors import ConfigError, DflError, option
 from dfl.runtime import local_workers
 from dfl.sweep import study as studies
 from dfl.sweep.spec import SweepSpec, check_trials, format_params, load_spec, run_plan
@@ -58,16 +58,14 @@ def count_runs(spec: SweepSpec, reuse_epochs: int | None) -> int:
     return len({run_dir_name(run_plan(spec, p, reuse_epochs).params) for p in spec.grid_points()})
 
 
-def check_counts(
-    workers: int | None, threads: int | None, names: tuple[str, str] = ("--workers", "--threads")
-) -> None:
+def check_counts(workers: int | None, threads: int | None) -> None:
     """A sweep's worker processes and their threads (None: the default), checked before
-    anything is created; `names` are the options the caller took them as."""
+    anything is created."""
     from dfl.config import threads_problem
 
     if threads is not None and (problem := threads_problem(threads)):
-        raise DflError(f"{names[1]} {problem}")
-    local_workers.check_workers(workers, names[0])
+        raise DflError(f"{option('threads')} {problem}")
+    local_workers.check_workers(workers, "workers")
 
 
 def run_sweep(
@@ -95,7 +93,8 @@ def run_sweep(
     for holds, what in ((CONFIG, "a training run's"), ("reproduce.json", "a reproduction's")):
         if (sweep_dir / holds).is_file():  # its study.db, trials and logs would mix with it
             raise ConfigError(
-                f"{sweep_dir} is {what} directory (it holds {holds}): give the sweep another --out"
+                f"{sweep_dir} is {what} directory (it holds {holds}): give the sweep another "
+                f"{option('out')}"
             )
     url = storage_url(storage, sweep_dir)
     store = open_storage(url, log=lambda line: tqdm.write(line, file=progress))
@@ -105,7 +104,8 @@ def run_sweep(
         others = [s.study_name for s in store.get_all_studies() if s.study_name != spec.name]
         if storage is None and others:  # its trials' run directories would meet theirs
             raise ConfigError(
-                f"{sweep_dir} holds sweep '{others[0]}': give sweep '{spec.name}' its own --out"
+                f"{sweep_dir} holds sweep '{others[0]}': give sweep '{spec.name}' its own "
+                f"{option('out')}"
             )
         study = studies.create_or_load(spec, store, sweep_dir)
     if retry_failed and (again := studies.retry_failed(study)):

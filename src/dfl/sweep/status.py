@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dfl.errors import DflError
+from dfl.errors import DflError, option
 from dfl.sweep.spec import SweepSpec
 from dfl.sweep.study import superseded
 
@@ -68,12 +68,7 @@ def failed_trials(status: SweepStatus) -> list[FrozenTrial]:
 
 def require_a_completed_trial(
     status: SweepStatus,
-    # --retry-failed reruns the same spec: it mends a cause outside it, and a rate or a
-    # grad_clip changed in the spec is another sweep (the study refuses a changed spec).
-    retry: str = (
-        "if the cause lies outside the spec (disk, memory), fix it and rerun with "
-        "--retry-failed; a changed spec is a new sweep (rename it)"
-    ),
+    retry: str | None = None,
 ) -> SweepStatus:
     """`status`, if a trial completed; else `SweepFailed` with the count of failures, the
     first one's reason and `retry` (a sweep whose every trial failed is no success)."""
@@ -88,6 +83,12 @@ def require_a_completed_trial(
         )
     else:
         what = f"{status.counts['pruned']} pruned"
+    # A retry reruns the same spec: it mends a cause outside it, and a rate or a grad_clip
+    # changed in the spec is another sweep (the study refuses a changed spec).
+    retry = retry or (
+        "if the cause lies outside the spec (disk, memory), fix it and rerun with "
+        f"{option('retry-failed')}; a changed spec is a new sweep (rename it)"
+    )
     raise SweepFailed(f"sweep {status.spec.name}: no trial completed ({what}); {retry}", status)
 
 

@@ -43,7 +43,7 @@ import optuna
 from optuna.storages import RDBStorage
 from sqlalchemy import event, exc
 
-from dfl.errors import DflError, DiskFull
+from dfl.errors import DflError, DiskFull, option
 from dfl.runtime.interrupts import say
 
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a worker waits for another's write before giving up
@@ -101,8 +101,9 @@ def _use_wal(path: Path) -> None:
             time.sleep(0.05 + 0.1 * random.random())  # apart, not in step with the other
         except sqlite3.DatabaseError as e:  # "file is not a database": some other file
             raise DflError(
-                f"the sweep database {path} is not an SQLite database ({e}); give --storage a "
-                "sweep's study.db or a path that does not exist yet, or --out another directory"
+                f"the sweep database {path} is not an SQLite database ({e}); give "
+                f"{option('storage')} a sweep's study.db or a path that does not exist yet, or "
+                f"{option('out')} another directory"
             ) from None
 
 
@@ -127,7 +128,7 @@ def open_storage(
         except OSError as e:  # a file in the path, a read-only or virtual file system
             raise DflError(
                 f"the sweep database's directory {path.parent} cannot be made ({e.strerror}): "
-                "give --out or --storage a place that can"
+                f"give {option('out')} or {option('storage')} a place that can"
             ) from None
         _use_wal(path)
         # isolation_level=None: the driver emits no BEGIN of its own; ours follows below.
@@ -178,7 +179,9 @@ def _sqlite_hint(path: Path) -> str:
     """Why SQLite cannot open `path`, where the file system says: a directory given for the
     database, or a read-only folder (SQLite writes its journal beside the file, even to read)."""
     if path.is_dir():
-        return f" ({path} is a directory: give the sweep's study.db, or --out its directory)"
+        return (
+            f" ({path} is a directory: give the sweep's study.db, or {option('out')} its directory)"
+        )
     if path.parent.is_dir() and not os.access(path.parent, os.W_OK):
         return (
             f" ({path.parent} is read-only, and SQLite writes its journal beside the database "

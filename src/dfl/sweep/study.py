@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dfl import __version__
-from dfl.errors import DflError
+from dfl.errors import DflError, option
 from dfl.sweep.spec import SweepSpec, encode, spec_from_dict
 from dfl.sweep.storage import describe_url
 
@@ -172,7 +172,7 @@ def _check_same_spec(spec: SweepSpec, stored: dict[str, Any], url: str) -> None:
             raise DflError(
                 f"study '{spec.name}' in {describe_url(url)} was made from another spec: "
                 f"'{key}' was {json.dumps(old.get(key))}, now {json.dumps(new.get(key))} "
-                "(rename the sweep, or use another --out or --storage)"
+                f"(rename the sweep, or use another {option('out')} or {option('storage')})"
             )
 
 

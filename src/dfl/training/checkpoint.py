@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dfl.errors import NO_ROOM_WORDS, DflError, DiskFull
+from dfl.errors import NO_ROOM_WORDS, DflError, DiskFull, option
 from dfl.runtime.atomic import atomic_write_json, fsync_dir
 from dfl.runtime.interrupts import say
 from dfl.training.best import Best
@@ -303,6 +303,6 @@ def load_latest(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | 
     if problems:
         raise DflError(
             f"every checkpoint under {root} is damaged: {'; '.join(problems)}; delete {root} "
-            "and resume to train the run again from epoch 1, or use another --out"
+            f"and resume to train the run again from epoch 1, or use another {option('out')}"
         )
     return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dfl.config import EarlyStopConfig, ScheduleConfig, TrainConfig
-from dfl.errors import DflError
+from dfl.errors import DflError, option
 from dfl.models.registry import with_model_defaults
 from dfl.training.run_dir import CONFIG, foreign_files, load_saved_config, rebase_config
 
@@ -88,10 +88,10 @@ def check_folder(out: Path, names: list[str]) -> None:
     """A pretrained run's folder holds its config and its phases' runs and nothing else: a
     run's own files, or someone's, would mix with them."""
     if out.exists() and not out.is_dir():
-        raise DflError(f"{out} is a file; give --out a new or empty directory")
+        raise DflError(f"{out} is a file; give {option('out')} a new or empty directory")
     foreign = foreign_files(out, names) if out.exists() else []
     if foreign:
         raise DflError(
             f"{out} holds {', '.join(foreign[:3])}, not a layer-wise pretrained run's phases; "
-            "give --out a new or empty directory"
+            f"give {option('out')} a new or empty directory"
         )

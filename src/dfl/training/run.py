@@ -22,7 +22,7 @@ from dfl import models
 from dfl.arguments import checked
 from dfl.config import TrainConfig, config_to_toml
 from dfl.data import Dataset, load_dataset
-from dfl.errors import ConfigError, DflError, one_line, out_of_memory
+from dfl.errors import ConfigError, DflError, one_line, option, out_of_memory
 from dfl.runtime.atomic import atomic_write_bytes
 from dfl.runtime.interrupts import deferred_interrupt
 from dfl.runtime.run_lock import claim_run_dir, unwritable
@@ -382,7 +382,7 @@ def _ended(trainer: Trainer, status_of: Callable[..., None], outcome: Outcome) -
 
 def _run_dir(run_dir: str | Path) -> Path:
     if isinstance(run_dir, str) and not run_dir.strip():
-        raise DflError("the run directory is empty (give a directory with --out)")
+        raise DflError(f"the run directory is empty (give a directory with {option('out')})")
     return Path(run_dir)
 
 
@@ -404,8 +404,8 @@ def _start(
         refuse_foreign_files(run_dir)
     if status is not None and not resume:
         raise DflError(
-            f"{run_dir} already holds a run ({status['status']}); pass --resume to "
-            "continue or reuse it, or choose another --out"
+            f"{run_dir} already holds a run ({status['status']}); pass {option('resume')} to "
+            f"continue or reuse it, or choose another {option('out')}"
         )
     if status is not None:
         check_same_config(run_dir, cfg, lambda old, new: _same_precision(old, new, cfg))
@@ -425,7 +425,8 @@ def _start(
     if status is not None and status.get("data", data.fingerprint) != data.fingerprint:
         raise DflError(
             f"{run_dir} was trained on other data (fingerprint {status['data']}, this data "
-            f"{data.fingerprint}): resume it on the data it started with, or use another --out"
+            f"{data.fingerprint}): resume it on the data it started with, or use another "
+            f"{option('out')}"
         )
     with deferred_interrupt():  # torch imports torch._dynamo for the first optimiser
         trainer = Trainer(cfg, run_dir, data, callbacks, log)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from dfl.config import TrainConfig, build_config, dict_to_toml, read_toml
-from dfl.errors import ConfigError, DflError, UnloadableRun, one_line
+from dfl.errors import ConfigError, DflError, UnloadableRun, one_line, option, resume_command
 from dfl.models.registry import spelled_out
 from dfl.runtime.atomic import atomic_write_bytes, atomic_write_json, is_interrupted_write
 from dfl.training import checkpoint
@@ -153,8 +153,8 @@ class DamagedHistory(DflError):
 
     def __init__(self, path: Path, line: int) -> None:
         super().__init__(
-            f"{path} is damaged at line {line} (not one epoch's JSON record); `dfl train "
-            f"--resume --out {path.parent}` rewrites it from the run's checkpoint"
+            f"{path} is damaged at line {line} (not one epoch's JSON record); "
+            f"{resume_command(path.parent)} rewrites it from the run's checkpoint"
         )
         self.path, self.line = path, line
 
@@ -172,7 +172,7 @@ def finished_history(run_dir: Path) -> list[dict[str, Any]]:
         if found is None:
             raise DflError(
                 f"{damaged.path} is damaged at line {damaged.line} and the run has no intact "
-                "checkpoint to restore it from; train the run again in another --out"
+                f"checkpoint to restore it from; train the run again with another {option('out')}"
             ) from None
         history = found[1]["history"]
         write_metrics(run_dir, history)
@@ -282,8 +282,8 @@ def refuse_foreign_files(run_dir: Path) -> None:
         )
     if foreign:
         raise DflError(
-            f"{run_dir} is not empty ({shown}) and holds no dfl run; give --out a new or "
-            "empty directory"
+            f"{run_dir} is not empty ({shown}) and holds no dfl run; give {option('out')} a "
+            "new or empty directory"
         )
     for path in run_dir.iterdir():
         if is_interrupted_write(path.name, RUN_FILES):
@@ -318,5 +318,6 @@ def check_same_config(
         if key not in RESUMABLE_DIFFERENCES and old.get(key) != new.get(key):
             raise ConfigError(
                 f"run directory {run_dir} was made with a different config: '{key}' was "
-                f"{old.get(key)!r}, now {new.get(key)!r} (use another --out, or the same config)"
+                f"{old.get(key)!r}, now {new.get(key)!r} (use another {option('out')}, or the "
+                "same config)"
             )

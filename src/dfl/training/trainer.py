@@ -35,7 +35,7 @@ from dfl import models
 from dfl.config import TrainConfig
 from dfl.data import Dataset, random_subset, train_val_split
 from dfl.data.batches import Split, affine_draws, model_input
-from dfl.errors import ConfigError, TrainingDiverged, UnloadableRun, one_line, out_of_memory
+from dfl.errors import ConfigError, TrainingDiverged, UnloadableRun, one_line, option, out_of_memory
 from dfl.models.registry import described
 from dfl.objectives import Objective, objective_for
 from dfl.runtime.context import RunContext, run_context
@@ -86,7 +86,9 @@ def resolve_device(name: str) -> torch.device:
     if available is None:
         raise ConfigError(f"device must be auto, cpu, cuda or mps, not {name!r}")
     if not available:
-        raise ConfigError(f"device '{name}' is not available on this machine (use --device auto)")
+        raise ConfigError(
+            f"device '{name}' is not available on this machine (use {option('device', 'auto')})"
+        )
     return torch.device(name)
 
 
