@@ -442,37 +442,12 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
     worst = min(rows, key=lambda r: r["test_accuracy"])
     costly = max(rows, key=lambda r: r["macs"])
     cheap = min(rows, key=lambda r: r["macs"])
-    gaps = [r["train_accuracy"] - r["test_accuracy"] for r in rows]
-    # Where the test loss bottomed out, against where it ended; and whether the train loss went
-    # on falling after it (from the test loss's lowest epoch to the last).
-    turns = [
-        (min(range(len(t)), key=t.__getitem__) + 1, min(t), t[-1], r["train_loss_curve"])
-        for r in rows
-        for t in [r["test_loss_curve"]]
-    ]
-    rising = [(ep, lo, end, tr) for ep, lo, end, tr in turns if end > 1.05 * lo]
-    train_fell = [tr[-1] < tr[ep - 1] for ep, _, _, tr in rising]
-    curves = [r["train_loss_curve"] for r in rows if len(r["train_loss_curve"]) > 1]
-    always_down = sum(all(b < a for a, b in itertools.pairwise(c)) for c in curves)
-    epochs = max(r["epochs"] for r in rows)
-    of_epochs = f" of {epochs}" if len({r["epochs"] for r in rows}) == 1 else ""
     shortened = [name(r) for r in rows if not _lab_protocol(r)]
     # Per 1,000 training images: the quick profile trains some configurations on a subset.
     per_k = {name(r): 1000 * r["seconds_per_epoch"] / (r["subset"] or 60000) for r in rows}
     fast, slow = min(per_k, key=per_k.get), max(per_k, key=per_k.get)
     if len(rows) == 1:  # the lab profile: the base configuration only
-        return [
-            f"Performance: {name(best)} ({best['params']:,} parameters, {best['macs']:,} "
-            f"multiply-adds per image) reaches {fmt(best['test_accuracy'])} test accuracy"
-            + _protocol_note(best)
-            + (
-                f", {fmt(abs(gaps[0]))} {'below' if gaps[0] > 0 else 'above'} its train accuracy"
-                if gaps[0]
-                else ", equal to its train accuracy"
-            )
-            + f"; {per_k[fast]:.2f} s per 1,000 training images. The other six "
-            "configurations: `dfl reproduce --profile every`."
-        ]
+        return [_base_only(best, per_k[fast])]
     return [
         f"Performance: test accuracy ranges from {fmt(worst['test_accuracy'])} ({name(worst)}, "
         f"{worst['params']:,} parameters) to {fmt(best['test_accuracy'])} ({name(best)}, "
@@ -491,6 +466,50 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
             else ""
         )
         + ").",
+        *_curves_discussion(rows),
+        f"Computational cost: multiply-adds per image range from {cheap['macs']:,} "
+        f"({name(cheap)}) to {costly['macs']:,} ({name(costly)}), "
+        f"{costly['macs'] / cheap['macs']:.0f}x; training seconds per 1,000 images from "
+        f"{per_k[fast]:.2f} ({fast}) to {per_k[slow]:.2f} ({slow}), "
+        f"{per_k[slow] / per_k[fast]:.1f}x (wall time on the machine the report's environment "
+        "names, with other runs possibly sharing it).",
+    ]
+
+
+def _base_only(row: dict[str, Any], per_k: float) -> str:
+    """The lab profile's one configuration: its accuracy, its gap and its cost."""
+    gap = row["train_accuracy"] - row["test_accuracy"]
+    return (
+        f"Performance: {_key(tuple(row['config']))} ({row['params']:,} parameters, "
+        f"{row['macs']:,} multiply-adds per image) reaches {fmt(row['test_accuracy'])} test "
+        "accuracy"
+        + _protocol_note(row)
+        + (
+            f", {fmt(abs(gap))} {'below' if gap > 0 else 'above'} its train accuracy"
+            if gap
+            else ", equal to its train accuracy"
+        )
+        + f"; {per_k:.2f} s per 1,000 training images. The other six configurations: "
+        "`dfl reproduce --profile every`."
+    )
+
+
+def _curves_discussion(rows: list[dict[str, Any]]) -> list[str]:
+    """Overfitting and training dynamics, read off the loss curves: where the test loss
+    bottomed out against where it ended, and whether the train loss went on falling."""
+    gaps = [r["train_accuracy"] - r["test_accuracy"] for r in rows]
+    turns = [
+        (min(range(len(t)), key=t.__getitem__) + 1, min(t), t[-1], r["train_loss_curve"])
+        for r in rows
+        for t in [r["test_loss_curve"]]
+    ]
+    rising = [(ep, lo, end, tr) for ep, lo, end, tr in turns if end > 1.05 * lo]
+    train_fell = [tr[-1] < tr[ep - 1] for ep, _, _, tr in rising]  # from the test loss's low
+    curves = [r["train_loss_curve"] for r in rows if len(r["train_loss_curve"]) > 1]
+    always_down = sum(all(b < a for a, b in itertools.pairwise(c)) for c in curves)
+    epochs = max(r["epochs"] for r in rows)
+    of_epochs = f" of {epochs}" if len({r["epochs"] for r in rows}) == 1 else ""
+    return [
         f"Overfitting: train accuracy minus test accuracy ends between {fmt(min(gaps))} and "
         f"{fmt(max(gaps))}"
         + (" (above test accuracy in every configuration)" if min(gaps) > 0 else "")
@@ -513,12 +532,6 @@ def _discussion(rows: list[dict[str, Any]]) -> list[str]:
             if curves
             else ""
         ),
-        f"Computational cost: multiply-adds per image range from {cheap['macs']:,} "
-        f"({name(cheap)}) to {costly['macs']:,} ({name(costly)}), "
-        f"{costly['macs'] / cheap['macs']:.0f}x; training seconds per 1,000 images from "
-        f"{per_k[fast]:.2f} ({fast}) to {per_k[slow]:.2f} ({slow}), "
-        f"{per_k[slow] / per_k[fast]:.1f}x (wall time on the machine the report's environment "
-        "names, with other runs possibly sharing it).",
     ]
 
 
