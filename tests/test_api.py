@@ -311,3 +311,7 @@ def test_messages_name_options_as_the_caller_gives_them(tmp_path: Path, digits, 
     call = resume_command(run.run_dir).strip("`")
     again = eval(call, {"dfl": dfl})  # the suggestion, as a user would paste it
     assert again.run_dir == run.run_dir and again.history == run.history
+    # What continues the work is the same call, where a command is the same command.
+    assert "make the same call again to retry" in str(
+        dfl.errors.ExperimentsFailed({"ae": "x"}, "r")
+    )

@@ -32,6 +32,11 @@ def option(name: str, value: object = None) -> str:
 SWITCHES = {"resume", "retry-failed"}
 
 
+def rerun() -> str:
+    """What continues the caller's work: the same command, or the same call."""
+    return "rerun the same command" if CALLER.get() == "cli" else "make the same call again"
+
+
 def resume_command(run_dir: Path) -> str:
     """How the caller resumes the run in `run_dir`: a command, or the API's call, either one
     that works when pasted (the path quoted)."""
@@ -104,8 +109,8 @@ class ExperimentsFailed(DflError):
         many = len(failed) > 1
         super().__init__(
             f"{len(failed)} experiment{'s' if many else ''} failed: {', '.join(failed)} "
-            f"(the report marks {'them' if many else 'it'}: {report}; rerun the same command to "
-            "retry, finished runs are kept)"
+            f"(the report marks {'them' if many else 'it'}: {report}; {rerun()} to retry, "
+            "finished runs are kept)"
         )
 
 

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from dfl.errors import ConfigError, DflError, option
+from dfl.errors import ConfigError, DflError, option, rerun
 from dfl.runtime import local_workers
 from dfl.sweep import study as studies
 from dfl.sweep.spec import SweepSpec, check_trials, format_params, load_spec, run_plan
@@ -127,7 +127,7 @@ def run_sweep(
     if not status.finished:
         raise DflError(
             f"sweep {spec.name} stopped with trials left ({_left(status)}); see {logs} and "
-            "rerun the same command to continue"
+            f"{rerun()} to continue"
         )
     return status
 

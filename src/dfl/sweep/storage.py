@@ -43,7 +43,7 @@ import optuna
 from optuna.storages import RDBStorage
 from sqlalchemy import event, exc
 
-from dfl.errors import DflError, DiskFull, option
+from dfl.errors import DflError, DiskFull, option, rerun
 from dfl.runtime.interrupts import say
 
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a worker waits for another's write before giving up
@@ -328,8 +328,8 @@ class ReconnectingStorage(RDBStorage):
         if away >= patience:
             raise StorageUnreachable(
                 f"database {describe_url(self.url)} unreachable for {away:.0f} s "
-                f"({_db_message(error)}); rerun the same command once it is back: finished "
-                "trials are kept, and the ones left running are requeued"
+                f"({_db_message(error)}); {rerun()} once it is back: finished trials are "
+                "kept, and the ones left running are requeued"
             ) from None
         # Jittered, so that workers do not all knock at the same instant when it returns.
         time.sleep(min(delay * random.uniform(0.5, 1.0), patience - away))
@@ -388,13 +388,13 @@ class SqliteStorage(RDBStorage):
             if "readonly database" in said:
                 raise DflError(
                     f"cannot write the sweep database {path} ({said}); make it writable and "
-                    "rerun the same command",
+                    f"{rerun()}",
                     exit_code=1,
                 ) from None
             if "disk I/O error" in said or "database or disk is full" in said:
                 raise DiskFull(
                     f"cannot write the sweep database {path} ({said}: is the disk full?); "
-                    "free some space and rerun the same command: finished trials are kept"
+                    f"free some space and {rerun()}: finished trials are kept"
                 ) from None
             raise
 
