@@ -80,11 +80,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests first (the notebooks, then those marked slow), so that two workers
-    finish together rather than one ending on a long test alone."""
+    """The longest tests first (those marked longest, then those marked slow), so that two
+    workers finish together rather than one ending on a long test alone."""
 
     def order(item: pytest.Item) -> tuple[bool, bool]:
-        return "notebooks" not in item.nodeid, item.get_closest_marker("slow") is None
+        return item.get_closest_marker("longest") is None, item.get_closest_marker("slow") is None
 
     items.sort(key=order)
 

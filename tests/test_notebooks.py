@@ -82,6 +82,7 @@ def execute_all(notebooks: list[Path], tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.mark.mnist
 @pytest.mark.slow
+@pytest.mark.longest
 def test_every_notebook_runs_top_to_bottom(tmp_path_factory: pytest.TempPathFactory):
     """All three at once, in one test: one test worker runs them (`make test` runs two)."""
     failed = {}

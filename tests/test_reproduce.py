@@ -36,6 +36,7 @@ def shared_cores(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_smoke_reproduction_resumes_and_rebuilds(tmp_path: Path, request, shared_cores):
     data = write_idx_dataset(tmp_path / "digits", n_train=3000, n_test=600)
     out = tmp_path / "repro"
@@ -507,7 +508,7 @@ def test_progress_lines_and_the_lab_table_off_a_terminal(tmp_path: Path, capsys)
     assert "--profile every" in first  # the command that sets the rest
 
     # Its finished experiments are over one seed: another count is refused, none continues.
-    with pytest.raises(ConfigError, match="holds a reproduction over 1 seed; leave out --seeds"):
+    with pytest.raises(ConfigError, match="holds a reproduction over 1 seed; leave out seeds="):
         reproduce(out, "smoke", str(data), device="cpu", seeds=2, only=["conv"])
     reproduce(out, "smoke", str(data), device="cpu", only=["conv"])
     assert json.loads((out / "reproduce.json").read_text())["seeds"] == 1
