@@ -107,3 +107,34 @@ def test_vit_one_epoch_runs_claim_no_dynamics_and_an_equal_gap_is_said_so():
     assert "32-6-8-64, 128-8-8-256 after fewer epochs or images than its 20 epochs" in text
     (alone,) = vit._discussion([vit_row((64, 6, 8, 128), 0.97, 0.97, [0.2], [0.3])])
     assert "equal to its train accuracy" in alone and "0.0000" not in alone
+
+
+def study_row(cfg, seed: int, val: float, train: float, curve: list[float]) -> dict:
+    return {"config": list(cfg), "seed": seed, "epochs": len(curve), "val_accuracy": val,
+            "train_accuracy": train, "val_accuracy_curve": curve, "train_loss_curve": [1.0],
+            "val_loss_curve": [1.0], "params": 1000 * cfg[0], "macs": 10000 * cfg[0],
+            "seconds_per_epoch": 1.0}  # fmt: skip
+
+
+def size_study(large_gap: float, still_improving: bool) -> str:
+    base, small, large = vit.BASE, (32, 6, 8, 64), (128, 8, 8, 256)
+    late = [0.80, 0.90] if still_improving else [0.90, 0.85]
+    study = [
+        study_row(base, 0, 0.90, 0.90, late), study_row(base, 1, 0.91, 0.91, late),
+        study_row(small, 0, 0.85, 0.85, late), study_row(large, 0, 0.92, 0.92 + large_gap, late),
+    ]  # fmt: skip
+    result = vit.ViTResult(rows=[], study=study, study_images=[1000, 500])
+    return " ".join(vit._study_discussion(result))
+
+
+def test_vit_size_study_claims_more_overfitting_only_beyond_the_seed_band():
+    # The base configuration's two seeds spread by 0.01: a gap 0.05 larger is beyond it.
+    assert "(128-8-8-256) fit their training images more than the smaller ones" in size_study(
+        0.05, still_improving=True
+    )
+    within = size_study(0.005, still_improving=False)
+    assert "do not fit their training images more than the smaller ones" in within
+    assert "beyond the noise" in within
+    assert "0 of 3 were still improving at the last epoch." in within
+    assert "reorder" not in within  # nothing was improving: no claim a longer budget reorders
+    assert "so a longer budget can reorder" in size_study(0.05, still_improving=True)
