@@ -18,6 +18,9 @@ from pathlib import Path
 CALLER: ContextVar[str] = ContextVar("dfl_caller", default="python")
 
 
+SWITCHES = {"resume", "retry-failed"}  # options given alone on the command line
+
+
 def option(name: str, value: object = None) -> str:
     """An option as the caller gives it: `--out` (`--device auto`) on the command line, `out=`
     (`device='auto'`) in Python; a switch (resume, retry-failed) as `resume=True`."""
@@ -27,9 +30,6 @@ def option(name: str, value: object = None) -> str:
     if name in SWITCHES:
         return f"{keyword}=True"
     return f"{keyword}=" + (repr(value) if value is not None else "")
-
-
-SWITCHES = {"resume", "retry-failed"}
 
 
 def rerun() -> str:

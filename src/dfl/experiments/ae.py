@@ -302,14 +302,15 @@ def _deep(ctx: Context, p: Settings, grid: list[dict[str, Any]]) -> dict[str, An
     seeds = {f"deep_enc{small}{code}/seed{s}": {**recipe, "seed": s} for s in range(ctx.seeds)}
     runs = list(ctx.train_many(NAME, seeds).values())
     built = models.create(runs[0].config.model, **runs[0].config.model_args)
+    shallow = _best_of(grid, small)
     return {
         "enc": runs[0].config.model_args["enc"],
         "layers": _widths(built),
         "linear_code": bool(runs[0].config.model_args.get("linear_code")),
         "test": [r.final["test_loss"] for r in runs],
         "epochs": runs[0].config.epochs,
-        "shallow_val": _best_of(grid, small)["val_mse"],
-        "shallow_epochs": _best_of(grid, small)["epochs"],
+        "shallow_val": shallow["val_mse"],
+        "shallow_epochs": shallow["epochs"],
         "_run": runs[0],  # for the number's provenance; not saved
     }
 

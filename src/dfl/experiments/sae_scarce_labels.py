@@ -67,9 +67,7 @@ def _labels(row: dict[str, Any]) -> str:
 
 
 def verdicts(study: dict[str, Any], test_images: int) -> list[tuple[dict[str, Any], float, str]]:
-    """Each row with the pretrained network's gain over random initialisation (means over
-    seeds) and what it amounts to: "helped" or "hurt" beyond the seeds' spread (the larger
-    range of the two arms, at least one test image), else "noise"."""
+    """Each row with its gain and verdict (`judge`)."""
     return [(row, *judge(row["pretrained"], row["random"], test_images)) for row in study["rows"]]
 
 

@@ -81,8 +81,7 @@ def check_workers(workers: int | None, name: str = "workers") -> None:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DflError(
             f"{option(name)} must be a whole number, at least 1 (got {workers!r}); leave it "
-            "out for "
-            "the default"
+            "out for the default"
         )
     cores = available_cores()
     if workers > WORKERS_PER_CORE * cores:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import errno
 import fcntl
 import os
 import shutil
@@ -284,13 +283,13 @@ def _remove_dirs(made: list[Path]) -> None:
 
 def unwritable(run_dir: Path, e: OSError) -> DflError:
     """A directory that cannot be written (permissions, read-only, full): exit 1."""
-    elsewhere = f"choose another {option('out')}"
-    how = {
-        errno.ENOSPC: f"free some space or {elsewhere}",
-        errno.EDQUOT: f"free some space or {elsewhere}",
-        errno.EFBIG: f"free some space or {elsewhere}",
-    }.get(e.errno or 0, f"choose a directory you can write to with {option('out')}")
-    kind = DiskFull if disk_full(e) else DflError
+    full = disk_full(e)
+    how = (
+        f"free some space or choose another {option('out')}"
+        if full
+        else f"choose a directory you can write to with {option('out')}"
+    )
+    kind = DiskFull if full else DflError
     return kind(f"cannot write to run directory {run_dir}: {e.strerror or e} ({how})", exit_code=1)
 
 
