@@ -10,9 +10,9 @@ from dfl.cli import add_data_arguments, command, whole_number
 from dfl.errors import ConfigError
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
-from dfl.report.build import build_report, lab_table_markdown
-from dfl.reproduce import default_profile, reproduce
-from dfl.runtime.run_lock import claim_run_dir
+
+# The report and the reproduction (matplotlib, every experiment) are imported by the commands
+# that use them, not when the parser is built: every `dfl` process builds it, `dfl train` too.
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,6 +88,8 @@ def run_reproduce(
     args: argparse.Namespace, only: list[str] | None = None, said_as: str = "dfl reproduce"
 ) -> int:
     """`dfl reproduce`, or `dfl lab` (`only` its experiment; `said_as` its progress lines')."""
+    from dfl.reproduce import default_profile, reproduce
+
     dataset = args.dataset or "mnist"
     suffix = "" if dataset == "mnist" else "-" + Path(dataset).name
     profile = args.profile or default_profile(args.device)
@@ -126,6 +128,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from dfl.report.build import build_report, lab_table_markdown
+    from dfl.runtime.run_lock import claim_run_dir
+
     if args.lab_table:
         print(lab_table_markdown(Path(args.run_dir)))
         return 0
