@@ -3,6 +3,8 @@
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,32 @@ def test_every_command_and_option_has_help(capsys, monkeypatch):
             assert action.help, f"dfl {name}: {action.option_strings or action.dest} has no help"
     code, out, _ = run(capsys, "--version")
     assert code == 0 and out.startswith("dfl ")
+
+
+def test_help_and_a_mistyped_flag_do_not_wait_for_torch():
+    """Every command's --help, and a flag the parser refuses, answer before torch, matplotlib
+    or the experiments are imported (a second and a half of a 2-core machine's time each)."""
+    argvs = [[*name.split(), "--help"] for name, _ in _subparsers(build_parser())]
+    code = (
+        "import sys\n"
+        "from dfl.cli import main\n"
+        f"for argv in {[*argvs, ['train', '--bogus']]!r}:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'matplotlib', 'dfl.experiments.registry') "
+        "if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.splitlines()[-1] == "[]"
+
+
+def test_the_attention_commands_precisions_are_those_it_has_a_tolerance_for():
+    from dfl.commands.attention import DTYPES
+    from dfl.labtools.attention_check import TOLERANCE
+
+    assert sorted(TOLERANCE) == DTYPES
 
 
 @pytest.mark.parametrize(

@@ -416,11 +416,11 @@ def _main(argv: list[str] | None) -> int:
     args: argparse.Namespace | None = None
     with InterruptOnce(), SigtermAsInterrupt():
         try:
-            # Building the parser imports every command module (torch among them): a Ctrl-C
-            # there waits for the imports to finish, then ends the command like any other.
+            # A Ctrl-C during the imports (the parser's, then torch) waits for them to finish,
+            # then ends the command like any other. Torch comes after parsing: --help and a
+            # mistyped flag do not wait for it.
             with deferred_interrupt():
                 parser = build_parser()
-                from dfl.runtime import flushed_to_zero
             given = sys.argv[1:] if argv is None else list(argv)
             args, extra = parser.parse_known_args(given)
             if extra:  # said by the (sub)command's parser, whose --help lists its options
@@ -428,6 +428,8 @@ def _main(argv: list[str] | None) -> int:
                     f"unrecognized arguments: {' '.join(extra)}"
                 )
             _check_paths(args)
+            with deferred_interrupt():
+                from dfl.runtime import flushed_to_zero
             with flushed_to_zero():  # before torch starts its threads: they inherit it
                 return args.run(args) or 0
         except DflError as e:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from dfl.cli import command
-from dfl.labtools.conv_arithmetic import (
-    Pair,
-    convolve2d,
-    format_result,
-    parse_matrix,
-    read_matrix_file,
-)
+
+if TYPE_CHECKING:  # the arithmetic's module imports torch: `dfl --help` does not wait for it
+    from dfl.labtools.conv_arithmetic import Pair
 
 
 def _int_pair(text: str) -> int | Pair:
@@ -47,6 +44,13 @@ def add_conv_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_conv(args: argparse.Namespace) -> int:
+    from dfl.labtools.conv_arithmetic import (
+        convolve2d,
+        format_result,
+        parse_matrix,
+        read_matrix_file,
+    )
+
     if args.input is not None:
         matrix = parse_matrix(args.input, "--input")
     else:

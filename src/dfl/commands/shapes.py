@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from dfl.cli import add_override_argument, command
 from dfl.errors import ShapeError
-from dfl.labtools.shapes import DEFAULT_INPUT, format_summary, model_from_spec, model_summary
-from dfl.models.layers import Shape
+
+if TYPE_CHECKING:  # the work's modules import torch: `dfl --help` does not wait for it
+    from dfl.models.layers import Shape
 
 
 def _input_shape(text: str) -> Shape:
@@ -36,7 +38,6 @@ def add_shapes_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input",
         type=_input_shape,
-        default=DEFAULT_INPUT,
         help="one sample's shape, C,H,W (default 1,28,28)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -44,6 +45,10 @@ def add_shapes_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
+    from dfl.labtools.shapes import DEFAULT_INPUT, format_summary, model_from_spec, model_summary
+
+    if args.input is None:
+        args.input = DEFAULT_INPUT
     try:
         label, model = model_from_spec(args.spec, args.overrides, args.input)
     except ShapeError as e:
