@@ -165,6 +165,11 @@ def test_a_config_dict_and_a_train_config_start_the_same_run(tmp_path: Path, dig
         (lambda: dfl.train("mlp", epochs="3"), "config key 'epochs'"),
         (lambda: dfl.train(3), r"model_or_config= takes str \| Path \| TrainConfig \| dict"),
         (lambda: dfl.load("/"), "is not a dfl run directory"),
+        (lambda: dfl.load(NOWHERE), "runs/test-api-refused does not exist: give a run's dir"),
+        (  # a section's key at the top level
+            lambda: dfl.train("mlp", train_subset=20, out=NOWHERE),
+            r"config key 'train_subset': unknown key \(did you mean 'data.train_subset'\?\)",
+        ),
         (lambda: dfl.train({}), "names no model"),  # not the default model, silently
         (lambda: dfl.train({1: 2}), r"takes .*dict\[str, Any\], not dict \(\{1: 2\}\)"),
         (lambda: dfl.lab.run("conv", out=NOWHERE, precision="int8"), "precision must be one of"),

@@ -789,20 +789,24 @@ def test_the_lab_protocol_trains_in_the_labs_precision(tmp_path: Path, tiny_data
 def test_progress_says_no_estimate_once_a_running_experiment_is_past_its_measured_time(
     capsys, monkeypatch
 ):
-    """An experiment running longer than its measured time left the line at "about 0m00s
-    left" for minutes; it now names the experiment and gives no estimate."""
+    """An experiment running longer than its measured time is named, with no estimate (not
+    "about 0m00s left" for minutes); one measured at 0 s is not late as it starts."""
     from types import SimpleNamespace
 
     from dfl.reproduce import Progress
 
     clock = [100.0]
     monkeypatch.setattr("dfl.reproduce.time.perf_counter", lambda: clock[0])
-    profile = SimpleNamespace(estimate_s={"cnn": 200.0, "conv": 1.0})
+    profile = SimpleNamespace(estimate_s={"cnn": 200.0, "conv": 0.0})
     progress = Progress(profile, ["cnn", "conv"], enabled=True, at_once=2)
     progress.start("cnn")
     clock[0] += 150
     progress.start("conv")
+    clock[0] += 0.1
     assert progress.overdue() == []
+    clock[0] += 20
+    assert progress.overdue() == ["conv"]  # 20 s into a 0 s experiment: late after all
+    clock[0] -= 20.1
     clock[0] += 100  # cnn at 250 s of its 200
     progress.end("conv", SimpleNamespace(status="completed"))
     err = capsys.readouterr().err.splitlines()

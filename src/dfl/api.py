@@ -80,6 +80,8 @@ def load(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     if run_dir.name == CONFIG and run_dir.is_file():
         raise UnloadableRun(f"{run_dir} is a run's config: give its directory, {run_dir.parent}")
+    if not run_dir.exists():
+        raise UnloadableRun(f"{run_dir} does not exist: give a run's directory (dfl.train's out=)")
     cfg = load_saved_config(run_dir) if run_dir.is_dir() else None
     if cfg is None:
         raise UnloadableRun(f"{run_dir} is not a dfl run directory (it has no {CONFIG})")

@@ -435,15 +435,34 @@ def build_config(
 
 
 def _describe(item: Any, model: Any) -> str:
-    """One error; a model argument given as a top-level key (`--set enc=64`) is pointed to
-    model_args."""
+    """One error; a section's key or a model argument given as a top-level key
+    (`train_subset=2000`, `--set enc=64`) is pointed to its section."""
     loc = item["loc"]
-    if item["type"] == "extra_forbidden" and len(loc) == 1 and isinstance(model, str):
+    if (
+        item["type"] == "extra_forbidden"
+        and len(loc) == 1
+        and (meant := _section_of(loc[0], model))
+    ):
+        return f"config key '{loc[0]}': unknown key (did you mean '{meant}.{loc[0]}'?)"
+    return describe_item(item, TrainConfig, UNKNOWN_KEY_HINT)
+
+
+def _section_of(key: str, model: Any) -> str | None:
+    """The section (data, optim, ..., or model_args for the model's arguments) that has `key`."""
+    for name, field in TrainConfig.model_fields.items():
+        section = field.annotation
+        if (
+            isinstance(section, type)
+            and issubclass(section, BaseModel)
+            and key in section.model_fields
+        ):
+            return name
+    if isinstance(model, str):
         from dfl.models import registry  # here: config stays importable without torch
 
-        if model in registry.names() and loc[0] in registry.get(model).defaults():
-            return f"config key '{loc[0]}': unknown key (did you mean 'model_args.{loc[0]}'?)"
-    return describe_item(item, TrainConfig, UNKNOWN_KEY_HINT)
+        if model in registry.names() and key in registry.get(model).defaults():
+            return "model_args"
+    return None
 
 
 def config_to_toml(config: BaseModel, show_unset: bool = False) -> str:

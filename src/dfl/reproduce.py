@@ -422,6 +422,9 @@ def _upgraded_wall(record: Record | None) -> float:
     return record.wall_s if record is not None and record.status == "completed" else 0.0
 
 
+SLACK_S = 10.0  # how far past its measured time a running experiment may be and still be on time
+
+
 class Progress:
     """One line on stderr when each experiment starts and ends, with the elapsed time and an
     estimate of the time left for the whole profile, when stderr is not a terminal (a log, CI,
@@ -468,10 +471,12 @@ class Progress:
         return min(max(self.spent / self.expected, 0.5), 3.0) if self.expected > 1 else 1.0
 
     def overdue(self) -> list[str]:
-        """The running experiments past their (scaled) measured time: what is left of them
-        cannot be told."""
+        """The running experiments past their (scaled) measured time, by more than the slack:
+        what is left of them cannot be told. The slack keeps one measured at a second or less
+        (conv, attention) from being late the moment it starts."""
         now, scale = time.perf_counter(), self._scale()
-        return [n for n, t in self.started.items() if now - t > scale * self.estimate[n]]
+        late = [n for n, t in self.started.items() if now - t > scale * self.estimate[n] + SLACK_S]
+        return late
 
     def time_left(self) -> float:
         """The measured estimates of the experiments left (less what the running ones have

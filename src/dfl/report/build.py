@@ -278,7 +278,7 @@ def build_report(out: Path) -> Path:
         if (out / "config.toml").is_file():
             raise DflError(
                 f"{out} is a training run (dfl train), which has no report: `dfl report` "
-                "rebuilds a `dfl reproduce` directory's" + _reproductions_near(out)
+                "rebuilds the report of a `dfl reproduce` directory" + _reproductions_near(out)
             )
         raise DflError(
             f"{out} holds no reproduction (no reproduce.json); run `dfl reproduce "
