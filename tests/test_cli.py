@@ -253,6 +253,10 @@ def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path,
         (["train", "--config", "missing.toml"], "missing.toml does not exist"),
         (["train"], "name a model"),
         (["data", "info", "--dataset", "/nonexistent/dir"], "/nonexistent/dir"),
+        (["trian"], "invalid choice: 'trian' (did you mean 'train'?) (see dfl --help)"),
+        (["lab", "aee"], "argument EXPERIMENT: invalid choice: 'aee' (did you mean 'ae'?)"),
+        (["train", "mlp", "--device", "gpu"], "'gpu' (choose from 'auto', 'cpu', 'cuda', 'mps')"),
+        (["train", "mlp", "--set", "train_subset=9"], "did you mean 'data.train_subset'?"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, argv, message):

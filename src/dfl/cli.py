@@ -41,7 +41,21 @@ class Parser(argparse.ArgumentParser):
     """argparse exits 2 on bad arguments already; keep its message to one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_with_guess(message)} (see {self.prog} --help)\n")
+
+
+def _with_guess(message: str) -> str:
+    """argparse's "invalid choice: 'trian' (choose from 'train', ...)" with the likely one
+    first: "invalid choice: 'trian' (did you mean 'train'?)"."""
+    import difflib
+    import re
+
+    said = re.fullmatch(r"(.*invalid choice: '([^']*)') \(choose from (.*)\)", message)
+    if said is None:
+        return message
+    choices = re.findall(r"'([^']*)'", said[3])
+    guess = difflib.get_close_matches(said[2], choices, n=1, cutoff=0.75)  # not gpu -> cpu
+    return f"{said[1]} (did you mean '{guess[0]}'?)" if guess else message
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:

@@ -79,7 +79,12 @@ def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("lab", "run one lab experiment (into the same directory as dfl reproduce)")
 def add_lab_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", choices=EXPERIMENTS, help="which lab question to run")
+    p.add_argument(
+        "experiment",
+        choices=EXPERIMENTS,
+        metavar="EXPERIMENT",
+        help=f"which lab question to run: {', '.join(EXPERIMENTS)}",
+    )
     add_run_arguments(p)
     p.set_defaults(run=lambda args: run_reproduce(args, [args.experiment], "dfl lab"))
 
@@ -111,8 +116,12 @@ def run_reproduce(
         getattr(args, "experiments_at_once", None),  # `dfl lab` runs one
         said_as=said_as,
     )
-    print(f"report: {report}  (markdown: {report.with_suffix('.md')})")
+    print(report_line(report))
     return 0
+
+
+def report_line(report: Path) -> str:
+    return f"report: {report}  (markdown: {report.with_suffix('.md')})"
 
 
 @command("report", "rebuild a reproduction's report from its saved results (no training)")
@@ -136,11 +145,11 @@ def run_report(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.run_dir)
     if not (out / "reproduce.json").exists():
-        print(f"report: {build_report(out)}")  # says what is missing, and makes nothing
+        print(report_line(build_report(out)))  # says what is missing, and makes nothing
         return 0
     # Not beside a reproduction, nor another report: a report paused mid-way would overwrite a
     # newer one with what it read before.
     with claim_run_dir(out, "reproducing it or writing its report") as claim:
         claim.started = True
-        print(f"report: {build_report(out)}")
+        print(report_line(build_report(out)))
     return 0

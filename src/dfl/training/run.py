@@ -257,7 +257,7 @@ def _fit_phases(
     try:
         for name, phase in named.items():
             if log:
-                log(f"{name}: {phase.epochs} epochs")
+                log(f"{name}: {phase.epochs} epoch{'' if phase.epochs == 1 else 's'}")
             run = fit(phase, run_dir / name, dataset=dataset, resume=resume, log=log,
                       epoch_bar=epoch_bar)  # fmt: skip
     except BaseException:
