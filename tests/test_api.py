@@ -232,6 +232,8 @@ def test_lab_run_returns_the_typed_result(tmp_path: Path, capsys):
     )
     err = capsys.readouterr().err  # the progress lines, named as the Python call
     assert "dfl.lab: conv: started" in err and "dfl reproduce" not in err
+    # No profile: the one `dfl lab` runs on this device (the lab profile on a CPU).
+    assert dfl.lab.run("conv", out=tmp_path / "default", device="cpu").profile == "lab"
     with pytest.raises(dfl.ConfigError, match="unknown lab question 'nope'"):
         dfl.lab.run("nope", out=tmp_path / "r")
 

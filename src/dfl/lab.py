@@ -27,7 +27,7 @@ from dfl.experiments.profiles import PROFILES, SMOKE_NOTE, canonical
 from dfl.experiments.registry import REGISTRY
 from dfl.report.build import lab_table
 from dfl.report.render import md_table
-from dfl.reproduce import reproduce
+from dfl.reproduce import default_profile, reproduce
 
 __all__ = ["EXPERIMENTS", "PROFILES", "LabRun", "run"]
 
@@ -63,7 +63,7 @@ class LabRun:
 def run(
     name: str,
     *,
-    profile: str = "lab",
+    profile: str | None = None,
     out: str | Path | None = None,
     dataset: str = "mnist",
     data_dir: str | Path | None = None,
@@ -73,11 +73,13 @@ def run(
     jobs: int = 1,
 ) -> LabRun:
     """Run (or resume, or reuse) the lab question `name` (one of EXPERIMENTS) in `profile`
-    (one of PROFILES: smoke, preview, lab, every, complete, full) into `out` (default
-    `runs/PROFILE`, as `dfl lab`), and return it. Raises `ConfigError` for an unknown name or
-    profile and `ExperimentsFailed` when the experiment failed (its reason in the message)."""
+    (one of PROFILES: smoke, preview, lab, every, complete, full; by default, as `dfl lab`,
+    complete on a CUDA device and lab elsewhere) into `out` (default `runs/PROFILE`, as
+    `dfl lab`), and return it. Raises `ConfigError` for an unknown name or profile and
+    `ExperimentsFailed` when the experiment failed (its reason in the message)."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown lab question '{name}' (choose from {', '.join(EXPERIMENTS)})")
+    profile = profile if profile is not None else default_profile(device)
     out = Path(out) if out is not None else Path("runs") / canonical(profile)
     reproduce(
         out, profile, dataset, data_dir, device, seeds, [name], precision, jobs, said_as="dfl.lab"
