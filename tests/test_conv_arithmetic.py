@@ -95,10 +95,23 @@ def test_dilation_is_in_the_formula():
     [
         ({"kernel": np.ones((3, 3))}, r"kernel's 3 rows do not fit.*padded input's 2 rows"),
         ({"kernel": np.ones((2, 2)), "dilation": 2}, r"dilation 2 spreads it to 3"),
-        ({"kernel": np.ones((1, 1)), "stride": 0}, r"stride must be an integer >= 1"),
-        ({"kernel": np.ones((1, 1)), "stride": (1, -1)}, r"stride must be an integer >= 1"),
-        ({"kernel": np.ones((1, 1)), "dilation": 0}, r"dilation must be an integer >= 1"),
-        ({"kernel": np.ones((1, 1)), "padding": -1}, r"padding must be an integer >= 0"),
+        (
+            {"kernel": np.ones((1, 1)), "stride": 0},
+            r"stride must be an integer from 1 to 2,147,483,647",
+        ),
+        (
+            {"kernel": np.ones((1, 1)), "stride": (1, -1)},
+            r"stride must be an integer from 1 to 2,147,483,647",
+        ),
+        (
+            {"kernel": np.ones((1, 1)), "dilation": 0},
+            r"dilation must be an integer from 1 to 2,147,483,647",
+        ),
+        (
+            {"kernel": np.ones((1, 1)), "padding": -1},
+            r"padding must be an integer from 0 to 2,147,483,647",
+        ),
+        ({"kernel": np.ones((1, 1)), "dilation": 10**23}, r"from 1 to 2,147,483,647 .*, got 1000"),
     ],
 )
 def test_errors_are_clear(kwargs, message):
@@ -132,6 +145,8 @@ def test_parsing_matrices(tmp_path):
         read_matrix_file(path)
     with pytest.raises(DflError, match="is a directory"):
         read_matrix_file(tmp_path)
+    with pytest.raises(DflError, match=r"/dev/zero is over 1,048,576 bytes; a matrix worked"):
+        read_matrix_file("/dev/zero")  # read up to the limit, not until the memory is full
 
 
 def test_padding_that_would_fill_the_memory_is_refused():

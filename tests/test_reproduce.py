@@ -171,6 +171,26 @@ def test_a_training_runs_directory_is_refused_untouched(tmp_path: Path, capsys):
     assert main([*argv[:-1], str(tmp_path)]) == 0
 
 
+@pytest.mark.parametrize("theirs", ["report.md", "results.json", "study.db", "ae/notes.txt"])
+def test_a_directory_with_files_a_reproduction_writes_is_refused_untouched(
+    tmp_path: Path, capsys, theirs
+):
+    """A report, results or a sweep's database that no reproduction wrote would be overwritten
+    (or the sweep made impossible to continue): refused, before anything is written."""
+    mine = tmp_path / "d" / theirs
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    argv = ["reproduce", "--profile", "smoke", "--only", "conv", "--out", str(tmp_path / "d")]
+    assert main(argv) == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and f"holds {theirs.split('/')[0]} but no reproduce.json" in said
+    assert said.rstrip().endswith("would overwrite it; name another --out")
+    assert mine.read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "d").rglob("*")) == sorted(
+        {theirs.split("/")[0], mine.name}
+    )
+
+
 def test_report_needs_a_reproduction(tmp_path: Path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no reproduction" in capsys.readouterr().err

@@ -186,6 +186,11 @@ def reproduce(
         # the experiments'. Other files are left alone beside them (the notebooks train the
         # user's own runs inside a reproduction's directory).
         raise ConfigError(f"{out} is a training run's directory (it holds {CONFIG}): name another")
+    if clash := _not_ours(out):
+        raise ConfigError(
+            f"{out} holds {', '.join(clash)} but no reproduce.json: a reproduction would "
+            f"overwrite {'it' if len(clash) == 1 else 'them'}; name another {option('out')}"
+        )
     # One reproduction at a time in a directory: two would train the same runs and write one
     # reproduce.json each (a report may then show neither's failures). A refused start, or
     # one that fails before reproduce.json is written, leaves the directory as it found it.
@@ -211,6 +216,18 @@ def reproduce(
         if failed:
             raise ExperimentsFailed(failed, report)
         return report
+
+
+# What a reproduction writes at its directory's top level, and a sweep's database: in a
+# directory that is no reproduction (no reproduce.json), they are someone else's.
+WRITES = ("report.html", "report.md", "results.json", "figures", *EXPERIMENTS, "study.db")
+
+
+def _not_ours(out: Path) -> list[str]:
+    """The files and folders in `out` that a new reproduction would overwrite or mix with."""
+    if (out / "reproduce.json").exists() or not out.is_dir():
+        return []
+    return [name for name in WRITES if (out / name).exists()]
 
 
 CLOCK_EVERY_S = 10.0  # how much of its time a killed invocation can lose from the report's

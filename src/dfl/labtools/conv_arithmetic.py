@@ -26,6 +26,8 @@ Pair = tuple[int, int]  # (rows, columns)
 # What a by-hand calculation shows: beyond this many padded input cells (so windows, at stride
 # 1) the listing is unreadable, and the padding alone could fill the memory.
 MAX_CELLS = 10_000
+MAX_FILE_BYTES = 1 << 20  # far more than MAX_CELLS numbers take as text
+MAX_INT = 2**31 - 1  # a stride, padding or dilation beyond it overflows NumPy's arithmetic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +65,14 @@ def read_matrix_file(path: str | Path, what: str = "matrix") -> np.ndarray:
     """A matrix from a text file: one row per line, values separated by spaces or commas."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's CSV starts with a BOM
+        with path.open("rb") as f:  # at most a byte past the limit: /dev/zero is no matrix
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise DflError(
+                f"{what} file {path} is over {MAX_FILE_BYTES:,} bytes; a matrix worked by hand "
+                f"has at most {MAX_CELLS:,} cells"
+            )
+        text = data.decode("utf-8-sig")  # -sig: a spreadsheet's CSV starts with a BOM
     except FileNotFoundError:
         raise DflError(f"{what} file {path} does not exist") from None
     except IsADirectoryError:
@@ -87,9 +96,10 @@ def _is_number(text: str) -> bool:
 
 def _pair(value: int | Pair, name: str, minimum: int) -> Pair:
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(int(v) != v or v < minimum for v in pair):
+    if len(pair) != 2 or any(int(v) != v or not minimum <= v <= MAX_INT for v in pair):
         raise DflError(
-            f"{name} must be an integer >= {minimum} (or a rows,columns pair), got {value}"
+            f"{name} must be an integer from {minimum} to {MAX_INT:,} (or a rows,columns "
+            f"pair), got {value}"
         )
     return int(pair[0]), int(pair[1])
 
