@@ -167,6 +167,29 @@ def test_cli_layer_list_file(tmp_path, capsys):
     )
     assert main(["shapes", str(bad)]) == 2
     assert "layer 1 (conv) gets input [1, 14, 14]" in capsys.readouterr().err
+    huge = tmp_path / "huge.toml"  # torch's OverflowError, had it reached torch
+    huge.write_text('layers = [{type = "conv", out = 4, kernel = 3, stride = 1e20}]\n')
+    assert main(["shapes", str(huge)]) == 2
+    assert capsys.readouterr().err == (
+        "dfl: error: layers[0].stride is 1e+20: no size, stride or padding is above 2,147,483,647\n"
+    )
+
+
+def test_cli_a_layer_list_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    """The allocator's refusal (injected: a real one needs a machine that refuses it) is one
+    line and exit 1, as for a registered model."""
+    import dfl.labtools.shapes as shapes
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 5e12")
+
+    monkeypatch.setattr(shapes, "build_layers", refused)
+    spec = tmp_path / "wide.toml"
+    spec.write_text('layers = [{type = "conv", out = 400000, kernel = 3}]\n')
+    assert main(["shapes", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"dfl: error: {spec} does not fit in memory")
+    assert err.rstrip().endswith("make its layers smaller")
 
 
 @pytest.mark.parametrize(

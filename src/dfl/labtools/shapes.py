@@ -29,8 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dfl import models
 from dfl.config import build_config, merge, parse_overrides, read_toml
-from dfl.errors import ConfigError, ShapeError
+from dfl.errors import ConfigError, DflError, ShapeError, one_line, out_of_memory
 from dfl.models.layers import Shape, build_layers
+from dfl.models.registry import check_magnitudes
 
 DEFAULT_INPUT: Shape = (1, 28, 28)  # one MNIST image
 _DUMMY_BATCH = 2  # not 1: a model that squeezes the batch dimension would hide it
@@ -199,6 +200,7 @@ def model_from_spec(
                 f"{spec} is a layer list: it holds only `layers = [...]` (and --set does not "
                 "apply); a model config names `model` and `model_args`"
             )
+        check_magnitudes(raw["layers"], "layers")
         label, build = spec, lambda: build_layers(raw["layers"], input_shape)[0]
     else:
         if raw is None:  # a model's name
@@ -214,6 +216,13 @@ def model_from_spec(
         named = ShapeError(f"{label}: {e}")
         named.fitted = e.fitted
         raise named from None
+    except (MemoryError, RuntimeError) as e:  # a registered model's: said by models.create
+        if not out_of_memory(e):
+            raise
+        raise DflError(
+            f"{label} does not fit in memory ({one_line(e)}); make its layers smaller",
+            exit_code=1,
+        ) from None
 
 
 def format_summary(label: str, summary: ModelSummary) -> str:

@@ -75,9 +75,28 @@ def unknown_argument(entry: ModelEntry, arg: str) -> str:
     return f"unknown argument ({guess}{entry.name} takes {', '.join(known) or 'none'})"
 
 
+# Torch's sizes, strides and paddings are C longs, and a layer past int32 in any of them would
+# not fit in memory anyway: a larger number is refused by name, not met as an OverflowError.
+MAX_SIZE = 2**31 - 1
+
+
+def check_magnitudes(value: Any, where: str) -> None:
+    """A ConfigError naming the first number in `value` (nested lists and dicts too) beyond
+    MAX_SIZE."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_magnitudes(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_magnitudes(item, f"{where}[{i}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_SIZE:
+        raise ConfigError(f"{where} is {value:g}: no size, stride or padding is above {MAX_SIZE:,}")
+
+
 def create(name: str, **args: Any) -> nn.Module:
     """Build a registered model; a bad argument is a ConfigError that names it."""
     entry = get(name)
+    check_magnitudes(args, "model_args")
     try:
         return entry.factory(**args)
     except ValidationError as e:
