@@ -451,6 +451,11 @@ def test_a_status_file_of_the_wrong_shape(status, problem, tmp_path, capsys, dig
     assert code == 2
     assert_one_error(err, "is not a run status")
     assert problem in err
+    # The advice works: without the file, the resume goes on from the checkpoints.
+    assert "delete that file and resume (--resume) to go on from the run's checkpoints" in err
+    (out / "status.json").unlink()
+    code, said, progress = run(capsys, "train", "--resume", "--out", str(out))
+    assert code == 0 and "resumed" in progress and said.startswith("completed")
 
 
 def test_saved_threads_beyond_this_machine_do_not_block_a_resume(tmp_path, capsys, digits):

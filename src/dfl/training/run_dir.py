@@ -66,27 +66,33 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DflError(
-            f"{path} is not valid JSON ({e}); delete the run directory to start over"
-        ) from None
+        raise DflError(_damaged(path, f"is not valid JSON ({e})")) from None
     if not isinstance(status, dict) or not isinstance(status.get("status"), str):
-        raise DflError(
-            f'{path} is not a run status (no "status" field); delete the run directory to '
-            "start over"
-        )
+        raise DflError(_damaged(path, 'is not a run status (no "status" field)'))
     if status["status"] not in _STATUS_VALUES:  # dfl writes no other; an edited file
         raise DflError(
-            f"{path} is not a run status ('{status['status']}' is none of "
-            f"{', '.join(_STATUS_VALUES)}); delete the run directory to start over"
+            _damaged(
+                path,
+                f"is not a run status ('{status['status']}' is none of "
+                f"{', '.join(_STATUS_VALUES)})",
+            )
         )
     problem = _final_problem(status)
     if problem:
-        raise DflError(f"{path} is not a run status ({problem}); delete the run directory to "
-                       "start over")  # fmt: skip
+        raise DflError(_damaged(path, f"is not a run status ({problem})"))
     return {**status, "status": RunStatus(status["status"])}
 
 
 _STATUS_VALUES = tuple(s.value for s in RunStatus)
+
+
+def _damaged(path: Path, problem: str) -> str:
+    """A damaged status.json: the checkpoints beside it are intact, and a resume without the
+    file goes on from the last of them (it reads as a run still running)."""
+    return (
+        f"{path} {problem}; delete that file and resume ({option('resume')}) to go on from the "
+        "run's checkpoints, or delete the run directory to start over"
+    )
 
 
 def _final_problem(status: dict[str, Any]) -> str:
