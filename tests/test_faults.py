@@ -188,6 +188,7 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(digits, tmp_path,
     errors = [line for line in done.stderr.splitlines() if not line.startswith("epoch")]
     assert len(errors) == 1 and errors[0].startswith("dfl: error:"), done.stderr
     assert "File too large" in errors[0]
+    assert "free some space" in errors[0] and "resume" in errors[0]  # and how to go on
     assert checkpoint_dirs(out) == []  # no checkpoint under a final name
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # and no leftovers
 
@@ -312,6 +313,7 @@ def test_full_disk_while_writing_the_report_keeps_the_old_one(digits, tmp_path):
     )
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("dfl: error: File too large")
+    assert done.stderr.rstrip().endswith("; free some space and run the same command again")
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert not [p for p in after if ".tmp" in p.name or p.name.endswith(".part")]
     for path in ("report.html", "report.md", "results.json"):  # old and whole, never half new

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dfl.errors import CALLER, DflError
+from dfl.errors import CALLER, DflError, disk_full
 from dfl.runtime.interrupts import (
     InterruptOnce,
     ReaderGone,
@@ -454,7 +454,9 @@ def _main(argv: list[str] | None) -> int:
             return 141  # as a shell reports a command ended by SIGPIPE
         except OSError as e:  # a full disk, an unwritable directory: say which file, lose nothing
             where = f" ({e.filename})" if e.filename else ""
-            print(f"dfl: error: {e.strerror or e}{where}", file=sys.stderr)
+            again = " with --resume" if getattr(args, "command", None) == "train" else ""
+            how = f"; free some space and run the same command again{again}" if disk_full(e) else ""
+            print(f"dfl: error: {e.strerror or e}{where}{how}", file=sys.stderr)
             return 1
         except ReaderGone:
             return 141  # as a shell reports a command ended by SIGPIPE; nobody reads a message

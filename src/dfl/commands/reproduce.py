@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from dfl.cli import add_data_arguments, command, whole_number
-from dfl.errors import ConfigError
+from dfl.errors import ConfigError, DflError
 from dfl.experiments import EXPERIMENTS
 from dfl.experiments.profiles import ALIASES, PROFILES, canonical
 
@@ -144,6 +145,12 @@ def run_report(args: argparse.Namespace) -> int:
         print(lab_table_markdown(Path(args.run_dir)))
         return 0
     out = Path(args.run_dir)
+    if out.is_dir() and not os.access(out, os.W_OK):  # a read-only mount, another's directory
+        raise DflError(
+            f"cannot write to {out}: `dfl report` writes the report beside the results; copy "
+            "the directory somewhere writable and run `dfl report` on the copy",
+            exit_code=1,
+        )
     if not (out / "reproduce.json").exists():
         print(report_line(build_report(out)))  # says what is missing, and makes nothing
         return 0
