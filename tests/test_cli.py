@@ -257,6 +257,10 @@ def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path,
         (["lab", "aee"], "argument EXPERIMENT: invalid choice: 'aee' (did you mean 'ae'?)"),
         (["train", "mlp", "--device", "gpu"], "'gpu' (choose from 'auto', 'cpu', 'cuda', 'mps')"),
         (["train", "mlp", "--set", "train_subset=9"], "did you mean 'data.train_subset'?"),
+        (  # read as the string "[256" before, and refused as no list
+            ["train", "mlp", "--set", "model_args.hidden=[256"],
+            "model_args.hidden=[256 is not valid TOML (Unclosed array",
+        ),
         (
             ["train", "autoencoder", "--set", "model_args.enc=100000000000000000000000"],
             "model_args.enc is 1e+23: no size, stride or padding is above 2,147,483,647",

@@ -264,11 +264,18 @@ class TrainConfig(Strict):
 # Building a config from a file and overrides
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value read as TOML reads it: `3e-4` float, `[16, 32]` list, `x` str."""
+def parse_value(text: str, key: str = "value") -> Any:
+    """A command-line value read as TOML reads it: `3e-4` float, `[16, 32]` list, `x` str. One
+    that opens a list, a table or a quoted string and is no valid TOML is an error, not a
+    string: `[256` is a list cut short."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if text[:1] in ("[", "{", '"', "'"):
+            raise ConfigError(
+                f"{key}={text} is not valid TOML ({e}); a list is like [256, 128], a table "
+                'like {type = "conv", out = 8}, a string "adam" (quoted, or bare)'
+            ) from None
         return text
     except RecursionError:  # tomllib recurses once per level of nesting
         raise ConfigError(f"value nested too deeply: {text[:40]}...") from None
@@ -299,7 +306,7 @@ def parse_overrides(pairs: list[str], *, once: bool = False) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for pair in pairs:
         key, value = _split_pair(pair)
-        set_dotted(tree, key, parse_value(value))
+        set_dotted(tree, key, parse_value(value, key))
     return tree
 
 
@@ -333,7 +340,7 @@ class UserKeys:
     def set_pairs(self, pairs: list[str]) -> None:
         for pair in pairs:
             key, value = _split_pair(pair)
-            self.set(key, parse_value(value), f"--set {pair}")
+            self.set(key, parse_value(value, key), f"--set {pair}")
 
 
 def overlapping_key(key: str, keys: Iterable[str]) -> str | None:
