@@ -169,7 +169,8 @@ def test_cli_prints_the_table_and_the_lab_bug(capsys):
         (["--n", "0"], "argument --n: must be at least 1"),
         (["--pad", "32"], "--pad must be in 0..31"),
         (["--seed", "-1"], "argument --seed: must be at least 0"),
-        (["--n", "20000"], "give smaller sizes"),  # 400M scores: refused before any is made
+        (["--n", "20000"], "(the scores, --heads x --n x --n)"),  # 400M: refused before made
+        (["--d", "1000000"], "(the weights, --d x max(--dq, --dv))"),  # the flag that is large
     ],
 )
 def test_cli_bad_sizes_exit_2_in_one_line(capsys, flags, message):

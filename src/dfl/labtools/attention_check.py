@@ -61,11 +61,17 @@ def check_sizes(n: int, d: int, dq: int, dv: int, heads: int, pad: int) -> None:
             raise ConfigError(f"{flag} {value} is not divisible by --heads {heads}")
     if not 0 <= pad < n:
         raise ConfigError(f"--pad must be in 0..{n - 1} (at least one real token), not {pad}")
-    largest = max(heads * n * n, n * d, d * max(dq, dv), n * max(dq, dv))
+    arrays = {  # the largest arrays the check builds, by the flags that size them
+        "the scores, --heads x --n x --n": heads * n * n,
+        "the input, --n x --d": n * d,
+        "the weights, --d x max(--dq, --dv)": d * max(dq, dv),
+        "the queries or values, --n x max(--dq, --dv)": n * max(dq, dv),
+    }
+    name, largest = max(arrays.items(), key=lambda item: item[1])
     if largest > MAX_ELEMENTS:
         raise ConfigError(
-            f"these sizes need an array of {largest:,} numbers (the scores alone are --heads x "
-            f"--n x --n); the check takes at most {MAX_ELEMENTS:,}: give smaller sizes"
+            f"these sizes need an array of {largest:,} numbers ({name}); the check takes at "
+            f"most {MAX_ELEMENTS:,}: make those smaller"
         )
 
 
