@@ -86,7 +86,14 @@ CASES = {
     "labels beyond the model's classes": (
         ["train", "mlp", "--dataset", "FIVE", "--epochs", "1", "--set",
          "model_args.num_classes=3"],
-        2, "labels up to 4 (5 classes) but model 'mlp' has 3 outputs",
+        2, "labels up to 4 (5 classes) but model 'mlp' has 3 outputs; model_args.num_classes "
+        "is 3: set it to at least 5",
+    ),
+    "labels beyond a layer list's last linear": (
+        ["train", "cnn", "--dataset", "FIVE", "--epochs", "1", "--set",
+         'model_args.layers=[{type="flatten"},{type="linear",out=3}]', "--set",
+         "model_args.num_classes=5"],
+        2, "has 3 outputs; give the model at least 5 outputs (a `layers` list's final linear",
     ),
     "a config file that is not UTF-8": (
         ["train", "--config", "TMP/latin.toml"], 2, "is not UTF-8 text",

@@ -344,12 +344,16 @@ def check_labels(cfg: TrainConfig, splits: dict[str, Split], outputs: int) -> No
     top = max(int(split.labels.max()) for split in splits.values())
     if top >= outputs:
         given = cfg.model_args.get("num_classes")
-        fix = (
-            f"model_args.num_classes is {given}: set it to at least {top + 1}, or leave it "
-            "out to read it from the labels"
-            if given is not None
-            else f"give the model at least {top + 1} outputs"
-        )
+        if given is not None and given <= top:
+            fix = (
+                f"model_args.num_classes is {given}: set it to at least {top + 1}, or leave it "
+                "out to read it from the labels"
+            )
+        else:  # num_classes is enough, or not the model's to set: its last layer is short
+            fix = (
+                f"give the model at least {top + 1} outputs (a `layers` list's final linear "
+                "sets them)"
+            )
         raise ConfigError(
             f"the data has labels up to {top} ({top + 1} classes) but model '{cfg.model}' "
             f"has {outputs} outputs; {fix}"
