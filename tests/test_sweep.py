@@ -891,6 +891,31 @@ def test_a_sweep_whose_every_trial_failed_exits_4_naming_the_failures(
     )
 
 
+def test_a_sweep_with_a_failed_trial_exits_4_and_keeps_the_completed_ones(
+    tmp_path: Path, idx_dir: Path, capsys
+):
+    """One point diverges, one completes: the status, then one line naming the failure, and
+    exit 4 (as `dfl reproduce` with a failed experiment), where it exited 0; a rerun keeps the
+    completed trial and says the same."""
+    spec = write_spec(tmp_path / "s.toml", idx_dir, '[grid]\n"optim.lr" = [0.05, 1e30]\n')
+    spec.write_text(
+        spec.read_text().replace(
+            "batch_size = 32", 'batch_size = 32\noptim = { name = "sgd" }\nepochs = 1'
+        )
+    )
+    argv = ["sweep", str(spec), "--workers", "1", "--threads", "1", "--out", str(tmp_path / "o")]
+    for _ in range(2):
+        assert cli.main(argv) == 4
+        shown = capsys.readouterr()
+        assert "complete 1  running 0  waiting 0  pruned 0  failed 1" in shown.out
+        error = shown.err.strip().splitlines()[-1]
+        assert error.startswith(
+            f"dfl: error: sweep {load_spec(spec).name}: 1 failed, the first: trial 1 "
+            "(optim.lr=1e+30): non-finite loss at epoch 1, step "
+        )
+        assert "(1 completed); if the cause lies outside the spec" in error
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("limit", [200_000, 450_000])
 def test_a_full_disk_under_the_sweep_database_is_one_line_and_a_rerun_completes(

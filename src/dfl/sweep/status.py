@@ -75,21 +75,39 @@ def require_a_completed_trial(
     if status.counts["complete"]:
         return status
     failed = failed_trials(status)
-    if failed:
-        first = failed[0]
-        what = (
-            f"{len(failed)} failed, the first: trial {first.number} "
-            f"({format_trial_params(first)}): {reason(first)}"
-        )
-    else:
-        what = f"{status.counts['pruned']} pruned"
+    what = _failures(failed) if failed else f"{status.counts['pruned']} pruned"
+    raise SweepFailed(
+        f"sweep {status.spec.name}: no trial completed ({what}); {retry or _retry()}", status
+    )
+
+
+def require_no_failure(status: SweepStatus) -> SweepStatus:
+    """`status`, if no trial failed for good; else `SweepFailed` naming the first failure, as
+    a reproduction whose experiment failed exits 4 (the trials that completed stay)."""
+    failed = failed_trials(status)
+    if not failed:
+        return status
+    done = status.counts["complete"]
+    raise SweepFailed(
+        f"sweep {status.spec.name}: {_failures(failed)} ({done} completed); {_retry()}", status
+    )
+
+
+def _failures(failed: list[FrozenTrial]) -> str:
+    first = failed[0]
+    return (
+        f"{len(failed)} failed, the first: trial {first.number} "
+        f"({format_trial_params(first)}): {reason(first)}"
+    )
+
+
+def _retry() -> str:
     # A retry reruns the same spec: it mends a cause outside it, and a rate or a grad_clip
     # changed in the spec is another sweep (the study refuses a changed spec).
-    retry = retry or (
+    return (
         "if the cause lies outside the spec (disk, memory), fix it and rerun with "
         f"{option('retry-failed')}; a changed spec is a new sweep (rename it)"
     )
-    raise SweepFailed(f"sweep {status.spec.name}: no trial completed ({what}); {retry}", status)
 
 
 def sweep_status(
