@@ -257,6 +257,11 @@ def test_a_layerwise_pretrained_recipe_trains_its_phases_as_runs(tmp_path: Path,
         (["lab", "aee"], "argument EXPERIMENT: invalid choice: 'aee' (did you mean 'ae'?)"),
         (["train", "mlp", "--device", "gpu"], "'gpu' (choose from 'auto', 'cpu', 'cuda', 'mps')"),
         (["train", "mlp", "--set", "train_subset=9"], "did you mean 'data.train_subset'?"),
+        (["train", "mlp", "--fuse", "on"], "--fuse on is for several seeds: give --seeds too"),
+        (
+            ["sweep", "status", "s", "--workers", "3", "--dry-run"],
+            "`dfl sweep status` only reports: --workers, --dry-run are for running a sweep",
+        ),
         (  # read as the string "[256" before, and refused as no list
             ["train", "mlp", "--set", "model_args.hidden=[256"],
             "model_args.hidden=[256 is not valid TOML (Unclosed array",

@@ -257,6 +257,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args)
     if args.seeds is not None and args.seed is not None:  # before --print-config shows one
         raise DflError("give --seed or --seeds, not both")
+    if args.fuse != "auto" and args.seeds is None and not args.resume:
+        raise DflError(f"--fuse {args.fuse} is for several seeds: give --seeds too, or drop it")
     cfg = build_config(config_file, overrides)
     if args.print_config:
         print(config_to_toml(with_model_defaults(cfg), show_unset=True))

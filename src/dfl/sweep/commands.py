@@ -65,6 +65,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if args.spec == "status":
         if args.target is None:
             raise DflError("`dfl sweep status` needs a spec file or a study name")
+        running = [f for f in ("workers", "threads", "dry_run", "retry_failed") if getattr(args, f)]
+        if running:
+            flags = ", ".join("--" + f.replace("_", "-") for f in running)
+            are = "is" if len(running) == 1 else "are"
+            raise DflError(f"`dfl sweep status` only reports: {flags} {are} for running a sweep")
         print(_status_text(args.target, args.storage, args.out, args.trials))
         return 0
     if args.target is not None:
