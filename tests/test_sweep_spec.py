@@ -79,7 +79,7 @@ GRID = '[grid]\n"optim.lr" = [0.001, 0.01]\n'
         ('name = "s"\n', "[search]\nn_trials = 2\n[search.space]\nbatch_size = { low = 16, "
          "high = 70, step = 16 }\n", "high - low (54) is not a multiple of step (16): the search "
          "would stop at 64; set high to 64"),
-        ('name = "a b"\n', GRID, "spec key 'name'"),
+        ('name = "a b"\n', GRID, "spec key 'name': 'a b' is no sweep name: start with a letter"),
         ('name = "s"\nmetric = "val_f1"\n', GRID, "set direction"),
         ('name = "s"\n', "[grid]\nevaluate_test = [true]\n", "set by the sweep"),
         ('name = "s"\nheartbeat_interval = 5\ngrace_period = 5\n', GRID, "must exceed"),

@@ -115,7 +115,7 @@ class SearchSpec(Strict):
 
 
 class SweepSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    name: str = Field(max_length=64)  # the study's name, and a directory's: see _plain_name
     metric: str = "val_loss"  # the validation metric each trial reports and the study selects on
     direction: Literal["minimize", "maximize"] | None = None  # default from the metric's name
     # Read a shorter-epoch grid point off the longer run's curve: None = where exact (epochs
@@ -145,6 +145,16 @@ class SweepSpec(Strict):
             space = flatten(search["space"], is_leaf=_is_distribution, section="search.space")
             data["search"] = {**search, "space": space}
         return data
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(
+                f"{name!r} is no sweep name: start with a letter or digit, then letters, "
+                "digits, '_', '.' or '-' (it names the study and the sweep's directory)"
+            )
+        return name
 
     @field_validator("metric")
     @classmethod
