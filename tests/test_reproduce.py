@@ -184,7 +184,7 @@ def test_a_directory_with_files_a_reproduction_writes_is_refused_untouched(
     assert main(argv) == 2
     said = capsys.readouterr().err
     assert said.count("\n") == 1 and f"holds {theirs.split('/')[0]} but no reproduce.json" in said
-    assert said.rstrip().endswith("would overwrite it; name another --out")
+    assert said.rstrip().endswith("would overwrite or mix with it; name another --out")
     assert mine.read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "d").rglob("*")) == sorted(
         {theirs.split("/")[0], mine.name}

@@ -4,7 +4,7 @@ From Python (the same machinery as the `dfl` command, errors raised as `DflError
 
     dfl.train(model_or_config, out=None, **overrides) -> Run    train one model
     dfl.load(run_dir) -> Run                                     a finished or paused run
-    dfl.lab.run(name, profile="lab", out=None) -> LabRun         one lab question
+    dfl.lab.run(name, profile=None, out=None) -> LabRun          one lab question
     dfl.models.create(name, **args), dfl.models.list()           the registered models
     dfl.data.load("mnist" | "fashion-mnist" | a directory)       a verified dataset
     dfl.sweep.run(spec, out=None, workers=None)                  an Optuna sweep

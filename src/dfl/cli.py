@@ -53,7 +53,7 @@ def _with_guess(message: str) -> str:
     said = re.fullmatch(r"(.*invalid choice: '([^']*)') \(choose from (.*)\)", message)
     if said is None:
         return message
-    choices = re.findall(r"'([^']*)'", said[3])
+    choices = [c.strip("'") for c in said[3].split(", ")]  # quoted up to Python 3.12.7, not since
     guess = difflib.get_close_matches(said[2], choices, n=1, cutoff=0.75)  # not gpu -> cpu
     return f"{said[1]} (did you mean '{guess[0]}'?)" if guess else message
 
@@ -257,8 +257,6 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args)
     if args.seeds is not None and args.seed is not None:  # before --print-config shows one
         raise DflError("give --seed or --seeds, not both")
-    if args.fuse != "auto" and args.seeds is None and not args.resume:
-        raise DflError(f"--fuse {args.fuse} is for several seeds: give --seeds too, or drop it")
     cfg = build_config(config_file, overrides)
     if args.print_config:
         print(config_to_toml(with_model_defaults(cfg), show_unset=True))
@@ -420,6 +418,13 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise DflError(f"{flag} is empty; give a path, or leave {flag} out for the default")
 
 
+def _again(args: argparse.Namespace | None) -> str:
+    """How the command goes on where it stopped: `dfl train` asks for --resume; reproduce,
+    lab and sweep always continue."""
+    command = getattr(args, "command", None)
+    return "run the same command again" + (" with --resume" if command == "train" else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     caller = CALLER.set("cli")  # messages name options as flags (--out), not keywords (out=)
     try:
@@ -449,26 +454,22 @@ def _main(argv: list[str] | None) -> int:
             with flushed_to_zero():  # before torch starts its threads: they inherit it
                 return args.run(args) or 0
         except DflError as e:
-            print(f"dfl: error: {e}", file=sys.stderr)
+            told = disk_full(e) and "free some space" not in str(e)  # a checkpoint's, a sweep's
+            how = f"; free some space and {_again(args)}" if told else ""
+            print(f"dfl: error: {e}{how}", file=sys.stderr)
             return e.exit_code
         except BrokenPipeError:  # `dfl models | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
             return 141  # as a shell reports a command ended by SIGPIPE
         except OSError as e:  # a full disk, an unwritable directory: say which file, lose nothing
             where = f" ({e.filename})" if e.filename else ""
-            again = " with --resume" if getattr(args, "command", None) == "train" else ""
-            how = f"; free some space and run the same command again{again}" if disk_full(e) else ""
+            how = f"; free some space and {_again(args)}" if disk_full(e) else ""
             print(f"dfl: error: {e.strerror or e}{where}{how}", file=sys.stderr)
             return 1
         except ReaderGone:
             return 141  # as a shell reports a command ended by SIGPIPE; nobody reads a message
         except KeyboardInterrupt:
-            # `dfl train` asks for --resume; reproduce, lab and sweep always continue.
-            again = " with --resume" if getattr(args, "command", None) == "train" else ""
-            print(
-                f"dfl: interrupted; run the same command again{again} to continue",
-                file=sys.stderr,
-            )
+            print(f"dfl: interrupted; {_again(args)} to continue", file=sys.stderr)
             return interrupted_exit_code()
 
 

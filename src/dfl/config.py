@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from dfl.errors import ConfigError
-from dfl.validation import Strict, describe_item
+from dfl.validation import Strict, describe_item, model_in
 
 # The widest seed every consumer takes as it is: numpy's legacy RandomState (TPE's sampler,
 # `np.random.seed`) wants 0 <= seed < 2**32; torch takes more, Python's `random` anything.
@@ -457,12 +457,8 @@ def _describe(item: Any, model: Any) -> str:
 def _section_of(key: str, model: Any) -> str | None:
     """The section (data, optim, ..., or model_args for the model's arguments) that has `key`."""
     for name, field in TrainConfig.model_fields.items():
-        section = field.annotation
-        if (
-            isinstance(section, type)
-            and issubclass(section, BaseModel)
-            and key in section.model_fields
-        ):
+        section, keyed = model_in(field.annotation)  # `PretrainConfig | None` too
+        if section is not None and not keyed and key in section.model_fields:
             return name
     if isinstance(model, str):
         from dfl.models import registry  # here: config stays importable without torch

@@ -189,7 +189,8 @@ def reproduce(
     if clash := _not_ours(out):
         raise ConfigError(
             f"{out} holds {', '.join(clash)} but no reproduce.json: a reproduction would "
-            f"overwrite {'it' if len(clash) == 1 else 'them'}; name another {option('out')}"
+            f"overwrite or mix with {'it' if len(clash) == 1 else 'them'}; name another "
+            f"{option('out')}"
         )
     # One reproduction at a time in a directory: two would train the same runs and write one
     # reproduce.json each (a report may then show neither's failures). A refused start, or

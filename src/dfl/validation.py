@@ -73,19 +73,19 @@ def section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     section: type[BaseModel] | None = model
     for part in parts:
         field = section.model_fields.get(str(part)) if section else None
-        section, named = _model_in(field.annotation) if field else (None, False)
+        section, named = model_in(field.annotation) if field else (None, False)
         if named:
             next(parts, None)  # the table's own name for it
     return section
 
 
-def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+def model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The one model an annotation holds (`X`, `X | None`, or `dict[str, X]`: then True, as
     a name comes before its keys), else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is dict and len(args) == 2:
-        return _model_in(args[1])[0], True
+        return model_in(args[1])[0], True
     models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
     return (models[0], False) if len(models) == 1 and type(None) in args else (None, False)

@@ -145,15 +145,15 @@ def run_report(args: argparse.Namespace) -> int:
         print(lab_table_markdown(Path(args.run_dir)))
         return 0
     out = Path(args.run_dir)
-    if out.is_dir() and not os.access(out, os.W_OK):  # a read-only mount, another's directory
+    if not (out / "reproduce.json").exists():
+        print(report_line(build_report(out)))  # says what is missing, and makes nothing
+        return 0
+    if not os.access(out, os.W_OK):  # a read-only mount, another's directory
         raise DflError(
             f"cannot write to {out}: `dfl report` writes the report beside the results; copy "
             "the directory somewhere writable and run `dfl report` on the copy",
             exit_code=1,
         )
-    if not (out / "reproduce.json").exists():
-        print(report_line(build_report(out)))  # says what is missing, and makes nothing
-        return 0
     # Not beside a reproduction, nor another report: a report paused mid-way would overwrite a
     # newer one with what it read before.
     with claim_run_dir(out, "reproducing it or writing its report") as claim:

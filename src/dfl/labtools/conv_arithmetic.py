@@ -21,13 +21,13 @@ import numpy as np
 
 from dfl.errors import DflError
 from dfl.models.layers import conv_output_size
+from dfl.models.registry import MAX_SIZE  # a stride, padding or dilation past it overflows
 
 Pair = tuple[int, int]  # (rows, columns)
 # What a by-hand calculation shows: beyond this many padded input cells (so windows, at stride
 # 1) the listing is unreadable, and the padding alone could fill the memory.
 MAX_CELLS = 10_000
 MAX_FILE_BYTES = 1 << 20  # far more than MAX_CELLS numbers take as text
-MAX_INT = 2**31 - 1  # a stride, padding or dilation beyond it overflows NumPy's arithmetic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,9 +96,9 @@ def _is_number(text: str) -> bool:
 
 def _pair(value: int | Pair, name: str, minimum: int) -> Pair:
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(int(v) != v or not minimum <= v <= MAX_INT for v in pair):
+    if len(pair) != 2 or any(int(v) != v or not minimum <= v <= MAX_SIZE for v in pair):
         raise DflError(
-            f"{name} must be an integer from {minimum} to {MAX_INT:,} (or a rows,columns "
+            f"{name} must be an integer from {minimum} to {MAX_SIZE:,} (or a rows,columns "
             f"pair), got {value}"
         )
     return int(pair[0]), int(pair[1])

@@ -38,7 +38,8 @@ def run(
     same as a dict (`{"name": ..., "metric": ..., "base": {...}, "grid": {...}}`); `out` is
     its directory (default `sweeps/NAME`), `storage` a database URL (default SQLite in `out`).
     Returns the sweep's status (`.trials`, `.best`); raises `ConfigError` for a bad spec, and
-    `SweepFailed` (its `.status` the same) when no trial completed, as `dfl sweep` exits 4."""
+    `SweepFailed` (its `.status` the same) when no trial completed; a status with failed
+    trials is returned (`dfl sweep` then exits 4, naming them)."""
     from dfl.sweep.launch import check_counts, run_sweep
     from dfl.sweep.spec import spec_from_dict
     from dfl.sweep.status import require_a_completed_trial

@@ -65,7 +65,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if args.spec == "status":
         if args.target is None:
             raise DflError("`dfl sweep status` needs a spec file or a study name")
-        running = [f for f in ("workers", "threads", "dry_run", "retry_failed") if getattr(args, f)]
+        running = [
+            f
+            for f in ("workers", "threads", "dry_run", "retry_failed")
+            if getattr(args, f) not in (None, False)
+        ]
         if running:
             flags = ", ".join("--" + f.replace("_", "-") for f in running)
             are = "is" if len(running) == 1 else "are"

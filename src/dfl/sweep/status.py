@@ -48,10 +48,10 @@ class SweepStatus:
 
 
 class SweepFailed(DflError):
-    """A sweep that ran to its end with nothing to select: no trial completed (or, in an
-    experiment, a grid point failed). Exit 4, as a reproduction whose experiments ran but
-    failed: the work was done and recorded, its outcome is the failure. `status` is where
-    the sweep stands, each failure's reason in it."""
+    """A sweep that ran to its end with a failure: no trial completed, or (`dfl sweep`, and a
+    grid point in an experiment) a trial failed for good. Exit 4, as a reproduction whose
+    experiments ran but failed: the work was done and recorded, its outcome is the failure.
+    `status` is where the sweep stands, each failure's reason in it."""
 
     exit_code = 4
 
@@ -95,10 +95,8 @@ def require_no_failure(status: SweepStatus) -> SweepStatus:
 
 def _failures(failed: list[FrozenTrial]) -> str:
     first = failed[0]
-    return (
-        f"{len(failed)} failed, the first: trial {first.number} "
-        f"({format_trial_params(first)}): {reason(first)}"
-    )
+    said = f"trial {first.number} ({format_trial_params(first)}): {reason(first)}"
+    return f"1 failed, {said}" if len(failed) == 1 else f"{len(failed)} failed, the first: {said}"
 
 
 def _retry() -> str:

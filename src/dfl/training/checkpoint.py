@@ -241,13 +241,8 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     except Exception as e:  # SafetensorError: I/O error, File too large, No space left ...
         if isinstance(e, OSError):
             raise
-        if any(w in str(e) for w in NO_ROOM_WORDS):
-            raise DiskFull(
-                f"cannot write checkpoint {path}: {e}; free some space, then resume "
-                f"({option('resume')}): no checkpoint is left half written",
-                exit_code=1,
-            ) from None
-        raise DflError(f"cannot write checkpoint {path}: {e}", exit_code=1) from None
+        kind = DiskFull if any(w in str(e) for w in NO_ROOM_WORDS) else DflError
+        raise kind(f"cannot write checkpoint {path}: {e}", exit_code=1) from None
 
 
 def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> str:

@@ -350,9 +350,8 @@ def check_labels(cfg: TrainConfig, splits: dict[str, Split], outputs: int) -> No
                 "out to read it from the labels"
             )
         else:  # num_classes is enough, or not the model's to set: its last layer is short
-            fix = (
-                f"give the model at least {top + 1} outputs (a `layers` list's final linear "
-                "sets them)"
+            fix = f"give the model at least {top + 1} outputs" + (
+                " (a `layers` list's final linear sets them)" if "layers" in cfg.model_args else ""
             )
         raise ConfigError(
             f"the data has labels up to {top} ({top + 1} classes) but model '{cfg.model}' "
