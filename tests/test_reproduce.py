@@ -171,7 +171,7 @@ def test_a_training_runs_directory_is_refused_untouched(tmp_path: Path, capsys):
     assert main([*argv[:-1], str(tmp_path)]) == 0
 
 
-@pytest.mark.parametrize("theirs", ["report.md", "results.json", "study.db", "ae/notes.txt"])
+@pytest.mark.parametrize("theirs", ["report.md", "results.json", "study.db", "figures/a.png"])
 def test_a_directory_with_files_a_reproduction_writes_is_refused_untouched(
     tmp_path: Path, capsys, theirs
 ):

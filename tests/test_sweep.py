@@ -910,7 +910,7 @@ def test_a_sweep_with_a_failed_trial_exits_4_and_keeps_the_completed_ones(
         assert "complete 1  running 0  waiting 0  pruned 0  failed 1" in shown.out
         error = shown.err.strip().splitlines()[-1]
         assert error.startswith(
-            f"dfl: error: sweep {load_spec(spec).name}: 1 failed, the first: trial 1 "
+            f"dfl: error: sweep {load_spec(spec).name}: 1 failed, trial 1 "
             "(optim.lr=1e+30): non-finite loss at epoch 1, step "
         )
         assert "(1 completed); if the cause lies outside the spec" in error

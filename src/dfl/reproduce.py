@@ -219,9 +219,10 @@ def reproduce(
         return report
 
 
-# What a reproduction writes at its directory's top level, and a sweep's database: in a
-# directory that is no reproduction (no reproduce.json), they are someone else's.
-WRITES = ("report.html", "report.md", "results.json", "figures", *EXPERIMENTS, "study.db")
+# The files a reproduction writes at its directory's top level, and a sweep's database: in a
+# directory that is no reproduction (no reproduce.json), they are someone else's. (An
+# experiment's folder may be there first: a rerun's own, or a test's prepared state.)
+WRITES = ("report.html", "report.md", "results.json", "figures", "study.db")
 
 
 def _not_ours(out: Path) -> list[str]:
