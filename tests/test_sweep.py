@@ -863,18 +863,24 @@ def test_a_database_away_past_the_limit_is_one_line_and_the_rerun_completes(
     assert "Traceback" not in again.stdout + again.stderr
 
 
+def sgd_rates_spec(tmp_path: Path, idx_dir: Path, rates: str) -> Path:
+    """A grid over SGD learning rates (a TOML list's items), one epoch each: 1e20 diverges."""
+    spec = write_spec(tmp_path / "s.toml", idx_dir, f'[grid]\n"optim.lr" = [{rates}]\n')
+    spec.write_text(
+        spec.read_text().replace(
+            "batch_size = 32", 'batch_size = 32\noptim = { name = "sgd" }\nepochs = 1'
+        )
+    )
+    return spec
+
+
 @pytest.mark.slow
 def test_a_sweep_whose_every_trial_failed_exits_4_naming_the_failures(
     tmp_path: Path, idx_dir: Path, capsys
 ):
     """Every trial diverges: the status is printed, then one line with the count and the
     first failure's reason, and exit 4 (it was exit 0, as if the sweep had worked)."""
-    spec = write_spec(tmp_path / "s.toml", idx_dir, '[grid]\n"optim.lr" = [1e20, 1e30]\n')
-    spec.write_text(
-        spec.read_text().replace(
-            "batch_size = 32", 'batch_size = 32\noptim = { name = "sgd" }\nepochs = 1'
-        )
-    )
+    spec = sgd_rates_spec(tmp_path, idx_dir, "1e20, 1e30")
     out = tmp_path / "sweep"
     argv = ["sweep", str(spec), "--workers", "1", "--threads", "1", "--out", str(out)]
     assert cli.main(argv) == 4
@@ -891,18 +897,14 @@ def test_a_sweep_whose_every_trial_failed_exits_4_naming_the_failures(
     )
 
 
+@pytest.mark.slow
 def test_a_sweep_with_a_failed_trial_exits_4_and_keeps_the_completed_ones(
     tmp_path: Path, idx_dir: Path, capsys
 ):
     """One point diverges, one completes: the status, then one line naming the failure, and
     exit 4 (as `dfl reproduce` with a failed experiment), where it exited 0; a rerun keeps the
     completed trial and says the same."""
-    spec = write_spec(tmp_path / "s.toml", idx_dir, '[grid]\n"optim.lr" = [0.05, 1e30]\n')
-    spec.write_text(
-        spec.read_text().replace(
-            "batch_size = 32", 'batch_size = 32\noptim = { name = "sgd" }\nepochs = 1'
-        )
-    )
+    spec = sgd_rates_spec(tmp_path, idx_dir, "0.05, 1e30")
     argv = ["sweep", str(spec), "--workers", "1", "--threads", "1", "--out", str(tmp_path / "o")]
     for _ in range(2):
         assert cli.main(argv) == 4

@@ -494,8 +494,7 @@ class Progress:
         what is left of them cannot be told. The slack keeps one measured at a second or less
         (conv, attention) from being late the moment it starts."""
         now, scale = time.perf_counter(), self._scale()
-        late = [n for n, t in self.started.items() if now - t > scale * self.estimate[n] + SLACK_S]
-        return late
+        return [n for n, t in self.started.items() if now - t > scale * self.estimate[n] + SLACK_S]
 
     def time_left(self) -> float:
         """The measured estimates of the experiments left (less what the running ones have

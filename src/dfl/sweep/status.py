@@ -82,8 +82,10 @@ def require_a_completed_trial(
 
 
 def require_no_failure(status: SweepStatus) -> SweepStatus:
-    """`status`, if no trial failed for good; else `SweepFailed` naming the first failure, as
-    a reproduction whose experiment failed exits 4 (the trials that completed stay)."""
+    """`status`, if a trial completed and none failed for good; else `SweepFailed` naming the
+    first failure, as a reproduction whose experiment failed exits 4 (the trials that
+    completed stay)."""
+    require_a_completed_trial(status)
     failed = failed_trials(status)
     if not failed:
         return status
